@@ -1,0 +1,308 @@
+/**
+ * Reading a configuration: YAML or JSON text -> the seeds' small shapes widened to the full
+ * shape -> environment overrides -> the schema. Every problem is reported at once, each with
+ * file:line:column, the key path and, for a mistyped key, the key that was probably meant.
+ */
+import { readFileSync } from 'node:fs';
+import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
+import { z } from 'zod';
+import { ConfigError, type ConfigProblem } from '../errors.ts';
+import { closest } from './did-you-mean.ts';
+import { FulcrumConfigSchema, SeedConfigSchema, type FulcrumConfig, type SeedConfig } from './schema.ts';
+
+type Path = (string | number)[];
+
+/** A validated configuration and what the reader noticed on the way. */
+export interface LoadedConfig {
+  config: FulcrumConfig;
+  /** Things that work but deserve a look (a seed key Fulcrum does not act on yet, ...). */
+  warnings: string[];
+  /** Where it came from: a file name or `<inline>`. */
+  source: string;
+}
+
+/** Environment variables that override common keys; each names the key it sets. */
+export const envOverrides: readonly { name: string; path: Path; parse: (v: string) => unknown; description: string }[] = [
+  { name: 'FULCRUM_PORT', path: ['listeners', 0, 'port'], parse: numberOrText, description: 'port of the first listener' },
+  { name: 'FULCRUM_HOST', path: ['listeners', 0, 'host'], parse: (v) => v, description: 'bind address of the first listener' },
+  { name: 'FULCRUM_LOG_LEVEL', path: ['log', 'level'], parse: (v) => v, description: 'log level' },
+  { name: 'FULCRUM_LOG_FORMAT', path: ['log', 'format'], parse: (v) => v, description: 'log format (json, pretty, auto)' },
+  { name: 'FULCRUM_ACCESS_LOG', path: ['log', 'access_log'], parse: (v) => (v === 'true' || v === '1' ? true : v === 'false' || v === '0' ? false : v), description: 'access log on or off' },
+  { name: 'FULCRUM_POLICY', path: ['pools', '*', 'policy'], parse: (v) => v, description: 'policy of every pool' },
+];
+
+function numberOrText(v: string): unknown {
+  return /^\d+$/.test(v.trim()) ? Number(v) : v;
+}
+
+/** Reads, widens, overrides and validates a configuration file. Throws ConfigError. */
+export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : (err as Error).message;
+    throw new ConfigError([{ file, line: 0, column: 0, path: '', message: `cannot read the configuration: ${reason}` }]);
+  }
+  return loadConfigText(text, file, env);
+}
+
+/** As loadConfigFile, from text already read; `file` is only used in messages. */
+export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  const problems: ConfigProblem[] = [];
+  for (const e of doc.errors) {
+    const pos = lineCounter.linePos(e.pos[0]);
+    problems.push({ file, line: pos.line, column: pos.col, path: '', message: e.message.split('\n')[0] });
+  }
+  if (problems.length > 0) throw new ConfigError(problems);
+  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  const locate = (path: Path): { line: number; column: number } => {
+    const offset = offsetOf(doc, path);
+    if (offset === undefined) return { line: 0, column: 0 };
+    const pos = lineCounter.linePos(offset);
+    return { line: pos.line, column: pos.col };
+  };
+  return validate(raw, file, locate, env);
+}
+
+/** Validates a configuration given as an object (the programmatic API). Throws ConfigError. */
+export function validateConfig(raw: unknown, source = '<inline>', env: NodeJS.ProcessEnv = {}): LoadedConfig {
+  return validate(raw, source, () => ({ line: 0, column: 0 }), env);
+}
+
+function validate(raw: unknown, file: string, locate: (path: Path) => { line: number; column: number }, env: NodeJS.ProcessEnv): LoadedConfig {
+  if (raw === null || raw === undefined) raw = {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigError([{ file, line: 1, column: 1, path: '', message: 'the configuration must be a mapping of keys to values' }]);
+  }
+  const warnings: string[] = [];
+  const problems: ConfigProblem[] = [];
+  const place = (path: Path, message: string): ConfigProblem => ({ file, ...locate(path), path: formatPath(path), message });
+  let candidate = raw as Record<string, unknown>;
+
+  if (isSeedShape(candidate)) {
+    const seed = SeedConfigSchema.safeParse(candidate, { reportInput: true });
+    if (!seed.success) {
+      throw new ConfigError(issuesToProblems(seed.error.issues, SeedConfigSchema, place));
+    }
+    candidate = widenSeed(seed.data, warnings);
+  }
+
+  const overridden = applyEnvOverrides(candidate, env);
+  const result = FulcrumConfigSchema.safeParse(overridden.config, { reportInput: true });
+  const placeWithEnv = (path: Path, message: string): ConfigProblem => {
+    const hit = overridden.applied.find((o) => samePath(o.path, path));
+    return hit ? { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: `${message} (value ${JSON.stringify(hit.value)})` } : place(path, message);
+  };
+  if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
+  problems.push(...crossCheck(overridden.config, placeWithEnv));
+  if (problems.length > 0) throw new ConfigError(dedupe(problems));
+  return { config: result.data!, warnings, source: file };
+}
+
+/** A document in a seed's shape: a top-level `backends` list and no `pools`. */
+function isSeedShape(raw: Record<string, unknown>): boolean {
+  return 'backends' in raw && !('pools' in raw);
+}
+
+/** The seeds' one-pool shape as a full configuration (one listener, one pool, one route). */
+function widenSeed(seed: SeedConfig, warnings: string[]): Record<string, unknown> {
+  let host = '0.0.0.0';
+  let port: number = 8080;
+  if (seed.port !== undefined) port = seed.port;
+  if (seed.lb_port !== undefined) {
+    if (typeof seed.lb_port === 'number') port = seed.lb_port;
+    else {
+      const i = seed.lb_port.lastIndexOf(':');
+      if (i === -1) port = Number(seed.lb_port);
+      else {
+        port = Number(seed.lb_port.slice(i + 1));
+        const h = seed.lb_port.slice(0, i).replace(/^\[|\]$/g, '');
+        if (h) host = h;
+      }
+    }
+  }
+  if (seed.health_check_frequency !== undefined) {
+    warnings.push('health_check_frequency is read but active health checks are not in this version yet; every backend counts as healthy');
+  }
+  const config: Record<string, unknown> = {
+    listeners: [{ host, port }],
+    pools: { default: { policy: seed.strategy, upstreams: seed.backends } },
+  };
+  if (seed.log_level) config.log = { level: seed.log_level };
+  return config;
+}
+
+/** Applies FULCRUM_* variables onto a copy; returns which ones took effect. */
+function applyEnvOverrides(config: Record<string, unknown>, env: NodeJS.ProcessEnv) {
+  const copy = structuredClone(config);
+  const applied: { name: string; path: Path; value: unknown }[] = [];
+  for (const o of envOverrides) {
+    const text = env[o.name];
+    if (text === undefined || text === '') continue;
+    const value = o.parse(text);
+    if (o.path[1] === '*') {
+      const pools = copy[o.path[0] as string];
+      if (pools && typeof pools === 'object') {
+        for (const name of Object.keys(pools)) {
+          const pool = (pools as Record<string, unknown>)[name];
+          if (pool && typeof pool === 'object') (pool as Record<string, unknown>)[o.path[2] as string] = value;
+          applied.push({ name: o.name, path: [o.path[0], name, o.path[2]], value });
+        }
+      }
+      continue;
+    }
+    setPath(copy, o.path, value);
+    applied.push({ name: o.name, path: o.path, value });
+  }
+  return { config: copy, applied };
+}
+
+function setPath(target: Record<string, unknown>, path: Path, value: unknown): void {
+  let node: any = target;
+  for (let i = 0; i < path.length - 1; i++) {
+    const key = path[i];
+    if (node[key] === undefined || node[key] === null || typeof node[key] !== 'object') node[key] = typeof path[i + 1] === 'number' ? [] : {};
+    node = node[key];
+  }
+  node[path[path.length - 1]] = value;
+}
+
+/** Checks that span keys (a route's pool exists, ...), run even when the schema failed elsewhere. */
+function crossCheck(config: Record<string, unknown>, place: (path: Path, message: string) => ConfigProblem): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  const pools = config.pools && typeof config.pools === 'object' && !Array.isArray(config.pools) ? Object.keys(config.pools) : [];
+  if (config.pools !== undefined && pools.length === 0) problems.push(place(['pools'], 'at least one pool is needed'));
+  if (config.pools === undefined) problems.push(place([], 'missing "pools": at least one pool of upstreams is needed (or the seed shape: "backends: [...]")'));
+  const routes = Array.isArray(config.routes) ? config.routes : [];
+  routes.forEach((route, i) => {
+    const pool = route && typeof route === 'object' ? (route as Record<string, unknown>).pool : undefined;
+    if (typeof pool === 'string' && pools.length > 0 && !pools.includes(pool)) {
+      const guess = closest(pool, pools);
+      problems.push(place(['routes', i, 'pool'], `no pool named "${pool}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
+    }
+  });
+  if (routes.length === 0 && pools.length > 1) problems.push(place(['routes'], `${pools.length} pools need routes that say which requests go where`));
+  const listeners = Array.isArray(config.listeners) ? config.listeners : [];
+  const seen = new Set<string>();
+  listeners.forEach((l, i) => {
+    if (!l || typeof l !== 'object') return;
+    const { host = '0.0.0.0', port = 8080 } = l as { host?: unknown; port?: unknown };
+    const key = `${String(host)}:${String(port)}`;
+    if (port !== 0 && seen.has(key)) problems.push(place(['listeners', i, 'port'], `${key} is already bound by another listener`));
+    seen.add(key);
+  });
+  return problems;
+}
+
+/** Zod issues as problems with places; unknown keys get a did-you-mean from the schema. */
+function issuesToProblems(issues: readonly z.core.$ZodIssue[], schema: z.ZodType, place: (path: Path, message: string) => ConfigProblem): ConfigProblem[] {
+  const problems: ConfigProblem[] = [];
+  for (const issue of issues) {
+    const path = issue.path as Path;
+    if (issue.code === 'unrecognized_keys') {
+      const known = knownKeys(schema, path);
+      for (const key of issue.keys) {
+        const guess = closest(key, known);
+        const hint = guess ? ` (did you mean "${guess}"?)` : known.length ? ` (known keys: ${known.join(', ')})` : '';
+        problems.push(place([...path, key], `unknown key "${key}"${hint}`));
+      }
+    } else if (issue.code === 'invalid_union') {
+      // Report the branch that got furthest (an object with a bad field), not "invalid input".
+      const branches = issue.errors.filter((b) => b.length > 0 && !b.some((i) => i.code === 'invalid_type' && i.path.length === 0));
+      if (branches.length > 0) {
+        const nested = branches[0].map((i) => ({ ...i, path: [...path, ...i.path] })) as z.core.$ZodIssue[];
+        problems.push(...issuesToProblems(nested, schema, place));
+      } else problems.push(place(path, describe(issue)));
+    } else {
+      problems.push(place(path, describe(issue)));
+    }
+  }
+  return problems;
+}
+
+function describe(issue: z.core.$ZodIssue): string {
+  if (issue.code === 'invalid_type') {
+    const expected = issue.expected;
+    const received = (issue as { input?: unknown }).input;
+    if (received === undefined) return `missing required key (expected ${expected})`;
+    return `expected ${expected}, got ${received === null ? 'null' : Array.isArray(received) ? 'array' : typeof received} ${JSON.stringify(received)?.slice(0, 40) ?? ''}`.trim();
+  }
+  if (issue.code === 'invalid_value') return `expected one of: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+  return issue.message;
+}
+
+/** The keys the schema allows at a path (for did-you-mean). */
+function knownKeys(schema: z.ZodType, path: Path): string[] {
+  let node: any = schema;
+  for (const key of path) {
+    node = unwrap(node);
+    if (!node) return [];
+    const def = node._zod.def;
+    if (def.type === 'object') node = def.shape[key];
+    else if (def.type === 'array') node = def.element;
+    else if (def.type === 'record') node = def.valueType;
+    else if (def.type === 'union') node = def.options.map(unwrap).find((o: any) => o?._zod.def.type === 'object')?._zod.def.shape[key];
+    else return [];
+  }
+  node = unwrap(node);
+  if (node?._zod.def.type === 'union') node = node._zod.def.options.map(unwrap).find((o: any) => o?._zod.def.type === 'object');
+  return node?._zod.def.type === 'object' ? Object.keys(node._zod.def.shape) : [];
+}
+
+function unwrap(node: any): any {
+  while (node) {
+    const def = node._zod.def;
+    if (def.type === 'optional' || def.type === 'default' || def.type === 'prefault' || def.type === 'nullable') node = def.innerType;
+    else if (def.type === 'pipe') node = def.in;
+    else return node;
+  }
+  return node;
+}
+
+/** The offset in the text of the node at `path`, or of its nearest existing ancestor. */
+function offsetOf(doc: Document, path: Path): number | undefined {
+  let node: unknown = doc.contents;
+  let offset = (node as YamlNode | null)?.range?.[0];
+  for (const key of path) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isPair(p) && (isScalar(p.key) ? p.key.value : p.key) == key);
+      if (!pair) return offset;
+      const keyNode = pair.key as YamlNode | null;
+      offset = keyNode?.range?.[0] ?? offset;
+      node = pair.value;
+      // For the last key, point at the value when there is one (a bad value), else the key.
+      if (key === path[path.length - 1] && node && (node as YamlNode).range && !isMap(node)) offset = (node as YamlNode).range![0];
+    } else if (node && typeof node === 'object' && 'items' in node && typeof key === 'number') {
+      node = (node as { items: unknown[] }).items[key];
+      if (!node) return offset;
+      offset = (node as YamlNode).range?.[0] ?? offset;
+    } else return offset;
+  }
+  return offset;
+}
+
+function samePath(a: Path, b: Path): boolean {
+  return a.length === b.length && a.every((k, i) => k === b[i]);
+}
+
+/** `pools.web.upstreams[0].weight` */
+export function formatPath(path: Path): string {
+  let out = '';
+  for (const key of path) out += typeof key === 'number' ? `[${key}]` : out ? `.${key}` : key;
+  return out;
+}
+
+function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
+  const seen = new Set<string>();
+  return problems
+    .filter((p) => {
+      const k = `${p.file}:${p.line}:${p.column}:${p.path}:${p.message}`;
+      if (seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    })
+    .sort((a, b) => a.line - b.line || a.column - b.column);
+}

@@ -1,0 +1,198 @@
+/**
+ * THE configuration schema. The TypeScript types, the validation and the JSON Schema that
+ * `fulcrum schema` prints all come from here; docs/configuration.md describes the same keys.
+ * Keys are snake_case, as in the seeds' configs and most load balancers' files.
+ */
+import { z } from 'zod';
+import { BlockList, isIP } from 'node:net';
+import { parseDuration } from './duration.ts';
+import { policies, policyNames, findPolicy } from '../balancer/registry.ts';
+import { closest } from './did-you-mean.ts';
+
+const durationMessage = 'expected a duration such as "250ms", "5s", "2m", or a number of milliseconds';
+
+/** A duration: `"5s"`, `"250ms"`, `"2m"`, `"1h"` or milliseconds; read as milliseconds. */
+export const Duration = z
+  .union([z.number().nonnegative(), z.string()], { error: durationMessage })
+  .transform((v, ctx) => {
+    if (typeof v === 'number') return v;
+    const ms = parseDuration(v);
+    if (Number.isNaN(ms)) {
+      ctx.addIssue({ code: 'custom', message: `${durationMessage}, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    return ms;
+  })
+  .meta({ description: 'A duration: "250ms", "5s", "2m", "1h", or a number of milliseconds.' });
+
+/** An IPv4 or IPv6 address or CIDR block (`10.0.0.0/8`, `::1`, `fd00::/8`). */
+export const Cidr = z.string().refine((v) => parseCidr(v) !== null, {
+  message: 'expected an IP address or CIDR block such as "10.0.0.0/8" or "::1/128"',
+});
+
+/** `[address, prefix, family]` for an address or CIDR, or null. */
+export function parseCidr(text: string): [string, number, 'ipv4' | 'ipv6'] | null {
+  const [address, prefixText, extra] = text.trim().split('/');
+  if (extra !== undefined) return null;
+  const version = isIP(address);
+  if (version === 0) return null;
+  const max = version === 4 ? 32 : 128;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  if (!Number.isInteger(prefix) || prefix < 0 || prefix > max || (prefixText !== undefined && !/^\d+$/.test(prefixText))) return null;
+  return [address, prefix, version === 4 ? 'ipv4' : 'ipv6'];
+}
+
+/** A BlockList that answers "is this address inside one of the CIDRs" for both families. */
+export function compileCidrs(cidrs: readonly string[]): BlockList {
+  const list = new BlockList();
+  for (const text of cidrs) {
+    const parsed = parseCidr(text);
+    if (!parsed) throw new Error(`not a CIDR: ${text}`);
+    list.addSubnet(parsed[0], parsed[1], parsed[2]);
+  }
+  return list;
+}
+
+const Port = z.number().int().min(0).max(65535);
+
+/** A policy name or alias, read as the canonical name. */
+export const PolicyName = z
+  .string()
+  .superRefine((v, ctx) => {
+    if (findPolicy(v)) return;
+    const guess = closest(v, policyNames);
+    const names = policies.map((p) => p.name).join(', ');
+    ctx.addIssue({ code: 'custom', message: `unknown policy "${v}"${guess ? ` (did you mean "${guess}"?)` : ''}; policies: ${names}` });
+  })
+  .transform((v) => findPolicy(v)!.name)
+  .meta({ enum: [...policyNames], description: 'The balancing policy.' });
+
+const UpstreamUrl = z.string().refine(
+  (v) => {
+    try {
+      const u = new URL(v);
+      return u.protocol === 'http:' && u.hostname !== '' && (u.pathname === '/' || u.pathname === '') && !u.search && !u.username;
+    } catch {
+      return false;
+    }
+  },
+  { message: 'expected an upstream URL such as "http://10.0.0.5:8080" (http, host, optional port, no path)' },
+);
+
+/** One upstream: a URL string, or an object with a weight and a connection limit. */
+export const UpstreamConfig = z.union([
+  UpstreamUrl.transform((url) => ({ url, weight: 1, max_connections: 0 })),
+  z.strictObject({
+    url: UpstreamUrl,
+    weight: z.number().positive().max(1_000_000).default(1).meta({ description: 'Share of traffic relative to the others (default 1).' }),
+    max_connections: z.number().int().nonnegative().default(0).meta({ description: 'Most requests in flight at once; 0 is no limit (default 0).' }),
+  }),
+]);
+
+/** Timeouts toward the upstreams of a pool. */
+export const TimeoutsConfig = z.strictObject({
+  connect: Duration.default(5000).meta({ description: 'Connecting to an upstream (default 5s); over it: 504, and another upstream is tried.' }),
+  response_headers: Duration.default(60_000).meta({ description: 'From request sent to response headers (default 60s); over it: 504.' }),
+  idle_body: Duration.default(60_000).meta({ description: 'Longest pause between response body chunks (default 60s); over it the response is cut.' }),
+  request: Duration.default(0).meta({ description: 'The whole exchange, first byte in to last byte out; 0 is no limit (default 0).' }),
+});
+
+/** How upstream keep-alive sockets are reused. */
+export const KeepAliveConfig = z.strictObject({
+  idle_timeout: Duration.default(5000).meta({ description: "Longest an upstream socket is kept idle: set it to the backends' idle limit (default 5s, Node's)." }),
+  safety_margin: Duration.default(1000).meta({ description: 'Sockets are retired this long before idle_timeout or an advertised Keep-Alive timeout (default 1s).' }),
+  max_sockets: z.number().int().nonnegative().default(0).meta({ description: 'Most sockets per upstream; 0 is no limit (default 0).' }),
+});
+
+/** Retries of requests that an upstream never saw. */
+export const RetryConfig = z.strictObject({
+  max_attempts: z.number().int().min(1).max(10).default(3).meta({ description: 'Attempts per request, the first included, each on another upstream (default 3).' }),
+});
+
+/** A named set of upstreams with a policy. */
+export const PoolConfig = z.strictObject({
+  policy: PolicyName.default('round-robin'),
+  upstreams: z.array(UpstreamConfig).min(1, { message: 'a pool needs at least one upstream' }),
+  host_header: z
+    .string()
+    .min(1)
+    .default('preserve')
+    .meta({ description: '"preserve" keeps the client\'s Host (default), "upstream" sends the upstream\'s host:port, anything else is sent as is.' }),
+  transport: z.enum(['undici', 'node-http']).default('undici').meta({ description: 'HTTP client toward upstreams (default undici, the faster in `npm run bench`).' }),
+  timeouts: TimeoutsConfig.prefault({}),
+  keepalive: KeepAliveConfig.prefault({}),
+  retry: RetryConfig.prefault({}),
+});
+
+/** A socket Fulcrum accepts connections on. */
+export const ListenerConfig = z.strictObject({
+  name: z.string().min(1).optional().meta({ description: 'Name in logs (default "<host>:<port>").' }),
+  host: z.string().min(1).default('0.0.0.0').meta({ description: 'Address to bind (default 0.0.0.0; "::" for IPv6 too).' }),
+  port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
+  protocol: z.enum(['http']).default('http').meta({ description: 'Only "http" for now; https, http2 and tcp come later.' }),
+  trusted_proxies: z.array(Cidr).default([]).meta({ description: 'CIDRs whose X-Forwarded-* headers are believed (default none).' }),
+  keepalive_timeout: Duration.default(5000).meta({ description: 'How long an idle client connection is kept open (default 5s).' }),
+});
+
+/** A match on host and path prefix that leads to a pool. */
+export const RouteConfig = z.strictObject({
+  name: z.string().min(1).optional(),
+  host: z
+    .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
+    .optional()
+    .meta({ description: 'Host names (port ignored, "*.example.com" allowed); absent matches any host.' }),
+  path_prefix: z.string().startsWith('/').default('/').meta({ description: 'Path prefix, matched on segment boundaries (default "/").' }),
+  pool: z.string().min(1),
+});
+
+/** Logging. */
+export const LogConfig = z.strictObject({
+  level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
+  format: z.enum(['auto', 'json', 'pretty']).default('auto').meta({ description: '"auto": readable on a terminal, JSON otherwise (default).' }),
+  access_log: z.boolean().default(true).meta({ description: 'One line per request (default true).' }),
+});
+
+/** The whole configuration file. */
+export const FulcrumConfigSchema = z
+  .strictObject({
+    listeners: z.array(ListenerConfig).min(1).default([{ host: '0.0.0.0', port: 8080, protocol: 'http', trusted_proxies: [], keepalive_timeout: 5000 }]),
+    routes: z.array(RouteConfig).default([]).meta({ description: 'Tried in order: the longest path prefix among matching hosts wins. Empty with one pool: everything goes to it.' }),
+    pools: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, { message: 'pool names use letters, digits, "_", "." and "-"' }), PoolConfig),
+    log: LogConfig.prefault({}),
+    shutdown: z
+      .strictObject({
+        grace_period: Duration.default(30_000).meta({ description: 'How long in-flight requests may finish after SIGTERM (default 30s).' }),
+      })
+      .prefault({}),
+  });
+
+/** The configuration as written (before defaults). */
+export type FulcrumConfigInput = z.input<typeof FulcrumConfigSchema>;
+/** The configuration after validation: every default filled in, durations in milliseconds. */
+export type FulcrumConfig = z.output<typeof FulcrumConfigSchema>;
+export type PoolSettings = z.output<typeof PoolConfig>;
+export type ListenerSettings = z.output<typeof ListenerConfig>;
+export type RouteSettings = z.output<typeof RouteConfig>;
+export type LogSettings = z.output<typeof LogConfig>;
+
+/**
+ * The small shapes of the seed projects, read as one pool: `{port, strategy, backends}`
+ * (seed 004's config.json) and `{lb_port: ":3332", strategy, backends}` (seed 001's config.yaml).
+ */
+export const SeedConfigSchema = z.strictObject({
+  port: z.union([Port, z.string().regex(/^\d+$/).transform(Number)]).optional(),
+  lb_port: z
+    .union([Port, z.string().regex(/^([^:]*|\[[0-9a-fA-F:]+\]):\d+$|^\d+$/, { message: 'expected ":3332", "127.0.0.1:3332" or a port number' })])
+    .optional(),
+  strategy: PolicyName.default('round-robin'),
+  health_check_frequency: Duration.optional(),
+  backends: z.array(UpstreamConfig).min(1, { message: 'at least one backend is needed' }),
+  log_level: LogConfig.shape.level.optional(),
+});
+export type SeedConfig = z.output<typeof SeedConfigSchema>;
+
+/** The JSON Schema of the full configuration file, for editor completion. */
+export function configJsonSchema(): unknown {
+  const schema = z.toJSONSchema(FulcrumConfigSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  return { ...schema, title: 'Fulcrum configuration', $id: 'https://fulcrum.dev/schema/config.json' };
+}

@@ -1,0 +1,81 @@
+/**
+ * RequestContext: one small object per request that every phase reads and writes. It is a
+ * class with every field set in the constructor so V8 gives all contexts one shape.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Transform } from 'node:stream';
+import type { FulcrumError } from '../errors.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import type { Pool } from '../upstream/pool.ts';
+import type { CompiledRoute } from '../router/router.ts';
+import type { ForwardingSettings } from '../proxy/headers.ts';
+
+let sequence = 0;
+const prefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
+
+/** A request id that is unique per process run and cheap to make (no crypto per request). */
+export function nextRequestId(): string {
+  sequence = (sequence + 1) >>> 0;
+  return prefix + sequence.toString(36);
+}
+
+/** The state of one proxied request, from accept to the access log. */
+export class RequestContext {
+  readonly id: string;
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly listener: string;
+  /** `performance.now()` at accept. */
+  readonly start: number;
+  /** The socket peer. */
+  readonly peerAddress: string;
+  /** The client after trusted-proxy rules: the peer, or the right-most untrusted X-Forwarded-For hop. */
+  clientAddress: string;
+  /** True when the peer is a trusted proxy, so its X-Forwarded-* headers are believed. */
+  trustedPeer: boolean;
+  route: CompiledRoute | null = null;
+  pool: Pool | null = null;
+  /** The upstream of the current (or last) attempt. */
+  upstream: Upstream | null = null;
+  /** True while this request counts in `upstream.inFlight`. */
+  holding = false;
+  /** Why the previous attempt failed, answered if no other upstream is left to try. */
+  retryCause: FulcrumError | null = null;
+  /** The listener's forwarding settings (Via token, scheme). */
+  forwarding: ForwardingSettings | null = null;
+  /** The proxy handling this request (for socket events that only see the response). */
+  proxy: { clientClosed(ctx: RequestContext): void } | null = null;
+  /** Upstreams tried so far, in order (only kept once a second attempt is needed). */
+  tried: Upstream[] | null = null;
+  attempts = 0;
+  /** Headers sent upstream, flat `[name, value, ...]`. */
+  upstreamHeaders: string[] = [];
+  /** The request body as sent upstream (null for requests without one). */
+  body: Transform | null = null;
+  status = 0;
+  bytesIn = 0;
+  bytesOut = 0;
+  error: FulcrumError | null = null;
+  /** Set when the client went away before the response was complete. */
+  clientGone = false;
+  /** Set once the response is complete or abandoned; guards against finishing twice. */
+  done = false;
+  /** Cancels the upstream exchange in flight (set by the transport). */
+  abort: ((reason: Error) => void) | null = null;
+  timer: NodeJS.Timeout | null = null;
+  /** The X-Request-Id a trusted proxy sent, kept end to end instead of ours. */
+  requestIdForUpstream: string | undefined = undefined;
+  /** Milliseconds from accept to the end, set when done. */
+  duration = 0;
+
+  constructor(req: IncomingMessage, res: ServerResponse, listener: string, peerAddress: string) {
+    this.id = nextRequestId();
+    this.req = req;
+    this.res = res;
+    this.listener = listener;
+    this.start = performance.now();
+    this.peerAddress = peerAddress;
+    this.clientAddress = peerAddress;
+    this.trustedPeer = false;
+  }
+}

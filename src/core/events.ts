@@ -1,0 +1,26 @@
+/**
+ * The data path publishes; metrics, logs, passive health and the dashboard subscribe.
+ * Channels are `node:diagnostics_channel` channels (undici's habit): publishing to a channel
+ * with no subscriber costs one property read, so the proxy never knows who listens.
+ */
+import diagnosticsChannel from 'node:diagnostics_channel';
+import type { RequestContext } from './context.ts';
+import type { Upstream, UpstreamChange } from '../upstream/upstream.ts';
+
+/** Published once per finished request (served, failed or aborted). */
+export const requestEnd = diagnosticsChannel.channel('fulcrum:request:end');
+/** Published when an attempt against an upstream fails (before any retry decision). */
+export const upstreamError = diagnosticsChannel.channel('fulcrum:upstream:error');
+/** Published when an upstream's health, enabled or draining state changes. */
+export const upstreamState = diagnosticsChannel.channel('fulcrum:upstream:state');
+/** Published after a configuration was (or failed to be) applied. */
+export const configReload = diagnosticsChannel.channel('fulcrum:config:reload');
+
+/** Message of `fulcrum:request:end`. */
+export interface RequestEndEvent { ctx: RequestContext }
+/** Message of `fulcrum:upstream:error`. */
+export interface UpstreamErrorEvent { ctx: RequestContext; upstream: Upstream; error: Error }
+/** Message of `fulcrum:upstream:state`. */
+export type UpstreamStateEvent = UpstreamChange;
+/** Message of `fulcrum:config:reload`. */
+export interface ConfigReloadEvent { ok: boolean; source: string; error?: Error }

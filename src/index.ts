@@ -1,0 +1,121 @@
+/**
+ * The public API: `createBalancer(config)` -> `{ start, reload, close }`. The CLI is a thin
+ * layer over this; tests and embedders use it directly.
+ */
+import { configReload, upstreamState } from './core/events.ts';
+import { validateConfig, type LoadedConfig } from './config/load.ts';
+import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
+import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts';
+import { startAccessLog } from './observe/access-log.ts';
+import { createLogger, type Logger } from './observe/logger.ts';
+import { HttpProxy } from './proxy/http-proxy.ts';
+import { Router } from './router/router.ts';
+import { Pool } from './upstream/pool.ts';
+import type { Upstream, UpstreamChange } from './upstream/upstream.ts';
+
+export { loadConfigFile, loadConfigText, validateConfig } from './config/load.ts';
+export type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
+export { ConfigError, FulcrumError, ErrorCode } from './errors.ts';
+export type { ListenerAddress } from './listeners/http-listener.ts';
+
+/** Options beyond the configuration. */
+export interface BalancerOptions {
+  /** A logger to use instead of one built from `config.log`. */
+  logger?: Logger;
+}
+
+/** A running (or ready to run) Fulcrum. */
+export interface Balancer {
+  /** Binds every listener; resolves with their addresses. */
+  start(): Promise<ListenerAddress[]>;
+  /** Validates a new configuration and swaps routes and pools; upstream state carries over. */
+  reload(config: FulcrumConfig | FulcrumConfigInput | LoadedConfig): Promise<void>;
+  /** Graceful shutdown: stop accepting, finish in-flight requests within the grace period. */
+  close(graceMs?: number): Promise<void>;
+  /** The bound listener addresses. */
+  addresses(): ListenerAddress[];
+  /** The pools by name (read their upstreams' state). */
+  pools(): ReadonlyMap<string, Pool>;
+  readonly logger: Logger;
+}
+
+function toConfig(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig): FulcrumConfig {
+  if (input && typeof input === 'object' && 'config' in input && 'source' in input) return (input as LoadedConfig).config;
+  return validateConfig(input).config;
+}
+
+function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> | null): Map<string, Pool> {
+  const oldUpstreams = new Map<string, Upstream>();
+  if (previous) for (const pool of previous.values()) for (const u of pool.upstreams) oldUpstreams.set(u.id, u);
+  const pools = new Map<string, Pool>();
+  for (const [name, settings] of Object.entries(config.pools)) pools.set(name, new Pool(name, settings, oldUpstreams));
+  return pools;
+}
+
+/** Builds a balancer from a configuration (validated here if it is not already). */
+export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, options: BalancerOptions = {}): Balancer {
+  let config = toConfig(input);
+  const logger = options.logger ?? createLogger(config.log);
+  let pools = buildPools(config, null);
+  const proxy = new HttpProxy({ router: new Router(config.routes, pools) });
+  const listeners = config.listeners.map((l) => new HttpListener(l, proxy, logger));
+  let stopAccessLog: (() => void) | null = null;
+  let closing: Promise<void> | null = null;
+  const onState = (message: unknown): void => {
+    const c = message as UpstreamChange & { pool: string };
+    logger.info({ pool: c.pool, upstream: c.upstream.id, field: c.field, from: c.from, to: c.to, reason: c.reason }, `upstream ${c.upstream.id} ${c.field}: ${c.from} -> ${c.to} (${c.reason})`);
+  };
+
+  return {
+    logger,
+    async start() {
+      if (config.log.access_log) stopAccessLog = startAccessLog(logger);
+      upstreamState.subscribe(onState);
+      const bound: ListenerAddress[] = [];
+      try {
+        for (const l of listeners) bound.push(await l.listen());
+      } catch (err) {
+        await Promise.all(listeners.map((l) => l.drain(0)));
+        throw err;
+      }
+      for (const a of bound) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
+      for (const pool of pools.values()) {
+        logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstreams, ${pool.policyFactory.name}`);
+      }
+      return bound;
+    },
+    async reload(next) {
+      try {
+        const nextConfig = toConfig(next);
+        const nextPools = buildPools(nextConfig, pools);
+        const old = pools;
+        proxy.runtime = { router: new Router(nextConfig.routes, nextPools) };
+        pools = nextPools;
+        config = nextConfig;
+        // Old pools finish the requests they carry, then close their sockets.
+        void Promise.all([...old.values()].map((p) => p.close()));
+        if (JSON.stringify(nextConfig.listeners) !== JSON.stringify(listeners.map((l) => l.settings))) {
+          logger.warn('listener changes take effect on restart; routes and pools were reloaded');
+        }
+        if (configReload.hasSubscribers) configReload.publish({ ok: true, source: 'reload' });
+        logger.info({ pools: [...pools.keys()] }, 'configuration reloaded');
+      } catch (err) {
+        if (configReload.hasSubscribers) configReload.publish({ ok: false, source: 'reload', error: err as Error });
+        throw err;
+      }
+    },
+    close(graceMs = config.shutdown.grace_period) {
+      closing ??= (async () => {
+        proxy.draining = true;
+        await Promise.all(listeners.map((l) => l.drain(graceMs)));
+        await Promise.all([...pools.values()].map((p) => p.close()));
+        stopAccessLog?.();
+        upstreamState.unsubscribe(onState);
+        logger.flush();
+      })();
+      return closing;
+    },
+    addresses: () => listeners.map((l) => l.address()).filter((a): a is ListenerAddress => a !== null),
+    pools: () => pools,
+  };
+}

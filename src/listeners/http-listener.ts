@@ -1,0 +1,100 @@
+/**
+ * An HTTP/1.1 listener: a node:http server handing requests to the proxy, answering requests
+ * Node's parser rejects with the right 4xx, and draining its connections on shutdown.
+ */
+import http from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
+import type { ListenerSettings } from '../config/schema.ts';
+import { compileCidrs } from '../config/schema.ts';
+import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
+import type { Logger } from '../observe/logger.ts';
+
+/** A bound listener's address as users type it. */
+export interface ListenerAddress {
+  name: string;
+  host: string;
+  port: number;
+  url: string;
+}
+
+const parserStatus: Record<string, [number, string]> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
+  HPE_URI_TOO_LONG: [414, 'URI Too Long'],
+};
+
+/** One HTTP listener of the balancer. */
+export class HttpListener {
+  readonly settings: ListenerSettings;
+  readonly server: http.Server;
+  readonly info: ListenerInfo;
+  private readonly logger: Logger;
+
+  constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
+    this.settings = settings;
+    this.logger = logger;
+    const name = settings.name ?? `${settings.host}:${settings.port}`;
+    this.info = {
+      name,
+      trusted: settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null,
+      forwarding: { proto: 'http', via: '1.1 fulcrum' },
+    };
+    const info = this.info;
+    this.server = http.createServer({ keepAliveTimeout: settings.keepalive_timeout, requireHostHeader: true }, (req, res) => proxy.handle(req, res, info));
+    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
+  }
+
+  /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */
+  listen(): Promise<ListenerAddress> {
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error): void => reject(err);
+      this.server.once('error', onError);
+      this.server.listen(this.settings.port, this.settings.host, () => {
+        this.server.off('error', onError);
+        resolve(this.address()!);
+      });
+    });
+  }
+
+  /** The bound address, or null before listen. */
+  address(): ListenerAddress | null {
+    const a = this.server.address() as AddressInfo | null;
+    if (!a) return null;
+    const shown = a.address === '0.0.0.0' || a.address === '::' ? 'localhost' : a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return { name: this.info.name, host: a.address, port: a.port, url: `http://${shown}:${a.port}` };
+  }
+
+  /**
+   * Stops accepting, lets requests in flight finish, closes connections as they fall idle,
+   * and cuts whatever is left when the grace period ends.
+   */
+  async drain(graceMs: number): Promise<void> {
+    if (!this.server.listening) return;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    this.server.closeIdleConnections();
+    const sweep = setInterval(() => this.server.closeIdleConnections(), 25);
+    let timer: NodeJS.Timeout | undefined;
+    const graceOver = new Promise<'grace'>((resolve) => (timer = setTimeout(resolve, graceMs, 'grace')));
+    const how = await Promise.race([closed, graceOver]);
+    clearInterval(sweep);
+    clearTimeout(timer);
+    if (how === 'grace') {
+      this.logger.warn({ listener: this.info.name }, 'grace period over: closing the connections still open');
+      this.server.closeAllConnections();
+      await closed;
+    }
+  }
+
+  private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+    // ECONNRESET and friends: the client is gone, there is nobody to answer.
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const [status, text] = parserStatus[err.code ?? ''] ?? [400, 'Bad Request'];
+    this.logger.debug({ listener: this.info.name, code: err.code, status }, 'rejected a malformed request');
+    const body = `${status} ${text}\n`;
+    socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
+    socket.destroySoon?.();
+  }
+}

@@ -1,0 +1,35 @@
+/**
+ * The access log: one line per finished request, written by a subscriber of
+ * `fulcrum:request:end`, never by the proxy itself.
+ */
+import { requestEnd, type RequestEndEvent } from '../core/events.ts';
+import type { Logger } from './logger.ts';
+
+/** Subscribes the access log; returns the function that unsubscribes it. */
+export function startAccessLog(logger: Logger): () => void {
+  const log = logger.child({ log: 'access' });
+  const onEnd = (message: unknown): void => {
+    const { ctx } = message as RequestEndEvent;
+    const level = ctx.status >= 500 ? 'warn' : 'info';
+    if (!log.isLevelEnabled(level)) return;
+    const line = {
+      request_id: ctx.requestIdForUpstream ?? ctx.id,
+      method: ctx.req.method,
+      path: ctx.req.url,
+      status: ctx.status,
+      upstream: ctx.upstream?.id ?? null,
+      pool: ctx.pool?.name ?? null,
+      duration_ms: Math.round(ctx.duration * 100) / 100,
+      bytes_in: ctx.bytesIn,
+      bytes_out: ctx.bytesOut,
+      client: ctx.clientAddress,
+      listener: ctx.listener,
+      attempts: ctx.attempts,
+      error: ctx.error ? ctx.error.code : undefined,
+      reason: ctx.error ? ctx.error.message : undefined,
+    };
+    log[level](line, `${ctx.req.method} ${ctx.req.url} ${ctx.status}`);
+  };
+  requestEnd.subscribe(onEnd);
+  return () => requestEnd.unsubscribe(onEnd);
+}

@@ -1,0 +1,138 @@
+/**
+ * Header rules at the proxy boundary. Hop-by-hop headers (RFC 9110 section 7.6.1) and every
+ * header named in `Connection` are dropped in both directions; Node regenerates framing.
+ * Forwarding headers are set by Fulcrum and believed from trusted proxies only.
+ */
+import type { RequestContext } from '../core/context.ts';
+
+/** Headers that describe one connection, never forwarded (Go's net/http/httputil list). */
+const hopByHop = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
+
+/** How a pool sets the Host header: keep the client's, the upstream's, or a fixed value. */
+export type HostRewrite = { kind: 'preserve' } | { kind: 'upstream' } | { kind: 'fixed'; value: string };
+
+/** Per-listener and per-pool settings the header rules need, compiled once per config. */
+export interface ForwardingSettings {
+  /** `http` or `https`: what X-Forwarded-Proto says when Fulcrum sets it. */
+  proto: string;
+  /** The Via token, e.g. `1.1 fulcrum`. */
+  via: string;
+}
+
+/** The lowercase names listed in a Connection header value. */
+function connectionTokens(value: string): string[] {
+  return value.toLowerCase().split(',').map((t) => t.trim()).filter(Boolean);
+}
+
+/**
+ * Builds the header list sent upstream from the client's raw headers. Returns null (and
+ * nothing is sent) when the request carries more than one Host header, a smuggling vector.
+ */
+export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly string[], settings: ForwardingSettings, host: HostRewrite): string[] | null {
+  let named: string[] | null = null;
+  let clientHost: string | undefined;
+  let forwardedFor: string | undefined;
+  let forwardedProto: string | undefined;
+  let forwardedHost: string | undefined;
+  let requestId: string | undefined;
+  let via: string | undefined;
+  let te = false;
+  const trusted = ctx.trustedPeer;
+  // Host goes first so each attempt can set it in place (`setUpstreamHost`).
+  const out: string[] = ['host', ''];
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i];
+    if (name.length === 10 && name.toLowerCase() === 'connection') {
+      named = named ? named.concat(connectionTokens(rawHeaders[i + 1])) : connectionTokens(rawHeaders[i + 1]);
+    }
+  }
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i];
+    const value = rawHeaders[i + 1];
+    const lower = name.toLowerCase();
+    switch (lower) {
+      case 'host':
+        if (clientHost !== undefined) return null;
+        clientHost = value;
+        continue;
+      case 'te':
+        if (connectionTokens(value).includes('trailers')) te = true;
+        continue;
+      case 'x-forwarded-for':
+        if (trusted) forwardedFor = forwardedFor === undefined ? value : `${forwardedFor}, ${value}`;
+        continue;
+      case 'x-forwarded-proto':
+        if (trusted) forwardedProto = value;
+        continue;
+      case 'x-forwarded-host':
+        if (trusted) forwardedHost = value;
+        continue;
+      case 'x-request-id':
+        if (trusted) requestId = value;
+        continue;
+      case 'forwarded':
+      case 'x-real-ip':
+        if (trusted) out.push(name, value);
+        continue;
+      case 'via':
+        via = via === undefined ? value : `${via}, ${value}`;
+        continue;
+      case 'expect':
+        // Node's server already answered 100-continue; upstream gets the body straight away.
+        continue;
+      default:
+        if (hopByHop.has(lower) || (named !== null && named.includes(lower))) continue;
+        out.push(name, value);
+    }
+  }
+  // Empty until an upstream is picked when the pool sends the upstream's own host (or the client sent none).
+  out[1] = host.kind === 'preserve' ? (clientHost ?? '') : host.kind === 'fixed' ? host.value : '';
+  out.push('x-forwarded-for', forwardedFor === undefined ? ctx.clientAddress : `${forwardedFor}, ${ctx.peerAddress}`);
+  out.push('x-forwarded-proto', forwardedProto ?? settings.proto);
+  if (forwardedHost !== undefined || clientHost !== undefined) out.push('x-forwarded-host', forwardedHost ?? clientHost!);
+  out.push('via', via === undefined ? settings.via : `${via}, ${settings.via}`);
+  if (requestId !== undefined && requestId.length <= 200) ctx.requestIdForUpstream = requestId;
+  out.push('x-request-id', ctx.requestIdForUpstream ?? ctx.id);
+  if (te) out.push('te', 'trailers');
+  return out;
+}
+
+/** Sets the Host header of an attempt when the pool sends the upstream's own `host:port`. */
+export function setUpstreamHost(headers: string[], host: HostRewrite, upstreamHost: string): void {
+  if (host.kind === 'upstream' || headers[1] === '') headers[1] = upstreamHost;
+}
+
+/**
+ * Filters an upstream's raw response headers (latin1 buffers from undici, or strings) into the
+ * flat list written to the client, adding Via and X-Request-Id.
+ */
+export function buildResponseHeaders(ctx: RequestContext, raw: readonly (Buffer | string)[], settings: ForwardingSettings, closeConnection: boolean): string[] {
+  const out: string[] = [];
+  let named: string[] | null = null;
+  let via: string | undefined;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1');
+    const lower = name.toLowerCase();
+    const value = raw[i + 1].toString('latin1');
+    if (lower === 'connection') {
+      named = named ? named.concat(connectionTokens(value)) : connectionTokens(value);
+      continue;
+    }
+    if (lower === 'via') {
+      via = via === undefined ? value : `${via}, ${value}`;
+      continue;
+    }
+    if (hopByHop.has(lower)) continue;
+    out.push(name, value);
+  }
+  if (named !== null) {
+    const filtered: string[] = [];
+    for (let i = 0; i < out.length; i += 2) if (!named.includes(out[i].toLowerCase())) filtered.push(out[i], out[i + 1]);
+    out.length = 0;
+    out.push(...filtered);
+  }
+  out.push('via', via === undefined ? settings.via : `${via}, ${settings.via}`);
+  out.push('x-request-id', ctx.requestIdForUpstream ?? ctx.id);
+  if (closeConnection) out.push('connection', 'close');
+  return out;
+}

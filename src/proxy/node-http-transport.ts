@@ -1,0 +1,112 @@
+/**
+ * The node:http transport: one keep-alive `http.Agent` per upstream. Kept beside undici so the
+ * benchmark can compare the two on each machine (undici measured faster and is the default).
+ * The request body is piped only once the socket is connected, so a connect failure leaves it
+ * unread and another upstream can be tried.
+ */
+import http from 'node:http';
+import type { Socket } from 'node:net';
+import type { PoolSettings } from '../config/schema.ts';
+import type { RequestContext } from '../core/context.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import { effectiveIdle, type ExchangeSink, type Transport } from './transport.ts';
+
+function timeoutError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** Keep-alive agents toward every upstream of one Fulcrum pool. */
+export class NodeHttpTransport implements Transport {
+  private readonly settings: PoolSettings;
+  private readonly agents = new Map<Upstream, http.Agent>();
+
+  constructor(settings: PoolSettings) {
+    this.settings = settings;
+  }
+
+  private agentFor(upstream: Upstream): http.Agent {
+    let agent = this.agents.get(upstream);
+    if (agent) return agent;
+    const { keepalive } = this.settings;
+    agent = new http.Agent({
+      keepAlive: true,
+      // Most recently used first, so surplus idle sockets age out instead of being kept warm.
+      scheduling: 'lifo',
+      maxSockets: keepalive.max_sockets > 0 ? keepalive.max_sockets : Infinity,
+      // Idle sockets are closed this long after last use; an upstream's Keep-Alive hint (less the margin) can shorten it.
+      timeout: effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin),
+      agentKeepAliveTimeoutBuffer: keepalive.safety_margin,
+    } as http.AgentOptions);
+    this.agents.set(upstream, agent);
+    return agent;
+  }
+
+  forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void {
+    const { timeouts } = this.settings;
+    const attempt = ctx.attempts;
+    const stale = (): boolean => ctx.done || ctx.attempts !== attempt;
+    let sent = false;
+    let failed = false;
+    let connectTimer: NodeJS.Timeout | null = null;
+    const fail = (err: Error): void => {
+      if (failed) return;
+      failed = true;
+      if (connectTimer) clearTimeout(connectTimer);
+      creq.destroy();
+      if (ctx.attempts === attempt) sink.onError(ctx, err, sent);
+    };
+    const creq = http.request({
+      agent: this.agentFor(upstream),
+      host: upstream.hostname,
+      port: upstream.port,
+      method: ctx.req.method,
+      path: ctx.req.url,
+      headers: ctx.upstreamHeaders as unknown as http.OutgoingHttpHeaders,
+      setHost: false,
+    });
+    ctx.abort = (reason) => fail(reason);
+    creq.on('error', fail);
+    const startBody = (): void => {
+      sent = true;
+      if (connectTimer) clearTimeout(connectTimer);
+      creq.setTimeout(timeouts.response_headers, () => fail(timeoutError('UND_ERR_HEADERS_TIMEOUT', 'headers timeout')));
+      if (ctx.body !== null) ctx.body.pipe(creq);
+      else creq.end();
+    };
+    creq.on('socket', (socket: Socket) => {
+      if (stale()) return fail(new Error('request already finished'));
+      if (!socket.connecting) return startBody();
+      connectTimer = setTimeout(() => fail(timeoutError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${timeouts.connect}ms`)), timeouts.connect);
+      socket.once('connect', startBody);
+    });
+    creq.on('response', (ires: http.IncomingMessage) => {
+      if (stale()) return fail(new Error('request already finished'));
+      creq.setTimeout(timeouts.idle_body, () => fail(timeoutError('UND_ERR_BODY_TIMEOUT', 'body timeout')));
+      if (!sink.onResponse(ctx, ires.statusCode!, ires.rawHeaders)) return fail(new Error('response not writable'));
+      const res = ctx.res;
+      const resume = (): void => {
+        ires.resume();
+      };
+      ires.on('data', (chunk: Buffer) => {
+        if (stale()) return;
+        if (!sink.onData(ctx, chunk)) {
+          ires.pause();
+          res.once('drain', resume);
+        }
+      });
+      ires.on('end', () => {
+        if (failed || stale()) return;
+        if (!ires.complete) return fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' }));
+        failed = true;
+        sink.onEnd(ctx, ires.rawTrailers);
+      });
+      ires.on('aborted', () => fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' })));
+      ires.on('error', fail);
+    });
+  }
+
+  async close(): Promise<void> {
+    for (const agent of this.agents.values()) agent.destroy();
+    this.agents.clear();
+  }
+}

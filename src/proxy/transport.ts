@@ -1,0 +1,32 @@
+/**
+ * The transport interface: how a request reaches an upstream over a keep-alive pool and how
+ * the response comes back. Two implementations (undici, node:http) are kept so `npm run bench`
+ * can compare them on every machine; undici is the default because it measured faster.
+ */
+import type { RequestContext } from '../core/context.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+
+/** What a transport reports back to the proxy, once per event, for one attempt. */
+export interface ExchangeSink {
+  /** Response headers arrived. Returns false when they could not be written (attempt ends). */
+  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[]): boolean;
+  /** A body chunk; returns false when the client is slow (the transport pauses until `resume`). */
+  onData(ctx: RequestContext, chunk: Buffer): boolean;
+  /** The response is complete. */
+  onEnd(ctx: RequestContext, trailers: readonly (Buffer | string)[] | null): void;
+  /** The attempt failed; `sent` is false when the upstream never saw the request. */
+  onError(ctx: RequestContext, err: unknown, sent: boolean): void;
+}
+
+/** A client toward the upstreams of one pool. */
+export interface Transport {
+  /** Sends ctx's request to the upstream; reports through the sink, for attempt `ctx.attempts`. */
+  forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void;
+  /** Closes idle sockets now and the rest once their requests finish. */
+  close(): Promise<void>;
+}
+
+/** Keep-alive idle time actually used: the configured limit less the safety margin. */
+export function effectiveIdle(idleTimeout: number, margin: number): number {
+  return idleTimeout > margin ? idleTimeout - margin : Math.max(1, Math.floor(idleTimeout / 2));
+}

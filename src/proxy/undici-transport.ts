@@ -1,0 +1,118 @@
+/**
+ * The undici transport: one undici Pool (keep-alive sockets) per upstream, driven through the
+ * low-level `dispatch` handler API so response chunks go straight to the client with
+ * backpressure and no intermediate stream. undici honours an upstream's `Keep-Alive: timeout`
+ * (less the safety margin) and retires idle sockets before `keepalive.idle_timeout`.
+ */
+import { Pool as UndiciPool, type Dispatcher } from 'undici';
+import type { PoolSettings } from '../config/schema.ts';
+import type { RequestContext } from '../core/context.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import { effectiveIdle, type ExchangeSink, type Transport } from './transport.ts';
+
+/** One attempt of one request, as an undici dispatch handler. */
+class UndiciExchange implements Dispatcher.DispatchHandler {
+  private readonly ctx: RequestContext;
+  private readonly sink: ExchangeSink;
+  private readonly attempt: number;
+  private sent = false;
+  private resume: (() => void) | null = null;
+
+  constructor(ctx: RequestContext, sink: ExchangeSink) {
+    this.ctx = ctx;
+    this.sink = sink;
+    this.attempt = ctx.attempts;
+  }
+
+  private stale(): boolean {
+    return this.ctx.done || this.ctx.attempts !== this.attempt;
+  }
+
+  onConnect(abort: (err?: Error) => void): void {
+    // From here on the request is written to a socket: the upstream may have seen it.
+    this.sent = true;
+    if (this.stale()) {
+      abort(this.ctx.error ?? new Error('request already finished'));
+      return;
+    }
+    this.ctx.abort = abort;
+  }
+
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
+    if (statusCode < 200) return true;
+    if (this.stale()) return false;
+    this.resume = resume;
+    return this.sink.onResponse(this.ctx, statusCode, rawHeaders);
+  }
+
+  onData(chunk: Buffer): boolean {
+    if (this.stale()) return false;
+    const more = this.sink.onData(this.ctx, chunk);
+    if (!more) this.ctx.res.once('drain', this.resume!);
+    return more;
+  }
+
+  onComplete(trailers: string[] | null): void {
+    if (this.stale()) return;
+    this.sink.onEnd(this.ctx, trailers);
+  }
+
+  onError(err: Error): void {
+    if (this.ctx.attempts !== this.attempt) return;
+    this.sink.onError(this.ctx, err, this.sent);
+  }
+
+  onUpgrade(): void {}
+  onBodySent(): void {}
+}
+
+/** Keep-alive pools toward every upstream of one Fulcrum pool. */
+export class UndiciTransport implements Transport {
+  private readonly settings: PoolSettings;
+  private readonly clients = new Map<Upstream, UndiciPool>();
+
+  constructor(settings: PoolSettings) {
+    this.settings = settings;
+  }
+
+  private clientFor(upstream: Upstream): UndiciPool {
+    let client = this.clients.get(upstream);
+    if (client) return client;
+    const { keepalive, timeouts } = this.settings;
+    const idle = effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin);
+    client = new UndiciPool(upstream.origin, {
+      connections: keepalive.max_sockets > 0 ? keepalive.max_sockets : null,
+      pipelining: 1,
+      keepAliveTimeout: idle,
+      keepAliveMaxTimeout: idle,
+      keepAliveTimeoutThreshold: keepalive.safety_margin,
+      connect: { timeout: timeouts.connect },
+      headersTimeout: timeouts.response_headers,
+      bodyTimeout: timeouts.idle_body,
+      strictContentLength: true,
+    });
+    // Socket errors are reported per request through the handler; this only keeps them from being unhandled.
+    client.on('connectionError', () => {});
+    this.clients.set(upstream, client);
+    return client;
+  }
+
+  forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void {
+    const req = ctx.req;
+    this.clientFor(upstream).dispatch(
+      {
+        path: req.url!,
+        method: req.method as Dispatcher.HttpMethod,
+        headers: ctx.upstreamHeaders,
+        body: ctx.body,
+      },
+      new UndiciExchange(ctx, sink),
+    );
+  }
+
+  async close(): Promise<void> {
+    const all = [...this.clients.values()];
+    this.clients.clear();
+    await Promise.all(all.map((c) => c.close().catch(() => {})));
+  }
+}

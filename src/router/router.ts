@@ -1,0 +1,85 @@
+/**
+ * Host and path-prefix routing. Routes are compiled once per config into an ordered list:
+ * exact hosts, then wildcard hosts, then host-less routes, each by longest prefix first;
+ * the first match wins. No route for the path: 404; no route for the host at all: 421.
+ */
+import type { Pool } from '../upstream/pool.ts';
+import type { RouteSettings } from '../config/schema.ts';
+
+/** A route ready for matching. */
+export interface CompiledRoute {
+  name: string;
+  /** Lowercase exact hosts; null matches any host. */
+  hosts: ReadonlySet<string> | null;
+  /** Lowercase `.example.com` suffixes from `*.example.com`. */
+  suffixes: readonly string[];
+  pathPrefix: string;
+  pool: Pool;
+  /** 0 exact host, 1 wildcard host, 2 any host: the sort key ahead of prefix length. */
+  rank: number;
+}
+
+/** What a request matched: a route, or why none. */
+export type RouteMatch = CompiledRoute | 'no-route' | 'foreign-host';
+
+/** Compiled routes of one configuration. */
+export class Router {
+  readonly routes: readonly CompiledRoute[];
+  private readonly anyHost: boolean;
+
+  constructor(settings: readonly RouteSettings[], pools: ReadonlyMap<string, Pool>) {
+    const routes: CompiledRoute[] = settings.map((s, i) => {
+      const list = s.host === undefined ? null : (Array.isArray(s.host) ? s.host : [s.host]).map((h) => h.toLowerCase());
+      const hosts = list ? new Set(list.filter((h) => !h.startsWith('*.'))) : null;
+      const suffixes = list ? list.filter((h) => h.startsWith('*.')).map((h) => h.slice(1)) : [];
+      const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
+      return { name: s.name ?? `route-${i}`, hosts, suffixes, pathPrefix: trimSlash(s.path_prefix), pool: pools.get(s.pool)!, rank };
+    });
+    if (routes.length === 0 && pools.size === 1) {
+      routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: [...pools.values()][0], rank: 2 });
+    }
+    routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);
+    this.routes = routes;
+    this.anyHost = routes.some((r) => r.hosts === null);
+  }
+
+  /** The route for a Host header value and a request target. */
+  match(hostHeader: string | undefined, url: string): RouteMatch {
+    const host = hostHeader === undefined ? '' : hostOnly(hostHeader);
+    let hostMatched = this.anyHost;
+    for (const route of this.routes) {
+      if (route.hosts !== null && !matchesHost(route, host)) continue;
+      hostMatched = true;
+      if (matchesPrefix(route.pathPrefix, url)) return route;
+    }
+    return hostMatched ? 'no-route' : 'foreign-host';
+  }
+}
+
+function matchesHost(route: CompiledRoute, host: string): boolean {
+  if (route.hosts!.has(host)) return true;
+  for (const suffix of route.suffixes) if (host.length > suffix.length && host.endsWith(suffix)) return true;
+  return false;
+}
+
+/** `/api` matches `/api`, `/api/x` and `/api?q`, not `/apix`. The prefix is stored without a trailing slash. */
+function matchesPrefix(prefix: string, url: string): boolean {
+  if (prefix === '') return true;
+  if (!url.startsWith(prefix)) return false;
+  const next = url.charCodeAt(prefix.length);
+  return Number.isNaN(next) || next === 47 /* / */ || next === 63 /* ? */;
+}
+
+function trimSlash(prefix: string): string {
+  return prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+}
+
+/** The host part of a Host header, lowercase, without port or IPv6 brackets' port. */
+export function hostOnly(value: string): string {
+  if (value.startsWith('[')) {
+    const end = value.indexOf(']');
+    return (end === -1 ? value : value.slice(0, end + 1)).toLowerCase();
+  }
+  const colon = value.indexOf(':');
+  return (colon === -1 ? value : value.slice(0, colon)).toLowerCase();
+}

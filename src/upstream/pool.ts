@@ -1,0 +1,77 @@
+/**
+ * A pool: named upstreams, a policy and the transport that talks to them. The policy works on
+ * a snapshot of eligible upstreams that is rebuilt only when an upstream's state changes
+ * (Pingora's habit), so a pick never filters or allocates.
+ */
+import type { PoolSettings } from '../config/schema.ts';
+import { findPolicy } from '../balancer/registry.ts';
+import type { PickContext, Policy, PolicyFactory } from '../balancer/policy.ts';
+import { upstreamState } from '../core/events.ts';
+import { Upstream, type UpstreamChange } from './upstream.ts';
+import type { HostRewrite } from '../proxy/headers.ts';
+import type { Transport } from '../proxy/transport.ts';
+import { UndiciTransport } from '../proxy/undici-transport.ts';
+import { NodeHttpTransport } from '../proxy/node-http-transport.ts';
+
+/** A pool built from its settings; `previous` carries upstream state across a reload. */
+export class Pool {
+  readonly name: string;
+  readonly settings: PoolSettings;
+  readonly upstreams: readonly Upstream[];
+  readonly policyFactory: PolicyFactory;
+  readonly hostRewrite: HostRewrite;
+  /** The client toward this pool's upstreams (keep-alive sockets per upstream). */
+  readonly transport: Transport;
+  private policy: Policy;
+  private snapshot: readonly Upstream[] = [];
+
+  constructor(name: string, settings: PoolSettings, previous?: ReadonlyMap<string, Upstream>) {
+    this.name = name;
+    this.settings = settings;
+    this.policyFactory = findPolicy(settings.policy)!;
+    this.hostRewrite =
+      settings.host_header === 'preserve' ? { kind: 'preserve' } : settings.host_header === 'upstream' ? { kind: 'upstream' } : { kind: 'fixed', value: settings.host_header };
+    const onChange = (change: UpstreamChange): void => this.changed(change);
+    this.upstreams = settings.upstreams.map((u) => {
+      const upstream = new Upstream({ url: u.url, weight: u.weight, maxConnections: u.max_connections });
+      const old = previous?.get(upstream.id);
+      if (old) upstream.adoptStateFrom(old);
+      upstream.onChange = onChange;
+      return upstream;
+    });
+    this.policy = this.rebuild();
+    this.transport = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
+  }
+
+  /** Closes the pool's upstream sockets (idle now, busy ones when their request ends). */
+  close(): Promise<void> {
+    return this.transport.close();
+  }
+
+  /** An available upstream chosen by the policy, or undefined (the caller answers 503). */
+  pick(ctx: PickContext): Upstream | undefined {
+    return this.policy.pick(ctx);
+  }
+
+  /** As pick, but never one of `tried` while another is available (retries). */
+  pickExcept(ctx: PickContext, tried: readonly Upstream[]): Upstream | undefined {
+    const others = this.snapshot.filter((u) => !tried.includes(u));
+    if (others.length === 0) return undefined;
+    return this.policyFactory.create(others).pick(ctx);
+  }
+
+  /** The eligible upstreams the policy currently chooses from. */
+  eligible(): readonly Upstream[] {
+    return this.snapshot;
+  }
+
+  private rebuild(): Policy {
+    this.snapshot = Object.freeze(this.upstreams.filter((u) => u.eligible()));
+    return this.policyFactory.create(this.snapshot);
+  }
+
+  private changed(change: UpstreamChange): void {
+    this.policy = this.rebuild();
+    if (upstreamState.hasSubscribers) upstreamState.publish({ ...change, pool: this.name });
+  }
+}
