@@ -1,0 +1,213 @@
+/**
+ * `npm run bench`: one run that measures, side by side,
+ *   direct             the backend alone,
+ *   fulcrum-undici     Fulcrum with transport undici,
+ *   fulcrum-node-http  Fulcrum with transport node-http,
+ *   http-proxy         a plain http-proxy server with a keep-alive agent (the peer),
+ * and prints req/s, p50/p99 latency, errors and ratios, then writes bench/results/latest.json.
+ *
+ * Backend, proxy and load generator are three processes, so on a 2-core machine the proxy
+ * under test gets close to a core of its own rather than sharing an event loop with autocannon.
+ *
+ *   node bench/run.ts [--connections 64] [--duration 10] [--only direct,http-proxy] [--quick]
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { parseArgs } from 'node:util';
+import { runCommand, startServer, type ChildServer } from './children.ts';
+import type { LoadResult } from './load.ts';
+import { computeRatios, ratiosTable, resultsTable, type TargetResult } from './report.ts';
+import { haveWrk, runWrk } from './wrk.ts';
+
+const benchDir = import.meta.dirname;
+
+interface Target {
+  name: string;
+  label: string;
+  /** Starts the proxy in front of the backend; null for the backend itself. */
+  start(backendUrl: string): Promise<ChildServer> | null;
+}
+
+const targets: readonly Target[] = [
+  { name: 'direct', label: 'direct', start: () => null },
+  {
+    name: 'fulcrum-undici',
+    label: 'fulcrum-undici',
+    start: (backend) => startServer('fulcrum-undici', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'undici']),
+  },
+  {
+    name: 'fulcrum-node-http',
+    label: 'fulcrum-node-http',
+    start: (backend) => startServer('fulcrum-node-http', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'node-http']),
+  },
+  {
+    name: 'http-proxy',
+    label: 'http-proxy (keep-alive agent)',
+    start: (backend) => startServer('http-proxy', path.join(benchDir, 'proxy-http-proxy.ts'), [backend]),
+  },
+];
+
+const usage = `usage: npm run bench -- [options]
+  --connections N   concurrent connections (default 64)
+  --duration S      seconds measured per target (default 10; 3 with --quick)
+  --only a,b        targets to run: ${targets.map((t) => t.name).join(', ')}
+  --quick           3 s per target after a 1 s warm-up`;
+
+interface Settings {
+  connections: number;
+  duration: number;
+  warmup: number;
+  targets: Target[];
+}
+
+function parseSettings(): Settings {
+  const { values } = parseArgs({
+    options: {
+      connections: { type: 'string' },
+      duration: { type: 'string' },
+      only: { type: 'string' },
+      quick: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  if (values.help) {
+    console.log(usage);
+    process.exit(0);
+  }
+  const positive = (text: string | undefined, fallback: number, flag: string): number => {
+    if (text === undefined) return fallback;
+    const n = Number(text);
+    if (!Number.isInteger(n) || n <= 0) throw new Error(`--${flag} expects a positive whole number, got ${JSON.stringify(text)}\n${usage}`);
+    return n;
+  };
+  let chosen = [...targets];
+  if (values.only !== undefined) {
+    const names = values.only.split(',').map((s) => s.trim()).filter(Boolean);
+    const unknown = names.filter((n) => !targets.some((t) => t.name === n));
+    if (unknown.length > 0 || names.length === 0) throw new Error(`--only: unknown target ${unknown.join(', ') || '(none given)'}\n${usage}`);
+    chosen = targets.filter((t) => names.includes(t.name));
+  }
+  return {
+    connections: positive(values.connections, 64, 'connections'),
+    duration: positive(values.duration, values.quick ? 3 : 10, 'duration'),
+    warmup: values.quick ? 1 : 2,
+    targets: chosen,
+  };
+}
+
+/** autocannon in its own process: warm-up, then the measured run. */
+async function runAutocannon(url: string, settings: Settings): Promise<LoadResult> {
+  const args = [path.join(benchDir, 'load.ts'), url, String(settings.connections), String(settings.duration), String(settings.warmup)];
+  const budgetMs = (settings.warmup + settings.duration + 20) * 1000;
+  const stdout = await runCommand('autocannon', process.execPath, args, budgetMs);
+  return JSON.parse(stdout) as LoadResult;
+}
+
+async function measure(target: Target, backend: ChildServer, settings: Settings, wrk: boolean): Promise<TargetResult> {
+  const result: TargetResult = { name: target.name, label: target.label };
+  let proxy: ChildServer | null = null;
+  try {
+    proxy = await target.start(backend.url);
+    const url = proxy?.url ?? backend.url;
+    result.autocannon = await runAutocannon(url, settings);
+    if (wrk) result.wrk = await runWrk(url, settings.connections, settings.duration);
+    for (const child of [backend, proxy]) {
+      if (child && !child.alive()) throw new Error(`${child.name} exited during the run`);
+    }
+  } catch (err) {
+    result.error = (err as Error).message;
+  } finally {
+    await proxy?.stop();
+  }
+  return result;
+}
+
+function machine(): Record<string, unknown> {
+  const cpus = os.cpus();
+  return {
+    cpus: cpus.length,
+    cpu_model: cpus[0]?.model ?? 'unknown',
+    memory_gb: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+    loadavg_at_start: os.loadavg().map((n) => Math.round(n * 100) / 100),
+  };
+}
+
+async function main(): Promise<number> {
+  const settings = parseSettings();
+  const wrk = haveWrk();
+  const host = machine();
+
+  // Every step below has its own time limit; this one catches anything they miss.
+  const perTarget = settings.warmup + settings.duration * (wrk ? 2 : 1) + 45;
+  const guard = setTimeout(() => {
+    console.error('bench: overran its time budget; stopping');
+    process.exit(1);
+  }, (settings.targets.length * perTarget + 15) * 1000);
+  guard.unref();
+
+  console.log('Fulcrum benchmark');
+  console.log(`machine: ${host.cpus} x ${host.cpu_model}, ${host.memory_gb} GB, ${host.platform}, load average ${(host.loadavg_at_start as number[]).join(' ')}`);
+  console.log(`node:    ${host.node}`);
+  console.log(`load:    ${settings.connections} connections, ${settings.duration} s per target after a ${settings.warmup} s warm-up; autocannon${wrk ? ' then wrk' : ''}, in a process of its own`);
+  console.log('layout:  backend, proxy under test and load generator each in their own process, all on 127.0.0.1');
+  console.log('fulcrum: createBalancer with log level info, JSON access log on (written to /dev/null)');
+  console.log('peer:    http-proxy with a keep-alive http.Agent (the fair comparison: without one it opens a connection per request)');
+  if (!wrk) console.log('wrk:     not on PATH, skipped (optional)');
+  console.log('');
+
+  const backend = await startServer('backend', path.join(benchDir, 'backend.ts'), []);
+  const results: TargetResult[] = [];
+  try {
+    for (const target of settings.targets) {
+      process.stdout.write(`  measuring ${target.label} ... `);
+      const result = await measure(target, backend, settings, wrk);
+      results.push(result);
+      console.log(result.error ? 'FAILED' : `${Math.round(result.autocannon!.rps)} req/s`);
+      if (result.error) console.error(`    ${result.error.replaceAll('\n', '\n    ')}`);
+      if (!backend.alive()) throw new Error('the backend exited; stopping');
+      // Let the proxy's sockets close before the next target starts.
+      await sleep(500);
+    }
+  } finally {
+    await backend.stop();
+  }
+
+  const tools = wrk ? (['autocannon', 'wrk'] as const) : (['autocannon'] as const);
+  const ratios = tools.flatMap((tool) => computeRatios(results, tool));
+  for (const tool of tools) {
+    console.log('');
+    console.log(`Results (${tool}):`);
+    console.log(resultsTable(results, tool));
+    const toolRatios = ratios.filter((r) => r.tool === tool);
+    if (toolRatios.length > 0) {
+      console.log('');
+      console.log(`Ratios (${tool}; req/s above 1x and latency below 1x mean the first is better):`);
+      console.log(ratiosTable(toolRatios));
+    }
+  }
+  console.log('');
+  console.log('Note: figures come from one run on a shared 2-core machine where the load generator, the');
+  console.log('proxy and the backend compete for CPU; absolute numbers move between runs, so quote the ratios.');
+  console.log('autocannon records latency in whole milliseconds, so its p50/p99 (and their ratios) are coarse.');
+
+  const resultsDir = path.join(benchDir, 'results');
+  const file = path.join(resultsDir, 'latest.json');
+  mkdirSync(resultsDir, { recursive: true });
+  const settingsOut = { connections: settings.connections, duration_s: settings.duration, warmup_s: settings.warmup, targets: settings.targets.map((t) => t.name) };
+  const note = 'One run on a shared machine; absolute figures vary between runs, quote the ratios.';
+  writeFileSync(file, JSON.stringify({ date: new Date().toISOString(), machine: host, settings: settingsOut, note, results, ratios }, null, 2) + '\n');
+  console.log(`\nwritten: ${path.relative(process.cwd(), file)}`);
+
+  return results.some((r) => r.error) ? 1 : 0;
+}
+
+try {
+  process.exitCode = await main();
+} catch (err) {
+  console.error(`bench: ${(err as Error).message}`);
+  process.exitCode = 1;
+}
