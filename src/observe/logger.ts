@@ -25,5 +25,5 @@ export function createLogger(settings: Pick<LogSettings, 'level' | 'format'>, op
   }
   if (options.destination) return pino(base, options.destination);
   // Asynchronous writes keep logging off the request path; the balancer flushes on close.
-  return pino(base, pino.destination({ dest: 1, sync: false, minLength: 4096 }));
+  return pino(base, pino.destination({ dest: 1, sync: false }));
 }

@@ -181,7 +181,8 @@ export class HttpProxy implements ExchangeSink {
       ctx.status = error.status;
       const body = `${error.status} ${statusText(error.status)}: ${error.message}\nrequest id: ${ctx.requestIdForUpstream ?? ctx.id}\n`;
       const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(body)), 'x-request-id', ctx.requestIdForUpstream ?? ctx.id];
-      if (this.draining || !requestBodyDone(ctx)) headers.push('connection', 'close');
+      // A malformed request or an unread body leaves the connection in doubt: close it.
+      if (this.draining || error.status === 400 || !requestBodyDone(ctx)) headers.push('connection', 'close');
       if (error.status === 503) headers.push('retry-after', '1');
       res.writeHead(error.status, headers);
       res.end(ctx.req.method === 'HEAD' ? undefined : body);

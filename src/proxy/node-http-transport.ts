@@ -66,10 +66,15 @@ export class NodeHttpTransport implements Transport {
     });
     ctx.abort = (reason) => fail(reason);
     creq.on('error', fail);
+    // One socket timeout, re-armed per phase: response headers first, then body idleness.
+    let waitingForHeaders = true;
+    creq.on('timeout', () =>
+      fail(waitingForHeaders ? timeoutError('UND_ERR_HEADERS_TIMEOUT', 'headers timeout') : timeoutError('UND_ERR_BODY_TIMEOUT', 'body timeout')),
+    );
     const startBody = (): void => {
       sent = true;
       if (connectTimer) clearTimeout(connectTimer);
-      creq.setTimeout(timeouts.response_headers, () => fail(timeoutError('UND_ERR_HEADERS_TIMEOUT', 'headers timeout')));
+      creq.setTimeout(timeouts.response_headers);
       if (ctx.body !== null) ctx.body.pipe(creq);
       else creq.end();
     };
@@ -81,7 +86,8 @@ export class NodeHttpTransport implements Transport {
     });
     creq.on('response', (ires: http.IncomingMessage) => {
       if (stale()) return fail(new Error('request already finished'));
-      creq.setTimeout(timeouts.idle_body, () => fail(timeoutError('UND_ERR_BODY_TIMEOUT', 'body timeout')));
+      waitingForHeaders = false;
+      creq.setTimeout(timeouts.idle_body);
       if (!sink.onResponse(ctx, ires.statusCode!, ires.rawHeaders)) return fail(new Error('response not writable'));
       const res = ctx.res;
       const resume = (): void => {

@@ -23,7 +23,7 @@ export function upstreamFailure(err: unknown, sent: boolean): FulcrumError {
   if (connectCodes.has(code)) return new FulcrumError(ErrorCode.ConnectRefused, `connect failed (${code})`, 'upstream', 502, !sent, err);
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new FulcrumError(ErrorCode.HeadersTimeout, 'upstream sent no response headers in time', 'upstream', 504, false, err);
   if (code === 'UND_ERR_BODY_TIMEOUT') return new FulcrumError(ErrorCode.BodyTimeout, 'upstream body stalled past idle_body', 'upstream', 504, false, err);
-  if (code.startsWith('HPE_') || protocolCodes.has(code)) {
+  if (code.startsWith('HPE_') || protocolCodes.has(code) || e?.name === 'HTTPParserError') {
     return new FulcrumError(ErrorCode.UpstreamProtocol, `invalid response from upstream: ${message}`, 'upstream', 502, false, err);
   }
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {

@@ -1,0 +1,49 @@
+/**
+ * Fulcrum as users run it: `node src/cli.ts start -c FILE` in its own process, for tests that
+ * measure its memory or send it signals.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+
+const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
+
+/** A started Fulcrum process. */
+export interface FulcrumProcess {
+  child: ChildProcess;
+  port: number;
+  url: string;
+  output: () => string;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/** Writes the YAML to a temp file, starts Fulcrum on it, resolves once it listens. */
+export async function startFulcrumProcess(t: TestContext, yaml: string): Promise<FulcrumProcess> {
+  const dir = mkdtempSync(join(tmpdir(), 'fulcrum-test-'));
+  const file = join(dir, 'fulcrum.yaml');
+  writeFileSync(file, yaml);
+  const child = spawn(process.execPath, [cli, 'start', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
+  let out = '';
+  child.stdout!.on('data', (d) => (out += d));
+  child.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  t.after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  const deadline = Date.now() + 15_000;
+  for (;;) {
+    const m = /listening on http:\/\/[^:]+:(\d+)/.exec(out);
+    if (m) return { child, port: Number(m[1]), url: `http://127.0.0.1:${m[1]}`, output: () => out, exited };
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`fulcrum did not start:\n${out}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Peak resident memory (VmHWM) of a process, in bytes, from /proc. */
+export function peakRss(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  if (!m) throw new Error('no VmHWM in /proc status');
+  return Number(m[1]) * 1024;
+}

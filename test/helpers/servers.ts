@@ -1,0 +1,144 @@
+/**
+ * Real servers on 127.0.0.1 port 0 for integration tests: scripted backends and a balancer
+ * built through the public API, each closed by the test that made it.
+ */
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import type { TestContext } from 'node:test';
+import { createBalancer, type Balancer } from '../../src/index.ts';
+import type { FulcrumConfigInput } from '../../src/config/schema.ts';
+import { createLogger } from '../../src/observe/logger.ts';
+import { requestEnd, type RequestEndEvent } from '../../src/core/events.ts';
+
+/** A backend started for a test; `requests` counts what reached it. */
+export interface TestBackend {
+  url: string;
+  port: number;
+  server: http.Server;
+  requests: http.IncomingMessage[];
+  close(): Promise<void>;
+}
+
+/** An HTTP backend with a scripted handler, closed after the test. */
+export async function startBackend(t: TestContext, handler: http.RequestListener, options: http.ServerOptions = {}): Promise<TestBackend> {
+  const requests: http.IncomingMessage[] = [];
+  const server = http.createServer(options, (req, res) => {
+    requests.push(req);
+    handler(req, res);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  const close = (): Promise<void> =>
+    new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  t.after(close);
+  return { url: `http://127.0.0.1:${port}`, port, server, requests, close };
+}
+
+/** A raw TCP backend (for garbage, resets and hand-written framing). */
+export async function startRawBackend(t: TestContext, onConnection: (socket: net.Socket) => void): Promise<{ url: string; port: number; sockets: net.Socket[] }> {
+  const sockets: net.Socket[] = [];
+  const server = net.createServer((socket) => {
+    sockets.push(socket);
+    socket.on('error', () => {});
+    onConnection(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  t.after(() => new Promise<void>((resolve) => {
+    for (const s of sockets) s.destroy();
+    server.close(() => resolve());
+  }));
+  return { url: `http://127.0.0.1:${port}`, port, sockets };
+}
+
+/** A port nothing listens on (bound, then released). */
+export async function closedPort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** A running balancer for a test, its URL and the access-log records it produced. */
+export interface TestBalancer {
+  balancer: Balancer;
+  url: string;
+  port: number;
+  ended: RequestEndEvent['ctx'][];
+  logs: string[];
+}
+
+/** Starts a balancer on 127.0.0.1:0 with the given pools/routes; closed after the test. */
+export async function startBalancer(t: TestContext, config: Omit<FulcrumConfigInput, 'listeners'> & { listeners?: FulcrumConfigInput['listeners'] }): Promise<TestBalancer> {
+  const logs: string[] = [];
+  const sink = new Writable({
+    write(chunk, _enc, cb) {
+      logs.push(String(chunk));
+      cb();
+    },
+  });
+  const logger = createLogger({ level: 'info', format: 'json' }, { destination: sink });
+  const full: FulcrumConfigInput = { listeners: config.listeners ?? [{ host: '127.0.0.1', port: 0 }], ...config };
+  const balancer = createBalancer(full, { logger });
+  const [address] = await balancer.start();
+  const ended: RequestEndEvent['ctx'][] = [];
+  const onEnd = (m: unknown): void => void ended.push((m as RequestEndEvent).ctx);
+  requestEnd.subscribe(onEnd);
+  t.after(async () => {
+    requestEnd.unsubscribe(onEnd);
+    await balancer.close(1000);
+  });
+  return { balancer, url: `http://127.0.0.1:${address.port}`, port: address.port, ended, logs };
+}
+
+/** A response read whole: status, headers, body text. */
+export interface Fetched {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  rawHeaders: string[];
+  body: string;
+}
+
+/** One request with node:http (a fresh connection unless an agent is given). */
+export function get(url: string, options: http.RequestOptions & { body?: string | Buffer } = {}): Promise<Fetched> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(url, { agent: false, ...options }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (c: Buffer) => chunks.push(c));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, rawHeaders: res.rawHeaders, body: Buffer.concat(chunks).toString() }));
+      res.on('error', reject);
+      res.on('aborted', () => reject(new Error('response aborted')));
+    });
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/** Sends raw bytes on a new connection and returns everything the server sent until it closed. */
+export function rawExchange(port: number, text: string, timeout = 3000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    let data = '';
+    const timer = setTimeout(() => {
+      socket.destroy();
+      resolve(data);
+    }, timeout);
+    socket.on('data', (c) => (data += c.toString('latin1')));
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(data);
+    });
+    socket.on('error', (err) => {
+      clearTimeout(timer);
+      if (data) resolve(data);
+      else reject(err);
+    });
+    socket.write(text);
+  });
+}
