@@ -27,6 +27,7 @@ export class FulcrumError extends Error {
 
 /** Stable codes, one per way a proxied request can fail. */
 export const ErrorCode = {
+  BadRequest: 'FUL_BAD_REQUEST',
   NoRoute: 'FUL_NO_ROUTE',
   MisdirectedHost: 'FUL_MISDIRECTED_HOST',
   NoUpstream: 'FUL_NO_AVAILABLE_UPSTREAM',

@@ -40,7 +40,16 @@ export class HttpListener {
       forwarding: { proto: 'http', via: '1.1 fulcrum' },
     };
     const info = this.info;
-    this.server = http.createServer({ keepAliveTimeout: settings.keepalive_timeout, requireHostHeader: true }, (req, res) => proxy.handle(req, res, info));
+    this.server = http.createServer({ keepAliveTimeout: settings.keepalive_timeout, requireHostHeader: true }, (req, res) => {
+      try {
+        proxy.handle(req, res, info);
+      } catch (err) {
+        // A bug must cost one request, never the process and every other connection.
+        logger.error({ err, listener: info.name, path: req.url }, 'internal error while handling a request');
+        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain', connection: 'close' }).end('500 Internal Server Error\n');
+        else res.destroy();
+      }
+    });
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
   }
 

@@ -85,7 +85,7 @@ export class HttpProxy implements ExchangeSink {
 
     // Phase forward-headers.
     const headers = buildUpstreamHeaders(ctx, req.rawHeaders, listener.forwarding, pool.hostRewrite);
-    if (headers === null) return this.fail(ctx, new FulcrumError('FUL_BAD_REQUEST', 'more than one Host header', 'client', 400, false));
+    if (headers === null) return this.fail(ctx, new FulcrumError(ErrorCode.BadRequest, 'more than one Host header', 'client', 400, false));
     ctx.upstreamHeaders = headers;
     if (hasBody(req)) {
       const body = new CountingBody(ctx);

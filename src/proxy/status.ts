@@ -26,6 +26,10 @@ export function upstreamFailure(err: unknown, sent: boolean): FulcrumError {
   if (code.startsWith('HPE_') || protocolCodes.has(code) || e?.name === 'HTTPParserError') {
     return new FulcrumError(ErrorCode.UpstreamProtocol, `invalid response from upstream: ${message}`, 'upstream', 502, false, err);
   }
+  if (code === 'UND_ERR_INVALID_ARG' || code === 'UND_ERR_NOT_SUPPORTED') {
+    // undici refused to send what the client asked for (a header value it will not write): the client's fault, never retried.
+    return new FulcrumError(ErrorCode.BadRequest, `request cannot be forwarded: ${message}`, 'client', 400, false, err);
+  }
   if (code === 'UND_ERR_REQ_CONTENT_LENGTH_MISMATCH') {
     return new FulcrumError(ErrorCode.ClientBody, 'request body did not match its Content-Length', 'client', 400, false, err);
   }

@@ -139,6 +139,6 @@ export function rawExchange(port: number, text: string, timeout = 3000): Promise
       if (data) resolve(data);
       else reject(err);
     });
-    socket.write(text);
+    socket.write(text, 'latin1');
   });
 }

@@ -155,6 +155,8 @@ for (const transport of ['undici', 'node-http'] as const) {
       assert.match(await rawExchange(lb.port, 'GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'), /^HTTP\/1\.1 400 /);
       assert.match(await rawExchange(lb.port, `GET / HTTP/1.1\r\nHost: a\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`), /^HTTP\/1\.1 431 /);
       assert.equal(backend.requests.length, 0);
+      // obs-text in a header value: forwarded as is or refused with 400, never a 5xx.
+      assert.match(await rawExchange(lb.port, 'GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\nX-Name: caf\xe9\r\n\r\n'), /^HTTP\/1\.1 (200|400) /);
       assert.equal((await get(`${lb.url}/`)).status, 200, 'the listener still serves after bad input');
     });
 
