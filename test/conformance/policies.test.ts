@@ -1,0 +1,217 @@
+/**
+ * One conformance suite that every balancing policy in the registry must pass. Each policy
+ * gets the same cases; a case that does not apply to a policy is skipped with the reason.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { policies } from '../../src/balancer/registry.ts';
+import type { PolicyFactory } from '../../src/balancer/policy.ts';
+import { Upstream } from '../../src/upstream/upstream.ts';
+
+const ctx = { clientAddress: '127.0.0.1' };
+
+/**
+ * How each policy is expected to spread picks. A new policy must be added here, so the weights
+ * case knows whether to expect exact counts, shares within a range, or a spread of held load.
+ */
+const kinds: Record<string, 'deterministic' | 'random' | 'load-aware'> = {
+  'round-robin': 'deterministic',
+  'weighted-round-robin': 'deterministic',
+  'least-connections': 'load-aware',
+  random: 'random',
+  'power-of-two-choices': 'load-aware',
+};
+
+function upstreams(weights: readonly number[], maxConnections = 0): Upstream[] {
+  return weights.map((weight, i) => new Upstream({ url: `http://10.0.0.${i + 1}:8080`, weight, maxConnections }));
+}
+
+/** Picks `n` times; counts per upstream index. With `hold`, every pick stays in flight. */
+function countPicks(factory: PolicyFactory, pool: Upstream[], n: number, hold = false): number[] {
+  const policy = factory.create(pool);
+  const counts = pool.map(() => 0);
+  for (let i = 0; i < n; i++) {
+    const u = policy.pick(ctx);
+    assert.ok(u, `pick ${i} returned undefined`);
+    const index = pool.indexOf(u);
+    assert.notEqual(index, -1, 'picked an upstream outside the snapshot');
+    counts[index]++;
+    if (hold) u.inFlight++;
+  }
+  return counts;
+}
+
+/** Deterministic PRNG (mulberry32) so availability flips are the same on every run. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Ways to make an upstream unavailable, each undone by a fresh Upstream. */
+const makeUnavailable: Record<string, (u: Upstream) => void> = {
+  disabled: (u) => {
+    u.enabled = false;
+  },
+  unhealthy: (u) => {
+    u.health = 'unhealthy';
+  },
+  draining: (u) => {
+    u.draining = true;
+  },
+  'at max_connections': (u) => {
+    u.maxConnections = 2;
+    u.inFlight = 2;
+  },
+};
+
+function assertShares(counts: number[], expected: number[], tolerance: number, what: string): void {
+  const total = counts.reduce((a, b) => a + b, 0);
+  counts.forEach((c, i) => {
+    const share = c / total;
+    assert.ok(
+      share >= expected[i] - tolerance && share <= expected[i] + tolerance,
+      `${what}: upstream ${i} share ${share.toFixed(4)} outside [${(expected[i] - tolerance).toFixed(3)}, ${(expected[i] + tolerance).toFixed(3)}] (counts ${counts.join(', ')})`,
+    );
+  });
+}
+
+test('the registry has policies and every one is classified by this suite', () => {
+  assert.ok(policies.length >= 5);
+  for (const p of policies) assert.ok(p.name in kinds, `policy "${p.name}" is not in the conformance suite's kinds table`);
+});
+
+for (const factory of policies) {
+  const kind = kinds[factory.name];
+
+  describe(`policy ${factory.name}`, () => {
+    test('empty pool: undefined', () => {
+      const policy = factory.create([]);
+      for (let i = 0; i < 10; i++) assert.equal(policy.pick(ctx), undefined);
+    });
+
+    for (const [how, apply] of Object.entries(makeUnavailable)) {
+      test(`every upstream unavailable (${how}): undefined`, () => {
+        const pool = upstreams([1, 2, 3]);
+        pool.forEach(apply);
+        const policy = factory.create(pool);
+        for (let i = 0; i < 50; i++) assert.equal(policy.pick(ctx), undefined);
+      });
+    }
+
+    test('every upstream unavailable, each for a different reason: undefined', () => {
+      const pool = upstreams([1, 1, 1, 1]);
+      Object.values(makeUnavailable).forEach((apply, i) => apply(pool[i]));
+      const policy = factory.create(pool);
+      for (let i = 0; i < 50; i++) assert.equal(policy.pick(ctx), undefined);
+    });
+
+    test('a pool of one: always that one', () => {
+      const pool = upstreams([1]);
+      const policy = factory.create(pool);
+      for (let i = 0; i < 100; i++) assert.equal(policy.pick(ctx), pool[0]);
+    });
+
+    test('only one available: always that one (100 picks)', () => {
+      const pool = upstreams([5, 1, 3, 2, 4]);
+      makeUnavailable.disabled(pool[0]);
+      makeUnavailable['at max_connections'](pool[1]);
+      makeUnavailable.unhealthy(pool[3]);
+      makeUnavailable.draining(pool[4]);
+      const policy = factory.create(pool);
+      for (let i = 0; i < 100; i++) assert.equal(policy.pick(ctx), pool[2], `pick ${i}`);
+    });
+
+    test('an upstream that becomes available again is picked again', () => {
+      const pool = upstreams([1, 1]);
+      const policy = factory.create(pool);
+      pool[1].enabled = false;
+      for (let i = 0; i < 20; i++) assert.equal(policy.pick(ctx), pool[0]);
+      pool[1].enabled = true;
+      pool[0].enabled = false;
+      for (let i = 0; i < 20; i++) assert.equal(policy.pick(ctx), pool[1]);
+    });
+
+    test('equal weights: picks spread evenly', () => {
+      const pool = upstreams([1, 1, 1, 1]);
+      if (kind === 'deterministic') {
+        assert.deepEqual(countPicks(factory, pool, 4000), [1000, 1000, 1000, 1000]);
+      } else if (kind === 'random') {
+        // 10 000 picks over 4: one share's standard deviation is about 0.0043.
+        assertShares(countPicks(factory, pool, 10_000), [0.25, 0.25, 0.25, 0.25], 0.03, 'random picks');
+      } else {
+        // Load-aware and every pick held: in flight stays level to within one request or so.
+        const counts = countPicks(factory, pool, 4000, true);
+        for (const c of counts) assert.ok(c >= 990 && c <= 1010, `held in flight ${counts.join(', ')}`);
+      }
+    });
+
+    test('weights respected', (t) => {
+      if (!factory.weighted) {
+        t.skip(`${factory.name} ignores weights by design (weighted: false)`);
+        return;
+      }
+      if (kind === 'deterministic') {
+        assert.deepEqual(countPicks(factory, upstreams([3, 1]), 10_000), [7500, 2500]);
+        assert.deepEqual(countPicks(factory, upstreams([3, 2, 1]), 6000), [3000, 2000, 1000]);
+      } else if (kind === 'random') {
+        // Weights 3:1 over 10 000 picks: the heavy one's share is 0.75, standard deviation ~0.0043.
+        const counts = countPicks(factory, upstreams([3, 1]), 10_000);
+        const heavy = counts[0] / 10_000;
+        assert.ok(heavy >= 0.7 && heavy <= 0.8, `heavy share ${heavy} outside [0.70, 0.80]`);
+        assertShares(countPicks(factory, upstreams([3, 2, 1]), 12_000), [3 / 6, 2 / 6, 1 / 6], 0.04, 'weights 3:2:1');
+      } else {
+        // Load-aware: hold every pick (never released); in flight must follow the weights.
+        const two = countPicks(factory, upstreams([3, 1]), 1200, true);
+        assertShares(two, [0.75, 0.25], 0.02, 'held in flight, weights 3:1');
+        const three = countPicks(factory, upstreams([3, 2, 1]), 1200, true);
+        assertShares(three, [3 / 6, 2 / 6, 1 / 6], 0.02, 'held in flight, weights 3:2:1');
+      }
+    });
+
+    test('load-aware: an idle upstream is preferred over busy ones', (t) => {
+      if (kind !== 'load-aware') {
+        t.skip(`${factory.name} does not look at load (kind: ${kind})`);
+        return;
+      }
+      const pool = upstreams([1, 1]);
+      pool[0].inFlight = 10;
+      const policy = factory.create(pool);
+      for (let i = 0; i < 100; i++) assert.equal(policy.pick(ctx), pool[1]);
+    });
+
+    test('never returns an unavailable upstream while availability flips at random', () => {
+      const random = prng(0xf00d + factory.name.length);
+      const pool = upstreams([1, 2, 3, 4, 5], 2);
+      const policy = factory.create(pool);
+      let picked = 0;
+      let none = 0;
+      for (let i = 0; i < 5000; i++) {
+        for (const u of pool) {
+          u.enabled = random() < 0.7;
+          u.health = random() < 0.8 ? 'healthy' : 'unhealthy';
+          u.draining = random() < 0.1;
+          u.inFlight = Math.floor(random() * 3); // 0, 1 or 2; 2 is at max_connections
+        }
+        const anyAvailable = pool.some((u) => u.available());
+        const u = policy.pick(ctx);
+        if (u === undefined) {
+          assert.equal(anyAvailable, false, `pick ${i}: undefined although an upstream was available`);
+          none++;
+        } else {
+          assert.ok(pool.includes(u), `pick ${i}: an upstream outside the snapshot`);
+          assert.equal(u.available(), true, `pick ${i}: returned ${u.id}, which is unavailable`);
+          picked++;
+        }
+      }
+      // The flips must exercise both outcomes, or the test proves nothing.
+      assert.ok(picked > 1000, `only ${picked} picks had an available upstream`);
+      assert.ok(none > 0, 'no round had every upstream unavailable');
+    });
+  });
+}
