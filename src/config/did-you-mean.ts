@@ -15,11 +15,13 @@ export function editDistance(a: string, b: string): number {
 
 /** The closest candidate, if it is close enough to be a likely typo. */
 export function closest(word: string, candidates: Iterable<string>): string | undefined {
-  const lower = word.toLowerCase().replace(/-/g, '_');
+  // `-` and `_` count as the same letter: `least_conn` and `least-conn` are one typo apart from nothing.
+  const normal = (s: string): string => s.toLowerCase().replace(/-/g, '_');
+  const lower = normal(word);
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const c of candidates) {
-    const d = editDistance(lower, c.toLowerCase());
+    const d = editDistance(lower, normal(c));
     if (d < bestDistance) {
       best = c;
       bestDistance = d;

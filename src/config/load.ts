@@ -49,6 +49,29 @@ export function loadConfigFile(file: string, env: NodeJS.ProcessEnv = process.en
 
 /** As loadConfigFile, from text already read; `file` is only used in messages. */
 export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEnv = process.env): LoadedConfig {
+  if (file.endsWith('.json')) {
+    // JSON's own parser: YAML would accept trailing commas and describe a missing comma in YAML terms.
+    try {
+      JSON.parse(text);
+    } catch (err) {
+      const message = (err as Error).message;
+      const at = /\(line (\d+) column (\d+)\)/.exec(message);
+      const where = /at position (\d+)/.exec(message);
+      let line = at ? Number(at[1]) : 1;
+      let column = at ? Number(at[2]) : 1;
+      const trailing = /,(\s*)[\]}]/.exec(text);
+      if (!at && !where && trailing) {
+        const before = text.slice(0, trailing.index).split('\n');
+        throw new ConfigError([{ file, line: before.length, column: before[before.length - 1].length + 1, path: '', message: 'invalid JSON: trailing comma' }]);
+      }
+      if (!at && where) {
+        const before = text.slice(0, Number(where[1])).split('\n');
+        line = before.length;
+        column = before[before.length - 1].length + 1;
+      }
+      throw new ConfigError([{ file, line, column, path: '', message: `invalid JSON: ${message.replace(/ in JSON at position.*$/, '').replace(/\s*\(line \d+ column \d+\)/, '')}` }]);
+    }
+  }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const problems: ConfigProblem[] = [];
@@ -58,8 +81,8 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
   }
   if (problems.length > 0) throw new ConfigError(problems);
   const raw: unknown = doc.toJS({ maxAliasCount: 100 });
-  const locate = (path: Path): { line: number; column: number } => {
-    const offset = offsetOf(doc, path);
+  const locate = (path: Path, atKey: boolean): { line: number; column: number } => {
+    const offset = offsetOf(doc, path, atKey);
     if (offset === undefined) return { line: 0, column: 0 };
     const pos = lineCounter.linePos(offset);
     return { line: pos.line, column: pos.col };
@@ -72,29 +95,31 @@ export function validateConfig(raw: unknown, source = '<inline>', env: NodeJS.Pr
   return validate(raw, source, () => ({ line: 0, column: 0 }), env);
 }
 
-function validate(raw: unknown, file: string, locate: (path: Path) => { line: number; column: number }, env: NodeJS.ProcessEnv): LoadedConfig {
+function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolean) => { line: number; column: number }, env: NodeJS.ProcessEnv): LoadedConfig {
   if (raw === null || raw === undefined) raw = {};
   if (typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError([{ file, line: 1, column: 1, path: '', message: 'the configuration must be a mapping of keys to values' }]);
   }
   const warnings: string[] = [];
   const problems: ConfigProblem[] = [];
-  const place = (path: Path, message: string): ConfigProblem => ({ file, ...locate(path), path: formatPath(path), message });
+  const place = (path: Path, message: string, atKey = false): ConfigProblem => ({ file, ...locate(path, atKey), path: formatPath(path), message });
   let candidate = raw as Record<string, unknown>;
 
   if (isSeedShape(candidate)) {
     const seed = SeedConfigSchema.safeParse(candidate, { reportInput: true });
     if (!seed.success) {
-      throw new ConfigError(issuesToProblems(seed.error.issues, SeedConfigSchema, place));
+      throw new ConfigError(dedupe(issuesToProblems(seed.error.issues, SeedConfigSchema, place)));
     }
     candidate = widenSeed(seed.data, warnings);
   }
 
   const overridden = applyEnvOverrides(candidate, env);
   const result = FulcrumConfigSchema.safeParse(overridden.config, { reportInput: true });
-  const placeWithEnv = (path: Path, message: string): ConfigProblem => {
+  const placeWithEnv = (path: Path, message: string, atKey = false): ConfigProblem => {
     const hit = overridden.applied.find((o) => samePath(o.path, path));
-    return hit ? { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: `${message} (value ${JSON.stringify(hit.value)})` } : place(path, message);
+    if (!hit) return place(path, message, atKey);
+    const value = JSON.stringify(hit.value);
+    return { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: message.includes(value) ? message : `${message} (value ${value})` };
   };
   if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
   problems.push(...crossCheck(overridden.config, placeWithEnv));
@@ -198,7 +223,7 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
 }
 
 /** Zod issues as problems with places; unknown keys get a did-you-mean from the schema. */
-function issuesToProblems(issues: readonly z.core.$ZodIssue[], schema: z.ZodType, place: (path: Path, message: string) => ConfigProblem): ConfigProblem[] {
+function issuesToProblems(issues: readonly z.core.$ZodIssue[], schema: z.ZodType, place: (path: Path, message: string, atKey?: boolean) => ConfigProblem): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   for (const issue of issues) {
     const path = issue.path as Path;
@@ -207,7 +232,7 @@ function issuesToProblems(issues: readonly z.core.$ZodIssue[], schema: z.ZodType
       for (const key of issue.keys) {
         const guess = closest(key, known);
         const hint = guess ? ` (did you mean "${guess}"?)` : known.length ? ` (known keys: ${known.join(', ')})` : '';
-        problems.push(place([...path, key], `unknown key "${key}"${hint}`));
+        problems.push(place([...path, key], `unknown key "${key}"${hint}`, true));
       }
     } else if (issue.code === 'invalid_union') {
       // Report the branch that got furthest (an object with a bad field), not "invalid input".
@@ -215,7 +240,17 @@ function issuesToProblems(issues: readonly z.core.$ZodIssue[], schema: z.ZodType
       if (branches.length > 0) {
         const nested = branches[0].map((i) => ({ ...i, path: [...path, ...i.path] })) as z.core.$ZodIssue[];
         problems.push(...issuesToProblems(nested, schema, place));
-      } else problems.push(place(path, describe(issue)));
+      } else {
+        const input = (issue as { input?: unknown }).input;
+        const got = input === undefined ? 'nothing' : `${Array.isArray(input) ? 'array' : typeof input} ${JSON.stringify(input)?.slice(0, 40)}`;
+        const upstream = path.includes('upstreams') || path.includes('backends');
+        problems.push(place(path, upstream ? `expected an upstream URL string or an object with "url", got ${got}` : `${issue.message}, got ${got}`));
+      }
+    } else if (issue.code === 'invalid_type' && path.length === 1 && path[0] === 'pools' && (issue as { input?: unknown }).input === undefined) {
+      // crossCheck says this in the user's words; zod's "expected record" would only repeat it.
+      continue;
+    } else if (issue.code === 'invalid_key') {
+      problems.push(...issuesToProblems(issue.issues.map((i) => ({ ...i, path })) as z.core.$ZodIssue[], schema, place));
     } else {
       problems.push(place(path, describe(issue)));
     }
@@ -263,18 +298,19 @@ function unwrap(node: any): any {
 }
 
 /** The offset in the text of the node at `path`, or of its nearest existing ancestor. */
-function offsetOf(doc: Document, path: Path): number | undefined {
+function offsetOf(doc: Document, path: Path, atKey: boolean): number | undefined {
   let node: unknown = doc.contents;
   let offset = (node as YamlNode | null)?.range?.[0];
-  for (const key of path) {
+  for (let depth = 0; depth < path.length; depth++) {
+    const key = path[depth];
     if (isMap(node)) {
       const pair = node.items.find((p) => isPair(p) && (isScalar(p.key) ? p.key.value : p.key) == key);
       if (!pair) return offset;
       const keyNode = pair.key as YamlNode | null;
       offset = keyNode?.range?.[0] ?? offset;
       node = pair.value;
-      // For the last key, point at the value when there is one (a bad value), else the key.
-      if (key === path[path.length - 1] && node && (node as YamlNode).range && !isMap(node)) offset = (node as YamlNode).range![0];
+      // For the last key, point at a bad value (not at a mapping, nor for an unknown key: there the key is the problem).
+      if (depth === path.length - 1 && !atKey && node && (node as YamlNode).range && !isMap(node)) offset = (node as YamlNode).range![0];
     } else if (node && typeof node === 'object' && 'items' in node && typeof key === 'number') {
       node = (node as { items: unknown[] }).items[key];
       if (!node) return offset;

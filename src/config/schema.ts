@@ -60,7 +60,8 @@ export const PolicyName = z
   .string()
   .superRefine((v, ctx) => {
     if (findPolicy(v)) return;
-    const guess = closest(v, policyNames);
+    const alias = closest(v, policyNames);
+    const guess = alias === undefined ? undefined : findPolicy(alias)!.name;
     const names = policies.map((p) => p.name).join(', ');
     ctx.addIssue({ code: 'custom', message: `unknown policy "${v}"${guess ? ` (did you mean "${guess}"?)` : ''}; policies: ${names}` });
   })

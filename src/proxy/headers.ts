@@ -122,7 +122,8 @@ export function buildResponseHeaders(ctx: RequestContext, raw: readonly (Buffer 
       via = via === undefined ? value : `${via}, ${value}`;
       continue;
     }
-    if (hopByHop.has(lower)) continue;
+    // Ours is added below; an upstream that echoes the id would otherwise send it twice.
+    if (hopByHop.has(lower) || lower === 'x-request-id') continue;
     out.push(name, value);
   }
   if (named !== null) {

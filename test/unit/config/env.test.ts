@@ -107,9 +107,9 @@ test('env: FULCRUM_HOST on a file without listeners makes the first listener', (
 
 test('env: a bad FULCRUM_PORT is reported as env FULCRUM_PORT', () => {
   const err = configError(() => loadConfigText(full, 'full.yaml', { FULCRUM_PORT: 'eighty' }));
-  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: expected number, got string "eighty" (value "eighty")');
+  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: expected number, got string "eighty"');
   assert.deepEqual(err.problems, [
-    { file: 'env FULCRUM_PORT', line: 0, column: 0, path: 'listeners[0].port', message: 'expected number, got string "eighty" (value "eighty")' },
+    { file: 'env FULCRUM_PORT', line: 0, column: 0, path: 'listeners[0].port', message: 'expected number, got string "eighty"' },
   ]);
 });
 
@@ -120,7 +120,7 @@ test('env: an out-of-range FULCRUM_PORT is reported as env FULCRUM_PORT', () => 
 
 test('env: a bad FULCRUM_PORT on a seed config is reported as env FULCRUM_PORT', () => {
   const err = configError(() => loadConfigText(seed, 'seed.json', { FULCRUM_PORT: 'x' }));
-  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: expected number, got string "x" (value "x")');
+  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: expected number, got string "x"');
 });
 
 test('env: a bad FULCRUM_LOG_LEVEL is reported as env FULCRUM_LOG_LEVEL', () => {
@@ -142,13 +142,13 @@ test('env: a bad FULCRUM_POLICY is reported once per pool, with a did-you-mean',
   );
   assert.equal(
     err.problems[0].message,
-    'unknown policy "leastconnn" (did you mean "leastconn"?); policies: round-robin, weighted-round-robin, least-connections, random, power-of-two-choices (value "leastconnn")',
+    'unknown policy "leastconnn" (did you mean "least-connections"?); policies: round-robin, weighted-round-robin, least-connections, random, power-of-two-choices',
   );
 });
 
 test('env: a bad FULCRUM_ACCESS_LOG is reported as env FULCRUM_ACCESS_LOG', () => {
   const err = configError(() => loadConfigText(full, 'full.yaml', { FULCRUM_ACCESS_LOG: 'maybe' }));
-  assert.equal(err.message, 'env FULCRUM_ACCESS_LOG: log.access_log: expected boolean, got string "maybe" (value "maybe")');
+  assert.equal(err.message, 'env FULCRUM_ACCESS_LOG: log.access_log: expected boolean, got string "maybe"');
 });
 
 test('env: env problems come before file problems, which keep their line:column', () => {
