@@ -34,6 +34,7 @@ export const ErrorCode = {
   ConnectRefused: 'FUL_UPSTREAM_CONNECT_REFUSED',
   ConnectTimeout: 'FUL_UPSTREAM_CONNECT_TIMEOUT',
   HeadersTimeout: 'FUL_UPSTREAM_HEADERS_TIMEOUT',
+  UpstreamTimeout: 'FUL_UPSTREAM_TIMEOUT',
   BodyTimeout: 'FUL_UPSTREAM_BODY_TIMEOUT',
   RequestTimeout: 'FUL_REQUEST_TIMEOUT',
   UpstreamReset: 'FUL_UPSTREAM_RESET',

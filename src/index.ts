@@ -2,7 +2,7 @@
  * The public API: `createBalancer(config)` -> `{ start, reload, close }`. The CLI is a thin
  * layer over this; tests and embedders use it directly.
  */
-import { configReload, upstreamState } from './core/events.ts';
+import { configReload, upstreamState, type UpstreamStateEvent } from './core/events.ts';
 import { validateConfig, type LoadedConfig } from './config/load.ts';
 import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
 import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts';
@@ -11,7 +11,7 @@ import { createLogger, type Logger } from './observe/logger.ts';
 import { HttpProxy } from './proxy/http-proxy.ts';
 import { Router } from './router/router.ts';
 import { Pool } from './upstream/pool.ts';
-import type { Upstream, UpstreamChange } from './upstream/upstream.ts';
+import type { Upstream } from './upstream/upstream.ts';
 
 export { loadConfigFile, loadConfigText, validateConfig } from './config/load.ts';
 export type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
@@ -62,7 +62,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   let stopAccessLog: (() => void) | null = null;
   let closing: Promise<void> | null = null;
   const onState = (message: unknown): void => {
-    const c = message as UpstreamChange & { pool: string };
+    const c = message as UpstreamStateEvent;
     logger.info({ pool: c.pool, upstream: c.upstream.id, field: c.field, from: c.from, to: c.to, reason: c.reason }, `upstream ${c.upstream.id} ${c.field}: ${c.from} -> ${c.to} (${c.reason})`);
   };
 

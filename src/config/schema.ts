@@ -156,8 +156,9 @@ export const LogConfig = z.strictObject({
 /** The whole configuration file. */
 export const FulcrumConfigSchema = z
   .strictObject({
+    $schema: z.string().optional().meta({ description: 'Editor hint (the JSON Schema of this file); ignored.' }),
     listeners: z.array(ListenerConfig).min(1).default([{ host: '0.0.0.0', port: 8080, protocol: 'http', trusted_proxies: [], keepalive_timeout: 5000 }]),
-    routes: z.array(RouteConfig).default([]).meta({ description: 'Tried in order: the longest path prefix among matching hosts wins. Empty with one pool: everything goes to it.' }),
+    routes: z.array(RouteConfig).default([]).meta({ description: 'Matched most specific first: exact hosts, then wildcard hosts, then host-less routes, each by longest path prefix. Empty with one pool: everything goes to it.' }),
     pools: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, { message: 'pool names use letters, digits, "_", "." and "-"' }), PoolConfig),
     log: LogConfig.prefault({}),
     shutdown: z

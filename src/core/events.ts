@@ -21,6 +21,6 @@ export interface RequestEndEvent { ctx: RequestContext }
 /** Message of `fulcrum:upstream:error`. */
 export interface UpstreamErrorEvent { ctx: RequestContext; upstream: Upstream; error: Error }
 /** Message of `fulcrum:upstream:state`. */
-export type UpstreamStateEvent = UpstreamChange;
+export type UpstreamStateEvent = UpstreamChange & { pool: string };
 /** Message of `fulcrum:config:reload`. */
 export interface ConfigReloadEvent { ok: boolean; source: string; error?: Error }

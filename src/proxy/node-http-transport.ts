@@ -90,12 +90,15 @@ export class NodeHttpTransport implements Transport {
       creq.setTimeout(timeouts.idle_body);
       if (!sink.onResponse(ctx, ires.statusCode!, ires.rawHeaders)) return fail(new Error('response not writable'));
       const res = ctx.res;
+      // While the client is slow the upstream is not idle: the body timer stops until drain.
       const resume = (): void => {
+        creq.setTimeout(timeouts.idle_body);
         ires.resume();
       };
       ires.on('data', (chunk: Buffer) => {
         if (stale()) return;
         if (!sink.onData(ctx, chunk)) {
+          creq.setTimeout(0);
           ires.pause();
           res.once('drain', resume);
         }
@@ -112,7 +115,11 @@ export class NodeHttpTransport implements Transport {
   }
 
   async close(): Promise<void> {
-    for (const agent of this.agents.values()) agent.destroy();
+    // Idle sockets go now; busy ones when their request ends, so a reload cuts nothing.
+    for (const agent of this.agents.values()) {
+      for (const list of Object.values(agent.freeSockets)) for (const socket of list ?? []) socket.destroy();
+      agent.on('free', (socket: Socket) => socket.destroy());
+    }
     this.agents.clear();
   }
 }

@@ -20,6 +20,7 @@ export function upstreamFailure(err: unknown, sent: boolean): FulcrumError {
   if (code === 'UND_ERR_CONNECT_TIMEOUT' || (code === 'ETIMEDOUT' && !sent)) {
     return new FulcrumError(ErrorCode.ConnectTimeout, `connect timeout: ${message}`, 'upstream', 504, true, err);
   }
+  if (code === 'ETIMEDOUT') return new FulcrumError(ErrorCode.UpstreamTimeout, 'upstream connection timed out', 'upstream', 504, false, err);
   if (connectCodes.has(code)) return new FulcrumError(ErrorCode.ConnectRefused, `connect failed (${code})`, 'upstream', 502, !sent, err);
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new FulcrumError(ErrorCode.HeadersTimeout, 'upstream sent no response headers in time', 'upstream', 504, false, err);
   if (code === 'UND_ERR_BODY_TIMEOUT') return new FulcrumError(ErrorCode.BodyTimeout, 'upstream body stalled past idle_body', 'upstream', 504, false, err);

@@ -29,7 +29,7 @@ export class Router {
 
   constructor(settings: readonly RouteSettings[], pools: ReadonlyMap<string, Pool>) {
     const routes: CompiledRoute[] = settings.map((s, i) => {
-      const list = s.host === undefined ? null : (Array.isArray(s.host) ? s.host : [s.host]).map((h) => h.toLowerCase());
+      const list = s.host === undefined ? null : (Array.isArray(s.host) ? s.host : [s.host]).map((h) => (h.startsWith('*.') ? h.toLowerCase() : hostOnly(h)));
       const hosts = list ? new Set(list.filter((h) => !h.startsWith('*.'))) : null;
       const suffixes = list ? list.filter((h) => h.startsWith('*.')).map((h) => h.slice(1)) : [];
       const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
