@@ -49,6 +49,7 @@ function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> |
   if (previous) for (const pool of previous.values()) for (const u of pool.upstreams) oldUpstreams.set(u.id, u);
   const pools = new Map<string, Pool>();
   for (const [name, settings] of Object.entries(config.pools)) pools.set(name, new Pool(name, settings, oldUpstreams));
+  for (const pool of pools.values()) if (pool.settings.backup) pool.backup = pools.get(pool.settings.backup) ?? null;
   return pools;
 }
 
@@ -78,6 +79,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         await Promise.all(listeners.map((l) => l.drain(0)));
         throw err;
       }
+      for (const pool of pools.values()) pool.start();
       for (const a of bound) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
       for (const pool of pools.values()) {
         logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstreams, ${pool.policyFactory.name}`);
@@ -89,6 +91,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         const nextConfig = toConfig(next);
         const nextPools = buildPools(nextConfig, pools);
         const old = pools;
+        for (const pool of nextPools.values()) pool.start();
         proxy.runtime = { router: new Router(nextConfig.routes, nextPools) };
         pools = nextPools;
         config = nextConfig;

@@ -149,13 +149,10 @@ function widenSeed(seed: SeedConfig, warnings: string[]): Record<string, unknown
       }
     }
   }
-  if (seed.health_check_frequency !== undefined) {
-    warnings.push('health_check_frequency is read but active health checks are not in this version yet; every backend counts as healthy');
-  }
-  const config: Record<string, unknown> = {
-    listeners: [{ host, port }],
-    pools: { default: { policy: seed.strategy, upstreams: seed.backends } },
-  };
+  const pool: Record<string, unknown> = { policy: seed.strategy, upstreams: seed.backends };
+  // The seeds probe GET /health at this frequency; the rest are Fulcrum's defaults.
+  if (seed.health_check_frequency !== undefined) pool.health_check = { path: '/health', interval: seed.health_check_frequency };
+  const config: Record<string, unknown> = { listeners: [{ host, port }], pools: { default: pool } };
   if (seed.log_level) config.log = { level: seed.log_level };
   return config;
 }
@@ -209,7 +206,18 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       problems.push(place(['routes', i, 'pool'], `no pool named "${pool}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
     }
   });
-  if (routes.length === 0 && pools.length > 1) problems.push(place(['routes'], `${pools.length} pools need routes that say which requests go where`));
+  for (const name of pools) {
+    const pool = (config.pools as Record<string, unknown>)[name];
+    const backup = pool && typeof pool === 'object' ? (pool as Record<string, unknown>).backup : undefined;
+    if (typeof backup !== 'string') continue;
+    if (backup === name) problems.push(place(['pools', name, 'backup'], 'a pool cannot be its own backup'));
+    else if (!pools.includes(backup)) {
+      const guess = closest(backup, pools);
+      problems.push(place(['pools', name, 'backup'], `no pool named "${backup}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
+    }
+  }
+  const primaries = pools.length > 1 ? primaryPools(config.pools as Record<string, unknown>) : pools;
+  if (routes.length === 0 && primaries.length > 1) problems.push(place(['routes'], `${primaries.length} pools need routes that say which requests go where`));
   const listeners = Array.isArray(config.listeners) ? config.listeners : [];
   const seen = new Set<string>();
   listeners.forEach((l, i) => {
@@ -220,6 +228,16 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
     seen.add(key);
   });
   return problems;
+}
+
+/** Pools that are some other pool's backup. */
+export function isBackupOfAnother(pools: Record<string, unknown>, name: string): boolean {
+  return Object.entries(pools).some(([other, p]) => other !== name && p !== null && typeof p === 'object' && (p as Record<string, unknown>).backup === name);
+}
+
+/** Pools that are nobody's backup: the ones routes must choose between. */
+function primaryPools(pools: Record<string, unknown>): string[] {
+  return Object.keys(pools).filter((n) => !isBackupOfAnother(pools, n));
 }
 
 /** Zod issues as problems with places; unknown keys get a did-you-mean from the schema. */

@@ -105,9 +105,68 @@ export const KeepAliveConfig = z.strictObject({
   max_sockets: z.number().int().nonnegative().default(0).meta({ description: 'Most sockets per upstream; 0 is no limit (default 0).' }),
 });
 
-/** Retries of requests that an upstream never saw. */
+/** An HTTP status, or a range such as "200-399". */
+const StatusSpec = z.union([
+  z.number().int().min(100).max(599),
+  z.string().regex(/^[1-5]\d\d(-[1-5]\d\d)?$/, { message: 'expected a status such as 200 or a range such as "200-399"' }),
+]);
+
+/** Statuses as inclusive ranges `[low, high]`. */
+export function statusRanges(specs: readonly (number | string)[]): [number, number][] {
+  return specs.map((s) => {
+    if (typeof s === 'number') return [s, s];
+    const [low, high = low] = s.split('-').map(Number);
+    return [low, high];
+  });
+}
+
+/** When and how a failed request is tried again (Envoy's retry policy and retry budget). */
 export const RetryConfig = z.strictObject({
-  max_attempts: z.number().int().min(1).max(10).default(3).meta({ description: 'Attempts per request, the first included, each on another upstream (default 3).' }),
+  max_attempts: z.number().int().min(1).max(10).default(3).meta({ description: 'Attempts per request, the first included (default 3).' }),
+  on_status: z
+    .array(z.number().int().min(500).max(599))
+    .default([502, 503, 504])
+    .meta({ description: 'Upstream statuses that idempotent requests are retried on, on another upstream (default [502, 503, 504]).' }),
+  max_retry_after: Duration.default(1000).meta({ description: 'A Retry-After up to this long is waited out before retrying; a longer one is passed to the client (default 1s).' }),
+  budget_percent: z.number().min(0).max(100).default(20).meta({ description: "Retries in flight may be at most this share of the pool's requests in flight (default 20, Envoy's)." }),
+  min_retry_concurrency: z.number().int().min(0).default(10).meta({ description: 'Retries always allowed in flight whatever the budget, so a small pool rides out a dead backend (default 10).' }),
+  max_body_bytes: z.number().int().min(0).default(64 * 1024).meta({ description: 'Request bodies up to this size are kept so they can be sent again (default 65536).' }),
+});
+
+/** Active health checks (HAProxy's `check inter rise fall`). */
+export const HealthCheckConfig = z.strictObject({
+  type: z.enum(['http', 'tcp']).default('http').meta({ description: '"http" sends a request, "tcp" only connects (default http).' }),
+  path: z.string().startsWith('/').default('/health'),
+  method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST']).default('GET'),
+  host: z.string().min(1).optional().meta({ description: "Host header of the probe (default the upstream's host:port)." }),
+  expected_status: z.array(StatusSpec).min(1).default(['200-399']).meta({ description: 'Statuses that count as healthy (default ["200-399"]).' }),
+  body_contains: z.string().optional().meta({ description: 'Text the response body must contain (default: not checked).' }),
+  interval: Duration.default(5000).meta({ description: 'Time between probes of one upstream (default 5s).' }),
+  fast_interval: Duration.default(1000).meta({ description: 'Time between probes while an upstream is changing state (default 1s).' }),
+  timeout: Duration.default(2000).meta({ description: 'A probe slower than this fails (default 2s).' }),
+  jitter: z.number().min(0).max(1).default(0.1).meta({ description: 'Each wait is spread by up to this share of itself, so probes do not beat in step (default 0.1).' }),
+  rise: z.number().int().min(1).default(2).meta({ description: 'Consecutive successes that bring an unhealthy upstream back (default 2).' }),
+  fall: z.number().int().min(1).default(3).meta({ description: 'Consecutive failures that take a healthy upstream out (default 3).' }),
+});
+
+/** Passive outlier ejection (Envoy's outlier_detection). */
+export const OutlierDetectionConfig = z.strictObject({
+  enabled: z.boolean().default(true),
+  consecutive_failures: z.number().int().min(1).default(5).meta({ description: 'Consecutive gateway failures (connect error, reset, timeout, 502/503/504) that eject an upstream (default 5).' }),
+  base_ejection_time: Duration.default(30_000).meta({ description: 'Ejection time, multiplied by how many times the upstream was ejected (default 30s).' }),
+  max_ejection_time: Duration.default(300_000).meta({ description: 'Longest ejection (default 5m).' }),
+  max_ejection_percent: z.number().min(0).max(100).default(50).meta({ description: 'Most of the pool ejected at once, in percent; one upstream may always be (default 50).' }),
+});
+
+/** Per-upstream circuit breaking: limits that answer 503 at once instead of queueing. */
+export const CircuitBreakerConfig = z.strictObject({
+  max_pending: z.number().int().min(0).default(0).meta({ description: 'Requests that may wait for a connection when max_connections are busy; 0 is no limit (default 0).' }),
+  error_rate: z.number().gt(0).max(1).default(0.5).meta({ description: 'Share of failed requests in the window that opens the breaker (default 0.5).' }),
+  window: Duration.default(10_000).meta({ description: 'The window the error rate is measured over (default 10s).' }),
+  min_requests: z.number().int().min(1).default(20).meta({ description: 'Requests in the window before the error rate counts (default 20).' }),
+  open_time: Duration.default(10_000).meta({ description: 'How long an open breaker refuses requests before probing (default 10s).' }),
+  half_open_requests: z.number().int().min(1).default(3).meta({ description: 'Probe requests let through when half-open; all must succeed to close (default 3).' }),
+  enabled: z.boolean().default(true),
 });
 
 /** A named set of upstreams with a policy. */
@@ -123,6 +182,10 @@ export const PoolConfig = z.strictObject({
   timeouts: TimeoutsConfig.prefault({}),
   keepalive: KeepAliveConfig.prefault({}),
   retry: RetryConfig.prefault({}),
+  health_check: HealthCheckConfig.optional().meta({ description: 'Active health checks; absent: none (passive ejection still runs).' }),
+  outlier_detection: OutlierDetectionConfig.prefault({}),
+  circuit_breaker: CircuitBreakerConfig.prefault({}),
+  backup: z.string().min(1).optional().meta({ description: 'A pool used only while every upstream of this one is unavailable.' }),
 });
 
 /** A socket Fulcrum accepts connections on. */

@@ -3,7 +3,7 @@
  * class with every field set in the constructor so V8 gives all contexts one shape.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Transform } from 'node:stream';
+import type { Readable, Transform } from 'node:stream';
 import type { FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { Pool } from '../upstream/pool.ts';
@@ -50,8 +50,23 @@ export class RequestContext {
   attempts = 0;
   /** Headers sent upstream, flat `[name, value, ...]`. */
   upstreamHeaders: string[] = [];
-  /** The request body as sent upstream (null for requests without one). */
-  body: Transform | null = null;
+  /** What the next attempt sends as body: the client's stream, a kept copy, or null. */
+  body: Readable | Buffer | null = null;
+  /** The client's body on its way through (null for requests without one). */
+  bodyStream: Transform | null = null;
+  /** The body's chunks while it fits in retry.max_body_bytes (null once it did not). */
+  bodyKept: Buffer[] | null = null;
+  bodyKeptBytes = 0;
+  /** True once the client's body was read to its end. */
+  bodyEnded = false;
+  /** The pool whose active and retry counts this request is in (the routed one, even on backup). */
+  countedPool: Pool | null = null;
+  /** True once the request counts as a retry in its pool's budget. */
+  retrying = false;
+  /** Set while an upstream answer is read and dropped because the request goes elsewhere. */
+  discarding = false;
+  /** Wait before the retry that follows a discarded answer (its Retry-After). */
+  retryDelay = 0;
   status = 0;
   bytesIn = 0;
   bytesOut = 0;
@@ -63,6 +78,10 @@ export class RequestContext {
   /** Cancels the upstream exchange in flight (set by the transport). */
   abort: ((reason: Error) => void) | null = null;
   timer: NodeJS.Timeout | null = null;
+  /** A retry waiting out a Retry-After. */
+  timerRetry: NodeJS.Timeout | null = null;
+  /** The status of the last upstream answer (also a discarded one). */
+  lastStatus = 0;
   /** The X-Request-Id a trusted proxy sent, kept end to end instead of ours. */
   requestIdForUpstream: string | undefined = undefined;
   /** Milliseconds from accept to the end, set when done. */

@@ -6,11 +6,16 @@
 import diagnosticsChannel from 'node:diagnostics_channel';
 import type { RequestContext } from './context.ts';
 import type { Upstream, UpstreamChange } from '../upstream/upstream.ts';
+import type { FulcrumError } from '../errors.ts';
 
 /** Published once per finished request (served, failed or aborted). */
 export const requestEnd = diagnosticsChannel.channel('fulcrum:request:end');
 /** Published when an attempt against an upstream fails (before any retry decision). */
 export const upstreamError = diagnosticsChannel.channel('fulcrum:upstream:error');
+/** Published when an attempt against an upstream ends: a response (any status) or a failure. */
+export const upstreamResult = diagnosticsChannel.channel('fulcrum:upstream:result');
+/** Published when a request is sent again (another attempt), with why. */
+export const requestRetry = diagnosticsChannel.channel('fulcrum:request:retry');
 /** Published when an upstream's health, enabled or draining state changes. */
 export const upstreamState = diagnosticsChannel.channel('fulcrum:upstream:state');
 /** Published after a configuration was (or failed to be) applied. */
@@ -20,6 +25,10 @@ export const configReload = diagnosticsChannel.channel('fulcrum:config:reload');
 export interface RequestEndEvent { ctx: RequestContext }
 /** Message of `fulcrum:upstream:error`. */
 export interface UpstreamErrorEvent { ctx: RequestContext; upstream: Upstream; error: Error }
+/** Message of `fulcrum:upstream:result`: `failure` is set for connect errors, resets and timeouts. */
+export interface UpstreamResultEvent { upstream: Upstream; status: number; failure: FulcrumError | null }
+/** Message of `fulcrum:request:retry`. */
+export interface RequestRetryEvent { ctx: RequestContext; upstream: Upstream; reason: string }
 /** Message of `fulcrum:upstream:state`. */
 export type UpstreamStateEvent = UpstreamChange & { pool: string };
 /** Message of `fulcrum:config:reload`. */

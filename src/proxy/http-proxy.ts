@@ -9,7 +9,8 @@ import { Transform, type TransformCallback } from 'node:stream';
 import type { BlockList } from 'node:net';
 import { RequestContext } from '../core/context.ts';
 import { clientFromForwardedFor, isTrusted, normalizeAddress } from '../core/client-address.ts';
-import { requestEnd, upstreamError } from '../core/events.ts';
+import { requestEnd, requestRetry, upstreamError, upstreamResult } from '../core/events.ts';
+import { retryAfterMs, retryReason, type RetryReason } from './retry.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Router } from '../router/router.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -32,16 +33,33 @@ export interface ProxyRuntime {
 const kContext = Symbol('fulcrum.context');
 type TrackedResponse = ServerResponse & { [kContext]?: RequestContext };
 
-/** Counts request body bytes on their way upstream; it never buffers beyond the stream's own window. */
+/**
+ * The request body on its way upstream: counts bytes and keeps a copy while the body fits in
+ * retry.max_body_bytes, so a retry can send it again. Beyond that it streams without keeping.
+ */
 class CountingBody extends Transform {
   private readonly ctx: RequestContext;
-  constructor(ctx: RequestContext) {
+  private readonly keepLimit: number;
+  constructor(ctx: RequestContext, keepLimit: number) {
     super();
     this.ctx = ctx;
+    this.keepLimit = keepLimit;
+    ctx.bodyKept = keepLimit > 0 ? [] : null;
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
-    this.ctx.bytesIn += chunk.length;
+    const ctx = this.ctx;
+    ctx.bytesIn += chunk.length;
+    if (ctx.bodyKept !== null) {
+      if (ctx.bodyKeptBytes + chunk.length <= this.keepLimit) {
+        ctx.bodyKept.push(chunk);
+        ctx.bodyKeptBytes += chunk.length;
+      } else ctx.bodyKept = null;
+    }
     callback(null, chunk);
+  }
+  override _flush(callback: TransformCallback): void {
+    this.ctx.bodyEnded = true;
+    callback();
   }
 }
 
@@ -82,16 +100,19 @@ export class HttpProxy implements ExchangeSink {
     ctx.route = match;
     const pool = match.pool;
     ctx.pool = pool;
+    ctx.countedPool = pool;
+    pool.active++;
 
     // Phase forward-headers.
     const headers = buildUpstreamHeaders(ctx, req.rawHeaders, listener.forwarding, pool.hostRewrite);
     if (headers === null) return this.fail(ctx, new FulcrumError(ErrorCode.BadRequest, 'more than one Host header', 'client', 400, false));
     ctx.upstreamHeaders = headers;
     if (hasBody(req)) {
-      const body = new CountingBody(ctx);
+      const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes);
       req.on('error', (err) => body.destroy(clientBodyFailed(err)));
       req.pipe(body);
       ctx.body = body;
+      ctx.bodyStream = body;
     }
     const limit = pool.settings.timeouts.request;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
@@ -99,10 +120,18 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** Phases pick and send: one attempt on one upstream. */
-  private attempt(ctx: RequestContext): void {
-    const pool = ctx.pool!;
-    const upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
-    if (upstream === undefined) return this.fail(ctx, ctx.retryCause ?? noUpstream(pool.name));
+  private attempt(ctx: RequestContext, sameAllowed = false): void {
+    let pool = ctx.pool!;
+    let upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
+    // A stale keep-alive socket says nothing against its upstream: with no other, the same one may go again.
+    if (upstream === undefined && sameAllowed && ctx.upstream?.available()) upstream = ctx.upstream;
+    if (upstream === undefined && pool.backup !== null && pool.eligible().length === 0) {
+      // Every primary upstream is down: the backup pool serves until one comes back.
+      pool = pool.backup;
+      ctx.pool = pool;
+      upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
+    }
+    if (upstream === undefined) return this.fail(ctx, ctx.retryCause ?? noUpstream(ctx.countedPool!.name));
     ctx.upstream = upstream;
     ctx.holding = true;
     ctx.attempts++;
@@ -111,8 +140,19 @@ export class HttpProxy implements ExchangeSink {
     pool.transport.forward(ctx, upstream, this);
   }
 
-  /** Phase respond: upstream headers to the client. */
+  /** Phase respond: upstream headers to the client (or, for a status worth retrying, to the bin). */
   onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[]): boolean {
+    ctx.lastStatus = status;
+    if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: ctx.upstream!, status, failure: null });
+    if (status >= 500 && retryReason(ctx, null, status, true) === 'status') {
+      const wait = retryAfterMs(findHeader(rawHeaders, 'retry-after'));
+      if (wait <= ctx.pool!.settings.retry.max_retry_after) {
+        // Read the answer to its end and drop it, so the socket stays reusable; retry in onEnd.
+        ctx.discarding = true;
+        ctx.retryDelay = wait;
+        return true;
+      }
+    }
     const res = ctx.res;
     ctx.status = status;
     const headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !requestBodyDone(ctx));
@@ -127,11 +167,20 @@ export class HttpProxy implements ExchangeSink {
   }
 
   onData(ctx: RequestContext, chunk: Buffer): boolean {
+    if (ctx.discarding) return true;
     ctx.bytesOut += chunk.length;
     return ctx.res.write(chunk);
   }
 
   onEnd(ctx: RequestContext, trailers: readonly (Buffer | string)[] | null): void {
+    if (ctx.discarding) {
+      ctx.discarding = false;
+      const upstream = ctx.upstream!;
+      release(ctx);
+      ctx.abort = null;
+      this.retry(ctx, upstream, 'status', `status ${ctx.lastStatus}`, ctx.retryDelay);
+      return;
+    }
     if (trailers !== null && trailers.length > 0 && ctx.res.chunkedEncoding) {
       const list: [string, string][] = [];
       for (let i = 0; i < trailers.length; i += 2) list.push([trailers[i].toString(), trailers[i + 1].toString()]);
@@ -151,20 +200,41 @@ export class HttpProxy implements ExchangeSink {
     if (ctx.done) return;
     const upstream = ctx.upstream!;
     const failure = upstreamFailure(err, sent);
+    ctx.discarding = false;
     if (failure.source === 'upstream') {
       upstream.failures++;
       if (upstreamError.hasSubscribers) upstreamError.publish({ ctx, upstream, error: failure });
+      if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream, status: 0, failure });
     }
     release(ctx);
     ctx.abort = null;
-    // Retry only what the upstream never saw, before any byte went to the client.
-    if (failure.retryable && !ctx.res.headersSent && ctx.attempts < ctx.pool!.settings.retry.max_attempts) {
-      (ctx.tried ??= []).push(upstream);
+    const reason = retryReason(ctx, failure, 0, sent);
+    if (reason !== null) {
       ctx.retryCause = failure;
-      this.attempt(ctx);
+      this.retry(ctx, upstream, reason, failure.message, 0);
       return;
     }
     this.fail(ctx, failure);
+  }
+
+  /** Phase retry: the next attempt, on another upstream when there is one. */
+  private retry(ctx: RequestContext, upstream: Upstream, reason: RetryReason, why: string, delay: number): void {
+    (ctx.tried ??= []).push(upstream);
+    if (!ctx.retrying) {
+      ctx.retrying = true;
+      ctx.countedPool!.retrying++;
+    }
+    // A body the upstream may have read goes again from the kept copy.
+    if (reason !== 'connect-failure' && ctx.bodyStream !== null) ctx.body = Buffer.concat(ctx.bodyKept!);
+    if (requestRetry.hasSubscribers) requestRetry.publish({ ctx, upstream, reason: `${reason}: ${why}` });
+    if (delay > 0) ctx.timerRetry = setTimeout(retryLater, delay, this, ctx, reason === 'reset');
+    else this.attempt(ctx, reason === 'reset');
+  }
+
+  /** Runs a delayed retry unless the request ended meanwhile. */
+  retryNow(ctx: RequestContext, sameAllowed: boolean): void {
+    ctx.timerRetry = null;
+    if (!ctx.done) this.attempt(ctx, sameAllowed);
   }
 
   /** The error answer: a status and a short text body, or a cut connection once bytes were sent. */
@@ -187,9 +257,9 @@ export class HttpProxy implements ExchangeSink {
       res.writeHead(error.status, headers);
       res.end(ctx.req.method === 'HEAD' ? undefined : body);
     }
-    if (ctx.body !== null && !ctx.body.destroyed) {
-      ctx.req.unpipe(ctx.body);
-      ctx.body.destroy();
+    if (ctx.bodyStream !== null && !ctx.bodyStream.destroyed) {
+      ctx.req.unpipe(ctx.bodyStream);
+      ctx.bodyStream.destroy();
     }
     if (ctx.abort !== null) ctx.abort(error);
     this.finish(ctx);
@@ -200,7 +270,13 @@ export class HttpProxy implements ExchangeSink {
     if (ctx.done) return;
     ctx.done = true;
     if (ctx.timer !== null) clearTimeout(ctx.timer);
+    if (ctx.timerRetry !== null) clearTimeout(ctx.timerRetry);
     release(ctx);
+    const pool = ctx.countedPool;
+    if (pool !== null) {
+      pool.active--;
+      if (ctx.retrying) pool.retrying--;
+    }
     ctx.duration = performance.now() - ctx.start;
     if (requestEnd.hasSubscribers) requestEnd.publish({ ctx });
   }
@@ -216,6 +292,19 @@ export class HttpProxy implements ExchangeSink {
 function onResponseClose(this: TrackedResponse): void {
   const ctx = this[kContext];
   if (ctx !== undefined && !ctx.done && !this.writableFinished) ctx.proxy!.clientClosed(ctx);
+}
+
+function retryLater(proxy: HttpProxy, ctx: RequestContext, sameAllowed: boolean): void {
+  proxy.retryNow(ctx, sameAllowed);
+}
+
+/** The first value of a header in a raw list, case-insensitively. */
+function findHeader(raw: readonly (Buffer | string)[], lower: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1');
+    if (name.length === lower.length && name.toLowerCase() === lower) return raw[i + 1].toString('latin1');
+  }
+  return undefined;
 }
 
 function onRequestTimeout(proxy: HttpProxy, ctx: RequestContext): void {

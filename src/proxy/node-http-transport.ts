@@ -75,8 +75,10 @@ export class NodeHttpTransport implements Transport {
       sent = true;
       if (connectTimer) clearTimeout(connectTimer);
       creq.setTimeout(timeouts.response_headers);
-      if (ctx.body !== null) ctx.body.pipe(creq);
-      else creq.end();
+      const body = ctx.body;
+      if (body === null) creq.end();
+      else if (Buffer.isBuffer(body)) creq.end(body);
+      else body.pipe(creq);
     };
     creq.on('socket', (socket: Socket) => {
       if (stale()) return fail(new Error('request already finished'));

@@ -66,6 +66,12 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   onBodySent(): void {}
 }
 
+/** Sockets per upstream: the smaller of keepalive.max_sockets and the upstream's max_connections (null: no limit). */
+function socketLimit(maxSockets: number, maxConnections: number): number | null {
+  const limit = Math.min(maxSockets > 0 ? maxSockets : Infinity, maxConnections);
+  return Number.isFinite(limit) ? limit : null;
+}
+
 /** Keep-alive pools toward every upstream of one Fulcrum pool. */
 export class UndiciTransport implements Transport {
   private readonly settings: PoolSettings;
@@ -81,7 +87,7 @@ export class UndiciTransport implements Transport {
     const { keepalive, timeouts } = this.settings;
     const idle = effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin);
     client = new UndiciPool(upstream.origin, {
-      connections: keepalive.max_sockets > 0 ? keepalive.max_sockets : null,
+      connections: socketLimit(keepalive.max_sockets, upstream.maxConnections),
       pipelining: 1,
       keepAliveTimeout: idle,
       keepAliveMaxTimeout: idle,

@@ -35,8 +35,11 @@ export class Router {
       const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
       return { name: s.name ?? `route-${i}`, hosts, suffixes, pathPrefix: trimSlash(s.path_prefix), pool: pools.get(s.pool)!, rank };
     });
-    if (routes.length === 0 && pools.size === 1) {
-      routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: [...pools.values()][0], rank: 2 });
+    // No routes: everything goes to the one pool that is not another's backup.
+    if (routes.length === 0) {
+      const all = [...pools.values()];
+      const primaries = all.filter((p) => !all.some((o) => o !== p && o.backup === p));
+      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: primaries[0], rank: 2 });
     }
     routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);
     this.routes = routes;

@@ -12,6 +12,8 @@ import type { HostRewrite } from '../proxy/headers.ts';
 import type { Transport } from '../proxy/transport.ts';
 import { UndiciTransport } from '../proxy/undici-transport.ts';
 import { NodeHttpTransport } from '../proxy/node-http-transport.ts';
+import { PassiveHealth } from '../health/passive-health.ts';
+import { ActiveChecker } from '../health/active-checker.ts';
 
 /** A pool built from its settings; `previous` carries upstream state across a reload. */
 export class Pool {
@@ -22,6 +24,13 @@ export class Pool {
   readonly hostRewrite: HostRewrite;
   /** The client toward this pool's upstreams (keep-alive sockets per upstream). */
   readonly transport: Transport;
+  /** Used only while no upstream of this pool is eligible (set once every pool is built). */
+  backup: Pool | null = null;
+  /** Requests in flight through this pool, and how many of them are retries (the retry budget). */
+  active = 0;
+  retrying = 0;
+  private readonly passive: PassiveHealth;
+  private readonly checker: ActiveChecker | null;
   private policy: Policy;
   private snapshot: readonly Upstream[] = [];
 
@@ -33,7 +42,7 @@ export class Pool {
       settings.host_header === 'preserve' ? { kind: 'preserve' } : settings.host_header === 'upstream' ? { kind: 'upstream' } : { kind: 'fixed', value: settings.host_header };
     const onChange = (change: UpstreamChange): void => this.changed(change);
     this.upstreams = settings.upstreams.map((u) => {
-      const upstream = new Upstream({ url: u.url, weight: u.weight, maxConnections: u.max_connections });
+      const upstream = new Upstream({ url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending });
       const old = previous?.get(upstream.id);
       if (old) upstream.adoptStateFrom(old);
       upstream.onChange = onChange;
@@ -41,11 +50,21 @@ export class Pool {
     });
     this.policy = this.rebuild();
     this.transport = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
+    this.passive = new PassiveHealth(settings, this.upstreams);
+    this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason)) : null;
   }
 
-  /** Closes the pool's upstream sockets (idle now, busy ones when their request ends). */
-  close(): Promise<void> {
-    return this.transport.close();
+  /** Starts passive health and, if configured, active checks. */
+  start(): void {
+    this.passive.start();
+    this.checker?.start();
+  }
+
+  /** Stops health work and closes the pool's upstream sockets (idle now, busy ones when their request ends). */
+  async close(): Promise<void> {
+    this.passive.stop();
+    await this.checker?.stop();
+    await this.transport.close();
   }
 
   /** An available upstream chosen by the policy, or undefined (the caller answers 503). */

@@ -6,10 +6,13 @@
 /** Health as set by active checks and outlier ejection (always healthy until they land). */
 export type HealthState = 'healthy' | 'unhealthy';
 
+/** Circuit-breaker state: closed lets everything through, open nothing, half-open a few probes. */
+export type CircuitState = 'closed' | 'open' | 'half-open';
+
 /** What changed on an upstream, handed to the pool and published as an event. */
 export interface UpstreamChange {
   upstream: Upstream;
-  field: 'health' | 'enabled' | 'draining';
+  field: 'health' | 'enabled' | 'draining' | 'ejected' | 'circuit';
   from: string | boolean;
   to: string | boolean;
   reason: string;
@@ -21,6 +24,8 @@ export interface UpstreamOptions {
   weight: number;
   /** Most requests in flight at once; 0 means no limit. */
   maxConnections: number;
+  /** Requests allowed to wait beyond maxConnections (only with a limit); beyond that: 503 at once. */
+  maxPending?: number;
 }
 
 /** An upstream: address, weight, counters and availability. */
@@ -44,6 +49,16 @@ export class Upstream {
   health: HealthState = 'healthy';
   enabled = true;
   draining = false;
+  /** Set by passive outlier detection until the ejection time is over. */
+  ejected = false;
+  /** How many times it was ejected (multiplies the next ejection time). */
+  ejections = 0;
+  /** The error-rate circuit breaker's state. */
+  circuit: CircuitState = 'closed';
+  /** Requests let through while half-open. */
+  halfOpenLimit = 3;
+  /** Requests allowed to wait for a connection beyond maxConnections. */
+  maxPending: number;
   /** Set by the pool that owns the upstream; told of every state change. */
   onChange: ((change: UpstreamChange) => void) | null = null;
 
@@ -56,16 +71,32 @@ export class Upstream {
     this.id = url.host;
     this.weight = options.weight;
     this.maxConnections = options.maxConnections > 0 ? options.maxConnections : Infinity;
+    this.maxPending = options.maxPending ?? 0;
   }
 
-  /** Healthy, enabled, not draining and below its connection limit. */
+  /** Eligible, below its connection (and queue) limit, and let through by its circuit breaker. */
   available(): boolean {
-    return this.health === 'healthy' && this.enabled && !this.draining && this.inFlight < this.maxConnections;
+    if (this.inFlight >= this.maxConnections + this.maxPending) return false;
+    if (this.circuit === 'half-open' && this.inFlight >= this.halfOpenLimit) return false;
+    return this.health === 'healthy' && this.enabled && !this.draining && !this.ejected && this.circuit !== 'open';
   }
 
-  /** Eligible for new requests apart from the connection limit (what pool snapshots hold). */
+  /** Up as far as health, ejection, breaker and operator go (what pool snapshots hold); limits aside. */
   eligible(): boolean {
-    return this.health === 'healthy' && this.enabled && !this.draining;
+    return this.health === 'healthy' && this.enabled && !this.draining && !this.ejected && this.circuit !== 'open';
+  }
+
+  setEjected(to: boolean, reason: string): void {
+    if (this.ejected === to) return;
+    this.ejected = to;
+    this.onChange?.({ upstream: this, field: 'ejected', from: !to, to, reason });
+  }
+
+  setCircuit(to: CircuitState, reason: string): void {
+    if (this.circuit === to) return;
+    const from = this.circuit;
+    this.circuit = to;
+    this.onChange?.({ upstream: this, field: 'circuit', from, to, reason });
   }
 
   setHealth(to: HealthState, reason: string): void {
@@ -92,6 +123,7 @@ export class Upstream {
     this.health = previous.health;
     this.enabled = previous.enabled;
     this.draining = previous.draining;
+    this.ejections = previous.ejections;
     this.served = previous.served;
     this.failures = previous.failures;
   }

@@ -1,0 +1,140 @@
+/**
+ * Active health checks for one pool (HAProxy's `check inter fastinter rise fall`): a probe per
+ * upstream on its own timer, outside the request path. Consecutive results flip the state:
+ * `fall` failures take a healthy upstream out, `rise` successes bring it back. While an
+ * upstream is between states the faster interval is used. Checks only write health through
+ * the HealthSink; they never pick.
+ */
+import net from 'node:net';
+import { Agent, request } from 'undici';
+import { statusRanges, type PoolSettings } from '../config/schema.ts';
+import { formatDuration } from '../config/duration.ts';
+import type { HealthState, Upstream } from '../upstream/upstream.ts';
+
+type CheckSettings = NonNullable<PoolSettings['health_check']>;
+
+/** The one thing a checker may do: set an upstream's health, with the reason. */
+export type HealthSink = (upstream: Upstream, state: HealthState, reason: string) => void;
+
+/** One probe's verdict: null when healthy, else why not. */
+type Verdict = string | null;
+
+const maxBody = 64 * 1024;
+
+/** Probes every upstream of one pool until stopped. */
+export class ActiveChecker {
+  private readonly settings: CheckSettings;
+  private readonly upstreams: readonly Upstream[];
+  private readonly sink: HealthSink;
+  private readonly ranges: [number, number][];
+  private readonly timers = new Map<Upstream, NodeJS.Timeout>();
+  private readonly streak = new Map<Upstream, { ok: number; bad: number }>();
+  /** Probes use their own connections, closed after each probe, never the request pools. */
+  private readonly agent: Agent;
+  private stopped = false;
+
+  constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink) {
+    this.settings = settings;
+    this.upstreams = upstreams;
+    this.sink = sink;
+    this.ranges = statusRanges(settings.expected_status);
+    this.agent = new Agent({ connect: { timeout: settings.timeout }, pipelining: 0 });
+  }
+
+  /** Starts probing: the first probe of each upstream within one jitter of now. */
+  start(): void {
+    for (const u of this.upstreams) {
+      this.streak.set(u, { ok: 0, bad: 0 });
+      this.schedule(u, Math.random() * this.settings.jitter * this.settings.interval);
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    await this.agent.close().catch(() => {});
+  }
+
+  private schedule(u: Upstream, delay: number): void {
+    if (this.stopped) return;
+    const t = setTimeout(() => void this.probe(u), delay);
+    t.unref();
+    this.timers.set(u, t);
+  }
+
+  private async probe(u: Upstream): Promise<void> {
+    const verdict = this.settings.type === 'tcp' ? await this.tcp(u) : await this.http(u);
+    if (this.stopped) return;
+    const s = this.streak.get(u)!;
+    const { rise, fall } = this.settings;
+    if (verdict === null) {
+      s.ok++;
+      s.bad = 0;
+      if (u.health === 'unhealthy' && s.ok >= rise) this.sink(u, 'healthy', `${rise} consecutive checks passed`);
+    } else {
+      s.bad++;
+      s.ok = 0;
+      if (u.health === 'healthy' && s.bad >= fall) this.sink(u, 'unhealthy', `${verdict} (${fall} consecutive checks failed)`);
+    }
+    // Between states (some evidence, not yet enough): look again sooner.
+    const changing = (u.health === 'healthy' && s.bad > 0) || (u.health === 'unhealthy' && s.ok > 0);
+    const base = changing ? this.settings.fast_interval : this.settings.interval;
+    this.schedule(u, base * (1 + (Math.random() * 2 - 1) * this.settings.jitter));
+  }
+
+  private async http(u: Upstream): Promise<Verdict> {
+    const { timeout, path, method, host, body_contains } = this.settings;
+    try {
+      const res = await request(`${u.origin}${path}`, {
+        method,
+        dispatcher: this.agent,
+        headers: { host: host ?? u.hostHeader, 'user-agent': 'fulcrum-health-check', connection: 'close' },
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+        signal: AbortSignal.timeout(timeout),
+      });
+      let body = '';
+      if (body_contains !== undefined) {
+        for await (const chunk of res.body) {
+          body += chunk;
+          if (body.length > maxBody) break;
+        }
+      } else await res.body.dump();
+      if (!this.ranges.some(([lo, hi]) => res.statusCode >= lo && res.statusCode <= hi)) return `status ${res.statusCode}`;
+      if (body_contains !== undefined && !body.includes(body_contains)) return `body does not contain ${JSON.stringify(body_contains)}`;
+      return null;
+    } catch (err) {
+      return describeFailure(err, timeout);
+    }
+  }
+
+  private tcp(u: Upstream): Promise<Verdict> {
+    const { timeout } = this.settings;
+    return new Promise((resolve) => {
+      const socket = net.connect({ host: u.hostname, port: u.port });
+      const done = (verdict: Verdict): void => {
+        clearTimeout(timer);
+        socket.destroy();
+        resolve(verdict);
+      };
+      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}`), timeout);
+      socket.once('connect', () => done(null));
+      socket.once('error', (err) => done(describeFailure(err, timeout)));
+    });
+  }
+}
+
+/** Words a person reads in the log: "connection refused", "timeout after 2s". */
+function describeFailure(err: unknown, timeout: number): string {
+  const e = err as NodeJS.ErrnoException & { name?: string };
+  const code = e.code ?? '';
+  if (code === 'ECONNREFUSED') return 'connection refused';
+  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') return 'connection reset';
+  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || e.name === 'TimeoutError' || code === 'ETIMEDOUT') {
+    return `timeout after ${formatDuration(timeout)}`;
+  }
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'host not found';
+  if (e.name === 'HTTPParserError' || code.startsWith('HPE_')) return 'invalid HTTP response';
+  return e.message ?? String(err);
+}

@@ -1,0 +1,153 @@
+/**
+ * Passive health for one pool, fed by `fulcrum:upstream:result` (the proxy never calls it):
+ * - outlier ejection (Envoy's outlier_detection): N consecutive gateway failures eject an
+ *   upstream for base time x ejection count, never more than max_ejection_percent of the pool;
+ * - an error-rate circuit breaker per upstream: closed -> open when the failed share of the last
+ *   `window` passes `error_rate`; open -> half-open after `open_time`; half-open -> closed after
+ *   `half_open_requests` successes, or back to open on one failure.
+ */
+import { upstreamResult, type UpstreamResultEvent } from '../core/events.ts';
+import type { PoolSettings } from '../config/schema.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import { formatDuration } from '../config/duration.ts';
+
+/** Statuses an upstream answers when it is itself failing (a gateway failure, not the client's). */
+const gatewayStatuses = new Set([502, 503, 504]);
+const buckets = 10;
+
+/** Per-upstream counters. */
+class UpstreamRecord {
+  consecutiveFailures = 0;
+  /** When the last ejection ended (for forgetting old ejections). */
+  returnedAt = 0;
+  ejectTimer: NodeJS.Timeout | null = null;
+  circuitTimer: NodeJS.Timeout | null = null;
+  /** Error-rate window: `buckets` slots of window/buckets each, rotated by time. */
+  total = new Uint32Array(buckets);
+  failed = new Uint32Array(buckets);
+  slot = 0;
+  slotStart = 0;
+  halfOpenSuccesses = 0;
+}
+
+/** Outlier ejection and circuit breaking for the upstreams of one pool. */
+export class PassiveHealth {
+  private readonly settings: PoolSettings;
+  private readonly upstreams: readonly Upstream[];
+  private readonly records = new Map<Upstream, UpstreamRecord>();
+  private readonly onResult = (message: unknown): void => this.record(message as UpstreamResultEvent);
+  private started = false;
+
+  constructor(settings: PoolSettings, upstreams: readonly Upstream[]) {
+    this.settings = settings;
+    this.upstreams = upstreams;
+    for (const u of upstreams) {
+      u.halfOpenLimit = settings.circuit_breaker.half_open_requests;
+      this.records.set(u, new UpstreamRecord());
+    }
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    upstreamResult.subscribe(this.onResult);
+  }
+
+  stop(): void {
+    this.started = false;
+    upstreamResult.unsubscribe(this.onResult);
+    for (const r of this.records.values()) {
+      if (r.ejectTimer) clearTimeout(r.ejectTimer);
+      if (r.circuitTimer) clearTimeout(r.circuitTimer);
+    }
+  }
+
+  /** One attempt's outcome. Public for tests; normally reached through the channel. */
+  record(event: UpstreamResultEvent): void {
+    const r = this.records.get(event.upstream);
+    if (r === undefined) return; // another pool's upstream
+    const u = event.upstream;
+    const failed = event.failure !== null ? event.failure.source === 'upstream' : gatewayStatuses.has(event.status);
+    // A client that left or sent garbage says nothing about the upstream.
+    if (event.failure !== null && event.failure.source !== 'upstream') return;
+    this.outlier(u, r, failed, event);
+    if (this.settings.circuit_breaker.enabled) this.breaker(u, r, failed);
+  }
+
+  private outlier(u: Upstream, r: UpstreamRecord, failed: boolean, event: UpstreamResultEvent): void {
+    const o = this.settings.outlier_detection;
+    if (!o.enabled) return;
+    if (!failed) {
+      r.consecutiveFailures = 0;
+      // A full base ejection time back without trouble: earlier ejections are forgiven.
+      if (u.ejections > 0 && r.returnedAt > 0 && Date.now() - r.returnedAt > o.base_ejection_time) u.ejections = 0;
+      return;
+    }
+    r.consecutiveFailures++;
+    if (u.ejected || r.consecutiveFailures < o.consecutive_failures) return;
+    const ejectedNow = this.upstreams.filter((x) => x.ejected).length;
+    const allowed = Math.max(1, Math.floor((this.upstreams.length * o.max_ejection_percent) / 100));
+    if (ejectedNow + 1 > allowed) return;
+    u.ejections++;
+    const time = Math.min(o.base_ejection_time * u.ejections, o.max_ejection_time);
+    const what = event.failure ? event.failure.message : `status ${event.status}`;
+    r.consecutiveFailures = 0;
+    u.setEjected(true, `${o.consecutive_failures} consecutive failures, last: ${what}; out for ${formatDuration(time)}`);
+    r.ejectTimer = setTimeout(() => {
+      r.ejectTimer = null;
+      r.returnedAt = Date.now();
+      u.setEjected(false, `ejection time of ${formatDuration(time)} over`);
+    }, time);
+    r.ejectTimer.unref();
+  }
+
+  private breaker(u: Upstream, r: UpstreamRecord, failed: boolean): void {
+    const c = this.settings.circuit_breaker;
+    if (u.circuit === 'half-open') {
+      if (failed) return this.open(u, r, 'a probe failed while half-open');
+      if (++r.halfOpenSuccesses >= c.half_open_requests) {
+        r.total.fill(0);
+        r.failed.fill(0);
+        u.setCircuit('closed', `${c.half_open_requests} probes succeeded`);
+      }
+      return;
+    }
+    if (u.circuit === 'open') return;
+    const now = Date.now();
+    const width = c.window / buckets;
+    if (now - r.slotStart >= width) {
+      // Move on, clearing every slot skipped since the last request.
+      const steps = Math.min(buckets, Math.floor((now - r.slotStart) / width));
+      for (let i = 0; i < steps; i++) {
+        r.slot = (r.slot + 1) % buckets;
+        r.total[r.slot] = 0;
+        r.failed[r.slot] = 0;
+      }
+      r.slotStart = now;
+    }
+    r.total[r.slot]++;
+    if (failed) r.failed[r.slot]++;
+    if (!failed) return;
+    let total = 0;
+    let bad = 0;
+    for (let i = 0; i < buckets; i++) {
+      total += r.total[i];
+      bad += r.failed[i];
+    }
+    if (total >= c.min_requests && bad / total >= c.error_rate) {
+      this.open(u, r, `${bad} of ${total} requests failed in ${formatDuration(c.window)}`);
+    }
+  }
+
+  private open(u: Upstream, r: UpstreamRecord, reason: string): void {
+    const c = this.settings.circuit_breaker;
+    r.halfOpenSuccesses = 0;
+    u.setCircuit('open', `${reason}; closed to traffic for ${formatDuration(c.open_time)}`);
+    if (r.circuitTimer) clearTimeout(r.circuitTimer);
+    r.circuitTimer = setTimeout(() => {
+      r.circuitTimer = null;
+      u.setCircuit('half-open', `open for ${formatDuration(c.open_time)}; letting ${c.half_open_requests} probe requests through`);
+    }, c.open_time);
+    r.circuitTimer.unref();
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * The retry decision, in one place (Envoy's retry policy with a retry budget):
+ * - connect failures (the upstream never saw the request): any method;
+ * - a reset before any response byte (a keep-alive socket the upstream had closed, a backend
+ *   killed mid-request): idempotent methods only;
+ * - a status in `retry.on_status`: idempotent methods only, after a short `Retry-After`;
+ * - never once response bytes reached the client, never past `max_attempts`, never a body that
+ *   was sent and not kept, and only while retries in flight stay within the pool's budget.
+ */
+import { ErrorCode, type FulcrumError } from '../errors.ts';
+import type { RequestContext } from '../core/context.ts';
+
+/** Why an attempt is tried again. */
+export type RetryReason = 'connect-failure' | 'reset' | 'status';
+
+/** RFC 9110 section 9.2.2: methods whose repetition has the same effect as one request. */
+const idempotent = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+
+/** True for methods that may be sent twice. */
+export function isIdempotent(method: string | undefined): boolean {
+  return method !== undefined && idempotent.has(method);
+}
+
+/**
+ * Whether a failed attempt is tried again and why; null to answer the client now. `failure` is
+ * null when the upstream answered `status`; `sent` is false when it never saw the request.
+ */
+export function retryReason(ctx: RequestContext, failure: FulcrumError | null, status: number, sent: boolean): RetryReason | null {
+  const pool = ctx.pool!;
+  const policy = pool.settings.retry;
+  if (ctx.res.headersSent || ctx.clientGone || ctx.done) return null;
+  if (ctx.attempts >= policy.max_attempts) return null;
+  let reason: RetryReason;
+  if (failure !== null) {
+    if (!sent && failure.retryable) reason = 'connect-failure';
+    else if (failure.code === ErrorCode.UpstreamReset && isIdempotent(ctx.req.method)) reason = 'reset';
+    else return null;
+  } else {
+    if (!isIdempotent(ctx.req.method) || !policy.on_status.includes(status)) return null;
+    reason = 'status';
+  }
+  if (sent && !bodyReplayable(ctx)) return null;
+  if (!ctx.retrying && !withinBudget(ctx)) return null;
+  return reason;
+}
+
+/** A sent body can go again only if it was small enough to keep and was read to its end. */
+function bodyReplayable(ctx: RequestContext): boolean {
+  return ctx.bodyStream === null || (ctx.bodyKept !== null && ctx.bodyEnded);
+}
+
+/** Retries in flight stay under budget_percent of the pool's requests (at least min_retry_concurrency). */
+function withinBudget(ctx: RequestContext): boolean {
+  const pool = ctx.countedPool!;
+  const policy = pool.settings.retry;
+  return pool.retrying < Math.max(policy.min_retry_concurrency, (pool.active * policy.budget_percent) / 100);
+}
+
+/** Milliseconds a `Retry-After` value asks for (delta-seconds or an HTTP date); 0 when absent or past. */
+export function retryAfterMs(value: string | undefined): number {
+  if (value === undefined) return 0;
+  const text = value.trim();
+  if (/^\d+$/.test(text)) return Number(text) * 1000;
+  const at = Date.parse(text);
+  return Number.isNaN(at) ? 0 : Math.max(0, at - Date.now());
+}
