@@ -64,7 +64,12 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   let closing: Promise<void> | null = null;
   const onState = (message: unknown): void => {
     const c = message as UpstreamStateEvent;
-    logger.info({ pool: c.pool, upstream: c.upstream.id, field: c.field, from: c.from, to: c.to, reason: c.reason }, `upstream ${c.upstream.id} ${c.field}: ${c.from} -> ${c.to} (${c.reason})`);
+    // Losing an upstream is a warning an operator should see; getting it back is news.
+    const worse = (c.field === 'health' && c.to === 'unhealthy') || (c.field === 'ejected' && c.to === true) || (c.field === 'circuit' && c.to === 'open');
+    logger[worse ? 'warn' : 'info'](
+      { pool: c.pool, upstream: c.upstream.id, field: c.field, from: c.from, to: c.to, reason: c.reason },
+      `upstream ${c.upstream.id} in pool ${c.pool}: ${c.field} ${c.from} -> ${c.to} (${c.reason})`,
+    );
   };
 
   return {
