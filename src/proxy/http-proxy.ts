@@ -92,6 +92,17 @@ export class HttpProxy implements ExchangeSink {
     ctx.proxy = this;
     (res as TrackedResponse)[kContext] = ctx;
     res.on('close', onResponseClose);
+    try {
+      this.start(ctx, listener);
+    } catch (err) {
+      // A bug costs this one request (500, logged with its request id), never the process.
+      this.fail(ctx, new FulcrumError(ErrorCode.Internal, `internal error: ${(err as Error)?.message ?? err}`, 'internal', 500, false, err));
+    }
+  }
+
+  /** Phases route and forward-headers, then the first attempt. */
+  private start(ctx: RequestContext, listener: ListenerInfo): void {
+    const req = ctx.req;
 
     // Phase route.
     const match = this.runtime.router.match(req.headers.host, req.url ?? '/');
@@ -329,7 +340,7 @@ function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;
 }
 
-const texts: Record<number, string> = { 400: 'Bad Request', 404: 'Not Found', 421: 'Misdirected Request', 499: 'Client Closed Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+const texts: Record<number, string> = { 500: 'Internal Server Error', 400: 'Bad Request', 404: 'Not Found', 421: 'Misdirected Request', 499: 'Client Closed Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 function statusText(status: number): string {
   return texts[status] ?? 'Error';
 }
