@@ -188,6 +188,40 @@ export const PoolConfig = z.strictObject({
   backup: z.string().min(1).optional().meta({ description: 'A pool used only while every upstream of this one is unavailable.' }),
 });
 
+/** IP allow and deny lists (IPv4, IPv6, CIDR); deny wins; an empty allow list allows all. */
+export const FirewallConfig = z.strictObject({
+  allow: z.array(Cidr).default([]).meta({ description: 'Only these clients may pass; empty: everyone not denied (default []).' }),
+  deny: z.array(Cidr).default([]).meta({ description: 'These clients are refused, even when also allowed (default []).' }),
+  status: z.number().int().min(400).max(499).default(403).meta({ description: 'Status for a refused HTTP request (default 403).' }),
+});
+
+/** One token bucket: `rate` requests per `per`, bursts up to `burst`, per key. */
+export const RateLimitConfig = z.strictObject({
+  name: z.string().min(1).optional().meta({ description: 'Name in logs and the RateLimit-Policy header (default by position).' }),
+  rate: z.number().positive().meta({ description: 'Tokens added per `per`.' }),
+  per: Duration.default(1000).meta({ description: 'The period of `rate` (default 1s).' }),
+  burst: z.number().int().positive().optional().meta({ description: 'Bucket size: requests allowed at once (default: rate, rounded up).' }),
+  key: z
+    .array(z.string().regex(/^(ip|route|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected "ip", "route" or "header:<name>"' }))
+    .min(1)
+    .default(['ip'])
+    .meta({ description: 'What a bucket is per: "ip" (the client), "route", "header:<name>", or several (default ["ip"]).' }),
+  store: z.enum(['memory', 'redis']).default('memory').meta({ description: '"memory": per instance; "redis": one limit across every instance (default memory).' }),
+});
+
+/** Limits on what one client connection may send, and how fast. */
+export const RequestLimitsConfig = z.strictObject({
+  max_header_bytes: z.number().int().min(1024).default(16_384).meta({ description: 'Request line and headers together; over it: 431 (default 16384).' }),
+  max_headers: z.number().int().min(1).default(100).meta({ description: 'Header fields per request; over it: 431 (default 100).' }),
+  max_url_bytes: z.number().int().min(16).default(8192).meta({ description: 'Request-target length; over it: 414 (default 8192).' }),
+  max_body_bytes: z.number().int().min(0).default(0).meta({ description: 'Request body size; over it: 413, also before 100-continue; 0 is no limit (default 0).' }),
+  headers_timeout: Duration.default(10_000).meta({ description: 'Time to receive the request headers; over it: 408 and close (default 10s).' }),
+  request_timeout: Duration.default(300_000).meta({ description: 'Time to receive the whole request, body included; over it: 408 and close (default 5m).' }),
+  max_connections: z.number().int().min(0).default(0).meta({ description: 'Open client connections on this listener; 0 is no limit (default 0).' }),
+  max_connections_per_ip: z.number().int().min(0).default(0).meta({ description: 'Open connections per client address; 0 is no limit (default 0).' }),
+  over_connection_limit: z.enum(['refuse', 'queue']).default('refuse').meta({ description: '"refuse" closes a connection over the limit at once; "queue" holds it unread until a slot frees (default refuse).' }),
+});
+
 /** A socket Fulcrum accepts connections on. */
 export const ListenerConfig = z.strictObject({
   name: z.string().min(1).optional().meta({ description: 'Name in logs (default "<host>:<port>").' }),
@@ -196,6 +230,8 @@ export const ListenerConfig = z.strictObject({
   protocol: z.enum(['http']).default('http').meta({ description: 'Only "http" for now; https, http2 and tcp come later.' }),
   trusted_proxies: z.array(Cidr).default([]).meta({ description: 'CIDRs whose X-Forwarded-* headers are believed (default none).' }),
   keepalive_timeout: Duration.default(5000).meta({ description: 'How long an idle client connection is kept open (default 5s).' }),
+  firewall: FirewallConfig.optional().meta({ description: 'Who may connect to this listener at all.' }),
+  limits: RequestLimitsConfig.prefault({}),
 });
 
 /** A match on host and path prefix that leads to a pool. */
@@ -207,6 +243,8 @@ export const RouteConfig = z.strictObject({
     .meta({ description: 'Host names (port ignored, "*.example.com" allowed); absent matches any host.' }),
   path_prefix: z.string().startsWith('/').default('/').meta({ description: 'Path prefix, matched on segment boundaries (default "/").' }),
   pool: z.string().min(1),
+  firewall: FirewallConfig.optional().meta({ description: 'Who may use this route (on top of the listener\'s firewall).' }),
+  rate_limits: z.array(RateLimitConfig).default([]).meta({ description: 'Token buckets; a request passes only if every one has a token.' }),
 });
 
 /** Logging. */
@@ -220,10 +258,23 @@ export const LogConfig = z.strictObject({
 export const FulcrumConfigSchema = z
   .strictObject({
     $schema: z.string().optional().meta({ description: 'Editor hint (the JSON Schema of this file); ignored.' }),
-    listeners: z.array(ListenerConfig).min(1).default([{ host: '0.0.0.0', port: 8080, protocol: 'http', trusted_proxies: [], keepalive_timeout: 5000 }]),
+    listeners: z.array(ListenerConfig).min(1).prefault([{}]).meta({ description: 'Sockets to accept on (default one, 0.0.0.0:8080).' }),
     routes: z.array(RouteConfig).default([]).meta({ description: 'Matched most specific first: exact hosts, then wildcard hosts, then host-less routes, each by longest path prefix. Empty with one pool: everything goes to it.' }),
     pools: z.record(z.string().regex(/^[A-Za-z0-9_.-]+$/, { message: 'pool names use letters, digits, "_", "." and "-"' }), PoolConfig),
     log: LogConfig.prefault({}),
+    rate_limit: z
+      .strictObject({
+        max_entries: z.number().int().min(100).default(100_000).meta({ description: 'Buckets kept in memory per limit; the least recently used go first (default 100000).' }),
+        redis: z
+          .strictObject({
+            url: z.string().regex(/^rediss?:\/\//, { message: 'expected a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379'),
+            key_prefix: z.string().default('fulcrum:rl:'),
+            timeout: Duration.default(50).meta({ description: 'A Redis answer slower than this counts as Redis being down (default 50ms).' }),
+            on_failure: z.enum(['open', 'closed']).default('open').meta({ description: '"open": fall back to a local bucket; "closed": refuse with 503 (default open).' }),
+          })
+          .optional(),
+      })
+      .prefault({}),
     shutdown: z
       .strictObject({
         grace_period: Duration.default(30_000).meta({ description: 'How long in-flight requests may finish after SIGTERM (default 30s).' }),

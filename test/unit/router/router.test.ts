@@ -10,7 +10,7 @@ function pools(...names: string[]): Map<string, Pool> {
 }
 
 function route(pool: string, path_prefix = '/', host?: string | string[], name?: string): RouteSettings {
-  return { pool, path_prefix, ...(host === undefined ? {} : { host }), ...(name === undefined ? {} : { name }) };
+  return { pool, path_prefix, rate_limits: [], ...(host === undefined ? {} : { host }), ...(name === undefined ? {} : { name }) };
 }
 
 /** The pool name a request goes to, or the reason there is none. */
