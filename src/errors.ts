@@ -41,6 +41,7 @@ export const ErrorCode = {
   UpstreamProtocol: 'FUL_UPSTREAM_PROTOCOL_ERROR',
   ClientAborted: 'FUL_CLIENT_ABORTED',
   ClientBody: 'FUL_CLIENT_BODY_ERROR',
+  BodyTooLarge: 'FUL_BODY_TOO_LARGE',
   Internal: 'FUL_INTERNAL',
 } as const;
 

@@ -2,7 +2,7 @@
  * The public API: `createBalancer(config)` -> `{ start, reload, close }`. The CLI is a thin
  * layer over this; tests and embedders use it directly.
  */
-import { configReload, upstreamState, type UpstreamStateEvent } from './core/events.ts';
+import { configReload, requestRetry, upstreamState, type RequestRetryEvent, type UpstreamStateEvent } from './core/events.ts';
 import { validateConfig, type LoadedConfig } from './config/load.ts';
 import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
 import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts';
@@ -72,11 +72,17 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     );
   };
 
+  const onRetry = (message: unknown): void => {
+    const { ctx, upstream, reason } = message as RequestRetryEvent;
+    logger.info({ request_id: ctx.requestIdForUpstream ?? ctx.id, upstream: upstream.id, attempt: ctx.attempts, reason }, `retrying ${ctx.req.method} ${ctx.upstreamPath} after ${upstream.id} failed (${reason})`);
+  };
+
   return {
     logger,
     async start() {
       if (config.log.access_log) stopAccessLog = startAccessLog(logger);
       upstreamState.subscribe(onState);
+      requestRetry.subscribe(onRetry);
       const bound: ListenerAddress[] = [];
       try {
         for (const l of listeners) bound.push(await l.listen());
@@ -119,6 +125,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         await Promise.all([...pools.values()].map((p) => p.close()));
         stopAccessLog?.();
         upstreamState.unsubscribe(onState);
+        requestRetry.unsubscribe(onRetry);
         logger.flush();
       })();
       return closing;

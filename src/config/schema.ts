@@ -160,7 +160,7 @@ export const OutlierDetectionConfig = z.strictObject({
 
 /** Per-upstream circuit breaking: limits that answer 503 at once instead of queueing. */
 export const CircuitBreakerConfig = z.strictObject({
-  max_pending: z.number().int().min(0).default(0).meta({ description: 'Requests that may wait for a connection when max_connections are busy; 0 is no limit (default 0).' }),
+  max_pending: z.number().int().min(0).default(0).meta({ description: 'Requests that may wait for a connection once an upstream has max_connections busy; beyond that: 503 at once (default 0: none wait).' }),
   error_rate: z.number().gt(0).max(1).default(0.5).meta({ description: 'Share of failed requests in the window that opens the breaker (default 0.5).' }),
   window: Duration.default(10_000).meta({ description: 'The window the error rate is measured over (default 10s).' }),
   min_requests: z.number().int().min(1).default(20).meta({ description: 'Requests in the window before the error rate counts (default 20).' }),

@@ -48,6 +48,14 @@ export class RequestContext {
   /** Upstreams tried so far, in order (only kept once a second attempt is needed). */
   tried: Upstream[] | null = null;
   attempts = 0;
+  /** The normalised path and query sent upstream (the one routes matched). */
+  upstreamPath = '';
+  /** The authority of an absolute-form request-target, else null. */
+  authority: string | null = null;
+  /** The client sent `Expect: 100-continue` and waits for it until the guards have passed. */
+  expectContinue = false;
+  /** Extra headers for a refusal (Retry-After, RateLimit-*). */
+  extraHeaders: string[] | null = null;
   /** Headers sent upstream, flat `[name, value, ...]`. */
   upstreamHeaders: string[] = [];
   /** What the next attempt sends as body: the client's stream, a kept copy, or null. */

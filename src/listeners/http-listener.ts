@@ -7,6 +7,9 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';
 import { compileCidrs } from '../config/schema.ts';
 import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
+import { Firewall, firewallGuard } from '../middleware/firewall.ts';
+import { requestLimitsGuard } from '../middleware/request-limits.ts';
+import { ConnectionLimiter } from './connection-limiter.ts';
 import type { Logger } from '../observe/logger.ts';
 
 /** A bound listener's address as users type it. */
@@ -29,28 +32,45 @@ export class HttpListener {
   readonly server: http.Server;
   readonly info: ListenerInfo;
   private readonly logger: Logger;
+  private readonly firewall: Firewall | null;
+  private readonly connections: ConnectionLimiter;
 
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
     this.settings = settings;
     this.logger = logger;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
+    const limits = settings.limits;
+    this.firewall = settings.firewall ? new Firewall(settings.firewall) : null;
+    const guards = [requestLimitsGuard(limits)];
+    if (this.firewall !== null) guards.unshift(firewallGuard(this.firewall, `listener ${name}`));
     this.info = {
       name,
       trusted: settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null,
       forwarding: { proto: 'http', via: '1.1 fulcrum' },
+      guards,
+      maxBodyBytes: limits.max_body_bytes,
     };
     const info = this.info;
-    this.server = http.createServer({ keepAliveTimeout: settings.keepalive_timeout, requireHostHeader: true }, (req, res) => {
-      try {
-        proxy.handle(req, res, info);
-      } catch (err) {
-        // A bug must cost one request, never the process and every other connection.
-        logger.error({ err, listener: info.name, path: req.url }, 'internal error while handling a request');
-        if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain', connection: 'close' }).end('500 Internal Server Error\n');
-        else res.destroy();
-      }
-    });
+    const requestTimeout = limits.request_timeout;
+    const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
+    this.server = http.createServer(
+      {
+        keepAliveTimeout: settings.keepalive_timeout,
+        requireHostHeader: true,
+        maxHeaderSize: limits.max_header_bytes,
+        headersTimeout,
+        requestTimeout,
+        // Node checks these timeouts on this tick (30 s by default): short enough that 408 comes on time.
+        connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
+      },
+      (req, res) => proxy.handle(req, res, info),
+    );
+    // One over the limit is enough to know it was exceeded; Node drops the rest without keeping them.
+    this.server.maxHeadersCount = limits.max_headers + 1;
+    this.server.on('checkContinue', (req, res) => proxy.handle(req, res, info, true));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
+    this.connections = new ConnectionLimiter(limits, info.trusted, this.firewall, logger, name);
+    this.server.on('connection', (socket: Socket) => this.connections.accept(socket));
   }
 
   /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */

@@ -17,12 +17,20 @@ import type { Upstream } from '../upstream/upstream.ts';
 import { buildResponseHeaders, buildUpstreamHeaders, setUpstreamHost, type ForwardingSettings } from './headers.ts';
 import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFailure } from './status.ts';
 import type { ExchangeSink } from './transport.ts';
+import { pipelineFor } from '../router/router.ts';
+import type { Refusal, RequestGuard } from '../core/pipeline.ts';
+import { validateRequest } from './request-validation.ts';
+import { parseRequestTarget } from './request-target.ts';
 
 /** What the proxy needs from the listener a request came in on. */
 export interface ListenerInfo {
   name: string;
   trusted: BlockList | null;
   forwarding: ForwardingSettings;
+  /** The listener's guards (firewall, request limits), run before each route's. */
+  guards: readonly RequestGuard[];
+  /** Request bodies beyond this are cut with 413 (0: no limit). */
+  maxBodyBytes: number;
 }
 
 /** Runtime state shared by all requests of one configuration (swapped whole on reload). */
@@ -40,15 +48,22 @@ type TrackedResponse = ServerResponse & { [kContext]?: RequestContext };
 class CountingBody extends Transform {
   private readonly ctx: RequestContext;
   private readonly keepLimit: number;
-  constructor(ctx: RequestContext, keepLimit: number) {
+  private readonly maxBytes: number;
+  constructor(ctx: RequestContext, keepLimit: number, maxBytes: number) {
     super();
     this.ctx = ctx;
     this.keepLimit = keepLimit;
+    this.maxBytes = maxBytes;
     ctx.bodyKept = keepLimit > 0 ? [] : null;
   }
   override _transform(chunk: Buffer, _encoding: BufferEncoding, callback: TransformCallback): void {
     const ctx = this.ctx;
     ctx.bytesIn += chunk.length;
+    if (this.maxBytes > 0 && ctx.bytesIn > this.maxBytes) {
+      // A chunked body that outgrew the limit: the upstream request is aborted, the client gets 413.
+      callback(new FulcrumError(ErrorCode.BodyTooLarge, `request body larger than ${this.maxBytes} bytes`, 'client', 413, false));
+      return;
+    }
     if (ctx.bodyKept !== null) {
       if (ctx.bodyKeptBytes + chunk.length <= this.keepLimit) {
         ctx.bodyKept.push(chunk);
@@ -81,8 +96,8 @@ export class HttpProxy implements ExchangeSink {
     this.runtime = runtime;
   }
 
-  /** Phase accept: the listener hands over a request. */
-  handle(req: IncomingMessage, res: ServerResponse, listener: ListenerInfo): void {
+  /** Phase accept: the listener hands over a request (`expectContinue`: the client waits for 100 Continue). */
+  handle(req: IncomingMessage, res: ServerResponse, listener: ListenerInfo, expectContinue = false): void {
     const ctx = new RequestContext(req, res, listener.name, normalizeAddress(req.socket.remoteAddress));
     if (listener.trusted !== null && isTrusted(listener.trusted, ctx.peerAddress)) {
       ctx.trustedPeer = true;
@@ -90,6 +105,7 @@ export class HttpProxy implements ExchangeSink {
     }
     ctx.forwarding = listener.forwarding;
     ctx.proxy = this;
+    ctx.expectContinue = expectContinue;
     (res as TrackedResponse)[kContext] = ctx;
     res.on('close', onResponseClose);
     try {
@@ -100,44 +116,94 @@ export class HttpProxy implements ExchangeSink {
     }
   }
 
-  /** Phases route and forward-headers, then the first attempt. */
+  /** Phases validate and route, then the guards. */
   private start(ctx: RequestContext, listener: ListenerInfo): void {
     const req = ctx.req;
+    const invalid = validateRequest(req);
+    if (invalid !== null) return this.refuse(ctx, invalid);
+    const url = req.url!;
+    const target = parseRequestTarget(url);
+    if ('error' in target) return this.refuse(ctx, { status: 400, code: ErrorCode.BadRequest, message: target.error });
+    // The path that was matched is the path that is forwarded.
+    ctx.upstreamPath = target.authority === null && target.path.length + target.query.length === url.length ? url : target.path + target.query;
+    ctx.authority = target.authority;
 
     // Phase route.
-    const match = this.runtime.router.match(req.headers.host, req.url ?? '/');
+    const host = target.authority ?? req.headers.host;
+    const match = this.runtime.router.match(host, target.path);
     if (match === 'no-route') return this.fail(ctx, new FulcrumError(ErrorCode.NoRoute, 'no route for this path', 'client', 404, false));
-    if (match === 'foreign-host') return this.fail(ctx, new FulcrumError(ErrorCode.MisdirectedHost, `no route for host "${req.headers.host ?? ''}"`, 'client', 421, false));
+    if (match === 'foreign-host') return this.fail(ctx, new FulcrumError(ErrorCode.MisdirectedHost, `no route for host "${host ?? ''}"`, 'client', 421, false));
     ctx.route = match;
-    const pool = match.pool;
-    ctx.pool = pool;
+    ctx.pool = match.pool;
+
+    // Phases firewall, rate-limit, request-limits.
+    const guards = pipelineFor(match, listener, listener.guards);
+    this.runGuards(ctx, listener, guards, 0);
+  }
+
+  /** Runs guards from `index` on; waits only for a guard that returned a promise. */
+  private runGuards(ctx: RequestContext, listener: ListenerInfo, guards: readonly RequestGuard[], index: number): void {
+    for (let i = index; i < guards.length; i++) {
+      const verdict = guards[i].check(ctx);
+      if (verdict === null) continue;
+      if (verdict instanceof Promise) {
+        verdict.then(
+          (answer) => {
+            if (ctx.done) return;
+            if (answer !== null) this.refuse(ctx, answer);
+            else this.runGuards(ctx, listener, guards, i + 1);
+          },
+          (err: unknown) => this.fail(ctx, new FulcrumError(ErrorCode.Internal, `guard failed: ${(err as Error)?.message ?? err}`, 'internal', 500, false, err)),
+        );
+        return;
+      }
+      return this.refuse(ctx, verdict);
+    }
+    this.forward(ctx, listener);
+  }
+
+  /** Phase forward-headers, then the first attempt. */
+  private forward(ctx: RequestContext, listener: ListenerInfo): void {
+    const req = ctx.req;
+    const pool = ctx.pool!;
     ctx.countedPool = pool;
     pool.active++;
-
-    // Phase forward-headers.
     const headers = buildUpstreamHeaders(ctx, req.rawHeaders, listener.forwarding, pool.hostRewrite);
     if (headers === null) return this.fail(ctx, new FulcrumError(ErrorCode.BadRequest, 'more than one Host header', 'client', 400, false));
+    // Absolute-form: the target's authority is the host (RFC 9112 section 3.2.2).
+    if (ctx.authority !== null && pool.hostRewrite.kind === 'preserve') headers[1] = ctx.authority;
     ctx.upstreamHeaders = headers;
     if (hasBody(req)) {
-      const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes);
+      const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes, listener.maxBodyBytes);
       req.on('error', (err) => body.destroy(clientBodyFailed(err)));
       req.pipe(body);
       ctx.body = body;
       ctx.bodyStream = body;
     }
+    if (ctx.expectContinue) ctx.res.writeContinue();
     const limit = pool.settings.timeouts.request;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
     this.attempt(ctx);
+  }
+
+  /** A guard's or the validator's answer: the status, its headers, nothing sent upstream. */
+  private refuse(ctx: RequestContext, refusal: Refusal): void {
+    ctx.extraHeaders = refusal.headers ?? null;
+    this.fail(ctx, new FulcrumError(refusal.code, refusal.message, 'client', refusal.status, false));
   }
 
   /** Phases pick and send: one attempt on one upstream. */
   private attempt(ctx: RequestContext, sameAllowed = false): void {
     let pool = ctx.pool!;
     let upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
-    // A stale keep-alive socket says nothing against its upstream: with no other, the same one may go again.
-    if (upstream === undefined && sameAllowed && ctx.upstream?.available()) upstream = ctx.upstream;
-    if (upstream === undefined && pool.backup !== null && pool.eligible().length === 0) {
-      // Every primary upstream is down: the backup pool serves until one comes back.
+    // A stale keep-alive socket says nothing against its upstream: with no other, the same one may go again
+    // (with a backup pool waiting, only once: a second reset sends the request there).
+    const last = ctx.upstream;
+    if (upstream === undefined && sameAllowed && last !== null && last.available() && (pool.backup === null || ctx.tried!.indexOf(last) === ctx.tried!.lastIndexOf(last))) {
+      upstream = last;
+    }
+    if (upstream === undefined && pool.backup !== null && (pool.eligible().length === 0 || ctx.tried !== null)) {
+      // Every primary upstream is down (or failed this request): the backup pool serves.
       pool = pool.backup;
       ctx.pool = pool;
       upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
@@ -155,7 +221,7 @@ export class HttpProxy implements ExchangeSink {
   onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[]): boolean {
     ctx.lastStatus = status;
     if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: ctx.upstream!, status, failure: null });
-    if (status >= 500 && retryReason(ctx, null, status, true) === 'status') {
+    if (status >= 500 && retryReason(ctx, null, status, true) === 'status' && hasAlternative(ctx)) {
       const wait = retryAfterMs(findHeader(rawHeaders, 'retry-after'));
       if (wait <= ctx.pool!.settings.retry.max_retry_after) {
         // Read the answer to its end and drop it, so the socket stays reusable; retry in onEnd.
@@ -264,7 +330,8 @@ export class HttpProxy implements ExchangeSink {
       const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(body)), 'x-request-id', ctx.requestIdForUpstream ?? ctx.id];
       // A malformed request or an unread body leaves the connection in doubt: close it.
       if (this.draining || error.status === 400 || !requestBodyDone(ctx)) headers.push('connection', 'close');
-      if (error.status === 503) headers.push('retry-after', '1');
+      if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
+      else if (error.status === 503) headers.push('retry-after', '1');
       res.writeHead(error.status, headers);
       res.end(ctx.req.method === 'HEAD' ? undefined : body);
     }
@@ -307,6 +374,13 @@ function onResponseClose(this: TrackedResponse): void {
 
 function retryLater(proxy: HttpProxy, ctx: RequestContext, sameAllowed: boolean): void {
   proxy.retryNow(ctx, sameAllowed);
+}
+
+/** True when an upstream not tried yet (or the backup pool) could take a retry: else the answer in hand is kept. */
+function hasAlternative(ctx: RequestContext): boolean {
+  const pool = ctx.pool!;
+  for (const u of pool.eligible()) if (u !== ctx.upstream && u.available() && (ctx.tried === null || !ctx.tried.includes(u))) return true;
+  return pool.backup !== null && pool.backup.eligible().some((u) => u.available());
 }
 
 /** The first value of a header in a raw list, case-insensitively. */

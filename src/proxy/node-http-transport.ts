@@ -32,7 +32,7 @@ export class NodeHttpTransport implements Transport {
       keepAlive: true,
       // Most recently used first, so surplus idle sockets age out instead of being kept warm.
       scheduling: 'lifo',
-      maxSockets: keepalive.max_sockets > 0 ? keepalive.max_sockets : Infinity,
+      maxSockets: Math.min(keepalive.max_sockets > 0 ? keepalive.max_sockets : Infinity, upstream.maxConnections),
       // Idle sockets are closed this long after last use; an upstream's Keep-Alive hint (less the margin) can shorten it.
       timeout: effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin),
       agentKeepAliveTimeoutBuffer: keepalive.safety_margin,
@@ -60,7 +60,7 @@ export class NodeHttpTransport implements Transport {
       host: upstream.hostname,
       port: upstream.port,
       method: ctx.req.method,
-      path: ctx.req.url,
+      path: ctx.upstreamPath,
       headers: ctx.upstreamHeaders as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     });

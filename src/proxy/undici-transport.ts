@@ -107,7 +107,7 @@ export class UndiciTransport implements Transport {
     const req = ctx.req;
     this.clientFor(upstream).dispatch(
       {
-        path: req.url!,
+        path: ctx.upstreamPath,
         method: req.method as Dispatcher.HttpMethod,
         headers: ctx.upstreamHeaders,
         body: ctx.body,

@@ -5,6 +5,7 @@
  */
 import type { Pool } from '../upstream/pool.ts';
 import type { RouteSettings } from '../config/schema.ts';
+import { inPhaseOrder, type RequestGuard } from '../core/pipeline.ts';
 
 /** A route ready for matching. */
 export interface CompiledRoute {
@@ -17,6 +18,10 @@ export interface CompiledRoute {
   pool: Pool;
   /** 0 exact host, 1 wildcard host, 2 any host: the sort key ahead of prefix length. */
   rank: number;
+  /** The route's own guards (firewall, rate limits), in phase order. */
+  guards: readonly RequestGuard[];
+  /** Listener guards followed by the route's, per listener, built on first use. */
+  pipelines: Map<object, readonly RequestGuard[]>;
 }
 
 /** What a request matched: a route, or why none. */
@@ -27,22 +32,24 @@ export class Router {
   readonly routes: readonly CompiledRoute[];
   private readonly anyHost: boolean;
 
-  constructor(settings: readonly RouteSettings[], pools: ReadonlyMap<string, Pool>) {
+  constructor(settings: readonly RouteSettings[], pools: ReadonlyMap<string, Pool>, guardsFor: (route: RouteSettings, name: string) => RequestGuard[] = () => []) {
     const routes: CompiledRoute[] = settings.map((s, i) => {
       const list = s.host === undefined ? null : (Array.isArray(s.host) ? s.host : [s.host]).map((h) => (h.startsWith('*.') ? h.toLowerCase() : hostOnly(h)));
       const hosts = list ? new Set(list.filter((h) => !h.startsWith('*.'))) : null;
       const suffixes = list ? list.filter((h) => h.startsWith('*.')).map((h) => h.slice(1)) : [];
       const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
-      return { name: s.name ?? `route-${i}`, hosts, suffixes, pathPrefix: trimSlash(s.path_prefix), pool: pools.get(s.pool)!, rank };
+      const name = s.name ?? `route-${i}`;
+      return { name, hosts, suffixes, pathPrefix: trimSlash(s.path_prefix), pool: pools.get(s.pool)!, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
     });
     // No routes: everything goes to the one pool that is not another's backup.
     if (routes.length === 0) {
       const all = [...pools.values()];
       const primaries = all.filter((p) => !all.some((o) => o !== p && o.backup === p));
-      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: primaries[0], rank: 2 });
+      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: primaries[0], rank: 2, guards: [], pipelines: new Map() });
     }
     routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);
     this.routes = routes;
+
     this.anyHost = routes.some((r) => r.hosts === null);
   }
 
@@ -75,6 +82,16 @@ function matchesPrefix(prefix: string, url: string): boolean {
 
 function trimSlash(prefix: string): string {
   return prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+}
+
+/** The guards a request on this route through this listener passes, in phase order (built once per pair). */
+export function pipelineFor(route: CompiledRoute, listenerKey: object, listenerGuards: readonly RequestGuard[]): readonly RequestGuard[] {
+  let list = route.pipelines.get(listenerKey);
+  if (list === undefined) {
+    list = inPhaseOrder([...listenerGuards, ...route.guards]);
+    route.pipelines.set(listenerKey, list);
+  }
+  return list;
 }
 
 /** The host part of a Host header, lowercase, without port or IPv6 brackets' port. */

@@ -137,7 +137,7 @@ test('the race of that close: a request on a socket the backend is closing is re
     await new Promise((r) => setTimeout(r, gap));
     statuses.push((await get(`${lb.url}/`)).status);
   }
-  assert.deepEqual(statuses, [200, 200, 200, 200]);
+  assert.deepEqual(statuses, [200, 200, 200, 200], lb.logs.filter((l) => l.includes("retry") || l.includes("502")).join(""));
   assert.equal(resets, 3, 'each reused socket was reset by the backend and the GET was sent again');
   const post = await new Promise((r) => setTimeout(r, 1000)).then(() => get(`${lb.url}/`, { method: 'POST', body: 'x' }));
   assert.equal(post.status, 502, 'a POST that met the reset is not sent again');
@@ -297,4 +297,26 @@ test('backup pool serves only while every primary upstream is down; drain finish
   assert.equal((await inFlight).body, 'primary');
   upstream.setDraining(false, 'test');
   assert.equal((await get(`${lb.url}/x`)).body, 'primary');
+});
+
+test("with no other upstream to try, the upstream's own 503 is passed on, not replaced", async (t) => {
+  const only = await startBackend(t, (_req, res) => res.writeHead(503, { 'x-from': 'backend' }).end('backend says busy'));
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [only.url], outlier_detection: { enabled: false }, circuit_breaker: { enabled: false } } } });
+  const res = await get(`${lb.url}/`);
+  assert.equal(res.status, 503);
+  assert.equal(res.body, 'backend says busy');
+  assert.equal(res.headers['x-from'], 'backend');
+  assert.equal(only.requests.length, 1);
+});
+
+test('a GET that failed on every primary upstream goes to the backup pool', async (t) => {
+  const resets = await startBackend(t, (req) => req.socket.destroy());
+  const spare = await startBackend(t, (_req, res) => res.end('spare'));
+  const lb = await startBalancer(t, {
+    pools: { main: { upstreams: [resets.url], backup: 'spare', outlier_detection: { enabled: false } }, spare: { upstreams: [spare.url] } },
+  });
+  const res = await get(`${lb.url}/`);
+  assert.equal(res.status, 200);
+  assert.equal(res.body, 'spare');
+  assert.match(lb.logs.join(''), /retrying GET \/ after 127\.0\.0\.1:\d+ failed \(reset: upstream closed the connection/);
 });

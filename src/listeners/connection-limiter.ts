@@ -1,0 +1,90 @@
+/**
+ * Connection admission for a listener: the firewall at accept (peers that are not trusted
+ * proxies), and limits on open connections per listener and per client address. Over a limit a
+ * connection is refused (closed at once) or queued: held unread until a slot frees, within the
+ * listener's headers timeout.
+ */
+import type { BlockList, Socket } from 'node:net';
+import { isTrusted, normalizeAddress } from '../core/client-address.ts';
+import type { ListenerSettings } from '../config/schema.ts';
+import type { Firewall } from '../middleware/firewall.ts';
+import type { Logger } from '../observe/logger.ts';
+
+/** Counts open connections and admits, refuses or queues new ones. */
+export class ConnectionLimiter {
+  private readonly max: number;
+  private readonly maxPerIp: number;
+  private readonly queue: boolean;
+  private readonly trusted: BlockList | null;
+  private readonly firewall: Firewall | null;
+  private readonly logger: Logger;
+  private readonly listener: string;
+  private open = 0;
+  /** Open connections per address; an entry lives only while that address has one, so it is bounded by `open`. */
+  private readonly perIp = new Map<string, number>();
+  private readonly waiting: Socket[] = [];
+  /** Connections refused by a limit or the firewall (for logs and, later, metrics). */
+  refused = 0;
+
+  constructor(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null, logger: Logger, listener: string) {
+    this.max = limits.max_connections;
+    this.maxPerIp = limits.max_connections_per_ip;
+    this.queue = limits.over_connection_limit === 'queue';
+    this.trusted = trusted;
+    this.firewall = firewall;
+    this.logger = logger;
+    this.listener = listener;
+  }
+
+  /** Called for every accepted socket, before it sends anything. */
+  accept(socket: Socket): void {
+    const address = normalizeAddress(socket.remoteAddress);
+    // Behind a trusted proxy the real client is only known per request (X-Forwarded-For).
+    if (this.firewall !== null && !isTrusted(this.trusted, address) && !this.firewall.permits(address)) {
+      this.refused++;
+      socket.destroy();
+      return;
+    }
+    if (this.max === 0 && this.maxPerIp === 0) return;
+    if (this.fits(address)) return this.admit(socket, address);
+    if (!this.queue) {
+      this.refused++;
+      this.logger.debug({ listener: this.listener, client: address }, 'connection refused: over the connection limit');
+      socket.destroy();
+      return;
+    }
+    socket.pause();
+    this.waiting.push(socket);
+    socket.once('close', () => {
+      const i = this.waiting.indexOf(socket);
+      if (i !== -1) this.waiting.splice(i, 1);
+    });
+  }
+
+  private fits(address: string): boolean {
+    if (this.max > 0 && this.open >= this.max) return false;
+    return this.maxPerIp === 0 || (this.perIp.get(address) ?? 0) < this.maxPerIp;
+  }
+
+  private admit(socket: Socket, address: string): void {
+    this.open++;
+    this.perIp.set(address, (this.perIp.get(address) ?? 0) + 1);
+    socket.once('close', () => this.release(address));
+  }
+
+  private release(address: string): void {
+    this.open--;
+    const n = (this.perIp.get(address) ?? 1) - 1;
+    if (n === 0) this.perIp.delete(address);
+    else this.perIp.set(address, n);
+    for (let i = 0; i < this.waiting.length; i++) {
+      const socket = this.waiting[i];
+      const waitingAddress = normalizeAddress(socket.remoteAddress);
+      if (!this.fits(waitingAddress)) continue;
+      this.waiting.splice(i, 1);
+      this.admit(socket, waitingAddress);
+      socket.resume();
+      return;
+    }
+  }
+}
