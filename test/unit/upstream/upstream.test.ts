@@ -203,7 +203,8 @@ test('upstream: adoptStateFrom copies health, enabled, draining, ejections and c
 });
 
 test('pool: carries state of unchanged addresses from `previous` and rebuilds the snapshot on changes', async (t) => {
-  const settings = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://127.0.0.1:3'] });
+  // With health checks configured (not started) in both, so carrying health over is meaningful.
+  const settings = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://127.0.0.1:3'], health_check: {} });
   const first = new Pool('web', settings);
   t.after(() => first.close());
   const [a, b, c] = first.upstreams;
@@ -219,7 +220,7 @@ test('pool: carries state of unchanged addresses from `previous` and rebuilds th
   assert.ok(Object.isFrozen(first.eligible()));
 
   const previous = new Map(first.upstreams.map((u) => [u.id, u]));
-  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:2', 'http://127.0.0.1:3', 'http://127.0.0.1:4'] }), previous);
+  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:2', 'http://127.0.0.1:3', 'http://127.0.0.1:4'], health_check: {} }), previous);
   t.after(() => second.close());
   const [b2, c2, d2] = second.upstreams;
   assert.equal(b2.health, 'unhealthy');
@@ -229,4 +230,17 @@ test('pool: carries state of unchanged addresses from `previous` and rebuilds th
   b2.setHealth('healthy', 'back');
   assert.deepEqual(second.eligible(), [b2, d2]);
   assert.notEqual(b2, b, 'a reload builds new upstream objects');
+});
+
+test('pool: a reload that drops health_check does not leave an upstream unhealthy for good', {
+  todo: 'src/upstream/pool.ts: adoptStateFrom copies health even when the new settings have no health_check, and nothing else ever sets it back to healthy',
+}, async (t) => {
+  const checked = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'], health_check: {} });
+  const first = new Pool('web', checked);
+  t.after(() => first.close());
+  first.upstreams[0].setHealth('unhealthy', 'status 500 (3 consecutive checks failed)');
+  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'] }), new Map([[first.upstreams[0].id, first.upstreams[0]]]));
+  t.after(() => second.close());
+  assert.equal(second.upstreams[0].health, 'healthy');
+  assert.deepEqual(second.eligible(), second.upstreams);
 });
