@@ -42,6 +42,12 @@ export const ErrorCode = {
   ClientAborted: 'FUL_CLIENT_ABORTED',
   ClientBody: 'FUL_CLIENT_BODY_ERROR',
   BodyTooLarge: 'FUL_BODY_TOO_LARGE',
+  TooManyHeaders: 'FUL_TOO_MANY_HEADERS',
+  UriTooLong: 'FUL_URI_TOO_LONG',
+  HttpVersion: 'FUL_HTTP_VERSION',
+  FirewallDenied: 'FUL_FIREWALL_DENIED',
+  RateLimited: 'FUL_RATE_LIMITED',
+  RateLimitStoreDown: 'FUL_RATE_LIMIT_STORE_DOWN',
   Internal: 'FUL_INTERNAL',
 } as const;
 

@@ -11,6 +11,10 @@ import { createLogger, type Logger } from './observe/logger.ts';
 import { HttpProxy } from './proxy/http-proxy.ts';
 import { Router } from './router/router.ts';
 import { Pool } from './upstream/pool.ts';
+import type { RouteSettings } from './config/schema.ts';
+import type { Closable, RequestGuard } from './core/pipeline.ts';
+import { Firewall, firewallGuard } from './middleware/firewall.ts';
+import { createRateLimitGuard, createRateLimitStores, type RateLimitStores } from './middleware/rate-limit.ts';
 import type { Upstream } from './upstream/upstream.ts';
 
 export { loadConfigFile, loadConfigText, validateConfig } from './config/load.ts';
@@ -53,12 +57,35 @@ function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> |
   return pools;
 }
 
+/** The guards of one route: its firewall, then its rate limits. */
+function routeGuards(route: RouteSettings, name: string, stores: RateLimitStores): RequestGuard[] {
+  const guards: RequestGuard[] = [];
+  if (route.firewall) guards.push(firewallGuard(new Firewall(route.firewall), 'route'));
+  for (const limit of route.rate_limits) guards.push(createRateLimitGuard(limit, name, stores));
+  return guards;
+}
+
+/** Routes, pools and rate-limit stores of one configuration: built together, swapped together. */
+interface Runtime {
+  router: Router;
+  pools: Map<string, Pool>;
+  stores: RateLimitStores & Closable;
+}
+
+function buildRuntime(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> | null, logger: Logger): Runtime {
+  const pools = buildPools(config, previous);
+  const stores = createRateLimitStores(config.rate_limit, logger);
+  const router = new Router(config.routes, pools, (route, name) => routeGuards(route, name, stores));
+  return { router, pools, stores };
+}
+
 /** Builds a balancer from a configuration (validated here if it is not already). */
 export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, options: BalancerOptions = {}): Balancer {
   let config = toConfig(input);
   const logger = options.logger ?? createLogger(config.log);
-  let pools = buildPools(config, null);
-  const proxy = new HttpProxy({ router: new Router(config.routes, pools) });
+  let runtime = buildRuntime(config, null, logger);
+  let pools = runtime.pools;
+  const proxy = new HttpProxy({ router: runtime.router });
   const listeners = config.listeners.map((l) => new HttpListener(l, proxy, logger));
   let stopAccessLog: (() => void) | null = null;
   let closing: Promise<void> | null = null;
@@ -100,14 +127,16 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     async reload(next) {
       try {
         const nextConfig = toConfig(next);
-        const nextPools = buildPools(nextConfig, pools);
-        const old = pools;
-        for (const pool of nextPools.values()) pool.start();
-        proxy.runtime = { router: new Router(nextConfig.routes, nextPools) };
-        pools = nextPools;
+        const built = buildRuntime(nextConfig, pools, logger);
+        const old = runtime;
+        for (const pool of built.pools.values()) pool.start();
+        proxy.runtime = { router: built.router };
+        runtime = built;
+        pools = built.pools;
         config = nextConfig;
         // Old pools finish the requests they carry, then close their sockets.
-        void Promise.all([...old.values()].map((p) => p.close()));
+        void Promise.all([...old.pools.values()].map((p) => p.close()));
+        void old.stores.close();
         if (JSON.stringify(nextConfig.listeners) !== JSON.stringify(listeners.map((l) => l.settings))) {
           logger.warn('listener changes take effect on restart; routes and pools were reloaded');
         }
@@ -123,6 +152,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         proxy.draining = true;
         await Promise.all(listeners.map((l) => l.drain(graceMs)));
         await Promise.all([...pools.values()].map((p) => p.close()));
+        await runtime.stores.close();
         stopAccessLog?.();
         upstreamState.unsubscribe(onState);
         requestRetry.unsubscribe(onRetry);

@@ -216,6 +216,16 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       problems.push(place(['pools', name, 'backup'], `no pool named "${backup}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
     }
   }
+  const redis = (config.rate_limit as { redis?: unknown } | undefined)?.redis;
+  routes.forEach((route, i) => {
+    const limits = route && typeof route === 'object' ? (route as Record<string, unknown>).rate_limits : undefined;
+    if (!Array.isArray(limits) || redis !== undefined) return;
+    limits.forEach((l, j) => {
+      if (l && typeof l === 'object' && (l as Record<string, unknown>).store === 'redis') {
+        problems.push(place(['routes', i, 'rate_limits', j, 'store'], 'store "redis" needs a rate_limit.redis section (at least its url)'));
+      }
+    });
+  });
   const primaries = pools.length > 1 ? primaryPools(config.pools as Record<string, unknown>) : pools;
   if (routes.length === 0 && primaries.length > 1) problems.push(place(['routes'], `${primaries.length} pools need routes that say which requests go where`));
   const listeners = Array.isArray(config.listeners) ? config.listeners : [];

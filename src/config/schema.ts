@@ -176,6 +176,7 @@ export const PoolConfig = z.strictObject({
   host_header: z
     .string()
     .min(1)
+    .refine((v) => !/[\r\n\0]/.test(v), { message: 'must not contain CR, LF or NUL (header injection)' })
     .default('preserve')
     .meta({ description: '"preserve" keeps the client\'s Host (default), "upstream" sends the upstream\'s host:port, anything else is sent as is.' }),
   transport: z.enum(['undici', 'node-http']).default('undici').meta({ description: 'HTTP client toward upstreams (default undici, the faster in `npm run bench`).' }),
@@ -199,7 +200,7 @@ export const FirewallConfig = z.strictObject({
 export const RateLimitConfig = z.strictObject({
   name: z.string().min(1).optional().meta({ description: 'Name in logs and the RateLimit-Policy header (default by position).' }),
   rate: z.number().positive().meta({ description: 'Tokens added per `per`.' }),
-  per: Duration.default(1000).meta({ description: 'The period of `rate` (default 1s).' }),
+  per: Duration.refine((ms) => ms > 0, { message: 'must be longer than 0' }).default(1000).meta({ description: 'The period of `rate` (default 1s).' }),
   burst: z.number().int().positive().optional().meta({ description: 'Bucket size: requests allowed at once (default: rate, rounded up).' }),
   key: z
     .array(z.string().regex(/^(ip|route|header:[A-Za-z0-9!#$%&'*+.^_`|~-]+)$/, { message: 'expected "ip", "route" or "header:<name>"' }))

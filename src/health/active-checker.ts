@@ -96,10 +96,13 @@ export class ActiveChecker {
       });
       let body = '';
       if (body_contains !== undefined) {
+        // One decoder across chunks, so a character split between two chunks survives.
+        const decoder = new TextDecoder();
         for await (const chunk of res.body) {
-          body += chunk;
+          body += decoder.decode(chunk as Buffer, { stream: true });
           if (body.length > maxBody) break;
         }
+        body += decoder.decode();
       } else await res.body.dump();
       if (!this.ranges.some(([lo, hi]) => res.statusCode >= lo && res.statusCode <= hi)) return `status ${res.statusCode}`;
       if (body_contains !== undefined && !body.includes(body_contains)) return `body does not contain ${JSON.stringify(body_contains)}`;

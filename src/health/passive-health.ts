@@ -43,7 +43,10 @@ export class PassiveHealth {
     this.upstreams = upstreams;
     for (const u of upstreams) {
       u.halfOpenLimit = settings.circuit_breaker.half_open_requests;
-      this.records.set(u, new UpstreamRecord());
+      const r = new UpstreamRecord();
+      // Ejections carried over a reload are forgiven on the usual clock, from now.
+      if (u.ejections > 0 && !u.ejected) r.returnedAt = Date.now();
+      this.records.set(u, r);
     }
   }
 
@@ -123,7 +126,7 @@ export class PassiveHealth {
         r.total[r.slot] = 0;
         r.failed[r.slot] = 0;
       }
-      r.slotStart = now;
+      r.slotStart = steps === buckets ? now : r.slotStart + steps * width;
     }
     r.total[r.slot]++;
     if (failed) r.failed[r.slot]++;

@@ -23,10 +23,13 @@ export class ConnectionLimiter {
   /** Open connections per address; an entry lives only while that address has one, so it is bounded by `open`. */
   private readonly perIp = new Map<string, number>();
   private readonly waiting: Socket[] = [];
+  /** Hands an admitted socket to the HTTP server. */
+  private readonly onAdmit: (socket: Socket) => void;
   /** Connections refused by a limit or the firewall (for logs and, later, metrics). */
   refused = 0;
 
-  constructor(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null, logger: Logger, listener: string) {
+  constructor(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null, logger: Logger, listener: string, onAdmit: (socket: Socket) => void) {
+    this.onAdmit = onAdmit;
     this.max = limits.max_connections;
     this.maxPerIp = limits.max_connections_per_ip;
     this.queue = limits.over_connection_limit === 'queue';
@@ -45,7 +48,7 @@ export class ConnectionLimiter {
       socket.destroy();
       return;
     }
-    if (this.max === 0 && this.maxPerIp === 0) return;
+    if (this.max === 0 && this.maxPerIp === 0) return this.onAdmit(socket);
     if (this.fits(address)) return this.admit(socket, address);
     if (!this.queue) {
       this.refused++;
@@ -53,7 +56,8 @@ export class ConnectionLimiter {
       socket.destroy();
       return;
     }
-    socket.pause();
+    // Still paused from accept: its bytes wait in the kernel until a slot frees.
+    socket.on('error', () => {});
     this.waiting.push(socket);
     socket.once('close', () => {
       const i = this.waiting.indexOf(socket);
@@ -70,6 +74,12 @@ export class ConnectionLimiter {
     this.open++;
     this.perIp.set(address, (this.perIp.get(address) ?? 0) + 1);
     socket.once('close', () => this.release(address));
+    this.onAdmit(socket);
+  }
+
+  /** Shutdown: connections still waiting for a slot are closed. */
+  dropWaiting(): void {
+    for (const socket of this.waiting.splice(0)) socket.destroy();
   }
 
   private release(address: string): void {
@@ -83,7 +93,6 @@ export class ConnectionLimiter {
       if (!this.fits(waitingAddress)) continue;
       this.waiting.splice(i, 1);
       this.admit(socket, waitingAddress);
-      socket.resume();
       return;
     }
   }

@@ -3,6 +3,7 @@
  * Node's parser rejects with the right 4xx, and draining its connections on shutdown.
  */
 import http from 'node:http';
+import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';
 import { compileCidrs } from '../config/schema.ts';
@@ -29,7 +30,10 @@ const parserStatus: Record<string, [number, string]> = {
 /** One HTTP listener of the balancer. */
 export class HttpListener {
   readonly settings: ListenerSettings;
+  /** Parses HTTP on the connections the acceptor admits; it never listens itself. */
   readonly server: http.Server;
+  /** Accepts TCP connections, paused until admitted (firewall, connection limits). */
+  private readonly acceptor: net.Server;
   readonly info: ListenerInfo;
   private readonly logger: Logger;
   private readonly firewall: Firewall | null;
@@ -69,17 +73,25 @@ export class HttpListener {
     this.server.maxHeadersCount = limits.max_headers + 1;
     this.server.on('checkContinue', (req, res) => proxy.handle(req, res, info, true));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
-    this.connections = new ConnectionLimiter(limits, info.trusted, this.firewall, logger, name);
-    this.server.on('connection', (socket: Socket) => this.connections.accept(socket));
+    const server = this.server;
+    this.connections = new ConnectionLimiter(limits, info.trusted, this.firewall, logger, name, (socket) => {
+      server.emit('connection', socket);
+      socket.resume();
+    });
+    // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
+    this.acceptor = net.createServer({ pauseOnConnect: true }, (socket) => this.connections.accept(socket));
   }
 
   /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */
   listen(): Promise<ListenerAddress> {
     return new Promise((resolve, reject) => {
       const onError = (err: Error): void => reject(err);
-      this.server.once('error', onError);
-      this.server.listen(this.settings.port, this.settings.host, () => {
-        this.server.off('error', onError);
+      this.acceptor.once('error', onError);
+      this.acceptor.listen(this.settings.port, this.settings.host, () => {
+        this.acceptor.off('error', onError);
+        // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
+        // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
+        this.server.emit('listening');
         resolve(this.address()!);
       });
     });
@@ -87,7 +99,7 @@ export class HttpListener {
 
   /** The bound address, or null before listen. */
   address(): ListenerAddress | null {
-    const a = this.server.address() as AddressInfo | null;
+    const a = this.acceptor.address() as AddressInfo | null;
     if (!a) return null;
     const shown = a.address === '0.0.0.0' || a.address === '::' ? 'localhost' : a.family === 'IPv6' ? `[${a.address}]` : a.address;
     return { name: this.info.name, host: a.address, port: a.port, url: `http://${shown}:${a.port}` };
@@ -98,8 +110,10 @@ export class HttpListener {
    * and cuts whatever is left when the grace period ends.
    */
   async drain(graceMs: number): Promise<void> {
-    if (!this.server.listening) return;
-    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    if (!this.acceptor.listening) return;
+    // Resolves once every accepted connection has ended.
+    const closed = new Promise<void>((resolve) => this.acceptor.close(() => resolve()));
+    this.connections.dropWaiting();
     this.server.closeIdleConnections();
     const sweep = setInterval(() => this.server.closeIdleConnections(), 25);
     let timer: NodeJS.Timeout | undefined;
@@ -112,6 +126,8 @@ export class HttpListener {
       this.server.closeAllConnections();
       await closed;
     }
+    // Stops the HTTP server's timeout timer (it reports "not running": it never bound a socket).
+    this.server.close(() => {});
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {

@@ -56,11 +56,15 @@ function withinBudget(ctx: RequestContext): boolean {
   return pool.retrying < Math.max(policy.min_retry_concurrency, (pool.active * policy.budget_percent) / 100);
 }
 
+/** IMF-fixdate (RFC 9110 section 5.6.7), the only HTTP-date form senders may generate. */
+const httpDate = /^(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT$/;
+
 /** Milliseconds a `Retry-After` value asks for (delta-seconds or an HTTP date); 0 when absent or past. */
 export function retryAfterMs(value: string | undefined): number {
   if (value === undefined) return 0;
   const text = value.trim();
   if (/^\d+$/.test(text)) return Number(text) * 1000;
+  if (!httpDate.test(text)) return 0;
   const at = Date.parse(text);
   return Number.isNaN(at) ? 0 : Math.max(0, at - Date.now());
 }

@@ -44,7 +44,11 @@ export class Pool {
     this.upstreams = settings.upstreams.map((u) => {
       const upstream = new Upstream({ url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending });
       const old = previous?.get(upstream.id);
-      if (old) upstream.adoptStateFrom(old);
+      if (old) {
+        upstream.adoptStateFrom(old);
+        // Without active checks nothing would ever mark it healthy again.
+        if (!settings.health_check) upstream.health = 'healthy';
+      }
       upstream.onChange = onChange;
       return upstream;
     });

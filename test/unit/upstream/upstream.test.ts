@@ -233,7 +233,6 @@ test('pool: carries state of unchanged addresses from `previous` and rebuilds th
 });
 
 test('pool: a reload that drops health_check does not leave an upstream unhealthy for good', {
-  todo: 'src/upstream/pool.ts: adoptStateFrom copies health even when the new settings have no health_check, and nothing else ever sets it back to healthy',
 }, async (t) => {
   const checked = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'], health_check: {} });
   const first = new Pool('web', checked);
