@@ -137,8 +137,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         // Old pools finish the requests they carry, then close their sockets.
         void Promise.all([...old.pools.values()].map((p) => p.close()));
         void old.stores.close();
-        if (JSON.stringify(nextConfig.listeners) !== JSON.stringify(listeners.map((l) => l.settings))) {
-          logger.warn('listener changes take effect on restart; routes and pools were reloaded');
+        // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
+        const unmatched: string[] = [];
+        for (const settings of nextConfig.listeners) {
+          const current = listeners.find((l) => l.settings.host === settings.host && (l.settings.port === settings.port || l.address()?.port === settings.port));
+          if (current) current.update(settings);
+          else unmatched.push(`${settings.host}:${settings.port}`);
+        }
+        if (unmatched.length > 0 || nextConfig.listeners.length !== listeners.length) {
+          logger.warn({ listeners: unmatched }, 'added or moved listeners take effect on restart; the others were reloaded');
         }
         if (configReload.hasSubscribers) configReload.publish({ ok: true, source: 'reload' });
         logger.info({ pools: [...pools.keys()] }, 'configuration reloaded');

@@ -12,11 +12,11 @@ import type { Logger } from '../observe/logger.ts';
 
 /** Counts open connections and admits, refuses or queues new ones. */
 export class ConnectionLimiter {
-  private readonly max: number;
-  private readonly maxPerIp: number;
-  private readonly queue: boolean;
-  private readonly trusted: BlockList | null;
-  private readonly firewall: Firewall | null;
+  private max = 0;
+  private maxPerIp = 0;
+  private queue = false;
+  private trusted: BlockList | null = null;
+  private firewall: Firewall | null = null;
   private readonly logger: Logger;
   private readonly listener: string;
   private open = 0;
@@ -28,15 +28,19 @@ export class ConnectionLimiter {
   /** Connections refused by a limit or the firewall (for logs and, later, metrics). */
   refused = 0;
 
-  constructor(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null, logger: Logger, listener: string, onAdmit: (socket: Socket) => void) {
+  constructor(logger: Logger, listener: string, onAdmit: (socket: Socket) => void) {
     this.onAdmit = onAdmit;
+    this.logger = logger;
+    this.listener = listener;
+  }
+
+  /** Sets (or, on reload, replaces) the limits and firewall; counts of open connections are kept. */
+  configure(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null): void {
     this.max = limits.max_connections;
     this.maxPerIp = limits.max_connections_per_ip;
     this.queue = limits.over_connection_limit === 'queue';
     this.trusted = trusted;
     this.firewall = firewall;
-    this.logger = logger;
-    this.listener = listener;
   }
 
   /** Called for every accepted socket, before it sends anything. */

@@ -29,14 +29,13 @@ const parserStatus: Record<string, [number, string]> = {
 
 /** One HTTP listener of the balancer. */
 export class HttpListener {
-  readonly settings: ListenerSettings;
+  settings: ListenerSettings;
   /** Parses HTTP on the connections the acceptor admits; it never listens itself. */
   readonly server: http.Server;
   /** Accepts TCP connections, paused until admitted (firewall, connection limits). */
   private readonly acceptor: net.Server;
   readonly info: ListenerInfo;
   private readonly logger: Logger;
-  private readonly firewall: Firewall | null;
   private readonly connections: ConnectionLimiter;
 
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
@@ -44,16 +43,7 @@ export class HttpListener {
     this.logger = logger;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
     const limits = settings.limits;
-    this.firewall = settings.firewall ? new Firewall(settings.firewall) : null;
-    const guards = [requestLimitsGuard(limits)];
-    if (this.firewall !== null) guards.unshift(firewallGuard(this.firewall, `listener ${name}`));
-    this.info = {
-      name,
-      trusted: settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null,
-      forwarding: { proto: 'http', via: '1.1 fulcrum' },
-      guards,
-      maxBodyBytes: limits.max_body_bytes,
-    };
+    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum' }, guards: [], maxBodyBytes: 0 };
     const info = this.info;
     const requestTimeout = limits.request_timeout;
     const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
@@ -69,17 +59,38 @@ export class HttpListener {
       },
       (req, res) => proxy.handle(req, res, info),
     );
-    // One over the limit is enough to know it was exceeded; Node drops the rest without keeping them.
-    this.server.maxHeadersCount = limits.max_headers + 1;
     this.server.on('checkContinue', (req, res) => proxy.handle(req, res, info, true));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
     const server = this.server;
-    this.connections = new ConnectionLimiter(limits, info.trusted, this.firewall, logger, name, (socket) => {
+    this.connections = new ConnectionLimiter(logger, name, (socket) => {
       server.emit('connection', socket);
       socket.resume();
     });
+    this.update(settings);
     // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
     this.acceptor = net.createServer({ pauseOnConnect: true }, (socket) => this.connections.accept(socket));
+  }
+
+  /**
+   * Applies (re)loaded settings in place: trusted proxies, firewall, limits and timeouts change for
+   * the next connection and request; open connections are kept. The bind address and
+   * max_header_bytes (fixed per parser) take a restart.
+   */
+  update(settings: ListenerSettings): void {
+    this.settings = settings;
+    const limits = settings.limits;
+    const info = this.info;
+    const firewall = settings.firewall ? new Firewall(settings.firewall) : null;
+    info.trusted = settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null;
+    info.guards = firewall !== null ? [firewallGuard(firewall, `listener ${info.name}`), requestLimitsGuard(limits)] : [requestLimitsGuard(limits)];
+    info.maxBodyBytes = limits.max_body_bytes;
+    const requestTimeout = limits.request_timeout;
+    this.server.keepAliveTimeout = settings.keepalive_timeout;
+    this.server.requestTimeout = requestTimeout;
+    this.server.headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
+    // One over the limit is enough to know it was exceeded; Node drops the rest without keeping them.
+    this.server.maxHeadersCount = limits.max_headers + 1;
+    this.connections.configure(limits, info.trusted, firewall);
   }
 
   /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */
