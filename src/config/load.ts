@@ -222,7 +222,7 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
     if (!Array.isArray(limits) || redis !== undefined) return;
     limits.forEach((l, j) => {
       if (l && typeof l === 'object' && (l as Record<string, unknown>).store === 'redis') {
-        problems.push(place(['routes', i, 'rate_limits', j, 'store'], 'store "redis" needs a rate_limit.redis section (at least its url)'));
+        problems.push(place(['routes', i, 'rate_limits', j, 'store'], 'store "redis" needs a rate_limit.redis section (`redis: {}` for redis://127.0.0.1:6379)'));
       }
     });
   });

@@ -198,7 +198,7 @@ export const FirewallConfig = z.strictObject({
 
 /** One token bucket: `rate` requests per `per`, bursts up to `burst`, per key. */
 export const RateLimitConfig = z.strictObject({
-  name: z.string().min(1).optional().meta({ description: 'Name in logs and the RateLimit-Policy header (default by position).' }),
+  name: z.string().min(1).optional().meta({ description: 'Names the bucket set (and its Redis keys); unnamed limits are named by their numbers.' }),
   rate: z.number().positive().meta({ description: 'Tokens added per `per`.' }),
   per: Duration.refine((ms) => ms > 0, { message: 'must be longer than 0' }).default(1000).meta({ description: 'The period of `rate` (default 1s).' }),
   burst: z.number().int().positive().optional().meta({ description: 'Bucket size: requests allowed at once (default: rate, rounded up).' }),

@@ -1,8 +1,8 @@
 /**
  * Connection admission for a listener: the firewall at accept (peers that are not trusted
  * proxies), and limits on open connections per listener and per client address. Over a limit a
- * connection is refused (closed at once) or queued: held unread until a slot frees, within the
- * listener's headers timeout.
+ * connection is refused (closed at once) or queued: held unread until a slot frees or the client
+ * gives up (the listener's timeouts start only once it is admitted).
  */
 import type { BlockList, Socket } from 'node:net';
 import { isTrusted, normalizeAddress } from '../core/client-address.ts';

@@ -24,7 +24,6 @@ export interface ListenerAddress {
 const parserStatus: Record<string, [number, string]> = {
   HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
-  HPE_URI_TOO_LONG: [414, 'URI Too Long'],
 };
 
 /** One HTTP listener of the balancer. */
@@ -88,7 +87,7 @@ export class HttpListener {
     this.server.keepAliveTimeout = settings.keepalive_timeout;
     this.server.requestTimeout = requestTimeout;
     this.server.headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
-    // One over the limit is enough to know it was exceeded; Node drops the rest without keeping them.
+    // Node answers 431 itself beyond this count; at exactly one over, the request-limits guard does.
     this.server.maxHeadersCount = limits.max_headers + 1;
     this.connections.configure(limits, info.trusted, firewall);
   }
@@ -142,8 +141,10 @@ export class HttpListener {
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    // ECONNRESET and friends: the client is gone, there is nobody to answer.
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // ECONNRESET and friends: the client is gone, there is nobody to answer. And a request that
+    // was already answered (a refusal before its malformed body) must not get a second answer.
+    const answered = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true;
+    if (err.code === 'ECONNRESET' || !socket.writable || answered) {
       socket.destroy();
       return;
     }

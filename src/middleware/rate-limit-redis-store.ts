@@ -144,7 +144,8 @@ export class RedisLink {
     if (this.closing || this.state === 'down') return;
     this.state = 'down';
     this.endConnecting();
-    this.logger.warn({ url: redactUrl(this.settings.url), reason }, 'rate-limit store redis unreachable, using local buckets');
+    const fallback = this.settings.on_failure === 'open' ? 'using local buckets' : 'refusing rate-limited requests with 503 (on_failure: closed)';
+    this.logger.warn({ url: redactUrl(this.settings.url), reason }, `rate-limit store redis unreachable, ${fallback}`);
     this.probe = setInterval(() => this.probeOnce(), PROBE_INTERVAL_MS);
     this.probe.unref();
   }

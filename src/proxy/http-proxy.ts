@@ -1,10 +1,11 @@
 /**
  * The HTTP/1.1 reverse proxy: the request phases of docs/architecture.md in code.
- *   accept -> route -> forward-headers -> pick -> send -> respond -> (retry) -> finish
+ *   accept -> validate -> route -> firewall -> rate-limit -> request-limits -> forward-headers
+ *   -> pick -> send -> respond -> (retry) -> finish
  * Every path ends in `finish`, exactly once, which releases the upstream and publishes
  * `fulcrum:request:end` for the access log and, later, metrics.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { BlockList } from 'node:net';
 import { RequestContext } from '../core/context.ts';
@@ -19,7 +20,7 @@ import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFail
 import type { ExchangeSink } from './transport.ts';
 import { pipelineFor } from '../router/router.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
-import { validateRequest } from './request-validation.ts';
+import { validateRequest, validHost } from './request-validation.ts';
 import { parseRequestTarget } from './request-target.ts';
 
 /** What the proxy needs from the listener a request came in on. */
@@ -124,6 +125,7 @@ export class HttpProxy implements ExchangeSink {
     const url = req.url!;
     const target = parseRequestTarget(url);
     if ('error' in target) return this.refuse(ctx, { status: 400, code: ErrorCode.BadRequest, message: target.error });
+    if (target.authority !== null && !validHost(target.authority)) return this.refuse(ctx, { status: 400, code: ErrorCode.BadRequest, message: 'malformed authority in the request-target' });
     // The path that was matched is the path that is forwarded.
     ctx.upstreamPath = target.authority === null && target.path.length + target.query.length === url.length ? url : target.path + target.query;
     ctx.authority = target.authority;
@@ -399,7 +401,7 @@ function onRequestTimeout(proxy: HttpProxy, ctx: RequestContext): void {
 
 /** True when the client's request body was read to its end (or there was none). */
 function requestBodyDone(ctx: RequestContext): boolean {
-  return ctx.body === null || ctx.req.readableEnded;
+  return ctx.req.readableEnded || !hasBody(ctx.req);
 }
 
 /** Stops counting the request against its upstream (once). */
@@ -414,7 +416,6 @@ function headerValue(v: string | string[] | undefined): string | undefined {
   return Array.isArray(v) ? v.join(', ') : v;
 }
 
-const texts: Record<number, string> = { 500: 'Internal Server Error', 400: 'Bad Request', 404: 'Not Found', 421: 'Misdirected Request', 499: 'Client Closed Request', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 function statusText(status: number): string {
-  return texts[status] ?? 'Error';
+  return status === 499 ? 'Client Closed Request' : (STATUS_CODES[status] ?? 'Error');
 }

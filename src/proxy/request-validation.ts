@@ -28,3 +28,8 @@ export function validateRequest(req: IncomingMessage): Refusal | null {
   if (host !== undefined && !hostSyntax.test(host)) return refusals.host;
   return null;
 }
+
+/** True for a syntactically valid Host value or authority: reg-name, IPv4 or [IPv6], optional port. */
+export function validHost(value: string): boolean {
+  return hostSyntax.test(value);
+}

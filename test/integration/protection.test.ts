@@ -269,3 +269,19 @@ test('firewall lists change on reload, for the open listener, without a restart'
   await lb.balancer.reload(reloaded);
   assert.equal((await get(`${lb.url}/`)).status, 200);
 });
+
+test('refusals close a connection whose body was not read; one answer per request; absolute-form authority checked', async (t) => {
+  const backend = await recordingBackend(t);
+  const lb = await startBalancer(t, {
+    listeners: [{ host: '127.0.0.1', port: 0, limits: { max_body_bytes: 10 } }],
+    pools: { web: { upstreams: [backend.url] } },
+  });
+  const big = await rawExchange(lb.port, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n' + 'x'.repeat(100), 1500);
+  assert.match(big, /^HTTP\/1\.1 413 Payload Too Large\r\n/);
+  assert.match(big, /connection: close/i);
+  assert.match(big, /413 Payload Too Large: request body larger than 10 bytes/);
+  const gzip = await rawExchange(lb.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabcdef', 1500);
+  assert.equal(gzip.match(/HTTP\/1\.1 400/g)?.length, 1, 'exactly one 400');
+  assert.match(await rawExchange(lb.port, 'GET http://user@evil/x HTTP/1.1\r\nHost: a\r\n\r\n', 1500), /^HTTP\/1\.1 400 /);
+  assert.deepEqual(backend.received, []);
+});
