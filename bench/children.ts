@@ -47,8 +47,8 @@ export interface ChildServer {
  * Starts `node <script> ...args` and waits for it to send `{ port }` over IPC. Its stdout goes
  * to /dev/null (that is where the proxies' logs go); stderr is kept for error messages.
  */
-export function startServer(name: string, script: string, args: string[], timeoutMs = 10_000): Promise<ChildServer> {
-  const child = track(spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] }));
+export function startServer(name: string, script: string, args: string[], timeoutMs = 10_000, nodeArgs: string[] = []): Promise<ChildServer> {
+  const child = track(spawn(process.execPath, [...nodeArgs, script, ...args], { stdio: ['ignore', 'ignore', 'pipe', 'ipc'] }));
   const stderr = tail(child.stderr);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   return new Promise((resolve, reject) => {

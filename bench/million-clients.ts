@@ -32,7 +32,8 @@ routes: [{pool: web${process.env.NO_LIMIT ? "" : ", rate_limits: [{rate: 10, per
 pools: {web: {upstreams: ["http://127.0.0.1:${backendPort}"]}}
 `,
 );
-const fulcrum = spawn(process.execPath, [new URL('../src/cli.ts', import.meta.url).pathname, 'start', '-c', config], { stdio: ['ignore', 'pipe', 'inherit'] });
+// With the V8 flags bin/fulcrum.js gives `fulcrum start`.
+const fulcrum = spawn(process.execPath, ['--max-semi-space-size=8', new URL('../src/cli.ts', import.meta.url).pathname, 'start', '-c', config], { stdio: ['ignore', 'pipe', 'inherit'] });
 process.on('exit', () => fulcrum.kill('SIGKILL'));
 let out = '';
 fulcrum.stdout.on('data', (d) => (out += d));

@@ -21,6 +21,9 @@ import type { LoadResult } from './load.ts';
 import { computeRatios, ratiosTable, resultsTable, type TargetResult } from './report.ts';
 import { haveWrk, runWrk } from './wrk.ts';
 
+/** The V8 flags `fulcrum start` runs with (bin/fulcrum.js), so the benchmark measures what users run. */
+const fulcrumNodeArgs = ['--max-semi-space-size=8'];
+
 const benchDir = import.meta.dirname;
 
 interface Target {
@@ -35,12 +38,12 @@ const targets: readonly Target[] = [
   {
     name: 'fulcrum-undici',
     label: 'fulcrum-undici',
-    start: (backend) => startServer('fulcrum-undici', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'undici']),
+    start: (backend) => startServer('fulcrum-undici', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'undici'], undefined, fulcrumNodeArgs),
   },
   {
     name: 'fulcrum-node-http',
     label: 'fulcrum-node-http',
-    start: (backend) => startServer('fulcrum-node-http', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'node-http']),
+    start: (backend) => startServer('fulcrum-node-http', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'node-http'], undefined, fulcrumNodeArgs),
   },
   {
     name: 'http-proxy',

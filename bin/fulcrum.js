@@ -1,6 +1,8 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=8
 // Launcher: runs src/cli.ts on Node 24 (which strips TypeScript types natively). On an older
 // `node` it re-runs itself with the Node 24 binary that the `node@24` dev dependency installs.
+// --max-semi-space-size=8 (MiB): V8 otherwise grows its young generation to about three times
+// 16 MiB under load, ~55 MB of RSS for no measurable gain in throughput (npm run bench:million).
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +17,7 @@ if (major >= 24) {
     process.stderr.write(`fulcrum needs Node.js 24 or newer (this is ${process.version}); run npm install to get it\n`);
     process.exit(1);
   }
-  const child = spawn(node24, [cli, ...process.argv.slice(2)], { stdio: 'inherit' });
+  const child = spawn(node24, ['--max-semi-space-size=8', cli, ...process.argv.slice(2)], { stdio: 'inherit' });
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => child.kill(signal));
   child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
 }

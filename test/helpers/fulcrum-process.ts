@@ -24,7 +24,8 @@ export async function startFulcrumProcess(t: TestContext, yaml: string): Promise
   const dir = mkdtempSync(join(tmpdir(), 'fulcrum-test-'));
   const file = join(dir, 'fulcrum.yaml');
   writeFileSync(file, yaml);
-  const child = spawn(process.execPath, [cli, 'start', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
+  // The V8 flags bin/fulcrum.js gives `fulcrum start`.
+  const child = spawn(process.execPath, ['--max-semi-space-size=8', cli, 'start', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));
