@@ -22,7 +22,7 @@ import { computeRatios, ratiosTable, resultsTable, type TargetResult } from './r
 import { haveWrk, runWrk } from './wrk.ts';
 
 /** The V8 flags `fulcrum start` runs with (bin/fulcrum.js), so the benchmark measures what users run. */
-const fulcrumNodeArgs = ['--max-semi-space-size=8'];
+const fulcrumNodeArgs = process.env.BENCH_FULCRUM_NODE_ARGS !== undefined ? process.env.BENCH_FULCRUM_NODE_ARGS.split(' ').filter(Boolean) : ['--max-semi-space-size=8'];
 
 const benchDir = import.meta.dirname;
 
