@@ -9,6 +9,7 @@ import type { RequestContext } from '../core/context.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
 import type { z } from 'zod';
 import type { FirewallConfig } from '../config/schema.ts';
+import { ErrorCode } from '../errors.ts';
 
 type FirewallSettings = z.output<typeof FirewallConfig>;
 
@@ -34,7 +35,7 @@ export class Firewall {
 
 /** The firewall phase for HTTP requests: checks the client address (after trusted-proxy rules). */
 export function firewallGuard(firewall: Firewall, scope: string): RequestGuard {
-  const refusal: Refusal = { status: firewall.status, code: 'FUL_FIREWALL_DENIED', message: `client address refused by the ${scope} firewall` };
+  const refusal: Refusal = { status: firewall.status, code: ErrorCode.FirewallDenied, message: `client address refused by the ${scope} firewall` };
   return {
     phase: 'firewall',
     check: (ctx: RequestContext) => (firewall.permits(ctx.clientAddress) ? null : refusal),

@@ -12,14 +12,15 @@ import type { RequestContext } from '../core/context.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
 import { ALLOWED, STORE_UNAVAILABLE, bucketPolicy, type BucketPolicy, type BucketStore, type RateLimitSettings } from './rate-limit-bucket.ts';
 import type { RateLimitStores } from './rate-limit-stores.ts';
+import { ErrorCode } from '../errors.ts';
 
 export { createRateLimitStores, type RateLimitStores, type RateLimitStoresOptions } from './rate-limit-stores.ts';
 export type { RateLimitSettings } from './rate-limit-bucket.ts';
 
 /** Stable codes of this phase's refusals. */
 export const RateLimitCode = {
-  Limited: 'FUL_RATE_LIMITED',
-  StoreDown: 'FUL_RATE_LIMIT_STORE_DOWN',
+  Limited: ErrorCode.RateLimited,
+  StoreDown: ErrorCode.RateLimitStoreDown,
 } as const;
 
 /**

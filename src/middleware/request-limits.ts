@@ -7,12 +7,13 @@
 import type { RequestContext } from '../core/context.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
 import type { ListenerSettings } from '../config/schema.ts';
+import { ErrorCode } from '../errors.ts';
 
 /** The request-limits guard of one listener. */
 export function requestLimitsGuard(limits: ListenerSettings['limits']): RequestGuard {
-  const tooManyHeaders: Refusal = { status: 431, code: 'FUL_TOO_MANY_HEADERS', message: `more than ${limits.max_headers} header fields` };
-  const urlTooLong: Refusal = { status: 414, code: 'FUL_URI_TOO_LONG', message: `request-target longer than ${limits.max_url_bytes} bytes` };
-  const bodyTooLarge: Refusal = { status: 413, code: 'FUL_BODY_TOO_LARGE', message: `request body larger than ${limits.max_body_bytes} bytes` };
+  const tooManyHeaders: Refusal = { status: 431, code: ErrorCode.TooManyHeaders, message: `more than ${limits.max_headers} header fields` };
+  const urlTooLong: Refusal = { status: 414, code: ErrorCode.UriTooLong, message: `request-target longer than ${limits.max_url_bytes} bytes` };
+  const bodyTooLarge: Refusal = { status: 413, code: ErrorCode.BodyTooLarge, message: `request body larger than ${limits.max_body_bytes} bytes` };
   return {
     phase: 'request-limits',
     check(ctx: RequestContext): Refusal | null {

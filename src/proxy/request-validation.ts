@@ -6,14 +6,15 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Refusal } from '../core/pipeline.ts';
+import { ErrorCode } from '../errors.ts';
 
 const hostSyntax = /^(?:(?:[A-Za-z0-9._~!$&'()*+,;=-]|%[0-9A-Fa-f]{2})+|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
 const refusals = {
-  version: { status: 505, code: 'FUL_HTTP_VERSION', message: 'only HTTP/1.0 and HTTP/1.1 are served on this listener' },
-  teOnHttp10: { status: 400, code: 'FUL_BAD_REQUEST', message: 'Transfer-Encoding is not allowed in HTTP/1.0' },
-  teNotChunked: { status: 400, code: 'FUL_BAD_REQUEST', message: 'Transfer-Encoding other than "chunked" is not accepted' },
-  host: { status: 400, code: 'FUL_BAD_REQUEST', message: 'malformed Host header' },
+  version: { status: 505, code: ErrorCode.HttpVersion, message: 'only HTTP/1.0 and HTTP/1.1 are served on this listener' },
+  teOnHttp10: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding is not allowed in HTTP/1.0' },
+  teNotChunked: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding other than "chunked" is not accepted' },
+  host: { status: 400, code: ErrorCode.BadRequest, message: 'malformed Host header' },
 } satisfies Record<string, Refusal>;
 
 /** A refusal for a request that must not be proxied, or null. */

@@ -56,6 +56,30 @@ export async function startRawBackend(t: TestContext, onConnection: (socket: net
   return { url: `http://127.0.0.1:${port}`, port, sockets };
 }
 
+/**
+ * A backend that speaks just enough HTTP/1.1 to answer "ok", and closes a connection `idleMs`
+ * after its last response without announcing it (no Keep-Alive header).
+ */
+export async function startIdleClosingBackend(t: TestContext, idleMs: number): Promise<{ url: string; port: number; connections: () => number }> {
+  let connections = 0;
+  const raw = await startRawBackend(t, (socket) => {
+    connections++;
+    let idle: NodeJS.Timeout | undefined;
+    let buffered = '';
+    socket.on('data', (d) => {
+      buffered += d.toString('latin1');
+      while (buffered.includes('\r\n\r\n')) {
+        buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4);
+        clearTimeout(idle);
+        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+        idle = setTimeout(() => socket.destroy(), idleMs);
+      }
+    });
+    socket.on('close', () => clearTimeout(idle));
+  });
+  return { url: raw.url, port: raw.port, connections: () => connections };
+}
+
 /** A port nothing listens on (bound, then released). */
 export async function closedPort(): Promise<number> {
   const server = net.createServer();

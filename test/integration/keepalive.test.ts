@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { get, startBalancer, startRawBackend } from '../helpers/servers.ts';
+import { get, startBalancer, startIdleClosingBackend } from '../helpers/servers.ts';
 
 const transports = ['undici', 'node-http'] as const;
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -38,23 +38,7 @@ test("a backend with Node's default 5 s keep-alive never causes a 502", async (t
 test('a backend that closes idle sockets after 1 s without announcing it, hit at ~1 s intervals', async (t) => {
   await Promise.all(
     transports.map(async (transport) => {
-      let connections = 0;
-      // Speaks just enough HTTP/1.1; closes a connection 1 s after its last response, silently.
-      const raw = await startRawBackend(t, (socket) => {
-        connections++;
-        let idle: NodeJS.Timeout | undefined;
-        let buffered = '';
-        socket.on('data', (d) => {
-          buffered += d.toString('latin1');
-          while (buffered.includes('\r\n\r\n')) {
-            buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4);
-            clearTimeout(idle);
-            socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-            idle = setTimeout(() => socket.destroy(), 1000);
-          }
-        });
-        socket.on('close', () => clearTimeout(idle));
-      });
+      const raw = await startIdleClosingBackend(t, 1000);
       const lb = await startBalancer(t, {
         pools: { web: { transport, upstreams: [raw.url], keepalive: { idle_timeout: '1s', safety_margin: '250ms' } } },
       });
@@ -64,8 +48,8 @@ test('a backend that closes idle sockets after 1 s without announcing it, hit at
         statuses.push((await get(`${lb.url}/`)).status);
       }
       assert.deepEqual(statuses, Array(8).fill(200), `${transport}: ${statuses}`);
-      assert.ok(connections >= 6, `${transport}: idle sockets were retired (${connections} connections)`);
-      assert.ok(connections < 8, `${transport}: a socket used within 750 ms was reused (${connections} connections)`);
+      assert.ok(raw.connections() >= 6, `${transport}: idle sockets were retired (${raw.connections()} connections)`);
+      assert.ok(raw.connections() < 8, `${transport}: a socket used within 750 ms was reused (${raw.connections()} connections)`);
     }),
   );
 });

@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { get, startBackend, startBalancer, startRawBackend } from '../helpers/servers.ts';
+import { get, startBackend, startBalancer, startIdleClosingBackend, startRawBackend } from '../helpers/servers.ts';
 import { startBackendProcess } from '../helpers/backend-process.ts';
 import { eventually } from '../helpers/eventually.ts';
 
@@ -84,22 +84,7 @@ test('a hanging backend: its requests end in 504 at the timeout, then it is out 
 });
 
 test('a backend that closes idle keep-alive sockets after 1 s without saying so, hit at ~1 s intervals: no GET fails', { timeout: 30_000 }, async (t) => {
-  let connections = 0;
-  const raw = await startRawBackend(t, (socket) => {
-    connections++;
-    let idle: NodeJS.Timeout | undefined;
-    let buffered = '';
-    socket.on('data', (d) => {
-      buffered += d.toString('latin1');
-      while (buffered.includes('\r\n\r\n')) {
-        buffered = buffered.slice(buffered.indexOf('\r\n\r\n') + 4);
-        clearTimeout(idle);
-        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-        idle = setTimeout(() => socket.destroy(), 1000);
-      }
-    });
-    socket.on('close', () => clearTimeout(idle));
-  });
+  const raw = await startIdleClosingBackend(t, 1000);
   // Default keep-alive settings (5 s idle): Fulcrum reuses sockets the backend has closed.
   const lb = await startBalancer(t, { pools: { web: { upstreams: [raw.url] } } });
   const statuses: number[] = [];
@@ -108,7 +93,7 @@ test('a backend that closes idle keep-alive sockets after 1 s without saying so,
     statuses.push((await get(`${lb.url}/`)).status);
   }
   assert.deepEqual(statuses, [200, 200, 200, 200, 200, 200]);
-  assert.ok(connections >= 4, `stale sockets were replaced (${connections} connections)`);
+  assert.ok(raw.connections() >= 4, `stale sockets were replaced (${raw.connections()} connections)`);
 });
 
 test('the race of that close: a request on a socket the backend is closing is reset, and a GET goes again', { timeout: 30_000 }, async (t) => {
