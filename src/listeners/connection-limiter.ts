@@ -52,7 +52,7 @@ export class ConnectionLimiter {
       socket.destroy();
       return;
     }
-    if (this.max === 0 && this.maxPerIp === 0) return this.onAdmit(socket);
+    // Counted even without a limit, so a reload that sets one knows the connections already open.
     if (this.fits(address)) return this.admit(socket, address);
     if (!this.queue) {
       this.refused++;

@@ -99,6 +99,8 @@ export class HttpListener {
       this.acceptor.once('error', onError);
       this.acceptor.listen(this.settings.port, this.settings.host, () => {
         this.acceptor.off('error', onError);
+        // After binding, an accept error (EMFILE, ...) is logged; it must not end the process.
+        this.acceptor.on('error', (err) => this.logger.error({ err, listener: this.info.name }, 'accept failed'));
         // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
         // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
         this.server.emit('listening');

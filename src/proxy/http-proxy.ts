@@ -178,6 +178,9 @@ export class HttpProxy implements ExchangeSink {
     if (hasBody(req)) {
       const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes, listener.maxBodyBytes);
       req.on('error', (err) => body.destroy(clientBodyFailed(err)));
+      // The body's own failures (over max_body_bytes, the client gone) end the request here; a
+      // transport may listen too, but an 'error' nobody hears would take the process down.
+      body.on('error', (err) => this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err)));
       req.pipe(body);
       ctx.body = body;
       ctx.bodyStream = body;
@@ -341,8 +344,11 @@ export class HttpProxy implements ExchangeSink {
       ctx.req.unpipe(ctx.bodyStream);
       ctx.bodyStream.destroy();
     }
-    if (ctx.abort !== null) ctx.abort(error);
+    // Finish first: aborting calls back into onError at once, which must find the request done.
+    const abort = ctx.abort;
+    ctx.abort = null;
     this.finish(ctx);
+    if (abort !== null) abort(error);
   }
 
   /** Phase finish: exactly once per request. */

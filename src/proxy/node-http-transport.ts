@@ -48,6 +48,7 @@ export class NodeHttpTransport implements Transport {
     let sent = false;
     let failed = false;
     let connectTimer: NodeJS.Timeout | null = null;
+    let responded = false;
     const fail = (err: Error): void => {
       if (failed) return;
       failed = true;
@@ -66,6 +67,15 @@ export class NodeHttpTransport implements Transport {
     });
     ctx.abort = (reason) => fail(reason);
     creq.on('error', fail);
+    // An unasked-for 101: Node destroys the socket and emits neither 'response' nor 'error'.
+    creq.on('upgrade', (_res, socket: Socket) => {
+      socket.destroy();
+      fail(Object.assign(new Error('upstream switched protocols without being asked'), { code: 'UND_ERR_INFO' }));
+    });
+    // Whatever else ends the exchange without an answer must not leave the request hanging.
+    creq.on('close', () => {
+      if (!failed && !responded) fail(Object.assign(new Error('upstream closed the connection'), { code: 'ECONNRESET' }));
+    });
     // One socket timeout, re-armed per phase: response headers first, then body idleness.
     let waitingForHeaders = true;
     creq.on('timeout', () =>
@@ -87,6 +97,7 @@ export class NodeHttpTransport implements Transport {
       socket.once('connect', startBody);
     });
     creq.on('response', (ires: http.IncomingMessage) => {
+      responded = true;
       if (stale()) return fail(new Error('request already finished'));
       waitingForHeaders = false;
       creq.setTimeout(timeouts.idle_body);

@@ -285,3 +285,27 @@ test('refusals close a connection whose body was not read; one answer per reques
   assert.match(await rawExchange(lb.port, 'GET http://user@evil/x HTTP/1.1\r\nHost: a\r\n\r\n', 1500), /^HTTP\/1\.1 400 /);
   assert.deepEqual(backend.received, []);
 });
+
+test('a chunked body over max_body_bytes is a 413 on both transports, and the process lives', async (t) => {
+  for (const transport of ['undici', 'node-http'] as const) {
+    const backend = await startBackend(t, (req, res) => req.resume().on('end', () => res.end('ok')));
+    const lb = await startBalancer(t, {
+      listeners: [{ host: '127.0.0.1', port: 0, limits: { max_body_bytes: 1000 } }],
+      pools: { web: { transport, upstreams: [backend.url] } },
+    });
+    const chunk = 'y'.repeat(800);
+    const answer = await rawExchange(lb.port, `POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n320\r\n${chunk}\r\n320\r\n${chunk}\r\n0\r\n\r\n`, 2000);
+    assert.match(answer, /^HTTP\/1\.1 413 /, transport);
+    assert.equal((await get(`${lb.url}/`)).status, 200, `${transport}: still serving`);
+  }
+});
+
+test('a reload that sets max_connections counts the connections already open', async (t) => {
+  const backend = await startBackend(t, (_req, res) => res.end('ok'));
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [backend.url] } } });
+  const open = [net.connect(lb.port, '127.0.0.1'), net.connect(lb.port, '127.0.0.1')];
+  t.after(() => open.forEach((s) => s.destroy()));
+  await Promise.all(open.map((s) => new Promise((r) => s.once('connect', r))));
+  await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port, limits: { max_connections: 2 } }], pools: { web: { upstreams: [backend.url] } } });
+  assert.equal(await closedAtAccept(lb.port), true, 'two open already: a third is refused');
+});

@@ -83,3 +83,32 @@ for (const transport of ['undici', 'node-http'] as const) {
     });
   });
 }
+
+test('a whole-request timeout answers 504 and keeps the client connection usable', async (t) => {
+  const { startRawBackend } = await import('../helpers/servers.ts');
+  const net = await import('node:net');
+  const hang = await startRawBackend(t, () => {});
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [hang.url], timeouts: { request: '300ms' }, outlier_detection: { enabled: false } } } });
+  const socket = net.connect(lb.port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  let data = '';
+  socket.on('data', (d) => (data += d));
+  socket.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+  await eventually(() => /^HTTP\/1\.1 504 /.test(data) && data.includes('request id'), { what: 'the 504' });
+  assert.doesNotMatch(data, /connection: close/i);
+  data = '';
+  socket.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+  await eventually(() => /^HTTP\/1\.1 504 /.test(data), { what: 'a second answer on the same connection' });
+  assert.equal(lb.balancer.pools().get('web')!.upstreams[0].inFlight, 0);
+});
+
+test('node-http: an unasked-for 101 from the upstream is a 502, not a hang', async (t) => {
+  const { startRawBackend } = await import('../helpers/servers.ts');
+  const raw = await startRawBackend(t, (socket) => socket.once('data', () => socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n')));
+  const lb = await startBalancer(t, { pools: { web: { transport: 'node-http', upstreams: [raw.url], outlier_detection: { enabled: false } } } });
+  const res = await get(`${lb.url}/`);
+  assert.equal(res.status, 502);
+  const pool = lb.balancer.pools().get('web')!;
+  assert.equal(pool.upstreams[0].inFlight, 0);
+  assert.equal(pool.active, 0);
+});
