@@ -180,7 +180,7 @@ export class HttpProxy implements ExchangeSink {
       req.on('error', (err) => body.destroy(clientBodyFailed(err)));
       // The body's own failures (over max_body_bytes, the client gone) end the request here; a
       // transport may listen too, but an 'error' nobody hears would take the process down.
-      body.on('error', (err) => this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err)));
+      body.on('error', (err) => (req.socket.destroyed ? this.clientClosed(ctx) : this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err))));
       req.pipe(body);
       ctx.body = body;
       ctx.bodyStream = body;
