@@ -56,12 +56,15 @@ const usage = `usage: npm run bench -- [options]
   --connections N   concurrent connections (default 64)
   --duration S      seconds measured per target (default 10; 3 with --quick)
   --only a,b        targets to run: ${targets.map((t) => t.name).join(', ')}
+  --rounds N        measure every target N times, rotating the order; report each one's median run (default 1)
   --quick           3 s per target after a 1 s warm-up`;
 
 interface Settings {
   connections: number;
   duration: number;
   warmup: number;
+  /** Rounds over all targets; each target's reported run is its median by req/s. */
+  rounds: number;
   targets: Target[];
 }
 
@@ -71,6 +74,7 @@ function parseSettings(): Settings {
       connections: { type: 'string' },
       duration: { type: 'string' },
       only: { type: 'string' },
+      rounds: { type: 'string' },
       quick: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -96,6 +100,7 @@ function parseSettings(): Settings {
     connections: positive(values.connections, 64, 'connections'),
     duration: positive(values.duration, values.quick ? 3 : 10, 'duration'),
     warmup: values.quick ? 1 : 2,
+    rounds: positive(values.rounds, 1, 'rounds'),
     targets: chosen,
   };
 }
@@ -127,6 +132,14 @@ async function measure(target: Target, backend: ChildServer, settings: Settings,
   return result;
 }
 
+/** The run with the median req/s (a failed run wins: failures must show). */
+function medianRun(list: TargetResult[]): TargetResult {
+  const failed = list.find((r) => r.error);
+  if (failed) return failed;
+  const sorted = [...list].sort((a, b) => a.autocannon!.rps - b.autocannon!.rps);
+  return sorted[Math.floor((sorted.length - 1) / 2)];
+}
+
 function machine(): Record<string, unknown> {
   const cpus = os.cpus();
   return {
@@ -149,7 +162,7 @@ async function main(): Promise<number> {
   const guard = setTimeout(() => {
     console.error('bench: overran its time budget; stopping');
     process.exit(1);
-  }, (settings.targets.length * perTarget + 15) * 1000);
+  }, (settings.rounds * settings.targets.length * perTarget + 15) * 1000);
   guard.unref();
 
   console.log('Fulcrum benchmark');
@@ -163,21 +176,27 @@ async function main(): Promise<number> {
   console.log('');
 
   const backend = await startServer('backend', path.join(benchDir, 'backend.ts'), []);
-  const results: TargetResult[] = [];
+  const runs = new Map<string, TargetResult[]>(settings.targets.map((t) => [t.name, []]));
   try {
-    for (const target of settings.targets) {
-      process.stdout.write(`  measuring ${target.label} ... `);
-      const result = await measure(target, backend, settings, wrk);
-      results.push(result);
-      console.log(result.error ? 'FAILED' : `${Math.round(result.autocannon!.rps)} req/s`);
-      if (result.error) console.error(`    ${result.error.replaceAll('\n', '\n    ')}`);
-      if (!backend.alive()) throw new Error('the backend exited; stopping');
-      // Let the proxy's sockets close before the next target starts.
-      await sleep(500);
+    for (let round = 0; round < settings.rounds; round++) {
+      // Each round starts one target later, so no target always runs first (or last) on a noisy machine.
+      const order = settings.targets.map((_, i) => settings.targets[(i + round) % settings.targets.length]);
+      if (settings.rounds > 1) console.log(`  round ${round + 1} of ${settings.rounds}`);
+      for (const target of order) {
+        process.stdout.write(`  measuring ${target.label} ... `);
+        const result = await measure(target, backend, settings, wrk);
+        runs.get(target.name)!.push(result);
+        console.log(result.error ? 'FAILED' : `${Math.round(result.autocannon!.rps)} req/s`);
+        if (result.error) console.error(`    ${result.error.replaceAll('\n', '\n    ')}`);
+        if (!backend.alive()) throw new Error('the backend exited; stopping');
+        // Let the proxy's sockets close before the next target starts.
+        await sleep(500);
+      }
     }
   } finally {
     await backend.stop();
   }
+  const results = settings.targets.map((t) => medianRun(runs.get(t.name)!));
 
   const tools = wrk ? (['autocannon', 'wrk'] as const) : (['autocannon'] as const);
   const ratios = tools.flatMap((tool) => computeRatios(results, tool));
@@ -193,6 +212,7 @@ async function main(): Promise<number> {
     }
   }
   console.log('');
+  if (settings.rounds > 1) console.log(`Each figure is the median run of ${settings.rounds} rounds (targets rotated every round).`);
   console.log('Note: figures come from one run on a shared 2-core machine where the load generator, the');
   console.log('proxy and the backend compete for CPU; absolute numbers move between runs, so quote the ratios.');
   console.log('autocannon records latency in whole milliseconds, so its p50/p99 (and their ratios) are coarse.');
