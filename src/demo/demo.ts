@@ -25,7 +25,14 @@ export async function startDemo(options: { port?: number; backends?: number; pol
   if (options.port === undefined && !(await isPortFree(port, host))) port = 0;
   const config: FulcrumConfigInput = {
     listeners: [{ name: 'demo', host, port }],
-    pools: { demo: { policy: options.policy ?? 'round-robin', upstreams: backends.map((b) => b.url) } },
+    // Quick checks so that telling a backend to fail shows it leave the rotation in seconds.
+    pools: {
+      demo: {
+        policy: options.policy ?? 'round-robin',
+        upstreams: backends.map((b) => b.url),
+        health_check: { path: '/health', interval: '2s', fast_interval: '500ms', timeout: '1s' },
+      },
+    },
   };
   const balancer = createBalancer(config);
   const [address] = await balancer.start();
@@ -53,7 +60,7 @@ export function demoBanner(demo: Demo): string {
     '  try:',
     `    curl ${u}/                       # which backend answered; repeat to see them take turns`,
     `    curl ${u}/bytes?n=10000000 -o /dev/null   # a streamed 10 MB download`,
-    `    curl -X POST ${demo.backends[0].url}/control?fail=1   # make backend 1 fail (fail=0 to recover)`,
+    `    curl -X POST ${demo.backends[0].url}/control?fail=1   # backend 1 fails its health checks and leaves within ~3 s (fail=0: back)`,
     `    curl -X POST ${demo.backends[1].url}/control?delay=500  # make backend 2 slow`,
     '',
     '  Ctrl-C stops it gracefully.',
