@@ -78,7 +78,7 @@ export class Upstream {
   available(): boolean {
     if (this.inFlight >= this.maxConnections + this.maxPending) return false;
     if (this.circuit === 'half-open' && this.inFlight >= this.halfOpenLimit) return false;
-    return this.health === 'healthy' && this.enabled && !this.draining && !this.ejected && this.circuit !== 'open';
+    return this.eligible();
   }
 
   /** Up as far as health, ejection, breaker and operator go (what pool snapshots hold); limits aside. */
@@ -87,35 +87,31 @@ export class Upstream {
   }
 
   setEjected(to: boolean, reason: string): void {
-    if (this.ejected === to) return;
-    this.ejected = to;
-    this.onChange?.({ upstream: this, field: 'ejected', from: !to, to, reason });
+    this.change('ejected', to, reason);
   }
 
   setCircuit(to: CircuitState, reason: string): void {
-    if (this.circuit === to) return;
-    const from = this.circuit;
-    this.circuit = to;
-    this.onChange?.({ upstream: this, field: 'circuit', from, to, reason });
+    this.change('circuit', to, reason);
   }
 
   setHealth(to: HealthState, reason: string): void {
-    if (this.health === to) return;
-    const from = this.health;
-    this.health = to;
-    this.onChange?.({ upstream: this, field: 'health', from, to, reason });
+    this.change('health', to, reason);
   }
 
   setEnabled(to: boolean, reason: string): void {
-    if (this.enabled === to) return;
-    this.enabled = to;
-    this.onChange?.({ upstream: this, field: 'enabled', from: !to, to, reason });
+    this.change('enabled', to, reason);
   }
 
   setDraining(to: boolean, reason: string): void {
-    if (this.draining === to) return;
-    this.draining = to;
-    this.onChange?.({ upstream: this, field: 'draining', from: !to, to, reason });
+    this.change('draining', to, reason);
+  }
+
+  /** Sets one state field and tells the pool, only when the value really changes. */
+  private change<F extends UpstreamChange['field']>(field: F, to: this[F], reason: string): void {
+    const from = this[field];
+    if (from === to) return;
+    this[field] = to;
+    this.onChange?.({ upstream: this, field, from: from as string | boolean, to: to as string | boolean, reason });
   }
 
   /** Copies the live state of the same address from before a reload. */
