@@ -1,28 +1,42 @@
 /**
- * The `fulcrum` command: start | check | demo | backend | schema. Signals: SIGTERM and SIGINT
+ * The `fulcrum` command: start | check | demo | backend | schema, and the admin commands
+ * status | backends | reload (through the typed admin client). Signals: SIGTERM and SIGINT
  * shut down gracefully (a second one exits at once); SIGHUP reloads the configuration file.
  */
-import { readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.ts';
 import { loadConfigFile } from './config/load.ts';
 import { configJsonSchema } from './config/schema.ts';
+import { diffConfigs, formatChanges } from './config/diff.ts';
 import { policies } from './balancer/registry.ts';
 import { createBalancer, type Balancer } from './index.ts';
 import { startDemo, demoBanner } from './demo/demo.ts';
 import { startSampleBackend } from './demo/sample-backend.ts';
-
-const version: string = JSON.parse(readFileSync(new URL('../package.json', import.meta.url), 'utf8')).version;
+import { adminCommand } from './admin/cli-commands.ts';
+import { version } from './version.ts';
 
 const help = `fulcrum ${version}: an HTTP load balancer and reverse proxy
 
 Usage:
-  fulcrum start [-c FILE]        run the balancer (FILE, else $FULCRUM_CONFIG, else ./fulcrum.yaml)
+  fulcrum start [-c FILE] [--watch]
+                                 run the balancer (FILE, else $FULCRUM_CONFIG, else ./fulcrum.yaml);
+                                 --watch reloads when the file changes (also: reload.watch)
   fulcrum check FILE...          validate configuration files; print every problem; exit 1 if any
+  fulcrum check --diff OLD NEW   print what a reload from OLD to NEW would change (runs nothing)
   fulcrum demo [--port N]        three sample backends behind a balancer (what npm start runs)
   fulcrum backend --port N [--id ID] [--delay MS] [--fail]
                                  one sample backend (answers / and /health; POST /control?fail=1&delay=MS)
   fulcrum schema                 print the configuration's JSON Schema (for editor completion)
+
+Admin commands (talk to a running balancer's admin API):
+  fulcrum status [--json]        backends, their state and counters; runtime-only changes
+  fulcrum backends add URL [--pool P] [--weight N]
+  fulcrum backends remove|drain|enable|disable URL [--pool P]
+  fulcrum backends weight URL N [--pool P]
+  fulcrum reload                 reload the configuration file (the running one stays if it is invalid)
+  --admin URL (or $FULCRUM_ADMIN_URL; else the admin section of -c FILE; else http://127.0.0.1:9901)
+  --token T   (or $FULCRUM_ADMIN_TOKEN; else admin.token or admin.token_file of -c FILE)
 
 Options:
   -c, --config FILE   configuration file (YAML or JSON)
@@ -61,7 +75,7 @@ function handleSignals(close: () => Promise<void>, reload?: () => Promise<void>)
   if (reload) process.on('SIGHUP', () => void reload());
 }
 
-async function start(file: string): Promise<void> {
+async function start(file: string, watch: boolean): Promise<void> {
   let loaded;
   try {
     loaded = loadConfigFile(file);
@@ -69,7 +83,12 @@ async function start(file: string): Promise<void> {
     if (err instanceof ConfigError) fail(`invalid configuration:\n${err.message}`, 1);
     throw err;
   }
-  const balancer: Balancer = createBalancer(loaded);
+  let balancer: Balancer;
+  try {
+    balancer = createBalancer(loaded, { configFile: file, watch });
+  } catch (err) {
+    fail(`cannot start: ${(err as Error).message}`, 1);
+  }
   for (const w of loaded.warnings) balancer.logger.warn(`${file}: ${w}`);
   try {
     await balancer.start();
@@ -84,13 +103,26 @@ async function start(file: string): Promise<void> {
       balancer.logger.flush();
     },
     async () => {
-      try {
-        await balancer.reload(loadConfigFile(file));
-      } catch (err) {
-        balancer.logger.error({ err: (err as Error).message }, 'reload refused; the running configuration stays');
-      }
+      // reloadFile logs what changed, or why the file was refused (the running configuration stays).
+      await balancer.reloadFile('signal').catch(() => {});
     },
   );
+}
+
+/** `fulcrum check --diff OLD NEW`: the reload's semantic diff, without running anything. */
+function diff(files: string[]): void {
+  if (files.length !== 2) fail('check --diff needs two files: fulcrum check --diff old.yaml new.yaml');
+  const loaded = files.map((file) => {
+    try {
+      return loadConfigFile(file);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      process.stderr.write(`${err.message}\n`);
+      process.exit(1);
+    }
+  });
+  const lines = formatChanges(diffConfigs(loaded[0].config, loaded[1].config));
+  process.stdout.write(lines.length === 0 ? 'no changes\n' : lines.join('\n') + '\n');
 }
 
 function check(files: string[]): void {
@@ -127,6 +159,13 @@ async function main(argv: string[]): Promise<void> {
       delay: { type: 'string' },
       fail: { type: 'boolean' },
       policy: { type: 'string' },
+      watch: { type: 'boolean' },
+      diff: { type: 'boolean' },
+      admin: { type: 'string' },
+      token: { type: 'string' },
+      pool: { type: 'string' },
+      weight: { type: 'string' },
+      json: { type: 'boolean' },
       help: { type: 'boolean', short: 'h' },
       version: { type: 'boolean', short: 'v' },
     },
@@ -138,9 +177,18 @@ async function main(argv: string[]): Promise<void> {
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) fail(`--port must be a port number, got "${values.port}"`);
   switch (command) {
     case 'start':
-      return start(values.config ?? rest[0] ?? process.env.FULCRUM_CONFIG ?? 'fulcrum.yaml');
+      return start(values.config ?? rest[0] ?? process.env.FULCRUM_CONFIG ?? 'fulcrum.yaml', values.watch ?? false);
     case 'check':
+      if (values.diff) return diff(values.config ? [values.config, ...rest] : rest);
       return check(values.config ? [values.config, ...rest] : rest);
+    case 'status':
+    case 'backends':
+    case 'reload': {
+      const file = values.config ?? process.env.FULCRUM_CONFIG ?? (existsSync('fulcrum.yaml') ? 'fulcrum.yaml' : undefined);
+      const code = await adminCommand(command, rest, { admin: values.admin, token: values.token, pool: values.pool, weight: values.weight, json: values.json ?? false, configFile: file });
+      process.exitCode = code;
+      return;
+    }
     case 'schema':
       return void process.stdout.write(JSON.stringify(configJsonSchema(), null, 2) + '\n');
     case 'demo': {

@@ -16,30 +16,81 @@ import type { Closable, RequestGuard } from './core/pipeline.ts';
 import { Firewall, firewallGuard } from './middleware/firewall.ts';
 import { createRateLimitGuard, createRateLimitStores, type RateLimitStores } from './middleware/rate-limit.ts';
 import type { Upstream } from './upstream/upstream.ts';
+import { UpstreamConfig, type UpstreamSettings } from './config/schema.ts';
+import { loadConfigFile } from './config/load.ts';
+import { diffConfigs, formatChanges } from './config/diff.ts';
+import { watchConfigFile } from './config/watch.ts';
+import { Metrics } from './observe/metrics.ts';
+import { LiveStats } from './observe/live-stats.ts';
+import { RuntimeChanges, upstreamId, type RuntimeOp } from './admin/runtime-changes.ts';
+import { persistUpstreams } from './admin/persist.ts';
+import { AdminServer } from './admin/server.ts';
+import { buildStatus, backendStatus } from './admin/status.ts';
+import type { BackendStatus, StatusResponse } from './admin/types.ts';
+import { AdminRequestError } from './admin/errors.ts';
+import { version } from './version.ts';
 
 export { loadConfigFile, loadConfigText, validateConfig } from './config/load.ts';
 export type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
 export { ConfigError, FulcrumError, ErrorCode } from './errors.ts';
 export type { ListenerAddress } from './listeners/http-listener.ts';
+export { AdminClient, AdminError, type AdminClientOptions } from './admin/client.ts';
+export type * from './admin/types.ts';
+export { diffConfigs, formatChanges } from './config/diff.ts';
 
 /** Options beyond the configuration. */
 export interface BalancerOptions {
   /** A logger to use instead of one built from `config.log`. */
   logger?: Logger;
+  /** The file the configuration came from: reloads (SIGHUP, watch, admin API) read it again. */
+  configFile?: string;
+  /** Reload when the file changes, whatever `reload.watch` says. */
+  watch?: boolean;
+}
+
+/** What a reload did: one line per changed area ("pool api: +1 upstream 10.0.0.4:80"). */
+export interface ReloadResult {
+  changes: string[];
+}
+
+/** Where a reload came from (a label of lb_config_reloads_total and the log line). */
+export type ReloadSource = 'file' | 'signal' | 'watch' | 'admin' | 'api';
+
+/** A backend write through the admin API: the upstream by URL (or host:port), in `pool` if several have it. */
+export interface BackendTarget {
+  url: string;
+  pool?: string;
 }
 
 /** A running (or ready to run) Fulcrum. */
 export interface Balancer {
-  /** Binds every listener; resolves with their addresses. */
+  /** Binds every listener (and the admin listener); resolves with the public listeners' addresses. */
   start(): Promise<ListenerAddress[]>;
   /** Validates a new configuration and swaps routes and pools; upstream state carries over. */
-  reload(config: FulcrumConfig | FulcrumConfigInput | LoadedConfig): Promise<void>;
+  reload(config: FulcrumConfig | FulcrumConfigInput | LoadedConfig, source?: ReloadSource): Promise<ReloadResult>;
+  /** Reads the configuration file again and reloads it (throws without a file). */
+  reloadFile(source?: ReloadSource): Promise<ReloadResult>;
   /** Graceful shutdown: stop accepting, finish in-flight requests within the grace period. */
   close(graceMs?: number): Promise<void>;
   /** The bound listener addresses. */
   addresses(): ListenerAddress[];
+  /** The admin listener's address, or null when there is none. */
+  adminAddress(): ListenerAddress | null;
   /** The pools by name (read their upstreams' state). */
   pools(): ReadonlyMap<string, Pool>;
+  /** The configuration in force: the file's, with the admin API's runtime changes applied. */
+  config(): FulcrumConfig;
+  /** The file the configuration came from, or null. */
+  readonly configFile: string | null;
+  /** `/status`: every upstream, pool and listener, and the runtime-only changes. */
+  status(): StatusResponse;
+  /** Adds an upstream to a pool (through the same validate-then-swap path as a reload). */
+  addBackend(target: BackendTarget & { weight?: number; max_connections?: number }, source?: ReloadSource): Promise<ReloadResult & { backend: BackendStatus }>;
+  /** Removes an upstream; its requests in flight finish first. */
+  removeBackend(target: BackendTarget, source?: ReloadSource): Promise<ReloadResult>;
+  /** Changes an upstream's weight, or its enabled and draining state. */
+  updateBackend(target: BackendTarget & { weight?: number; enabled?: boolean; draining?: boolean }, source?: ReloadSource): Promise<ReloadResult & { backend: BackendStatus }>;
+  readonly metrics: Metrics;
   readonly logger: Logger;
 }
 
@@ -48,15 +99,21 @@ function toConfig(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig): Ful
   return validateConfig(input).config;
 }
 
+/**
+ * The pools of a new configuration. A pool whose settings did not change is kept as it is (its
+ * sockets, timers and state); a changed one is rebuilt around the same Upstream objects, so
+ * upstream state of unchanged addresses carries over.
+ */
 function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> | null): Map<string, Pool> {
-  const oldUpstreams = new Map<string, Upstream>();
-  if (previous) for (const pool of previous.values()) for (const u of pool.upstreams) oldUpstreams.set(u.id, u);
   const pools = new Map<string, Pool>();
-  for (const [name, settings] of Object.entries(config.pools)) pools.set(name, new Pool(name, settings, oldUpstreams));
-  for (const pool of pools.values()) if (pool.settings.backup) pool.backup = pools.get(pool.settings.backup) ?? null;
+  for (const [name, settings] of Object.entries(config.pools)) {
+    const old = previous?.get(name);
+    if (old && JSON.stringify(old.settings) === JSON.stringify(settings)) pools.set(name, old);
+    else pools.set(name, new Pool(name, settings, old ? new Map(old.upstreams.map((u) => [u.id, u])) : undefined));
+  }
+  for (const pool of pools.values()) pool.backup = pool.settings.backup ? (pools.get(pool.settings.backup) ?? null) : null;
   return pools;
 }
-
 /** The guards of one route: its firewall, then its rate limits. */
 function routeGuards(route: RouteSettings, name: string, stores: RateLimitStores): RequestGuard[] {
   const guards: RequestGuard[] = [];
@@ -81,14 +138,38 @@ function buildRuntime(config: FulcrumConfig, previous: ReadonlyMap<string, Pool>
 
 /** Builds a balancer from a configuration (validated here if it is not already). */
 export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, options: BalancerOptions = {}): Balancer {
-  let config = toConfig(input);
+  /** The configuration as the file (or caller) gave it; `config` adds the runtime changes. */
+  let base = toConfig(input);
+  const runtimeChanges = new RuntimeChanges();
+  let config = base;
+  const configFile = options.configFile ?? null;
   const logger = options.logger ?? createLogger(config.log);
   let runtime = buildRuntime(config, null, logger);
   let pools = runtime.pools;
+  let loadedAt = new Date();
+  const startedAt = Date.now();
   const proxy = new HttpProxy({ router: runtime.router });
   const listeners = config.listeners.map((l) => new HttpListener(l, proxy, logger));
+  const metrics = new Metrics({
+    pools: () => pools,
+    stores: () => runtime.stores,
+    listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed })),
+    routes: () => runtime.router.routes.map((r) => r.name),
+  });
+  for (const l of listeners) l.serveMetrics(metrics);
+  let live: LiveStats | null = null;
+  let admin: AdminServer | null = null;
+  let stopWatch: (() => void) | null = null;
   let stopAccessLog: (() => void) | null = null;
   let closing: Promise<void> | null = null;
+  /** Reloads and API writes apply one at a time, in order. */
+  let queue: Promise<unknown> = Promise.resolve();
+  const serial = <T>(work: () => Promise<T> | T): Promise<T> => {
+    const next = queue.then(work, work);
+    queue = next.catch(() => {});
+    return next;
+  };
+
   const onState = (message: unknown): void => {
     const c = message as UpstreamStateEvent;
     // Losing an upstream is a warning an operator should see; getting it back is news.
@@ -104,8 +185,134 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     logger.info({ request_id: ctx.requestIdForUpstream ?? ctx.id, upstream: upstream.id, attempt: ctx.attempts, reason }, `retrying ${ctx.req.method} ${ctx.upstreamPath} after ${upstream.id} failed (${reason})`);
   };
 
-  return {
+  /** Builds and swaps in `next` (already validated); returns the semantic diff. Throws and keeps the running one on failure. */
+  const swap = (next: FulcrumConfig): string[] => {
+    let built: Runtime;
+    try {
+      built = buildRuntime(next, pools, logger);
+    } catch (err) {
+      for (const pool of pools.values()) pool.reclaim();
+      throw err;
+    }
+    const old = runtime;
+    const changes = formatChanges(diffConfigs(config, next));
+    for (const pool of built.pools.values()) pool.start();
+    proxy.runtime = { router: built.router };
+    runtime = built;
+    pools = built.pools;
+    config = next;
+    loadedAt = new Date();
+    // Replaced pools finish the requests they carry, then close their sockets; kept pools go on.
+    const kept = new Set(built.pools.values());
+    void Promise.all([...old.pools.values()].filter((p) => !kept.has(p)).map((p) => p.close()));
+    void old.stores.close();
+    // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
+    const unmatched: string[] = [];
+    for (const settings of next.listeners) {
+      const current = listeners.find((l) => l.settings.host === settings.host && (l.settings.port === settings.port || l.address()?.port === settings.port));
+      if (current) current.update(settings);
+      else unmatched.push(`${settings.host}:${settings.port}`);
+    }
+    if (unmatched.length > 0 || next.listeners.length !== listeners.length) {
+      logger.warn({ listeners: unmatched }, 'added or moved listeners take effect on restart; the others were reloaded');
+    }
+    if (admin !== null && next.admin !== undefined) admin.update(next.admin);
+    return changes;
+  };
+
+  /** A new base configuration (the file's): runtime changes go on top, then swap. */
+  const applyBase = (nextBase: FulcrumConfig, source: ReloadSource): ReloadResult => {
+    try {
+      const { config: next, dropped } = runtimeChanges.apply(nextBase);
+      for (const d of dropped) logger.info({ source }, `runtime change dropped: ${d}`);
+      const changes = swap(next);
+      base = nextBase;
+      if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
+      logger.info({ source, changes }, `configuration reloaded (${source}): ${changes.length > 0 ? changes.join('; ') : 'no changes'}`);
+      const kept = runtimeChanges.list();
+      if (kept.length > 0) logger.info({ runtime_changes: kept.length }, `${kept.length} runtime change(s) from the admin API stay on top of the file (GET /status lists them)`);
+      return { changes };
+    } catch (err) {
+      if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err as Error });
+      logger.error({ source, err: (err as Error).message }, `reload refused (${source}); the running configuration stays:\n${(err as Error).message}`);
+      throw err;
+    }
+  };
+
+  const reloadFile = (source: ReloadSource): Promise<ReloadResult> =>
+    serial(() => {
+      if (configFile === null) throw new AdminRequestError(409, 'this balancer was started without a configuration file (demo or embedded): there is nothing to reload from');
+      let loaded: LoadedConfig;
+      try {
+        loaded = loadConfigFile(configFile);
+      } catch (err) {
+        if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err as Error });
+        logger.error({ source, err: (err as Error).message }, `reload refused (${source}); the running configuration stays:\n${(err as Error).message}`);
+        throw err;
+      }
+      for (const w of loaded.warnings) logger.warn(`${configFile}: ${w}`);
+      return applyBase(loaded.config, source);
+    });
+
+  /** Finds the pool and upstream an admin write means; throws a 4xx that says what is wrong. */
+  const locate = (target: BackendTarget, mustExist: boolean): { pool: string; id: string } => {
+    if (typeof target.url !== 'string' || target.url === '') throw new AdminRequestError(400, 'missing "url": the upstream, e.g. {"url": "http://10.0.0.4:8080"}');
+    let id: string;
+    try {
+      id = /^[a-z][a-z0-9+.-]*:\/\//i.test(target.url) ? upstreamId(target.url) : upstreamId(`http://${target.url}`);
+    } catch {
+      throw new AdminRequestError(400, `"url" is not a URL: ${JSON.stringify(target.url)} (expected e.g. "http://10.0.0.4:8080")`);
+    }
+    const names = Object.keys(config.pools);
+    if (target.pool !== undefined) {
+      if (typeof target.pool !== 'string' || config.pools[target.pool] === undefined) throw new AdminRequestError(404, `no pool named ${JSON.stringify(target.pool)}; pools: ${names.join(', ')}`);
+      if (mustExist && !config.pools[target.pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(404, `no upstream ${id} in pool ${target.pool}`);
+      return { pool: target.pool, id };
+    }
+    const holding = names.filter((n) => config.pools[n].upstreams.some((u) => upstreamId(u.url) === id));
+    if (mustExist) {
+      if (holding.length === 0) throw new AdminRequestError(404, `no upstream ${id} in any pool (${names.join(', ')})`);
+      if (holding.length > 1) throw new AdminRequestError(400, `${id} is in pools ${holding.join(' and ')}: say which with "pool"`);
+      return { pool: holding[0], id };
+    }
+    if (names.length > 1) throw new AdminRequestError(400, `there are ${names.length} pools (${names.join(', ')}): say which with "pool"`);
+    return { pool: names[0], id };
+  };
+
+  /** Applies one configuration operation; undone if the swap fails. */
+  const applyOp = (op: RuntimeOp, source: ReloadSource): ReloadResult => {
+    const before = runtimeChanges.snapshot();
+    runtimeChanges.record(op);
+    let result: ReloadResult;
+    try {
+      const { config: next } = runtimeChanges.apply(base);
+      result = { changes: swap(next) };
+    } catch (err) {
+      runtimeChanges.restore(before);
+      throw err;
+    }
+    if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
+    if (config.admin?.persist && configFile !== null) {
+      try {
+        persistUpstreams(configFile, config, op.pool);
+        base = structuredClone(config);
+        runtimeChanges.clearOps();
+        logger.info({ file: configFile, pool: op.pool }, `wrote the upstreams of pool ${op.pool} to ${configFile}`);
+      } catch (err) {
+        logger.error({ file: configFile, err: (err as Error).message }, `could not write ${configFile}; the change is runtime-only (GET /status lists it)`);
+      }
+    }
+    logger.info({ source, changes: result.changes }, `admin API: ${result.changes.join('; ') || 'no changes'}`);
+    return result;
+  };
+
+  const upstreamOf = (pool: string, id: string): Upstream => pools.get(pool)!.upstreams.find((u) => u.id === id)!;
+  const describe = (pool: string, id: string): BackendStatus => backendStatus(pools.get(pool)!, upstreamOf(pool, id), runtimeChanges);
+
+  const balancer: Balancer = {
     logger,
+    metrics,
+    configFile,
     async start() {
       if (config.log.access_log) stopAccessLog = startAccessLog(logger);
       upstreamState.subscribe(onState);
@@ -113,54 +320,98 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       const bound: ListenerAddress[] = [];
       try {
         for (const l of listeners) bound.push(await l.listen());
+        if (config.admin !== undefined) {
+          live = new LiveStats(() => pools);
+          admin = new AdminServer(config.admin, { balancer, live, logger });
+          await admin.listen();
+        }
       } catch (err) {
         await Promise.all(listeners.map((l) => l.drain(0)));
+        await admin?.close();
         throw err;
       }
+      live?.start();
       for (const pool of pools.values()) pool.start();
       for (const a of bound) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
       for (const pool of pools.values()) {
         logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstreams, ${pool.policyFactory.name}`);
       }
+      if (configFile !== null && (options.watch || config.reload.watch)) {
+        stopWatch = watchConfigFile(configFile, config.reload.debounce, () => void reloadFile('watch').catch(() => {}), logger);
+        logger.info({ file: configFile }, `watching ${configFile}: saving it reloads the configuration`);
+      }
       return bound;
     },
-    async reload(next) {
-      try {
-        const nextConfig = toConfig(next);
-        const built = buildRuntime(nextConfig, pools, logger);
-        const old = runtime;
-        for (const pool of built.pools.values()) pool.start();
-        proxy.runtime = { router: built.router };
-        runtime = built;
-        pools = built.pools;
-        config = nextConfig;
-        // Old pools finish the requests they carry, then close their sockets.
-        void Promise.all([...old.pools.values()].map((p) => p.close()));
-        void old.stores.close();
-        // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
-        const unmatched: string[] = [];
-        for (const settings of nextConfig.listeners) {
-          const current = listeners.find((l) => l.settings.host === settings.host && (l.settings.port === settings.port || l.address()?.port === settings.port));
-          if (current) current.update(settings);
-          else unmatched.push(`${settings.host}:${settings.port}`);
+    reload(next, source = 'api') {
+      return serial(() => applyBase(toConfig(next), source));
+    },
+    reloadFile(source = 'file') {
+      return reloadFile(source);
+    },
+    addBackend(target, source = 'admin') {
+      return serial(() => {
+        const { pool, id } = locate(target, false);
+        const parsed = UpstreamConfig.safeParse({ url: target.url, weight: target.weight ?? 1, max_connections: target.max_connections ?? 0 });
+        if (!parsed.success) throw new AdminRequestError(400, parsed.error.issues.map((i) => `${i.path.join('.') || 'url'}: ${i.message}`).join('; '));
+        if (config.pools[pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
+        const upstream: UpstreamSettings = parsed.data;
+        const result = applyOp({ action: 'add', pool, id, upstream, at: new Date().toISOString() }, source);
+        return { ...result, backend: describe(pool, id) };
+      });
+    },
+    removeBackend(target, source = 'admin') {
+      return serial(() => {
+        const { pool, id } = locate(target, true);
+        if (config.pools[pool].upstreams.length === 1) throw new AdminRequestError(409, `${id} is the only upstream of pool ${pool}; a pool needs at least one (add another first)`);
+        return applyOp({ action: 'remove', pool, id, at: new Date().toISOString() }, source);
+      });
+    },
+    updateBackend(target, source = 'admin') {
+      return serial(() => {
+        const { pool, id } = locate(target, true);
+        const { weight, enabled, draining } = target;
+        if (weight === undefined && enabled === undefined && draining === undefined) throw new AdminRequestError(400, 'nothing to change: give "weight", "enabled" or "draining"');
+        if (weight !== undefined && (typeof weight !== 'number' || !(weight > 0) || weight > 1_000_000)) throw new AdminRequestError(400, `"weight" must be a number above 0 and at most 1000000, got ${JSON.stringify(weight)}`);
+        if (enabled !== undefined && typeof enabled !== 'boolean') throw new AdminRequestError(400, `"enabled" must be true or false, got ${JSON.stringify(enabled)}`);
+        if (draining !== undefined && typeof draining !== 'boolean') throw new AdminRequestError(400, `"draining" must be true or false, got ${JSON.stringify(draining)}`);
+        let changes: string[] = [];
+        if (weight !== undefined && weight !== upstreamOf(pool, id).weight) changes = applyOp({ action: 'weight', pool, id, weight, at: new Date().toISOString() }, source).changes;
+        const u = upstreamOf(pool, id);
+        if (enabled !== undefined && u.enabled !== enabled) {
+          u.setEnabled(enabled, `${enabled ? 'enabled' : 'disabled'} through the admin API`);
+          runtimeChanges.recordState('disable', pool, id, !enabled);
+          changes.push(`pool ${pool}: ${id} ${enabled ? 'enabled' : 'disabled'}`);
         }
-        if (unmatched.length > 0 || nextConfig.listeners.length !== listeners.length) {
-          logger.warn({ listeners: unmatched }, 'added or moved listeners take effect on restart; the others were reloaded');
+        if (draining !== undefined && u.draining !== draining) {
+          u.setDraining(draining, draining ? `drained through the admin API (${u.inFlight} requests in flight finish)` : 'back in rotation through the admin API');
+          runtimeChanges.recordState('drain', pool, id, draining);
+          changes.push(`pool ${pool}: ${id} ${draining ? 'draining' : 'no longer draining'}`);
         }
-        if (configReload.hasSubscribers) configReload.publish({ ok: true, source: 'reload' });
-        logger.info({ pools: [...pools.keys()] }, 'configuration reloaded');
-      } catch (err) {
-        if (configReload.hasSubscribers) configReload.publish({ ok: false, source: 'reload', error: err as Error });
-        throw err;
-      }
+        return { changes, backend: describe(pool, id) };
+      });
+    },
+    status() {
+      return buildStatus({
+        pools,
+        listeners: listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections })),
+        runtimeChanges,
+        configFile,
+        loadedAt,
+        persisted: Boolean(config.admin?.persist && configFile !== null),
+        startedAt,
+        version,
+      });
     },
     close(graceMs = config.shutdown.grace_period) {
       closing ??= (async () => {
         proxy.draining = true;
-        await Promise.all(listeners.map((l) => l.drain(graceMs)));
+        stopWatch?.();
+        await Promise.all([...listeners.map((l) => l.drain(graceMs)), admin?.close()]);
+        live?.stop();
         await Promise.all([...pools.values()].map((p) => p.close()));
         await runtime.stores.close();
         stopAccessLog?.();
+        metrics.close();
         upstreamState.unsubscribe(onState);
         requestRetry.unsubscribe(onRetry);
         logger.flush();
@@ -168,6 +419,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       return closing;
     },
     addresses: () => listeners.map((l) => l.address()).filter((a): a is ListenerAddress => a !== null),
+    adminAddress: () => admin?.address() ?? null,
     pools: () => pools,
+    config: () => config,
   };
+  return balancer;
 }

@@ -8,7 +8,7 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
 import { closest } from './did-you-mean.ts';
-import { FulcrumConfigSchema, SeedConfigSchema, type FulcrumConfig, type SeedConfig } from './schema.ts';
+import { FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
 
 type Path = (string | number)[];
 
@@ -28,6 +28,7 @@ export const envOverrides: readonly { name: string; path: Path; parse: (v: strin
   { name: 'FULCRUM_LOG_LEVEL', path: ['log', 'level'], parse: (v) => v, description: 'log level' },
   { name: 'FULCRUM_LOG_FORMAT', path: ['log', 'format'], parse: (v) => v, description: 'log format (json, pretty, auto)' },
   { name: 'FULCRUM_ACCESS_LOG', path: ['log', 'access_log'], parse: (v) => (v === 'true' || v === '1' ? true : v === 'false' || v === '0' ? false : v), description: 'access log on or off' },
+  { name: 'FULCRUM_ADMIN_TOKEN', path: ['admin', 'token'], parse: (v) => v, description: 'admin API token (only if the file has an admin section)' },
   { name: 'FULCRUM_POLICY', path: ['pools', '*', 'policy'], parse: (v) => v, description: 'policy of every pool' },
 ];
 
@@ -118,7 +119,7 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   const placeWithEnv = (path: Path, message: string, atKey = false): ConfigProblem => {
     const hit = overridden.applied.find((o) => samePath(o.path, path));
     if (!hit) return place(path, message, atKey);
-    const value = JSON.stringify(hit.value);
+    const value = hit.name.endsWith('TOKEN') ? '(hidden)' : JSON.stringify(hit.value);
     return { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: message.includes(value) ? message : `${message} (value ${value})` };
   };
   if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
@@ -154,6 +155,8 @@ function widenSeed(seed: SeedConfig, warnings: string[]): Record<string, unknown
   if (seed.health_check_frequency !== undefined) pool.health_check = { path: '/health', interval: seed.health_check_frequency };
   const config: Record<string, unknown> = { listeners: [{ host, port }], pools: { default: pool } };
   if (seed.log_level) config.log = { level: seed.log_level };
+  if (seed.admin_port !== undefined) config.admin = { port: seed.admin_port };
+  if (seed.request_timeout !== undefined) pool.timeouts = { request: seed.request_timeout };
   return config;
 }
 
@@ -165,6 +168,8 @@ function applyEnvOverrides(config: Record<string, unknown>, env: NodeJS.ProcessE
     const text = env[o.name];
     if (text === undefined || text === '') continue;
     const value = o.parse(text);
+    // An admin token alone must not open an admin listener the file did not ask for.
+    if (o.path[0] === 'admin' && (copy.admin === undefined || copy.admin === null)) continue;
     if (o.path[1] === '*') {
       const pools = copy[o.path[0] as string];
       if (pools && typeof pools === 'object') {
@@ -216,6 +221,24 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       problems.push(place(['pools', name, 'backup'], `no pool named "${backup}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
     }
   }
+  for (const name of pools) {
+    const upstreams = ((config.pools as Record<string, unknown>)[name] as { upstreams?: unknown } | null)?.upstreams;
+    if (!Array.isArray(upstreams)) continue;
+    const seen = new Map<string, number>();
+    upstreams.forEach((u, i) => {
+      const url = typeof u === 'string' ? u : u && typeof u === 'object' ? (u as { url?: unknown }).url : undefined;
+      if (typeof url !== 'string') return;
+      let id: string;
+      try {
+        id = new URL(url).host;
+      } catch {
+        return; // the schema reports a bad URL
+      }
+      const first = seen.get(id);
+      if (first !== undefined) problems.push(place(['pools', name, 'upstreams', i], `${id} is already upstreams[${first}] of this pool; give it a higher weight instead of listing it twice`));
+      else seen.set(id, i);
+    });
+  }
   const redis = (config.rate_limit as { redis?: unknown } | undefined)?.redis;
   routes.forEach((route, i) => {
     const limits = route && typeof route === 'object' ? (route as Record<string, unknown>).rate_limits : undefined;
@@ -228,6 +251,13 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
   });
   const primaries = pools.length > 1 ? primaryPools(config.pools as Record<string, unknown>) : pools;
   if (routes.length === 0 && primaries.length > 1) problems.push(place(['routes'], `${primaries.length} pools need routes that say which requests go where`));
+  const admin = config.admin as { host?: unknown; token?: unknown; token_file?: unknown } | undefined;
+  if (admin && typeof admin === 'object' && typeof admin.host === 'string' && !isLoopbackHost(admin.host) && admin.token === undefined && admin.token_file === undefined) {
+    problems.push(place(['admin', 'host'], `the admin API on ${admin.host} (not loopback) needs a token: set admin.token, admin.token_file or FULCRUM_ADMIN_TOKEN`));
+  }
+  if (admin && typeof admin === 'object' && admin.token !== undefined && admin.token_file !== undefined) {
+    problems.push(place(['admin', 'token_file'], 'set admin.token or admin.token_file, not both'));
+  }
   const listeners = Array.isArray(config.listeners) ? config.listeners : [];
   const seen = new Set<string>();
   listeners.forEach((l, i) => {

@@ -233,6 +233,35 @@ export const ListenerConfig = z.strictObject({
   keepalive_timeout: Duration.default(5000).meta({ description: 'How long an idle client connection is kept open (default 5s).' }),
   firewall: FirewallConfig.optional().meta({ description: 'Who may connect to this listener at all.' }),
   limits: RequestLimitsConfig.prefault({}),
+  metrics_path: z
+    .string()
+    .regex(/^\/[\x21-\x7e]*$/, { message: 'expected a path such as "/metrics"' })
+    .optional()
+    .meta({ description: 'Also serve Prometheus metrics on this listener at this path (default: only on the admin listener).' }),
+});
+
+/** Loopback addresses: the only ones the admin listener may use without a token. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '').toLowerCase();
+  return h === 'localhost' || h === '::1' || /^127\.\d+\.\d+\.\d+$/.test(h) || /^::ffff:127\.\d+\.\d+\.\d+$/.test(h);
+}
+
+/** The admin listener: status, backends, config, reload, metrics and the dashboard. */
+export const AdminConfig = z.strictObject({
+  host: z.string().min(1).default('127.0.0.1').meta({ description: 'Address to bind (default 127.0.0.1). Any other address needs a token.' }),
+  port: Port.default(9901).meta({ description: 'Port to bind (default 9901; 0 lets the OS choose).' }),
+  token: z
+    .string()
+    .min(16, { message: 'an admin token needs at least 16 characters (try: openssl rand -hex 24)' })
+    .regex(/^[\x21-\x7e]+$/, { message: 'an admin token is printable ASCII without spaces' })
+    .optional()
+    .meta({ description: 'Bearer token for writes (and for everything on a non-loopback address). FULCRUM_ADMIN_TOKEN overrides it. Absent: one is generated per run and logged.' }),
+  token_file: z.string().min(1).optional().meta({ description: 'A file holding the token (read at start and on reload); instead of `token`.' }),
+  dashboard: z.boolean().default(true).meta({ description: 'Serve the live dashboard at / (default true).' }),
+  persist: z
+    .boolean()
+    .default(false)
+    .meta({ description: 'Write backends added, removed or re-weighted through the API back to the configuration file (default false: they are runtime-only and listed in /status).' }),
 });
 
 /** A match on host and path prefix that leads to a pool. */
@@ -281,6 +310,13 @@ export const FulcrumConfigSchema = z
         grace_period: Duration.default(30_000).meta({ description: 'How long in-flight requests may finish after SIGTERM (default 30s).' }),
       })
       .prefault({}),
+    admin: AdminConfig.optional().meta({ description: 'The admin API, metrics and dashboard on their own listener; absent: none (`admin: {}` for 127.0.0.1:9901).' }),
+    reload: z
+      .strictObject({
+        watch: z.boolean().default(false).meta({ description: 'Reload when the configuration file changes (default false; `fulcrum start --watch` turns it on).' }),
+        debounce: Duration.default(250).meta({ description: 'Wait this long after the last change before reloading (default 250ms).' }),
+      })
+      .prefault({}),
   });
 
 /** The configuration as written (before defaults). */
@@ -291,6 +327,8 @@ export type PoolSettings = z.output<typeof PoolConfig>;
 export type ListenerSettings = z.output<typeof ListenerConfig>;
 export type RouteSettings = z.output<typeof RouteConfig>;
 export type LogSettings = z.output<typeof LogConfig>;
+export type AdminSettings = z.output<typeof AdminConfig>;
+export type UpstreamSettings = z.output<typeof UpstreamConfig>;
 
 /**
  * The small shapes of the seed projects, read as one pool: `{port, strategy, backends}`
@@ -305,6 +343,8 @@ export const SeedConfigSchema = z.strictObject({
   health_check_frequency: Duration.optional(),
   backends: z.array(UpstreamConfig).min(1, { message: 'at least one backend is needed' }),
   log_level: LogConfig.shape.level.optional(),
+  admin_port: Port.optional().meta({ description: 'Admin API port on 127.0.0.1 (seed 004).' }),
+  request_timeout: Duration.optional().meta({ description: 'Whole-request timeout toward the backends (seed 004).' }),
 });
 export type SeedConfig = z.output<typeof SeedConfigSchema>;
 

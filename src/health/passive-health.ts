@@ -54,6 +54,11 @@ export class PassiveHealth {
     if (this.started) return;
     this.started = true;
     upstreamResult.subscribe(this.onResult);
+    // State carried over a reload keeps its clock: an ejection ends, an open circuit half-opens, when it would have.
+    for (const [u, r] of this.records) {
+      if (u.ejected) this.scheduleReturn(u, r, Math.max(0, u.ejectedUntil - Date.now()), 'ejection time over (kept across a reload)');
+      if (u.circuit === 'open') this.scheduleHalfOpen(u, r, Math.max(0, u.circuitOpenUntil - Date.now()));
+    }
   }
 
   stop(): void {
@@ -95,12 +100,19 @@ export class PassiveHealth {
     const time = Math.min(o.base_ejection_time * u.ejections, o.max_ejection_time);
     const what = event.failure ? event.failure.message : `status ${event.status}`;
     r.consecutiveFailures = 0;
+    u.ejectedUntil = Date.now() + time;
     u.setEjected(true, `${o.consecutive_failures} consecutive failures, last: ${what}; out for ${formatDuration(time)}`);
+    this.scheduleReturn(u, r, time, `ejection time of ${formatDuration(time)} over`);
+  }
+
+  private scheduleReturn(u: Upstream, r: UpstreamRecord, delay: number, reason: string): void {
+    if (r.ejectTimer) clearTimeout(r.ejectTimer);
     r.ejectTimer = setTimeout(() => {
       r.ejectTimer = null;
       r.returnedAt = Date.now();
-      u.setEjected(false, `ejection time of ${formatDuration(time)} over`);
-    }, time);
+      u.ejectedUntil = 0;
+      u.setEjected(false, reason);
+    }, delay);
     r.ejectTimer.unref();
   }
 
@@ -145,12 +157,18 @@ export class PassiveHealth {
   private open(u: Upstream, r: UpstreamRecord, reason: string): void {
     const c = this.settings.circuit_breaker;
     r.halfOpenSuccesses = 0;
+    u.circuitOpenUntil = Date.now() + c.open_time;
     u.setCircuit('open', `${reason}; closed to traffic for ${formatDuration(c.open_time)}`);
+    this.scheduleHalfOpen(u, r, c.open_time);
+  }
+
+  private scheduleHalfOpen(u: Upstream, r: UpstreamRecord, delay: number): void {
+    const c = this.settings.circuit_breaker;
     if (r.circuitTimer) clearTimeout(r.circuitTimer);
     r.circuitTimer = setTimeout(() => {
       r.circuitTimer = null;
       u.setCircuit('half-open', `open for ${formatDuration(c.open_time)}; letting ${c.half_open_requests} probe requests through`);
-    }, c.open_time);
+    }, delay);
     r.circuitTimer.unref();
   }
 }

@@ -34,6 +34,11 @@ export class ConnectionLimiter {
     this.listener = listener;
   }
 
+  /** Connections admitted and not yet closed. */
+  get openCount(): number {
+    return this.open;
+  }
+
   /** Sets (or, on reload, replaces) the limits and firewall; counts of open connections are kept. */
   configure(limits: ListenerSettings['limits'], trusted: BlockList | null, firewall: Firewall | null): void {
     this.max = limits.max_connections;

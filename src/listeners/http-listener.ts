@@ -26,6 +26,11 @@ const parserStatus: Record<string, [number, string]> = {
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
 };
 
+/** What a listener needs to answer its metrics path. */
+export interface MetricsSource {
+  scrape(): Promise<{ contentType: string; body: string }>;
+}
+
 /** One HTTP listener of the balancer. */
 export class HttpListener {
   settings: ListenerSettings;
@@ -36,6 +41,10 @@ export class HttpListener {
   readonly info: ListenerInfo;
   private readonly logger: Logger;
   private readonly connections: ConnectionLimiter;
+  private metrics: MetricsSource | null = null;
+  /** Requests answered by the parser's error path (malformed, too large, too slow). */
+  malformed = 0;
+  private metricsPath: string | null = null;
 
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
     this.settings = settings;
@@ -56,7 +65,11 @@ export class HttpListener {
         // Node checks these timeouts on this tick (30 s by default): short enough that 408 comes on time.
         connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
       },
-      (req, res) => proxy.handle(req, res, info),
+      (req, res) => {
+        // The optional public metrics path answers here, before routing: it is not proxied.
+        if (this.metricsPath !== null && this.metrics !== null && req.url === this.metricsPath && (req.method === 'GET' || req.method === 'HEAD')) return void this.sendMetrics(res);
+        proxy.handle(req, res, info);
+      },
     );
     this.server.on('checkContinue', (req, res) => proxy.handle(req, res, info, true));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
@@ -77,6 +90,7 @@ export class HttpListener {
    */
   update(settings: ListenerSettings): void {
     this.settings = settings;
+    this.metricsPath = settings.metrics_path ?? null;
     const limits = settings.limits;
     const info = this.info;
     const firewall = settings.firewall ? new Firewall(settings.firewall) : null;
@@ -90,6 +104,35 @@ export class HttpListener {
     // Node answers 431 itself beyond this count; at exactly one over, the request-limits guard does.
     this.server.maxHeadersCount = limits.max_headers + 1;
     this.connections.configure(limits, info.trusted, firewall);
+  }
+
+  /** Serves `metrics` at the listener's `metrics_path` (when it has one). */
+  serveMetrics(metrics: MetricsSource): void {
+    this.metrics = metrics;
+  }
+
+  /** Client connections open now. */
+  get openConnections(): number {
+    return this.connections.openCount;
+  }
+
+  /** Client connections closed at accept (firewall, limits) since start. */
+  get refusedConnections(): number {
+    return this.connections.refused;
+  }
+
+  private sendMetrics(res: http.ServerResponse): void {
+    this.metrics!.scrape().then(
+      ({ contentType, body }) => {
+        res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
+        res.end(body);
+      },
+      (err: Error) => {
+        this.logger.error({ err: err.message }, 'metrics scrape failed');
+        res.writeHead(500, { 'content-type': 'text/plain' });
+        res.end('metrics scrape failed\n');
+      },
+    );
   }
 
   /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */
@@ -151,6 +194,7 @@ export class HttpListener {
       return;
     }
     const [status, text] = parserStatus[err.code ?? ''] ?? [400, 'Bad Request'];
+    this.malformed++;
     this.logger.debug({ listener: this.info.name, code: err.code, status }, 'rejected a malformed request');
     const body = `${status} ${text}\n`;
     socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);

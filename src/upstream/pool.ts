@@ -15,7 +15,7 @@ import { NodeHttpTransport } from '../proxy/node-http-transport.ts';
 import { PassiveHealth } from '../health/passive-health.ts';
 import { ActiveChecker } from '../health/active-checker.ts';
 
-/** A pool built from its settings; `previous` carries upstream state across a reload. */
+/** A pool built from its settings; `previous` (the same pool before a reload) lends its upstreams. */
 export class Pool {
   readonly name: string;
   readonly settings: PoolSettings;
@@ -35,6 +35,10 @@ export class Pool {
   private snapshot: readonly Upstream[] = [];
 
   constructor(name: string, settings: PoolSettings, previous?: ReadonlyMap<string, Upstream>) {
+    // Two entries for one address would share one object; the schema cannot see that, the pool can.
+    const ids = settings.upstreams.map((u) => new URL(u.url).host);
+    const twice = ids.find((id, i) => ids.indexOf(id) !== i);
+    if (twice !== undefined) throw new Error(`pool ${name}: upstream ${twice} is listed twice`);
     this.name = name;
     this.settings = settings;
     this.policyFactory = findPolicy(settings.policy)!;
@@ -42,12 +46,14 @@ export class Pool {
       settings.host_header === 'preserve' ? { kind: 'preserve' } : settings.host_header === 'upstream' ? { kind: 'upstream' } : { kind: 'fixed', value: settings.host_header };
     const onChange = (change: UpstreamChange): void => this.changed(change);
     this.upstreams = settings.upstreams.map((u) => {
-      const upstream = new Upstream({ url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending });
-      const old = previous?.get(upstream.id);
+      const options = { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending };
+      const old = previous?.get(new URL(u.url).host);
+      // The same address keeps its object: health, ejection, breaker, counters and in-flight requests.
+      const upstream = old ?? new Upstream(options);
       if (old) {
-        upstream.adoptStateFrom(old);
+        old.configure(options);
         // Without active checks nothing would ever mark it healthy again.
-        if (!settings.health_check) upstream.health = 'healthy';
+        if (!settings.health_check) old.health = 'healthy';
       }
       upstream.onChange = onChange;
       return upstream;
@@ -56,6 +62,20 @@ export class Pool {
     this.transport = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
     this.passive = new PassiveHealth(settings, this.upstreams);
     this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason)) : null;
+  }
+
+  /**
+   * Takes its upstreams back after a reload that failed half-way: a new pool built around the
+   * same Upstream objects may have re-pointed and re-configured them.
+   */
+  reclaim(): void {
+    const onChange = (change: UpstreamChange): void => this.changed(change);
+    for (const [i, u] of this.upstreams.entries()) {
+      const s = this.settings.upstreams[i];
+      u.configure({ url: s.url, weight: s.weight, maxConnections: s.max_connections, maxPending: this.settings.circuit_breaker.max_pending });
+      u.halfOpenLimit = this.settings.circuit_breaker.half_open_requests;
+      u.onChange = onChange;
+    }
   }
 
   /** Starts passive health and, if configured, active checks. */

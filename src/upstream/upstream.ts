@@ -53,6 +53,10 @@ export class Upstream {
   ejected = false;
   /** How many times it was ejected (multiplies the next ejection time). */
   ejections = 0;
+  /** When the current ejection ends (Date.now() ms; 0 while not ejected), so a reload can keep it. */
+  ejectedUntil = 0;
+  /** When an open circuit goes half-open (Date.now() ms), so a reload can keep it. */
+  circuitOpenUntil = 0;
   /** The error-rate circuit breaker's state. */
   circuit: CircuitState = 'closed';
   /** Requests let through while half-open. */
@@ -69,6 +73,17 @@ export class Upstream {
     this.origin = `${url.protocol}//${url.host}`;
     this.hostHeader = url.host;
     this.id = url.host;
+    this.weight = options.weight;
+    this.maxConnections = Infinity;
+    this.maxPending = 0;
+    this.configure(options);
+  }
+
+  /**
+   * Takes new settings for the same address. A reload keeps the Upstream object itself (not a
+   * copy), so requests still in flight count against the same in-flight number and counters.
+   */
+  configure(options: UpstreamOptions): void {
     this.weight = options.weight;
     this.maxConnections = options.maxConnections > 0 ? options.maxConnections : Infinity;
     this.maxPending = options.maxPending ?? 0;
@@ -112,15 +127,5 @@ export class Upstream {
     if (from === to) return;
     this[field] = to;
     this.onChange?.({ upstream: this, field, from: from as string | boolean, to: to as string | boolean, reason });
-  }
-
-  /** Copies the live state of the same address from before a reload. */
-  adoptStateFrom(previous: Upstream): void {
-    this.health = previous.health;
-    this.enabled = previous.enabled;
-    this.draining = previous.draining;
-    this.ejections = previous.ejections;
-    this.served = previous.served;
-    this.failures = previous.failures;
   }
 }

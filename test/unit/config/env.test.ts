@@ -166,6 +166,19 @@ test('env: env problems come before file problems, which keep their line:column'
 test('env: the documented overrides are exactly these', () => {
   assert.deepEqual(
     envOverrides.map((o) => o.name),
-    ['FULCRUM_PORT', 'FULCRUM_HOST', 'FULCRUM_LOG_LEVEL', 'FULCRUM_LOG_FORMAT', 'FULCRUM_ACCESS_LOG', 'FULCRUM_POLICY'],
+    ['FULCRUM_PORT', 'FULCRUM_HOST', 'FULCRUM_LOG_LEVEL', 'FULCRUM_LOG_FORMAT', 'FULCRUM_ACCESS_LOG', 'FULCRUM_ADMIN_TOKEN', 'FULCRUM_POLICY'],
+  );
+});
+
+test('env: FULCRUM_ADMIN_TOKEN sets the token of an admin section, and never opens one the file lacks', () => {
+  const token = 'from-the-environment-123';
+  const withAdmin = loadConfigText('pools: {web: {upstreams: ["http://127.0.0.1:1"]}}\nadmin: {port: 0}\n', 'a.yaml', { FULCRUM_ADMIN_TOKEN: token });
+  assert.equal(withAdmin.config.admin?.token, token);
+  const without = loadConfigText('pools: {web: {upstreams: ["http://127.0.0.1:1"]}}\n', 'b.yaml', { FULCRUM_ADMIN_TOKEN: token });
+  assert.equal(without.config.admin, undefined);
+  // A bad token is reported against the variable, without printing it.
+  assert.throws(
+    () => loadConfigText('pools: {web: {upstreams: ["http://127.0.0.1:1"]}}\nadmin: {}\n', 'c.yaml', { FULCRUM_ADMIN_TOKEN: 'short' }),
+    (err: Error) => err.message.includes('env FULCRUM_ADMIN_TOKEN') && !err.message.includes('"short"'),
   );
 });

@@ -1,0 +1,140 @@
+/**
+ * `fulcrum status`, `fulcrum backends ...` and `fulcrum reload`: the typed admin client with
+ * output for a terminal. Where the admin API is and its token come from flags, then the
+ * environment, then the admin section of the configuration file, then the defaults.
+ */
+import { readFileSync } from 'node:fs';
+import { loadConfigFile } from '../config/load.ts';
+import { AdminClient, AdminError } from './client.ts';
+import type { StatusResponse } from './types.ts';
+
+export interface AdminCommandOptions {
+  admin?: string;
+  token?: string;
+  pool?: string;
+  weight?: string;
+  json: boolean;
+  configFile?: string;
+}
+
+/** The admin URL and token to use, and where they came from (for error messages). */
+export function resolveAdmin(options: AdminCommandOptions, env: NodeJS.ProcessEnv = process.env): { url: string; token: string | undefined } {
+  let url = options.admin ?? env.FULCRUM_ADMIN_URL;
+  let token = options.token ?? env.FULCRUM_ADMIN_TOKEN;
+  if ((url === undefined || token === undefined) && options.configFile !== undefined) {
+    try {
+      const admin = loadConfigFile(options.configFile, env).config.admin;
+      if (admin) {
+        const host = admin.host === '0.0.0.0' ? '127.0.0.1' : admin.host === '::' ? '[::1]' : admin.host.includes(':') ? `[${admin.host}]` : admin.host;
+        url ??= `http://${host}:${admin.port}`;
+        token ??= admin.token ?? (admin.token_file ? readFileSync(admin.token_file, 'utf8').trim() : undefined);
+      }
+    } catch {
+      // An unreadable file: fall back to the defaults; the request says what went wrong.
+    }
+  }
+  url ??= 'http://127.0.0.1:9901';
+  if (!/^https?:\/\//.test(url)) url = `http://${url}`;
+  return { url, token };
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
+}
+
+/** `fulcrum status` for people. */
+export function formatStatus(s: StatusResponse): string {
+  const state = (b: StatusResponse['backends'][number]): string =>
+    !b.enabled ? 'disabled' : b.draining ? 'draining' : b.health === 'unhealthy' ? 'unhealthy' : b.ejected ? 'ejected' : b.circuit === 'open' ? 'circuit open' : b.circuit === 'half-open' ? 'half-open' : 'up';
+  const lines = [
+    `fulcrum ${s.version}, up ${s.uptime_seconds}s, config ${s.config_file ?? '(none)'} loaded ${s.config_loaded_at}`,
+    `${s.active_backends} of ${s.total_backends} backends active`,
+    '',
+    table([
+      ['POOL', 'BACKEND', 'STATE', 'WEIGHT', 'IN-FLIGHT', 'REQUESTS', 'FAILURES', 'EJECTIONS', ''],
+      ...s.backends.map((b) => [b.pool, b.url, state(b), String(b.weight), String(b.current_connections), String(b.requests), String(b.failures), String(b.ejections), b.runtime_only ? 'runtime-only' : '']),
+    ]),
+  ];
+  if (s.runtime_changes.length > 0) {
+    lines.push('', `runtime-only changes (lost on restart${s.persisted ? '' : '; set admin.persist to write them to the file'}):`);
+    for (const c of s.runtime_changes) lines.push(`  ${c.at}  ${c.action} ${c.upstream} in pool ${c.pool}${c.weight !== undefined ? ` (weight ${c.weight})` : ''}`);
+  }
+  return lines.join('\n');
+}
+
+const usage = 'usage: fulcrum backends add|remove|drain|enable|disable URL [--pool P] [--weight N] | fulcrum backends weight URL N | fulcrum backends list';
+
+/** Runs one admin command; returns the exit code (0 ok, 1 refused or unreachable, 2 usage). */
+export async function adminCommand(command: string, args: string[], options: AdminCommandOptions): Promise<number> {
+  const { url, token } = resolveAdmin(options);
+  const client = new AdminClient({ url, token });
+  const out = (value: unknown, text: string): void => void process.stdout.write((options.json ? JSON.stringify(value, null, 2) : text) + '\n');
+  const applied = (r: { changes: string[]; runtime_only?: boolean }): string =>
+    (r.changes.length > 0 ? r.changes.join('\n') : 'no changes') + (r.runtime_only ? '\n(runtime-only: not in the configuration file; `fulcrum status` lists it)' : '');
+  try {
+    if (command === 'status') {
+      const s = await client.status();
+      out(s, formatStatus(s));
+      return 0;
+    }
+    if (command === 'reload') {
+      const r = await client.reload();
+      out(r, applied(r));
+      return 0;
+    }
+    const [action, target, extra] = args;
+    if (action === 'list' || action === undefined) {
+      const s = await client.status();
+      out(s.backends, formatStatus(s));
+      return 0;
+    }
+    if (target === undefined) {
+      process.stderr.write(`fulcrum: ${usage}\n`);
+      return 2;
+    }
+    const ref = { url: target, pool: options.pool };
+    const weightText = action === 'weight' ? extra : options.weight;
+    const weight = weightText === undefined ? undefined : Number(weightText);
+    if (weightText !== undefined && !(Number.isFinite(weight) && weight! > 0)) {
+      process.stderr.write(`fulcrum: the weight must be a number above 0, got "${weightText}"\n`);
+      return 2;
+    }
+    let r;
+    switch (action) {
+      case 'add':
+        r = await client.addBackend({ ...ref, weight });
+        break;
+      case 'remove':
+        r = await client.removeBackend(ref);
+        break;
+      case 'drain':
+        r = await client.drain(ref);
+        break;
+      case 'enable':
+        r = await client.enable(ref);
+        break;
+      case 'disable':
+        r = await client.disable(ref);
+        break;
+      case 'weight':
+        if (weight === undefined) {
+          process.stderr.write('fulcrum: usage: fulcrum backends weight URL N\n');
+          return 2;
+        }
+        r = await client.updateBackend({ ...ref, weight });
+        break;
+      default:
+        process.stderr.write(`fulcrum: unknown backends action "${action}"; ${usage}\n`);
+        return 2;
+    }
+    out(r, applied(r));
+    return 0;
+  } catch (err) {
+    if (!(err instanceof AdminError)) throw err;
+    const hint = err.status === 401 ? ` (token from --token, FULCRUM_ADMIN_TOKEN or the config's admin.token; admin API ${url})` : '';
+    process.stderr.write(`fulcrum: ${err.message}${hint}\n`);
+    for (const p of err.problems) process.stderr.write(`  ${p.line > 0 ? `${p.file}:${p.line}:${p.column}` : p.file}: ${p.path ? `${p.path}: ` : ''}${p.message}\n`);
+    return 1;
+  }
+}

@@ -1,0 +1,158 @@
+/**
+ * A small typed client for the admin API (what `fulcrum status`, `fulcrum backends ...` and
+ * `fulcrum reload` use). It speaks plain fetch, so it runs wherever Node 18+ or a browser does.
+ *
+ *   const admin = new AdminClient({ url: 'http://127.0.0.1:9901', token: process.env.FULCRUM_ADMIN_TOKEN });
+ *   await admin.addBackend({ url: 'http://10.0.0.4:8080' });
+ */
+import type { ApplyResponse, BackendStatus, ConfigProblemJson, ErrorResponse, LiveSample, StatusResponse } from './types.ts';
+
+export interface AdminClientOptions {
+  /** The admin listener, e.g. `http://127.0.0.1:9901`. */
+  url: string;
+  /** The bearer token (needed for writes, and for everything off loopback). */
+  token?: string;
+  /** Give up on a request after this many ms (default 10000). */
+  timeout?: number;
+}
+
+/** An answer other than 2xx: the status, the server's message and config problems if any. */
+export class AdminError extends Error {
+  readonly status: number;
+  readonly problems: ConfigProblemJson[];
+
+  constructor(status: number, message: string, problems: ConfigProblemJson[] = []) {
+    super(message);
+    this.name = 'AdminError';
+    this.status = status;
+    this.problems = problems;
+  }
+}
+
+/** Which upstream a write is about: its URL (or host:port), and its pool when several pools have it. */
+export interface BackendRef {
+  url: string;
+  pool?: string;
+}
+
+export class AdminClient {
+  readonly url: string;
+  private readonly token: string | undefined;
+  private readonly timeout: number;
+
+  constructor(options: AdminClientOptions) {
+    this.url = options.url.replace(/\/+$/, '');
+    this.token = options.token;
+    this.timeout = options.timeout ?? 10_000;
+  }
+
+  status(): Promise<StatusResponse> {
+    return this.call('GET', '/status');
+  }
+
+  backends(): Promise<BackendStatus[]> {
+    return this.call('GET', '/backends');
+  }
+
+  addBackend(backend: BackendRef & { weight?: number; max_connections?: number }): Promise<ApplyResponse & { backend: BackendStatus }> {
+    return this.call('POST', '/backends', backend);
+  }
+
+  removeBackend(backend: BackendRef): Promise<ApplyResponse> {
+    return this.call('DELETE', '/backends', backend);
+  }
+
+  /** Changes weight, enabled and draining in one call. */
+  updateBackend(backend: BackendRef & { weight?: number; enabled?: boolean; draining?: boolean }): Promise<ApplyResponse & { backend: BackendStatus }> {
+    return this.call('PATCH', '/backends', backend);
+  }
+
+  /** No new requests; the ones in flight finish. */
+  drain(backend: BackendRef): Promise<ApplyResponse & { backend: BackendStatus }> {
+    return this.call('POST', '/backends/drain', backend);
+  }
+
+  /** Back in rotation: enabled and not draining. */
+  enable(backend: BackendRef): Promise<ApplyResponse & { backend: BackendStatus }> {
+    return this.call('POST', '/backends/enable', backend);
+  }
+
+  disable(backend: BackendRef): Promise<ApplyResponse & { backend: BackendStatus }> {
+    return this.call('POST', '/backends/disable', backend);
+  }
+
+  /** The configuration in force (secrets hidden) and the file it came from. */
+  config(): Promise<{ file: string | null; config: Record<string, unknown> }> {
+    return this.call('GET', '/config');
+  }
+
+  /** Checks a configuration text without applying it; throws AdminError (422, with problems) when it is invalid. */
+  validateConfig(text: string, name?: string): Promise<{ ok: true; valid: true; warnings: string[]; changes: string[] }> {
+    return this.call('POST', `/config/validate${name ? `?name=${encodeURIComponent(name)}` : ''}`, text);
+  }
+
+  /** Reads the configuration file again and applies it; throws AdminError (422, with problems) when it is invalid. */
+  reload(): Promise<ApplyResponse> {
+    return this.call('POST', '/reload');
+  }
+
+  health(): Promise<{ status: 'ok'; uptime_seconds: number }> {
+    return this.call('GET', '/health');
+  }
+
+  /** Readiness: resolves `{ready: false}` (status 503) instead of throwing. */
+  async ready(): Promise<{ ready: boolean; active_backends: number; reason?: string }> {
+    try {
+      return await this.call('GET', '/ready');
+    } catch (err) {
+      if (err instanceof AdminError && err.status === 503) return { ready: false, active_backends: 0, reason: err.message };
+      throw err;
+    }
+  }
+
+  /** The Prometheus exposition text. */
+  async metrics(): Promise<string> {
+    const res = await this.send('GET', '/metrics');
+    return res.text();
+  }
+
+  /** The live samples kept so far (the dashboard's history). */
+  live(): Promise<LiveSample[]> {
+    return this.call('GET', '/live');
+  }
+
+  private async send(method: string, path: string, body?: unknown): Promise<Response> {
+    const headers: Record<string, string> = {};
+    if (this.token) headers.authorization = `Bearer ${this.token}`;
+    let payload: string | undefined;
+    if (body !== undefined) {
+      payload = typeof body === 'string' ? body : JSON.stringify(body);
+      headers['content-type'] = typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json';
+    }
+    let res: Response;
+    try {
+      res = await fetch(this.url + path, { method, headers, body: payload, signal: AbortSignal.timeout(this.timeout) });
+    } catch (err) {
+      const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
+      throw new AdminError(0, `cannot reach the admin API at ${this.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+    }
+    if (!res.ok) {
+      let message = `${res.status} ${res.statusText}`;
+      let problems: ConfigProblemJson[] = [];
+      try {
+        const e = (await res.json()) as ErrorResponse;
+        if (e.error) message = e.error;
+        problems = e.problems ?? [];
+      } catch {
+        // not JSON: keep the status line
+      }
+      throw new AdminError(res.status, message, problems);
+    }
+    return res;
+  }
+
+  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const res = await this.send(method, path, body);
+    return (await res.json()) as T;
+  }
+}

@@ -1,0 +1,401 @@
+/**
+ * The admin listener: status, backends, configuration, reload, metrics, live events and the
+ * dashboard, on its own socket (127.0.0.1:9901 by default). Every write goes through the
+ * balancer's methods, which use the same validate-then-swap path as a reload.
+ *
+ * Who may do what: a bearer token is needed for every write, and for everything when the admin
+ * listener or the caller is not on loopback. `/health` and `/ready` answer anyone (probes rarely
+ * carry tokens and say nothing secret); the dashboard's static files too (the data they fetch is
+ * protected like the rest).
+ */
+import http from 'node:http';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { isLoopbackHost, type AdminSettings, type FulcrumConfig } from '../config/schema.ts';
+import { loadConfigText } from '../config/load.ts';
+import { diffConfigs, formatChanges } from '../config/diff.ts';
+import { ConfigError, type ConfigProblem } from '../errors.ts';
+import type { ListenerAddress } from '../listeners/http-listener.ts';
+import type { LiveStats } from '../observe/live-stats.ts';
+import type { Logger } from '../observe/logger.ts';
+import type { Balancer } from '../index.ts';
+import { AdminRequestError } from './errors.ts';
+import { openApiDocument } from './openapi.ts';
+import type { ErrorResponse } from './types.ts';
+
+/** Largest request body the admin API reads (a configuration file fits easily). */
+const maxBody = 1024 * 1024;
+/** Dashboards connected at once; each holds one event stream. */
+const maxEventStreams = 64;
+
+interface Deps {
+  balancer: Balancer;
+  live: LiveStats;
+  logger: Logger;
+}
+
+type Handler = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => Promise<unknown> | unknown;
+interface Route {
+  method: string;
+  path: string;
+  /** A write: always needs the token. */
+  write: boolean;
+  /** Answers without a token even off loopback. */
+  open?: boolean;
+  handle: Handler;
+}
+
+/** The dashboard's files, read once: the page, its script and style, and uPlot from node_modules. */
+const staticFiles = (() => {
+  const here = path.dirname(new URL(import.meta.url).pathname);
+  const uplot = path.join(path.dirname(createRequire(import.meta.url).resolve('uplot/package.json')), 'dist');
+  const files: Record<string, [string, string]> = {
+    '/dashboard/': [path.join(here, 'dashboard', 'index.html'), 'text/html; charset=utf-8'],
+    '/dashboard/dashboard.js': [path.join(here, 'dashboard', 'dashboard.js'), 'text/javascript; charset=utf-8'],
+    '/dashboard/dashboard.css': [path.join(here, 'dashboard', 'dashboard.css'), 'text/css; charset=utf-8'],
+    '/dashboard/uPlot.iife.min.js': [path.join(uplot, 'uPlot.iife.min.js'), 'text/javascript; charset=utf-8'],
+    '/dashboard/uPlot.min.css': [path.join(uplot, 'uPlot.min.css'), 'text/css; charset=utf-8'],
+  };
+  const cache = new Map<string, { body: Buffer; type: string } | null>();
+  return (urlPath: string): { body: Buffer; type: string } | null => {
+    if (!(urlPath in files)) return null;
+    if (!cache.has(urlPath)) {
+      const [file, type] = files[urlPath];
+      try {
+        cache.set(urlPath, { body: readFileSync(file), type });
+      } catch {
+        cache.set(urlPath, null);
+      }
+    }
+    return cache.get(urlPath)!;
+  };
+})();
+
+const sha = (text: string): Buffer => createHash('sha256').update(text).digest();
+
+/** Secrets out of a configuration before it is shown. */
+export function redactConfig(config: FulcrumConfig): unknown {
+  const copy = structuredClone(config) as FulcrumConfig & { admin?: { token?: string } };
+  if (copy.admin?.token !== undefined) copy.admin.token = '(hidden)';
+  const redis = copy.rate_limit.redis;
+  if (redis) redis.url = redis.url.replace(/\/\/([^@/]*)@/, '//(hidden)@');
+  return copy;
+}
+
+/** The admin HTTP server. */
+export class AdminServer {
+  private settings: AdminSettings;
+  private readonly deps: Deps;
+  private readonly server: http.Server;
+  private readonly routes: Route[];
+  private tokenDigest: Buffer;
+  private readonly generated: string | null;
+  private readonly streams = new Set<http.ServerResponse>();
+
+  constructor(settings: AdminSettings, deps: Deps) {
+    this.settings = settings;
+    this.deps = deps;
+    const token = AdminServer.tokenFrom(settings);
+    this.generated = token === null ? randomBytes(24).toString('base64url') : null;
+    this.tokenDigest = sha(token ?? this.generated!);
+    this.routes = this.buildRoutes();
+    this.server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5000 }, (req, res) => void this.handle(req, res));
+    this.server.on('clientError', (_err, socket) => {
+      if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      socket.destroy();
+    });
+  }
+
+  /** The configured token (admin.token or the contents of admin.token_file), or null. */
+  private static tokenFrom(settings: AdminSettings): string | null {
+    if (settings.token !== undefined) return settings.token;
+    if (settings.token_file === undefined) return null;
+    let text: string;
+    try {
+      text = readFileSync(settings.token_file, 'utf8').trim();
+    } catch (err) {
+      throw new Error(`admin.token_file: cannot read ${settings.token_file}: ${(err as Error).message}`);
+    }
+    if (text.length < 16) throw new Error(`admin.token_file: the token in ${settings.token_file} is shorter than 16 characters`);
+    return text;
+  }
+
+  listen(): Promise<ListenerAddress> {
+    const { host, port } = this.settings;
+    if (!isLoopbackHost(host) && this.generated !== null) {
+      return Promise.reject(new Error(`refusing to serve the admin API on ${host} (not loopback) without a token: set admin.token, admin.token_file or FULCRUM_ADMIN_TOKEN`));
+    }
+    return new Promise((resolve, reject) => {
+      this.server.once('error', reject);
+      this.server.listen(port, host, () => {
+        this.server.off('error', reject);
+        const a = this.address()!;
+        const { logger } = this.deps;
+        logger.info({ admin: a.url }, `admin API on ${a.url}${this.settings.dashboard ? ` (dashboard: ${a.url}/dashboard/)` : ''}`);
+        if (this.generated !== null) {
+          logger.warn(`admin.token is not set: writes need this run's generated token: ${this.generated} (set admin.token or FULCRUM_ADMIN_TOKEN to choose one)`);
+        }
+        resolve(a);
+      });
+    });
+  }
+
+  address(): ListenerAddress | null {
+    const a = this.server.address() as AddressInfo | null;
+    if (!a) return null;
+    const shown = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return { name: 'admin', host: a.address, port: a.port, url: `http://${shown}:${a.port}` };
+  }
+
+  /** A reload's new admin settings: the token changes now; address changes take a restart. */
+  update(settings: AdminSettings): void {
+    if (settings.host !== this.settings.host || (settings.port !== this.settings.port && settings.port !== 0)) {
+      this.deps.logger.warn('admin.host and admin.port take effect on restart');
+    }
+    try {
+      const token = AdminServer.tokenFrom(settings);
+      if (token !== null) this.tokenDigest = sha(token);
+    } catch (err) {
+      this.deps.logger.error({ err: (err as Error).message }, 'admin token not changed');
+    }
+    this.settings = { ...settings, host: this.settings.host, port: this.settings.port };
+  }
+
+  async close(): Promise<void> {
+    for (const res of this.streams) res.end();
+    this.streams.clear();
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeIdleConnections();
+      setTimeout(() => this.server.closeAllConnections(), 1000).unref();
+    });
+  }
+
+  private buildRoutes(): Route[] {
+    const b = this.deps.balancer;
+    const json = this.json.bind(this);
+    const body = this.readJson.bind(this);
+    const target = (v: Record<string, unknown>) => ({ url: v.url as string, pool: v.pool as string | undefined });
+    return [
+      { method: 'GET', path: '/health', write: false, open: true, handle: (_q, res) => json(res, 200, { status: 'ok', uptime_seconds: b.status().uptime_seconds }) },
+      {
+        method: 'GET', path: '/ready', write: false, open: true,
+        handle: (_q, res) => {
+          const status = b.status();
+          const ready = status.active_backends > 0;
+          json(res, ready ? 200 : 503, ready ? { ready: true, active_backends: status.active_backends } : { ready: false, active_backends: 0, reason: 'no upstream is available in any pool' });
+        },
+      },
+      { method: 'GET', path: '/status', write: false, handle: (_q, res) => json(res, 200, b.status()) },
+      { method: 'GET', path: '/backends', write: false, handle: (_q, res) => json(res, 200, b.status().backends) },
+      {
+        method: 'POST', path: '/backends', write: true,
+        handle: async (req, res) => {
+          const v = await body(req);
+          const r = await b.addBackend({ ...target(v), weight: v.weight as number | undefined, max_connections: v.max_connections as number | undefined });
+          json(res, 201, { ok: true, ...r, runtime_only: !b.status().persisted });
+        },
+      },
+      {
+        method: 'DELETE', path: '/backends', write: true,
+        handle: async (req, res, url) => {
+          // The seeds send a JSON body; ?url= works for clients that cannot send a body with DELETE.
+          const v = url.searchParams.has('url') ? { url: url.searchParams.get('url'), pool: url.searchParams.get('pool') ?? undefined } : await body(req);
+          const r = await b.removeBackend(target(v));
+          json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted });
+        },
+      },
+      {
+        method: 'PATCH', path: '/backends', write: true,
+        handle: async (req, res) => {
+          const v = await body(req);
+          const r = await b.updateBackend({ ...target(v), weight: v.weight as number | undefined, enabled: v.enabled as boolean | undefined, draining: v.draining as boolean | undefined });
+          json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted || v.weight === undefined });
+        },
+      },
+      ...(
+        [
+          ['/backends/drain', { draining: true }],
+          ['/backends/undrain', { draining: false }],
+          ['/backends/enable', { enabled: true, draining: false }],
+          ['/backends/disable', { enabled: false }],
+        ] as const
+      ).map(([p, change]): Route => ({
+        method: 'POST', path: p, write: true,
+        handle: async (req, res) => {
+          const r = await b.updateBackend({ ...target(await body(req)), ...change });
+          json(res, 200, { ok: true, ...r, runtime_only: true });
+        },
+      })),
+      { method: 'GET', path: '/config', write: false, handle: (_q, res) => json(res, 200, { file: b.configFile, config: redactConfig(b.config()) }) },
+      {
+        method: 'POST', path: '/config/validate', write: false,
+        handle: async (req, res, url) => {
+          const text = (await this.readBody(req)).toString('utf8');
+          if (text.trim() === '') throw new AdminRequestError(400, 'empty body: send the configuration (YAML or JSON) as the request body');
+          const name = url.searchParams.get('name') ?? '<request body>';
+          try {
+            const loaded = loadConfigText(text, name);
+            json(res, 200, { ok: true, valid: true, warnings: loaded.warnings, changes: formatChanges(diffConfigs(b.config(), loaded.config)) });
+          } catch (err) {
+            if (!(err instanceof ConfigError)) throw err;
+            json(res, 422, { error: `the configuration has ${err.problems.length} problem(s)`, valid: false, problems: err.problems.map(problemJson) });
+          }
+        },
+      },
+      {
+        method: 'POST', path: '/reload', write: true,
+        handle: async (_q, res) => {
+          const r = await b.reloadFile('admin');
+          json(res, 200, { ok: true, ...r });
+        },
+      },
+      {
+        method: 'GET', path: '/metrics', write: false,
+        handle: async (_q, res) => {
+          const { contentType, body: text } = await b.metrics.scrape();
+          res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+          res.end(text);
+        },
+      },
+      { method: 'GET', path: '/events', write: false, handle: (req, res) => this.events(req, res) },
+      { method: 'GET', path: '/live', write: false, handle: (_q, res) => json(res, 200, this.deps.live.history()) },
+      { method: 'GET', path: '/openapi.json', write: false, open: true, handle: (_q, res) => json(res, 200, openApiDocument()) },
+    ];
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://admin');
+    } catch {
+      return this.json(res, 400, { error: 'malformed request target' });
+    }
+    const p = url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
+    try {
+      if ((req.method === 'GET' || req.method === 'HEAD') && (p === '/' || p === '/dashboard' || p.startsWith('/dashboard/'))) return this.dashboard(res, p === '/' || p === '/dashboard' ? '/dashboard/' : url.pathname);
+      const matching = this.routes.filter((r) => r.path === p);
+      if (matching.length === 0) return this.json(res, 404, { error: `no admin route ${p}; the routes are in /openapi.json` });
+      const method = req.method === 'HEAD' ? 'GET' : req.method;
+      const route = matching.find((r) => r.method === method);
+      if (route === undefined) {
+        res.setHeader('allow', matching.map((r) => r.method).join(', '));
+        return this.json(res, 405, { error: `${req.method} is not allowed on ${p}; use ${matching.map((r) => r.method).join(' or ')}` });
+      }
+      if (!route.open && !this.authorized(req, res, route.write)) return;
+      await route.handle(req, res, url);
+    } catch (err) {
+      if (res.headersSent) return void res.destroy();
+      if (err instanceof AdminRequestError) return this.json(res, err.status, { error: err.message });
+      if (err instanceof ConfigError) {
+        return this.json(res, 422, { error: 'the configuration file is invalid; the running configuration stays', problems: err.problems.map(problemJson) });
+      }
+      this.deps.logger.error({ err: (err as Error).message, path: p }, 'admin request failed');
+      this.json(res, 500, { error: `internal error: ${(err as Error).message}` });
+    }
+  }
+
+  /** Checks the bearer token where one is needed; answers 401 itself when it fails. */
+  private authorized(req: http.IncomingMessage, res: http.ServerResponse, write: boolean): boolean {
+    const needed = write || !isLoopbackHost(this.settings.host) || !isLoopbackHost(req.socket.remoteAddress ?? '');
+    if (!needed) return true;
+    const header = req.headers.authorization;
+    const match = header === undefined ? null : /^Bearer[ ]+(\S+)\s*$/i.exec(header);
+    res.setHeader('www-authenticate', 'Bearer realm="fulcrum-admin"');
+    if (match === null) {
+      this.json(res, 401, { error: `${write ? 'a write' : 'this address'} needs the admin token: send "Authorization: Bearer <token>"` });
+      return false;
+    }
+    if (!timingSafeEqual(sha(match[1]), this.tokenDigest)) {
+      this.json(res, 401, { error: 'wrong admin token' });
+      return false;
+    }
+    return true;
+  }
+
+  private dashboard(res: http.ServerResponse, urlPath: string): void {
+    if (!this.settings.dashboard) return this.json(res, 404, { error: 'the dashboard is off (admin.dashboard: false)' });
+    if (urlPath === '/dashboard' ) urlPath = '/dashboard/';
+    const file = staticFiles(urlPath);
+    if (file === null) return this.json(res, 404, { error: `no dashboard file ${urlPath}` });
+    res.writeHead(200, {
+      'content-type': file.type,
+      'content-length': file.body.length,
+      'cache-control': 'no-cache',
+      'x-content-type-options': 'nosniff',
+      'x-frame-options': 'DENY',
+      'referrer-policy': 'no-referrer',
+      // uPlot sets inline styles on its elements; scripts come only from here.
+      'content-security-policy': "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'",
+    });
+    res.end(file.body);
+  }
+
+  /** Server-Sent Events: the kept history first, then one sample per second. */
+  private events(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.streams.size >= maxEventStreams) return this.json(res, 503, { error: `${maxEventStreams} event streams are open already` });
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
+    res.write(`retry: 2000\n\nevent: history\ndata: ${JSON.stringify(this.deps.live.history())}\n\n`);
+    const off = this.deps.live.subscribe((sample) => res.write(`event: sample\ndata: ${JSON.stringify(sample)}\n\n`));
+    this.streams.add(res);
+    const done = (): void => {
+      off();
+      this.streams.delete(res);
+    };
+    req.socket.setTimeout(0);
+    res.on('close', done);
+  }
+
+  private json(res: http.ServerResponse, status: number, value: unknown): void {
+    const text = JSON.stringify(value, null, 2) + '\n';
+    res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'content-length': Buffer.byteLength(text), 'cache-control': 'no-store' });
+    res.end(text);
+  }
+
+  private readBody(req: http.IncomingMessage): Promise<Buffer> {
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      req.on('data', (chunk: Buffer) => {
+        size += chunk.length;
+        if (size > maxBody) {
+          reject(new AdminRequestError(413, `the body is larger than ${maxBody} bytes`));
+          req.destroy();
+          return;
+        }
+        chunks.push(chunk);
+      });
+      req.on('end', () => resolve(Buffer.concat(chunks)));
+      req.on('error', reject);
+    });
+  }
+
+  /** A JSON object body (whatever the Content-Type: curl -d sends form encoding by default). */
+  private async readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+    const text = (await this.readBody(req)).toString('utf8');
+    if (text.trim() === '') throw new AdminRequestError(400, 'empty body: expected a JSON object such as {"url": "http://10.0.0.4:8080"}');
+    let value: unknown;
+    try {
+      value = JSON.parse(text);
+    } catch (err) {
+      throw new AdminRequestError(400, `the body is not valid JSON (${(err as Error).message}); expected e.g. {"url": "http://10.0.0.4:8080"}`);
+    }
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new AdminRequestError(400, 'the body must be a JSON object such as {"url": "http://10.0.0.4:8080"}');
+    const v = value as Record<string, unknown>;
+    for (const key of Object.keys(v)) {
+      if (!['url', 'pool', 'weight', 'max_connections', 'enabled', 'draining'].includes(key)) throw new AdminRequestError(400, `unknown field ${JSON.stringify(key)}; known: url, pool, weight, max_connections, enabled, draining`);
+    }
+    if (v.url !== undefined && typeof v.url !== 'string') throw new AdminRequestError(400, `"url" must be a string, got ${JSON.stringify(v.url)}`);
+    if (v.pool !== undefined && typeof v.pool !== 'string') throw new AdminRequestError(400, `"pool" must be a string, got ${JSON.stringify(v.pool)}`);
+    return v;
+  }
+}
+
+function problemJson(p: ConfigProblem) {
+  return { file: p.file, line: p.line, column: p.column, path: p.path, message: p.message };
+}
+
+export type { ErrorResponse };

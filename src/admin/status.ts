@@ -1,0 +1,65 @@
+/**
+ * `/status` and `/backends`: the seeds' shape (`total_backends`, `active_backends`,
+ * `backends: [{url, alive, current_connections, requests}]`) with Fulcrum's state beside it.
+ */
+import type { Pool } from '../upstream/pool.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import type { RuntimeChanges } from './runtime-changes.ts';
+import type { BackendStatus, StatusResponse } from './types.ts';
+
+/** One upstream of one pool. */
+export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges): BackendStatus {
+  return {
+    url: u.origin,
+    id: u.id,
+    pool: pool.name,
+    alive: u.eligible(),
+    current_connections: u.inFlight,
+    requests: u.served,
+    failures: u.failures,
+    weight: u.weight,
+    health: u.health,
+    enabled: u.enabled,
+    draining: u.draining,
+    ejected: u.ejected,
+    ejections: u.ejections,
+    circuit: u.circuit,
+    runtime_only: changes.touches(pool.name, u.id),
+  };
+}
+
+/** What `/status` is built from. */
+export interface StatusSources {
+  pools: ReadonlyMap<string, Pool>;
+  listeners: StatusResponse['listeners'];
+  runtimeChanges: RuntimeChanges;
+  configFile: string | null;
+  loadedAt: Date;
+  persisted: boolean;
+  startedAt: number;
+  version: string;
+}
+
+export function buildStatus(s: StatusSources): StatusResponse {
+  const backends: BackendStatus[] = [];
+  for (const pool of s.pools.values()) for (const u of pool.upstreams) backends.push(backendStatus(pool, u, s.runtimeChanges));
+  return {
+    total_backends: backends.length,
+    active_backends: backends.filter((b) => b.alive).length,
+    backends,
+    pools: [...s.pools.values()].map((p) => ({
+      name: p.name,
+      policy: p.policyFactory.name,
+      upstreams: p.upstreams.length,
+      available: p.eligible().length,
+      backup: p.settings.backup ?? null,
+    })),
+    listeners: s.listeners,
+    config_file: s.configFile,
+    config_loaded_at: s.loadedAt.toISOString(),
+    persisted: s.persisted,
+    runtime_changes: s.runtimeChanges.list(),
+    uptime_seconds: Math.round((Date.now() - s.startedAt) / 1000),
+    version: s.version,
+  };
+}

@@ -1,0 +1,127 @@
+/**
+ * The admin API's shapes, shared by the server, the typed client, the CLI and the dashboard's
+ * documentation (the OpenAPI document describes the same fields). Keys are snake_case like the
+ * configuration and the seeds' `/status`.
+ */
+
+/** One upstream as `/status` and `/backends` show it. */
+export interface BackendStatus {
+  /** `http://host:port` (the seeds' key). */
+  url: string;
+  /** `host:port`: the id used in metrics, logs and the API. */
+  id: string;
+  pool: string;
+  /** The seeds' meaning: the balancer would send it traffic now (healthy, enabled, not drained, ejected or open). */
+  alive: boolean;
+  /** Requests in flight to it now (the seeds' name for it). */
+  current_connections: number;
+  /** Requests it answered since it was added (carried over reloads). */
+  requests: number;
+  /** Attempts that failed (connect error, reset, timeout). */
+  failures: number;
+  weight: number;
+  health: 'healthy' | 'unhealthy';
+  enabled: boolean;
+  draining: boolean;
+  ejected: boolean;
+  /** Times it was ejected recently (multiplies the next ejection time). */
+  ejections: number;
+  circuit: 'closed' | 'open' | 'half-open';
+  /** True when it was added, re-weighted, drained or disabled through the API and not in the file. */
+  runtime_only: boolean;
+}
+
+/** A change made through the admin API that is not in the configuration file. */
+export interface RuntimeChange {
+  /** ISO time of the change. */
+  at: string;
+  action: 'add' | 'remove' | 'weight' | 'drain' | 'undrain' | 'enable' | 'disable';
+  pool: string;
+  /** `host:port`. */
+  upstream: string;
+  /** The new weight, for `weight` and `add`. */
+  weight?: number;
+}
+
+/** `GET /status`. */
+export interface StatusResponse {
+  total_backends: number;
+  active_backends: number;
+  backends: BackendStatus[];
+  pools: { name: string; policy: string; upstreams: number; available: number; backup: string | null }[];
+  listeners: { name: string; url: string; open_connections: number; refused_connections: number }[];
+  /** The file the configuration came from, or null (demo, embedded). */
+  config_file: string | null;
+  /** ISO time of the last configuration applied. */
+  config_loaded_at: string;
+  /** Whether API changes are written back to `config_file` (admin.persist). */
+  persisted: boolean;
+  /** Changes made through the API that a restart would lose (empty when persisted). */
+  runtime_changes: RuntimeChange[];
+  uptime_seconds: number;
+  version: string;
+}
+
+/** A problem in a configuration, as the API reports it. */
+export interface ConfigProblemJson {
+  file: string;
+  line: number;
+  column: number;
+  path: string;
+  message: string;
+}
+
+/** `POST /reload`, `POST /config/validate` and the backend writes. */
+export interface ApplyResponse {
+  ok: true;
+  /** The semantic diff, one line per area ("pool api: +1 upstream 10.0.0.4:80"). */
+  changes: string[];
+  /** Set for backend writes: the upstream as it is now (absent after a removal). */
+  backend?: BackendStatus;
+  /** True when the change is not in the configuration file (admin.persist off). */
+  runtime_only?: boolean;
+}
+
+/** Every error answer: a message that says what is wrong, and config problems when there are some. */
+export interface ErrorResponse {
+  error: string;
+  problems?: ConfigProblemJson[];
+}
+
+/** One second of live numbers for one upstream (dashboard, `GET /events`). */
+export interface LiveBackend {
+  pool: string;
+  id: string;
+  rps: number;
+  /** Share of answers that were 5xx or failed attempts, 0..1. */
+  error_rate: number;
+  /** Over the last 5 seconds, in milliseconds; null without traffic. */
+  p50_ms: number | null;
+  p99_ms: number | null;
+  in_flight: number;
+  alive: boolean;
+  health: 'healthy' | 'unhealthy';
+  enabled: boolean;
+  draining: boolean;
+  ejected: boolean;
+  ejections: number;
+  circuit: 'closed' | 'open' | 'half-open';
+  weight: number;
+  requests: number;
+}
+
+/** One tick of the live view: totals and every upstream. */
+export interface LiveSample {
+  /** Epoch milliseconds. */
+  t: number;
+  rps: number;
+  error_rate: number;
+  p50_ms: number | null;
+  p99_ms: number | null;
+  /** Requests refused by a rate limit in the last second, and since start. */
+  rate_limited_per_s: number;
+  rate_limited_total: number;
+  requests_total: number;
+  in_flight: number;
+  backends: LiveBackend[];
+}

@@ -1,0 +1,199 @@
+/**
+ * Live numbers for the dashboard: per upstream requests per second, error rate and p50/p99
+ * latency, sampled once a second from `fulcrum:request:end`. Prometheus gets its own cumulative
+ * series (metrics.ts); this keeps only the last few seconds, in fixed arrays, so a dashboard
+ * never costs more than a counter bump per request.
+ */
+import { requestEnd, type RequestEndEvent } from '../core/events.ts';
+import { ErrorCode } from '../errors.ts';
+import type { Pool } from '../upstream/pool.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import type { LiveBackend, LiveSample } from '../admin/types.ts';
+
+/** Latency buckets: bucket i holds durations up to 0.05 ms x 1.25^i (64 buckets reach about 63 s). */
+const bucketCount = 64;
+const base = 0.05;
+const logStep = Math.log(1.25);
+/** Percentiles look at this many one-second slots, so a quiet second still has a p99. */
+const windowSlots = 5;
+
+function bucketOf(ms: number): number {
+  if (ms <= base) return 0;
+  const i = Math.ceil(Math.log(ms / base) / logStep);
+  return i >= bucketCount ? bucketCount - 1 : i;
+}
+
+function bucketUpper(i: number): number {
+  return base * Math.pow(1.25, i);
+}
+
+/** Counts of one second and the latency slots of the last few. */
+class Window {
+  requests = 0;
+  errors = 0;
+  readonly slots: Uint32Array[] = Array.from({ length: windowSlots }, () => new Uint32Array(bucketCount));
+  slot = 0;
+
+  record(ms: number, failed: boolean): void {
+    this.requests++;
+    if (failed) this.errors++;
+    this.slots[this.slot][bucketOf(ms)]++;
+  }
+
+  /** The q-quantile (0..1) over the window, as the upper bound of its bucket; null without data. */
+  quantile(q: number): number | null {
+    let total = 0;
+    for (const s of this.slots) for (let i = 0; i < bucketCount; i++) total += s[i];
+    if (total === 0) return null;
+    const rank = Math.ceil(q * total);
+    let seen = 0;
+    for (let i = 0; i < bucketCount; i++) {
+      for (const s of this.slots) seen += s[i];
+      if (seen >= rank) return Math.round(bucketUpper(i) * 100) / 100;
+    }
+    return null;
+  }
+
+  /** Ends a second: counts restart, the oldest latency slot is cleared for the next one. */
+  rotate(): void {
+    this.requests = 0;
+    this.errors = 0;
+    this.slot = (this.slot + 1) % windowSlots;
+    this.slots[this.slot].fill(0);
+  }
+}
+
+/** Options for tests. */
+export interface LiveStatsOptions {
+  /** Tick length in ms (default 1000). */
+  interval?: number;
+  /** Samples kept for a dashboard that connects later (default 300: five minutes). */
+  history?: number;
+}
+
+/** Samples the live view once per interval and hands each sample to listeners. */
+export class LiveStats {
+  private readonly pools: () => ReadonlyMap<string, Pool>;
+  private readonly windows = new Map<Upstream, Window>();
+  private readonly total = new Window();
+  private rateLimited = 0;
+  private rateLimitedTotal = 0;
+  private requestsTotal = 0;
+  private readonly interval: number;
+  private readonly keep: number;
+  private readonly samples: LiveSample[] = [];
+  private readonly listeners = new Set<(sample: LiveSample) => void>();
+  private timer: NodeJS.Timeout | null = null;
+  private last = 0;
+  private readonly onEnd = (message: unknown): void => this.record((message as RequestEndEvent).ctx);
+
+  constructor(pools: () => ReadonlyMap<string, Pool>, options: LiveStatsOptions = {}) {
+    this.pools = pools;
+    this.interval = options.interval ?? 1000;
+    this.keep = options.history ?? 300;
+  }
+
+  start(): void {
+    if (this.timer) return;
+    requestEnd.subscribe(this.onEnd);
+    this.last = performance.now();
+    this.timer = setInterval(() => this.tick(), this.interval);
+    this.timer.unref();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = null;
+    requestEnd.unsubscribe(this.onEnd);
+    this.listeners.clear();
+  }
+
+  /** The samples kept so far, oldest first. */
+  history(): readonly LiveSample[] {
+    return this.samples;
+  }
+
+  /** Calls `listener` with every new sample until the returned function is called. */
+  subscribe(listener: (sample: LiveSample) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private record(ctx: RequestEndEvent['ctx']): void {
+    this.requestsTotal++;
+    if (ctx.error !== null && ctx.error.code === ErrorCode.RateLimited) {
+      this.rateLimited++;
+      this.rateLimitedTotal++;
+    }
+    const failed = ctx.status >= 500 || (ctx.error !== null && ctx.error.source === 'upstream');
+    this.total.record(ctx.duration, failed);
+    const u = ctx.upstream;
+    if (u === null) return;
+    let w = this.windows.get(u);
+    if (w === undefined) {
+      w = new Window();
+      this.windows.set(u, w);
+    }
+    w.record(ctx.duration, failed);
+  }
+
+  /** Builds one sample from the second that just ended, then starts the next. */
+  tick(): LiveSample {
+    const now = performance.now();
+    const seconds = Math.max(0.001, (now - this.last) / 1000);
+    this.last = now;
+    const rate = (n: number): number => Math.round((n / seconds) * 10) / 10;
+    const backends: LiveBackend[] = [];
+    const present = new Set<Upstream>();
+    let inFlight = 0;
+    for (const pool of this.pools().values()) {
+      for (const u of pool.upstreams) {
+        present.add(u);
+        inFlight += u.inFlight;
+        const w = this.windows.get(u);
+        backends.push({
+          pool: pool.name,
+          id: u.id,
+          rps: w ? rate(w.requests) : 0,
+          error_rate: w && w.requests > 0 ? Math.round((w.errors / w.requests) * 1000) / 1000 : 0,
+          p50_ms: w ? w.quantile(0.5) : null,
+          p99_ms: w ? w.quantile(0.99) : null,
+          in_flight: u.inFlight,
+          alive: u.eligible(),
+          health: u.health,
+          enabled: u.enabled,
+          draining: u.draining,
+          ejected: u.ejected,
+          ejections: u.ejections,
+          circuit: u.circuit,
+          weight: u.weight,
+          requests: u.served,
+        });
+      }
+    }
+    const t = this.total;
+    const sample: LiveSample = {
+      t: Date.now(),
+      rps: rate(t.requests),
+      error_rate: t.requests > 0 ? Math.round((t.errors / t.requests) * 1000) / 1000 : 0,
+      p50_ms: t.quantile(0.5),
+      p99_ms: t.quantile(0.99),
+      rate_limited_per_s: rate(this.rateLimited),
+      rate_limited_total: this.rateLimitedTotal,
+      requests_total: this.requestsTotal,
+      in_flight: inFlight,
+      backends,
+    };
+    t.rotate();
+    this.rateLimited = 0;
+    for (const [u, w] of this.windows) {
+      // Upstreams removed by a reload leave once their last request has been counted.
+      if (!present.has(u) && u.inFlight === 0) this.windows.delete(u);
+      else w.rotate();
+    }
+    this.samples.push(sample);
+    if (this.samples.length > this.keep) this.samples.shift();
+    for (const listener of this.listeners) listener(sample);
+    return sample;
+  }
+}

@@ -1,0 +1,269 @@
+/**
+ * Prometheus metrics: the only prom-client code. Counters and histograms are fed by the event
+ * channels (the proxy never calls in here); gauges of upstream state are read from the pools
+ * when Prometheus scrapes, so they cost nothing between scrapes.
+ *
+ * Labels only ever take values from the configuration (pool, backend, route, listener names)
+ * or from small fixed sets (method, status, error code): never a raw client value, so a
+ * client cannot grow the number of series.
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { configReload, requestEnd, requestRetry, upstreamError, upstreamState } from '../core/events.ts';
+import type { ConfigReloadEvent, RequestEndEvent, RequestRetryEvent, UpstreamErrorEvent, UpstreamStateEvent } from '../core/events.ts';
+import { ErrorCode, FulcrumError } from '../errors.ts';
+import type { Pool } from '../upstream/pool.ts';
+import type { RateLimitStores } from '../middleware/rate-limit-stores.ts';
+
+/** What the metrics read at scrape time. */
+export interface MetricsSources {
+  pools(): ReadonlyMap<string, Pool>;
+  stores(): RateLimitStores;
+  listeners(): { name: string; open: number; refused: number; malformed: number }[];
+  /** Route names (series of per-route counters start at 0). */
+  routes(): string[];
+}
+
+/** prom-client default gauges named like counters (promtool rejects them); the same numbers are in nodejs_active_handles etc. by type. */
+const misnamedDefaults = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
+
+/** Methods kept as they are; anything else is counted as OTHER (a client picks the method). */
+const knownMethods = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
+const knownCodes = new Set<string>(Object.values(ErrorCode));
+
+/** Seconds; from a cache hit to a slow report. */
+const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/**
+ * A short, stable cause for a state change (the log keeps the full sentence): the label of
+ * `lb_backend_state_changes_total`.
+ */
+export function causeOf(field: string, to: string | boolean, reason: string): string {
+  const r = reason.toLowerCase();
+  if (r.includes('admin') || r.includes('operator') || field === 'enabled' || field === 'draining') return 'operator';
+  if (field === 'health') {
+    if (to === 'healthy') return 'checks_passed';
+    if (r.includes('refused')) return 'connection_refused';
+    if (r.includes('timeout')) return 'timeout';
+    if (r.includes('reset')) return 'connection_reset';
+    if (r.includes('status')) return 'bad_status';
+    if (r.includes('body')) return 'bad_body';
+    if (r.includes('not found')) return 'dns';
+    if (r.includes('invalid http')) return 'protocol_error';
+    return 'check_failed';
+  }
+  if (field === 'ejected') return to === true ? 'consecutive_failures' : 'ejection_over';
+  if (field === 'circuit') {
+    if (to === 'open') return r.includes('probe') ? 'probe_failed' : 'error_rate';
+    if (to === 'half-open') return 'open_time_over';
+    return 'probes_succeeded';
+  }
+  return 'other';
+}
+
+/** The registry and the subscriptions that feed it. */
+export class Metrics {
+  readonly registry = new Registry();
+  private readonly requests: Counter<'pool' | 'backend' | 'method' | 'status'>;
+  private readonly duration: Histogram<'pool' | 'backend'>;
+  private readonly rateLimited: Counter<'route'>;
+  private readonly refusals: Counter<'code'>;
+  private readonly retries: Counter<'pool' | 'backend'>;
+  private readonly attemptFailures: Counter<'pool' | 'backend' | 'code'>;
+  private readonly stateChanges: Counter<'pool' | 'backend' | 'field' | 'to' | 'cause'>;
+  private readonly ejections: Counter<'pool' | 'backend'>;
+  private readonly reloads: Counter<'result' | 'source'>;
+  private readonly lastReloadOk: Gauge;
+  private readonly lastReloadTime: Gauge;
+  // Children by label key: one Map lookup per request instead of prom-client hashing labels.
+  private readonly requestChildren = new Map<string, { inc(): void }>();
+  private readonly durationChildren = new Map<string, { observe(v: number): void }>();
+  private readonly subscriptions: [{ subscribe(f: (m: unknown) => void): void; unsubscribe(f: (m: unknown) => void): unknown }, (m: unknown) => void][] = [];
+
+  constructor(sources: MetricsSources) {
+    const registers = [this.registry];
+    collectDefaultMetrics({ register: this.registry });
+    for (const name of misnamedDefaults) this.registry.removeSingleMetric(name);
+    this.requests = new Counter({ name: 'lb_requests_total', help: 'Requests answered, by backend (none: answered by Fulcrum itself), method and status.', labelNames: ['pool', 'backend', 'method', 'status'], registers });
+    this.duration = new Histogram({ name: 'lb_request_duration_seconds', help: 'Time from the request accepted to the response finished, by backend.', labelNames: ['pool', 'backend'], buckets: durationBuckets, registers });
+    this.rateLimited = new Counter({
+      name: 'lb_rate_limited_requests_total', help: 'Requests refused with 429 by a rate limit, by route.', labelNames: ['route'], registers,
+      // Every route shows, at 0 until one is limited, so rate() works from the first scrape.
+      collect() { for (const route of sources.routes()) this.inc({ route }, 0); },
+    });
+    this.refusals = new Counter({ name: 'lb_request_errors_total', help: 'Requests that ended in an error, by stable error code (docs/errors.md).', labelNames: ['code'], registers });
+    this.retries = new Counter({ name: 'lb_retries_total', help: 'Requests sent again after an attempt failed, by the backend that failed.', labelNames: ['pool', 'backend'], registers });
+    this.attemptFailures = new Counter({ name: 'lb_backend_attempt_failures_total', help: 'Attempts against a backend that failed (connect, reset, timeout), by error code.', labelNames: ['pool', 'backend', 'code'], registers });
+    this.stateChanges = new Counter({ name: 'lb_backend_state_changes_total', help: 'Backend state changes (health, ejected, circuit, enabled, draining), with a short cause.', labelNames: ['pool', 'backend', 'field', 'to', 'cause'], registers });
+    this.ejections = new Counter({ name: 'lb_backend_ejections_total', help: 'Passive outlier ejections.', labelNames: ['pool', 'backend'], registers });
+    this.reloads = new Counter({ name: 'lb_config_reloads_total', help: 'Configuration reloads, by result (success, failure) and source (file, signal, watch, admin, api).', labelNames: ['result', 'source'], registers });
+    for (const result of ['success', 'failure']) for (const source of ['signal', 'watch', 'admin']) this.reloads.inc({ result, source }, 0);
+    this.lastReloadOk = new Gauge({ name: 'lb_config_last_reload_successful', help: '1 if the last reload was applied, 0 if it was refused.', registers });
+    this.lastReloadTime = new Gauge({ name: 'lb_config_last_reload_success_timestamp_seconds', help: 'When a configuration was last applied (start counts).', registers });
+    this.lastReloadOk.set(1);
+    this.lastReloadTime.set(Date.now() / 1000);
+
+    const each = (f: (pool: Pool, u: Pool['upstreams'][number]) => void): void => {
+      for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool, u);
+    };
+    new Gauge({
+      name: 'lb_backend_up', help: '1 if the backend takes new requests (healthy, enabled, not draining, ejected or open), else 0.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.eligible() ? 1 : 0)); },
+    });
+    new Gauge({
+      name: 'lb_backend_healthy', help: '1 if the active health check passes (or none is configured), else 0.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.health === 'healthy' ? 1 : 0)); },
+    });
+    new Gauge({
+      name: 'lb_active_connections', help: 'Requests in flight to the backend.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.inFlight)); },
+    });
+    new Gauge({
+      name: 'lb_backend_ejected', help: '1 while passive outlier detection keeps the backend out.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.ejected ? 1 : 0)); },
+    });
+    new Gauge({
+      name: 'lb_backend_draining', help: '1 while the backend is drained (finishes its requests, takes no new ones).', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.draining ? 1 : 0)); },
+    });
+    new Gauge({
+      name: 'lb_backend_enabled', help: '0 while an operator disabled the backend.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.enabled ? 1 : 0)); },
+    });
+    new Gauge({
+      name: 'lb_backend_weight', help: 'The backend\'s weight.', labelNames: ['pool', 'backend'], registers,
+      collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.weight)); },
+    });
+    new Gauge({
+      name: 'lb_circuit_breaker_state', help: 'Circuit-breaker state: 1 for the current state of each backend, 0 for the others.', labelNames: ['pool', 'backend', 'state'], registers,
+      collect() {
+        this.reset();
+        each((p, u) => {
+          for (const state of ['closed', 'open', 'half-open']) this.set({ pool: p.name, backend: u.id, state }, u.circuit === state ? 1 : 0);
+        });
+      },
+    });
+    new Gauge({
+      name: 'lb_pool_available_backends', help: 'Backends of the pool that take new requests.', labelNames: ['pool'], registers,
+      collect() { this.reset(); for (const p of sources.pools().values()) this.set({ pool: p.name }, p.eligible().length); },
+    });
+    new Gauge({
+      name: 'lb_client_connections', help: 'Open client connections, by listener.', labelNames: ['listener'], registers,
+      collect() { this.reset(); for (const l of sources.listeners()) this.set({ listener: l.name }, l.open); },
+    });
+    // Listeners count refusals themselves; the counter adds what is new since the last scrape.
+    const refusedSeen = new Map<string, number>();
+    new Counter({
+      name: 'lb_client_connections_refused_total', help: 'Client connections closed at accept by the firewall or a connection limit, by listener.', labelNames: ['listener'], registers,
+      collect() {
+        for (const l of sources.listeners()) {
+          this.labels(l.name).inc(Math.max(0, l.refused - (refusedSeen.get(l.name) ?? 0)));
+          refusedSeen.set(l.name, l.refused);
+        }
+      },
+    });
+    const malformedSeen = new Map<string, number>();
+    new Counter({
+      name: 'lb_malformed_requests_total', help: 'Requests the HTTP parser rejected (400, 408, 431, ...) before they could be routed, by listener.', labelNames: ['listener'], registers,
+      collect() {
+        for (const l of sources.listeners()) {
+          this.labels(l.name).inc(Math.max(0, l.malformed - (malformedSeen.get(l.name) ?? 0)));
+          malformedSeen.set(l.name, l.malformed);
+        }
+      },
+    });
+    // Rate-limit stores are rebuilt by a reload: these counters add what each store counted since the last scrape.
+    const carried = { stores: null as RateLimitStores | null, fallbacks: 0, evictions: 0 };
+    const storeDelta = (field: 'fallbacks' | 'evictions'): number => {
+      const stores = sources.stores();
+      if (carried.stores !== stores) {
+        carried.stores = stores;
+        carried.fallbacks = 0;
+        carried.evictions = 0;
+      }
+      const delta = stores[field] - carried[field];
+      carried[field] = stores[field];
+      return Math.max(0, delta);
+    };
+    new Counter({
+      name: 'lb_rate_limit_store_fallbacks_total', help: 'Rate-limit checks answered by the local bucket because Redis was down or slow.', registers,
+      collect() { this.inc(storeDelta('fallbacks')); },
+    });
+    new Counter({
+      name: 'lb_rate_limit_evictions_total', help: 'Rate-limit buckets evicted from a full memory table (least recently used first).', registers,
+      collect() { this.inc(storeDelta('evictions')); },
+    });
+    new Gauge({
+      name: 'lb_rate_limit_redis_up', help: '1 while the Redis connection for global rate limits is up, 0 while it is down; absent without Redis limits.', registers,
+      collect() {
+        this.reset();
+        const status = sources.stores().redisStatus;
+        if (status !== 'off') this.set(status === 'up' ? 1 : 0);
+      },
+    });
+
+    this.on(requestEnd, (m) => this.onEnd(m as RequestEndEvent));
+    this.on(requestRetry, (m) => {
+      const { ctx, upstream } = m as RequestRetryEvent;
+      this.retries.inc({ pool: ctx.pool?.name ?? 'none', backend: upstream.id });
+    });
+    this.on(upstreamError, (m) => {
+      const { ctx, upstream, error } = m as UpstreamErrorEvent;
+      const code = error instanceof FulcrumError && knownCodes.has(error.code) ? error.code : 'other';
+      this.attemptFailures.inc({ pool: ctx.pool?.name ?? 'none', backend: upstream.id, code });
+    });
+    this.on(upstreamState, (m) => {
+      const c = m as UpstreamStateEvent;
+      this.stateChanges.inc({ pool: c.pool, backend: c.upstream.id, field: c.field, to: String(c.to), cause: causeOf(c.field, c.to, c.reason) });
+      if (c.field === 'ejected' && c.to === true) this.ejections.inc({ pool: c.pool, backend: c.upstream.id });
+    });
+    this.on(configReload, (m) => {
+      const e = m as ConfigReloadEvent;
+      this.reloads.inc({ result: e.ok ? 'success' : 'failure', source: e.source });
+      this.lastReloadOk.set(e.ok ? 1 : 0);
+      if (e.ok) this.lastReloadTime.set(Date.now() / 1000);
+    });
+  }
+
+  /** The exposition text and its content type. */
+  async scrape(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  /** Unsubscribes from every channel. */
+  close(): void {
+    for (const [channel, f] of this.subscriptions) channel.unsubscribe(f);
+    this.subscriptions.length = 0;
+  }
+
+  private on(channel: { subscribe(f: (m: unknown) => void): void; unsubscribe(f: (m: unknown) => void): unknown }, f: (m: unknown) => void): void {
+    channel.subscribe(f);
+    this.subscriptions.push([channel, f]);
+  }
+
+  private onEnd({ ctx }: RequestEndEvent): void {
+    const pool = ctx.pool?.name ?? 'none';
+    const backend = ctx.upstream?.id ?? 'none';
+    const method = knownMethods.has(ctx.req.method ?? '') ? ctx.req.method! : 'OTHER';
+    // 0 means nothing was sent (the client left first): counted as 499, the usual "client closed".
+    const status = ctx.status > 0 ? ctx.status : 499;
+    const key = `${pool}\n${backend}\n${method}\n${status}`;
+    let child = this.requestChildren.get(key);
+    if (child === undefined) {
+      child = this.requests.labels(pool, backend, method, String(status));
+      this.requestChildren.set(key, child);
+    }
+    child.inc();
+    const dkey = `${pool}\n${backend}`;
+    let hist = this.durationChildren.get(dkey);
+    if (hist === undefined) {
+      hist = this.duration.labels(pool, backend);
+      this.durationChildren.set(dkey, hist);
+    }
+    hist.observe(ctx.duration / 1000);
+    const error = ctx.error;
+    if (error !== null) {
+      this.refusals.inc({ code: knownCodes.has(error.code) ? error.code : 'other' });
+      if (error.code === ErrorCode.RateLimited) this.rateLimited.inc({ route: ctx.route?.name ?? 'none' });
+    }
+  }
+}
