@@ -127,13 +127,29 @@ interface Runtime {
   router: Router;
   pools: Map<string, Pool>;
   stores: RateLimitStores & Closable;
+  /** Route guards by route name, while routes and rate_limit stay as they are. */
+  guards: Map<string, RequestGuard[]>;
+  /** routes and rate_limit as JSON: equal means the guards (and their buckets) can be kept. */
+  guardKey: string;
 }
 
-function buildRuntime(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> | null, logger: Logger): Runtime {
-  const pools = buildPools(config, previous);
-  const stores = createRateLimitStores(config.rate_limit, logger);
-  const router = new Router(config.routes, pools, (route, name) => routeGuards(route, name, stores));
-  return { router, pools, stores };
+/**
+ * Routes, pools and stores for `config`. When routes and rate_limit did not change (a backend
+ * added through the API, a timeout changed), the rate-limit stores and route guards are kept,
+ * so token buckets do not start over.
+ */
+function buildRuntime(config: FulcrumConfig, previous: Runtime | null, logger: Logger): Runtime {
+  const pools = buildPools(config, previous?.pools ?? null);
+  const guardKey = JSON.stringify([config.routes, config.rate_limit]);
+  const keep = previous !== null && previous.guardKey === guardKey;
+  const stores = keep ? previous.stores : createRateLimitStores(config.rate_limit, logger);
+  const guards = new Map<string, RequestGuard[]>();
+  const router = new Router(config.routes, pools, (route, name) => {
+    const g = (keep ? previous.guards.get(name) : undefined) ?? routeGuards(route, name, stores);
+    guards.set(name, g);
+    return g;
+  });
+  return { router, pools, stores, guards, guardKey };
 }
 
 /** Builds a balancer from a configuration (validated here if it is not already). */
@@ -189,7 +205,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   const swap = (next: FulcrumConfig): string[] => {
     let built: Runtime;
     try {
-      built = buildRuntime(next, pools, logger);
+      built = buildRuntime(next, runtime, logger);
     } catch (err) {
       for (const pool of pools.values()) pool.reclaim();
       throw err;
@@ -205,7 +221,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     // Replaced pools finish the requests they carry, then close their sockets; kept pools go on.
     const kept = new Set(built.pools.values());
     void Promise.all([...old.pools.values()].filter((p) => !kept.has(p)).map((p) => p.close()));
-    void old.stores.close();
+    if (built.stores !== old.stores) void old.stores.close();
     // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
     const unmatched: string[] = [];
     for (const settings of next.listeners) {

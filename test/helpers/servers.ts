@@ -99,7 +99,11 @@ export interface TestBalancer {
 }
 
 /** Starts a balancer on 127.0.0.1:0 with the given pools/routes; closed after the test. */
-export async function startBalancer(t: TestContext, config: Omit<FulcrumConfigInput, 'listeners'> & { listeners?: FulcrumConfigInput['listeners'] }): Promise<TestBalancer> {
+export async function startBalancer(
+  t: TestContext,
+  config: Omit<FulcrumConfigInput, 'listeners'> & { listeners?: FulcrumConfigInput['listeners'] },
+  options: { configFile?: string } = {},
+): Promise<TestBalancer> {
   const logs: string[] = [];
   const sink = new Writable({
     write(chunk, _enc, cb) {
@@ -109,7 +113,7 @@ export async function startBalancer(t: TestContext, config: Omit<FulcrumConfigIn
   });
   const logger = createLogger({ level: 'info', format: 'json' }, { destination: sink });
   const full: FulcrumConfigInput = { listeners: config.listeners ?? [{ host: '127.0.0.1', port: 0 }], ...config };
-  const balancer = createBalancer(full, { logger });
+  const balancer = createBalancer(full, { logger, configFile: options.configFile });
   const [address] = await balancer.start();
   const ended: RequestEndEvent['ctx'][] = [];
   const onEnd = (m: unknown): void => void ended.push((m as RequestEndEvent).ctx);
