@@ -4,7 +4,9 @@
  * environment, then the admin section of the configuration file, then the defaults.
  */
 import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
 import { loadConfigFile } from '../config/load.ts';
+import type { AdminSettings } from '../config/schema.ts';
 import { AdminClient, AdminError } from './client.ts';
 import type { StatusResponse } from './types.ts';
 
@@ -22,15 +24,27 @@ export function resolveAdmin(options: AdminCommandOptions, env: NodeJS.ProcessEn
   let url = options.admin ?? env.FULCRUM_ADMIN_URL;
   let token = options.token ?? env.FULCRUM_ADMIN_TOKEN;
   if ((url === undefined || token === undefined) && options.configFile !== undefined) {
+    let admin: Partial<AdminSettings> | undefined;
     try {
-      const admin = loadConfigFile(options.configFile, env).config.admin;
-      if (admin) {
-        const host = admin.host === '0.0.0.0' ? '127.0.0.1' : admin.host === '::' ? '[::1]' : admin.host.includes(':') ? `[${admin.host}]` : admin.host;
-        url ??= `http://${host}:${admin.port}`;
-        token ??= admin.token ?? (admin.token_file ? readFileSync(admin.token_file, 'utf8').trim() : undefined);
-      }
+      admin = loadConfigFile(options.configFile, env).config.admin;
     } catch {
-      // An unreadable file: fall back to the defaults; the request says what went wrong.
+      // The file may be the one just broken (and refused by the running balancer): its admin section is still where to ask.
+      try {
+        const raw = parseYaml(readFileSync(options.configFile, 'utf8')) as { admin?: Partial<AdminSettings>; admin_port?: number } | null;
+        admin = raw?.admin ?? (raw?.admin_port !== undefined ? { port: raw.admin_port } : undefined);
+      } catch {
+        admin = undefined;
+      }
+    }
+    if (admin) {
+      const h = typeof admin.host === 'string' ? admin.host : '127.0.0.1';
+      const host = h === '0.0.0.0' ? '127.0.0.1' : h === '::' ? '[::1]' : h.includes(':') ? `[${h}]` : h;
+      url ??= `http://${host}:${typeof admin.port === 'number' ? admin.port : 9901}`;
+      try {
+        token ??= typeof admin.token === 'string' ? admin.token : typeof admin.token_file === 'string' ? readFileSync(admin.token_file, 'utf8').trim() : undefined;
+      } catch {
+        // an unreadable token file: the request will say 401
+      }
     }
   }
   url ??= 'http://127.0.0.1:9901';
