@@ -82,6 +82,8 @@ export interface Balancer {
   config(): FulcrumConfig;
   /** The file the configuration came from, or null. */
   readonly configFile: string | null;
+  /** `config` as a reload would run it: with the admin API's runtime changes on top (nothing is applied). */
+  withRuntimeChanges(config: FulcrumConfig): FulcrumConfig;
   /** `/status`: every upstream, pool and listener, and the runtime-only changes. */
   status(): StatusResponse;
   /** Adds an upstream to a pool (through the same validate-then-swap path as a reload). */
@@ -438,6 +440,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     adminAddress: () => admin?.address() ?? null,
     pools: () => pools,
     config: () => config,
+    withRuntimeChanges: (next) => runtimeChanges.apply(next, false).config,
   };
   return balancer;
 }

@@ -72,10 +72,10 @@ export class RuntimeChanges {
    * the file already satisfies, or that no longer apply (their pool is gone), are dropped and
    * described in `dropped`.
    */
-  apply(base: FulcrumConfig): { config: FulcrumConfig; dropped: string[] } {
+  apply(base: FulcrumConfig, commit = true): { config: FulcrumConfig; dropped: string[] } {
     const config = structuredClone(base);
     const dropped: string[] = [];
-    this.ops = this.ops.filter((op) => {
+    const kept = this.ops.filter((op) => {
       const pool = config.pools[op.pool];
       if (pool === undefined) {
         dropped.push(`${op.action} ${op.id}: pool ${op.pool} is no longer in the configuration`);
@@ -115,6 +115,8 @@ export class RuntimeChanges {
           return true;
       }
     });
+    if (!commit) return { config, dropped };
+    this.ops = kept;
     for (const [key, s] of this.states) if (config.pools[s.pool]?.upstreams.every((u) => upstreamId(u.url) !== s.id) ?? true) this.states.delete(key);
     return { config, dropped };
   }

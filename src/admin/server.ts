@@ -59,18 +59,20 @@ const staticFiles = (() => {
     '/dashboard/uPlot.iife.min.js': [path.join(uplot, 'uPlot.iife.min.js'), 'text/javascript; charset=utf-8'],
     '/dashboard/uPlot.min.css': [path.join(uplot, 'uPlot.min.css'), 'text/css; charset=utf-8'],
   };
-  const cache = new Map<string, { body: Buffer; type: string } | null>();
+  const cache = new Map<string, { body: Buffer; type: string }>();
   return (urlPath: string): { body: Buffer; type: string } | null => {
     if (!(urlPath in files)) return null;
-    if (!cache.has(urlPath)) {
+    let hit = cache.get(urlPath);
+    if (hit === undefined) {
       const [file, type] = files[urlPath];
       try {
-        cache.set(urlPath, { body: readFileSync(file), type });
+        hit = { body: readFileSync(file), type };
       } catch {
-        cache.set(urlPath, null);
+        return null; // not cached: a file that appears later is served then
       }
+      cache.set(urlPath, hit);
     }
-    return cache.get(urlPath)!;
+    return hit;
   };
 })();
 
@@ -158,6 +160,7 @@ export class AdminServer {
     try {
       const token = AdminServer.tokenFrom(settings);
       if (token !== null) this.tokenDigest = sha(token);
+      else if (this.generated === null) this.deps.logger.warn('admin.token was removed from the configuration: the old token stays valid until restart');
     } catch (err) {
       this.deps.logger.error({ err: (err as Error).message }, 'admin token not changed');
     }
@@ -177,7 +180,7 @@ export class AdminServer {
   private buildRoutes(): Route[] {
     const b = this.deps.balancer;
     const json = this.json.bind(this);
-    const body = this.readJson.bind(this);
+    const body = (req: http.IncomingMessage, fields: readonly string[] = ['url', 'pool']) => this.readJson(req, fields);
     const target = (v: Record<string, unknown>) => ({ url: v.url as string, pool: v.pool as string | undefined });
     return [
       { method: 'GET', path: '/health', write: false, open: true, handle: (_q, res) => json(res, 200, { status: 'ok', uptime_seconds: b.status().uptime_seconds }) },
@@ -194,7 +197,7 @@ export class AdminServer {
       {
         method: 'POST', path: '/backends', write: true,
         handle: async (req, res) => {
-          const v = await body(req);
+          const v = await body(req, ['url', 'pool', 'weight', 'max_connections']);
           const r = await b.addBackend({ ...target(v), weight: v.weight as number | undefined, max_connections: v.max_connections as number | undefined });
           json(res, 201, { ok: true, ...r, runtime_only: !b.status().persisted });
         },
@@ -203,7 +206,7 @@ export class AdminServer {
         method: 'DELETE', path: '/backends', write: true,
         handle: async (req, res, url) => {
           // The seeds send a JSON body; ?url= works for clients that cannot send a body with DELETE.
-          const v = url.searchParams.has('url') ? { url: url.searchParams.get('url'), pool: url.searchParams.get('pool') ?? undefined } : await body(req);
+          const v = url.searchParams.has('url') ? { url: url.searchParams.get('url'), pool: url.searchParams.get('pool') ?? undefined } : await body(req, ['url', 'pool']);
           const r = await b.removeBackend(target(v));
           json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted });
         },
@@ -211,7 +214,7 @@ export class AdminServer {
       {
         method: 'PATCH', path: '/backends', write: true,
         handle: async (req, res) => {
-          const v = await body(req);
+          const v = await body(req, ['url', 'pool', 'weight', 'enabled', 'draining']);
           const r = await b.updateBackend({ ...target(v), weight: v.weight as number | undefined, enabled: v.enabled as boolean | undefined, draining: v.draining as boolean | undefined });
           json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted || v.weight === undefined });
         },
@@ -239,7 +242,8 @@ export class AdminServer {
           const name = url.searchParams.get('name') ?? '<request body>';
           try {
             const loaded = loadConfigText(text, name);
-            json(res, 200, { ok: true, valid: true, warnings: loaded.warnings, changes: formatChanges(diffConfigs(b.config(), loaded.config)) });
+            // Compared with what a reload of this text would run: the runtime changes go on top of it too.
+            json(res, 200, { ok: true, valid: true, warnings: loaded.warnings, changes: formatChanges(diffConfigs(b.config(), b.withRuntimeChanges(loaded.config))) });
           } catch (err) {
             if (!(err instanceof ConfigError)) throw err;
             json(res, 422, { error: `the configuration has ${err.problems.length} problem(s)`, valid: false, problems: err.problems.map(problemJson) });
@@ -276,7 +280,12 @@ export class AdminServer {
     }
     const p = url.pathname.length > 1 ? url.pathname.replace(/\/+$/, '') : url.pathname;
     try {
-      if ((req.method === 'GET' || req.method === 'HEAD') && (p === '/' || p === '/dashboard' || p.startsWith('/dashboard/'))) return this.dashboard(res, p === '/' || p === '/dashboard' ? '/dashboard/' : url.pathname);
+      if ((req.method === 'GET' || req.method === 'HEAD') && (url.pathname === '/' || url.pathname === '/dashboard')) {
+        // One address for the page, so its relative links resolve the same way from anywhere.
+        res.writeHead(302, { location: '/dashboard/', 'content-length': 0 });
+        return void res.end();
+      }
+      if ((req.method === 'GET' || req.method === 'HEAD') && url.pathname.startsWith('/dashboard/')) return this.dashboard(res, url.pathname);
       const matching = this.routes.filter((r) => r.path === p);
       if (matching.length === 0) return this.json(res, 404, { error: `no admin route ${p}; the routes are in /openapi.json` });
       const method = req.method === 'HEAD' ? 'GET' : req.method;
@@ -289,7 +298,10 @@ export class AdminServer {
       await route.handle(req, res, url);
     } catch (err) {
       if (res.headersSent) return void res.destroy();
-      if (err instanceof AdminRequestError) return this.json(res, err.status, { error: err.message });
+      if (err instanceof AdminRequestError) {
+        if (err.status === 413) res.setHeader('connection', 'close');
+        return this.json(res, err.status, { error: err.message });
+      }
       if (err instanceof ConfigError) {
         return this.json(res, 422, { error: 'the configuration file is invalid; the running configuration stays', problems: err.problems.map(problemJson) });
       }
@@ -318,7 +330,6 @@ export class AdminServer {
 
   private dashboard(res: http.ServerResponse, urlPath: string): void {
     if (!this.settings.dashboard) return this.json(res, 404, { error: 'the dashboard is off (admin.dashboard: false)' });
-    if (urlPath === '/dashboard' ) urlPath = '/dashboard/';
     const file = staticFiles(urlPath);
     if (file === null) return this.json(res, 404, { error: `no dashboard file ${urlPath}` });
     res.writeHead(200, {
@@ -336,6 +347,10 @@ export class AdminServer {
 
   /** Server-Sent Events: the kept history first, then one sample per second. */
   private events(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store' });
+      return void res.end();
+    }
     if (this.streams.size >= maxEventStreams) return this.json(res, 503, { error: `${maxEventStreams} event streams are open already` });
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
     res.write(`retry: 2000\n\nevent: history\ndata: ${JSON.stringify(this.deps.live.history())}\n\n`);
@@ -359,11 +374,15 @@ export class AdminServer {
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
+      let over = false;
       req.on('data', (chunk: Buffer) => {
+        if (over) return;
         size += chunk.length;
         if (size > maxBody) {
+          // Answer first (the handler sends 413 and closes the connection), then drop the rest unread.
+          over = true;
+          chunks.length = 0;
           reject(new AdminRequestError(413, `the body is larger than ${maxBody} bytes`));
-          req.destroy();
           return;
         }
         chunks.push(chunk);
@@ -374,7 +393,7 @@ export class AdminServer {
   }
 
   /** A JSON object body (whatever the Content-Type: curl -d sends form encoding by default). */
-  private async readJson(req: http.IncomingMessage): Promise<Record<string, unknown>> {
+  private async readJson(req: http.IncomingMessage, fields: readonly string[]): Promise<Record<string, unknown>> {
     const text = (await this.readBody(req)).toString('utf8');
     if (text.trim() === '') throw new AdminRequestError(400, 'empty body: expected a JSON object such as {"url": "http://10.0.0.4:8080"}');
     let value: unknown;
@@ -386,7 +405,7 @@ export class AdminServer {
     if (value === null || typeof value !== 'object' || Array.isArray(value)) throw new AdminRequestError(400, 'the body must be a JSON object such as {"url": "http://10.0.0.4:8080"}');
     const v = value as Record<string, unknown>;
     for (const key of Object.keys(v)) {
-      if (!['url', 'pool', 'weight', 'max_connections', 'enabled', 'draining'].includes(key)) throw new AdminRequestError(400, `unknown field ${JSON.stringify(key)}; known: url, pool, weight, max_connections, enabled, draining`);
+      if (!fields.includes(key)) throw new AdminRequestError(400, `unknown field ${JSON.stringify(key)} for ${req.method} ${req.url}; it takes: ${fields.join(', ')}`);
     }
     if (v.url !== undefined && typeof v.url !== 'string') throw new AdminRequestError(400, `"url" must be a string, got ${JSON.stringify(v.url)}`);
     if (v.pool !== undefined && typeof v.pool !== 'string') throw new AdminRequestError(400, `"pool" must be a string, got ${JSON.stringify(v.pool)}`);

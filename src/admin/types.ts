@@ -56,7 +56,7 @@ export interface StatusResponse {
   config_loaded_at: string;
   /** Whether API changes are written back to `config_file` (admin.persist). */
   persisted: boolean;
-  /** Changes made through the API that a restart would lose (empty when persisted). */
+  /** Changes made through the API that a restart would lose (with persist, only drains and disables: they are state, not configuration). */
   runtime_changes: RuntimeChange[];
   uptime_seconds: number;
   version: string;

@@ -7,7 +7,7 @@
  * or from small fixed sets (method, status, error code): never a raw client value, so a
  * client cannot grow the number of series.
  */
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
 import { configReload, requestEnd, requestRetry, upstreamError, upstreamState } from '../core/events.ts';
 import type { ConfigReloadEvent, RequestEndEvent, RequestRetryEvent, UpstreamErrorEvent, UpstreamStateEvent } from '../core/events.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
@@ -26,12 +26,35 @@ export interface MetricsSources {
 /** prom-client default gauges named like counters (promtool rejects them); the same numbers are in nodejs_active_handles etc. by type. */
 const misnamedDefaults = ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'];
 
-/** Methods kept as they are; anything else is counted as OTHER (a client picks the method). */
-const knownMethods = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE']);
-const knownCodes = new Set<string>(Object.values(ErrorCode));
-
 /** Seconds; from a cache hit to a slow report. */
 const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** Methods kept as they are; anything else is counted as OTHER (a client picks the method). */
+const methods = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE', 'OTHER'];
+const methodIndex = new Map(methods.map((m, i) => [m, i]));
+const otherMethod = methods.length - 1;
+
+/**
+ * The per-request numbers of one (pool, backend): counts by method and status, and the latency
+ * histogram. The request path only bumps numbers here; prom-client sees them when Prometheus
+ * scrapes (prom-client hashes the label set on every inc and observe: microseconds per request).
+ */
+class Series {
+  readonly pool: string;
+  readonly backend: string;
+  /** method index x 1000 + status -> requests not yet handed to the counter. */
+  readonly pending = new Map<number, number>();
+  /** Requests per latency bucket (not cumulative; the last slot is +Inf). */
+  readonly buckets = new Float64Array(durationBuckets.length + 1);
+  sum = 0;
+  count = 0;
+
+  constructor(pool: string, backend: string) {
+    this.pool = pool;
+    this.backend = backend;
+  }
+}
+const knownCodes = new Set<string>(Object.values(ErrorCode));
 
 /**
  * A short, stable cause for a state change (the log keeps the full sentence): the label of
@@ -63,8 +86,10 @@ export function causeOf(field: string, to: string | boolean, reason: string): st
 /** The registry and the subscriptions that feed it. */
 export class Metrics {
   readonly registry = new Registry();
-  private readonly requests: Counter<'pool' | 'backend' | 'method' | 'status'>;
-  private readonly duration: Histogram<'pool' | 'backend'>;
+  /** Series by the upstream (or, for answers without one, the pool) they count. */
+  private readonly series = new Map<object, Series>();
+  /** Series whose object key met a second pool name (an upstream reached through a backup pool). */
+  private readonly seriesByName = new Map<string, Series>();
   private readonly rateLimited: Counter<'route'>;
   private readonly refusals: Counter<'code'>;
   private readonly retries: Counter<'pool' | 'backend'>;
@@ -74,17 +99,48 @@ export class Metrics {
   private readonly reloads: Counter<'result' | 'source'>;
   private readonly lastReloadOk: Gauge;
   private readonly lastReloadTime: Gauge;
-  // Children by label key: one Map lookup per request instead of prom-client hashing labels.
-  private readonly requestChildren = new Map<string, { inc(): void }>();
-  private readonly durationChildren = new Map<string, { observe(v: number): void }>();
   private readonly subscriptions: [{ subscribe(f: (m: unknown) => void): void; unsubscribe(f: (m: unknown) => void): unknown }, (m: unknown) => void][] = [];
 
   constructor(sources: MetricsSources) {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     for (const name of misnamedDefaults) this.registry.removeSingleMetric(name);
-    this.requests = new Counter({ name: 'lb_requests_total', help: 'Requests answered, by backend (none: answered by Fulcrum itself), method and status.', labelNames: ['pool', 'backend', 'method', 'status'], registers });
-    this.duration = new Histogram({ name: 'lb_request_duration_seconds', help: 'Time from the request accepted to the response finished, by backend.', labelNames: ['pool', 'backend'], buckets: durationBuckets, registers });
+    const all = (): Iterable<Series> => [...this.series.values(), ...this.seriesByName.values()];
+    new Counter({
+      name: 'lb_requests_total', help: 'Requests answered, by backend (none: answered by Fulcrum itself), method and status.', labelNames: ['pool', 'backend', 'method', 'status'], registers,
+      collect() {
+        for (const s of all()) {
+          for (const [code, n] of s.pending) {
+            if (n === 0) continue;
+            this.inc({ pool: s.pool, backend: s.backend, method: methods[Math.floor(code / 1000)], status: String(code % 1000) }, n);
+            s.pending.set(code, 0);
+          }
+        }
+      },
+    });
+    // A histogram built from the series' own buckets, in the registry's value format (prom-client's
+    // Histogram has no way to add counts in bulk).
+    const histogram = {
+      name: 'lb_request_duration_seconds',
+      help: 'Time from the request accepted to the response finished, by backend.',
+      type: 'histogram',
+      aggregator: 'sum',
+      get: () => {
+        const values: { labels: Record<string, string | number>; value: number; metricName: string }[] = [];
+        for (const s of all()) {
+          let cumulative = 0;
+          for (let i = 0; i <= durationBuckets.length; i++) {
+            cumulative += s.buckets[i];
+            values.push({ labels: { le: i < durationBuckets.length ? durationBuckets[i] : '+Inf', pool: s.pool, backend: s.backend }, value: cumulative, metricName: 'lb_request_duration_seconds_bucket' });
+          }
+          values.push({ labels: { pool: s.pool, backend: s.backend }, value: s.sum, metricName: 'lb_request_duration_seconds_sum' });
+          values.push({ labels: { pool: s.pool, backend: s.backend }, value: s.count, metricName: 'lb_request_duration_seconds_count' });
+        }
+        return { name: histogram.name, help: histogram.help, type: histogram.type, aggregator: histogram.aggregator, values };
+      },
+      reset: () => {},
+    };
+    this.registry.registerMetric(histogram as unknown as Metric);
     this.rateLimited = new Counter({
       name: 'lb_rate_limited_requests_total', help: 'Requests refused with 429 by a rate limit, by route.', labelNames: ['route'], registers,
       // Every route shows, at 0 until one is limited, so rate() works from the first scrape.
@@ -193,11 +249,12 @@ export class Metrics {
       collect() { this.inc(storeDelta('evictions')); },
     });
     new Gauge({
-      name: 'lb_rate_limit_redis_up', help: '1 while the Redis connection for global rate limits is up, 0 while it is down; absent without Redis limits.', registers,
+      // Labelled so that it can be absent: an unlabelled gauge always shows (as 0), which would look like Redis down.
+      name: 'lb_rate_limit_redis_up', help: '1 while the Redis connection for global rate limits is up, 0 while it is down; absent without Redis limits.', labelNames: ['store'], registers,
       collect() {
         this.reset();
         const status = sources.stores().redisStatus;
-        if (status !== 'off') this.set(status === 'up' ? 1 : 0);
+        if (status !== 'off') this.set({ store: 'redis' }, status === 'up' ? 1 : 0);
       },
     });
 
@@ -241,29 +298,40 @@ export class Metrics {
   }
 
   private onEnd({ ctx }: RequestEndEvent): void {
-    const pool = ctx.pool?.name ?? 'none';
-    const backend = ctx.upstream?.id ?? 'none';
-    const method = knownMethods.has(ctx.req.method ?? '') ? ctx.req.method! : 'OTHER';
+    const poolName = ctx.pool?.name ?? 'none';
+    const key: object = ctx.upstream ?? ctx.pool ?? this.series;
+    let s = this.series.get(key);
+    if (s === undefined || s.pool !== poolName) s = this.seriesFor(key, poolName, ctx.upstream?.id ?? 'none');
+    const m = methodIndex.get(ctx.req.method ?? '') ?? otherMethod;
     // 0 means nothing was sent (the client left first): counted as 499, the usual "client closed".
-    const status = ctx.status > 0 ? ctx.status : 499;
-    const key = `${pool}\n${backend}\n${method}\n${status}`;
-    let child = this.requestChildren.get(key);
-    if (child === undefined) {
-      child = this.requests.labels(pool, backend, method, String(status));
-      this.requestChildren.set(key, child);
-    }
-    child.inc();
-    const dkey = `${pool}\n${backend}`;
-    let hist = this.durationChildren.get(dkey);
-    if (hist === undefined) {
-      hist = this.duration.labels(pool, backend);
-      this.durationChildren.set(dkey, hist);
-    }
-    hist.observe(ctx.duration / 1000);
+    const code = m * 1000 + (ctx.status > 0 ? ctx.status % 1000 : 499);
+    s.pending.set(code, (s.pending.get(code) ?? 0) + 1);
+    const seconds = ctx.duration / 1000;
+    let i = 0;
+    while (i < durationBuckets.length && seconds > durationBuckets[i]) i++;
+    s.buckets[i]++;
+    s.sum += seconds;
+    s.count++;
     const error = ctx.error;
     if (error !== null) {
       this.refusals.inc({ code: knownCodes.has(error.code) ? error.code : 'other' });
       if (error.code === ErrorCode.RateLimited) this.rateLimited.inc({ route: ctx.route?.name ?? 'none' });
     }
+  }
+
+  private seriesFor(key: object, pool: string, backend: string): Series {
+    const first = this.series.get(key);
+    if (first === undefined) {
+      const s = new Series(pool, backend);
+      this.series.set(key, s);
+      return s;
+    }
+    const name = `${pool}\n${backend}`;
+    let s = this.seriesByName.get(name);
+    if (s === undefined) {
+      s = new Series(pool, backend);
+      this.seriesByName.set(name, s);
+    }
+    return s;
   }
 }

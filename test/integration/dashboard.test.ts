@@ -1,0 +1,200 @@
+/**
+ * The live dashboard in a real browser (Debian's Chromium driven by playwright-core): it loads,
+ * follows live traffic, drains and enables backends through the admin API (and the balancer
+ * agrees), and refuses a write with a wrong token. `DASHBOARD_SCREENSHOT=1` also writes
+ * docs/dashboard.png (1280x800, under load).
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, request } from 'undici';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { startBackend, startBalancer } from '../helpers/servers.ts';
+import { eventually } from '../helpers/eventually.ts';
+
+const chromiumPath = '/usr/bin/chromium';
+const token = 'dashboard-test-token-7f3a9c2e51';
+const screenshot = process.env.DASHBOARD_SCREENSHOT === '1';
+const screenshotFile = path.join(import.meta.dirname, '..', '..', 'docs', 'dashboard.png');
+
+/** Requests in the background to the balancer (127.0.0.1 only), bounded in count and time. */
+function startLoad(url: string, { workers = 6, pauseMs = 4, maxRequests = 60_000 } = {}) {
+  const agent = new Agent({ connections: workers, keepAliveTimeout: 2000 });
+  let stopped = false;
+  let sent = 0;
+  const worker = async (n: number): Promise<void> => {
+    while (!stopped && sent < maxRequests) {
+      sent++;
+      // One request in ten goes to the rate-limited route, so the rate-limited numbers move too.
+      const target = sent % 10 === n % 10 ? '/limited' : `/load/${sent}`;
+      try {
+        const res = await request(`${url}${target}`, { dispatcher: agent });
+        await res.body.dump();
+      } catch {
+        // The balancer closing under the last requests: ignored.
+      }
+      await sleep(pauseMs);
+    }
+  };
+  const done = Promise.all(Array.from({ length: workers }, (_, n) => worker(n)));
+  return {
+    get sent() {
+      return sent;
+    },
+    async stop(): Promise<void> {
+      stopped = true;
+      await done;
+      await agent.close();
+    },
+  };
+}
+
+const number = (text: string | null): number => {
+  const cleaned = (text ?? '').replace(/,/g, '').trim();
+  const value = Number.parseFloat(cleaned);
+  return /k$/.test(cleaned) ? value * 1000 : value;
+};
+
+const row = (page: Page, id: string) => page.locator(`[data-testid="backend-row"][data-backend="${id}"]`);
+const cellText = (page: Page, id: string, cell: string) => row(page, id).locator(`[data-testid="${cell}"]`).textContent();
+
+test('the dashboard follows live traffic and drains and enables backends', { timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: this test drives a real browser; install it with "apt-get install chromium"`);
+
+  // Three backends with different latencies; the third answers 500 now and then.
+  const delays = [2, 5, 0];
+  const backends = await Promise.all(
+    delays.map((delay, i) =>
+      startBackend(t, (_req, res) => {
+        const ms = delay || 1 + Math.random() * 12;
+        setTimeout(() => {
+          if (i === 2 && Math.random() < 0.02) res.statusCode = 500;
+          res.end(`backend ${i}`);
+        }, ms);
+      }),
+    ),
+  );
+  const lb = await startBalancer(t, {
+    pools: { web: { upstreams: backends.map((b) => b.url) } },
+    routes: [
+      { path_prefix: '/limited', pool: 'web', rate_limits: [{ rate: 20, per: '1s', burst: 20, key: ['route'] }] },
+      { pool: 'web' },
+    ],
+    admin: { host: '127.0.0.1', port: 0, token },
+  });
+  const admin = lb.balancer.adminAddress()!.url;
+  const ids = backends.map((b) => `127.0.0.1:${b.port}`);
+  const upstream = (id: string) => lb.balancer.pools().get('web')!.upstreams.find((u) => u.id === id)!;
+  const statusOf = async (id: string) => {
+    const res = await fetch(`${admin}/status`);
+    const body = (await res.json()) as { backends: { id: string; draining: boolean; enabled: boolean }[] };
+    return body.backends.find((b) => b.id === id)!;
+  };
+
+  const load = startLoad(lb.url);
+  t.after(() => load.stop());
+
+  const browser: Browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  t.after(() => browser.close());
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  const problems: string[] = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+  });
+
+  // --- loads: title, header, one row per backend, token out of the address bar
+  await page.goto(`${admin}/dashboard/#token=${token}`);
+  assert.equal(await page.title(), 'Fulcrum');
+  assert.equal(await page.getByTestId('title').textContent(), 'Fulcrum');
+  assert.ok(!page.url().includes('token'), `the token stays in the address bar: ${page.url()}`);
+  await page.locator('[data-testid="connection"][data-state="live"]').waitFor({ timeout: 5000 });
+  await page.locator('[data-testid="backend-row"]').nth(2).waitFor({ timeout: 5000 });
+  assert.equal(await page.locator('[data-testid="backend-row"]').count(), 3);
+  for (const id of ids) assert.equal(await cellText(page, id, 'state'), 'up');
+  await eventually(async () => /^v\d/.test((await page.getByTestId('version').textContent()) ?? ''), { what: 'the version in the header' });
+  assert.equal(await page.locator('.uplot').count(), 3, 'three uPlot charts');
+
+  // --- under load: totals and a backend's request count go up
+  await eventually(async () => number(await page.getByTestId('rps-total').textContent()) > 10, { timeout: 5000, what: 'req/s above 10 on the page' });
+  const [a, b, c] = ids;
+  const before = number(await cellText(page, a, 'requests'));
+  await eventually(async () => number(await cellText(page, a, 'requests')) > before, { timeout: 4000, what: `the request count of ${a} to grow on the page` });
+  await eventually(async () => number(await page.getByTestId('rate-limited-total').textContent()) > 0, { timeout: 4000, what: 'rate-limited requests counted on the page' });
+
+  // --- Drain: the page, the balancer and the traffic agree
+  await row(page, a).getByTestId('drain').click();
+  await eventually(async () => (await cellText(page, a, 'state')) === 'draining', { timeout: 3000, what: `${a} shown as draining` });
+  assert.equal(upstream(a).draining, true);
+  assert.equal((await statusOf(a)).draining, true);
+  assert.equal(await row(page, a).getByTestId('enable').isVisible(), true, 'Enable offered for a drained backend');
+  assert.equal(await row(page, a).getByTestId('drain').isVisible(), false);
+  await eventually(async () => ((await page.getByTestId('runtime-list').textContent()) ?? '').includes(a), { timeout: 3000, what: 'the drain listed as a runtime change' });
+  await sleep(300); // requests already sent to it finish
+  const reachedA = backends[0].requests.length;
+  const reachedB = backends[1].requests.length;
+  await sleep(1200);
+  assert.equal(backends[0].requests.length, reachedA, 'a drained backend gets no new requests');
+  assert.ok(backends[1].requests.length > reachedB + 20, 'the others carry the traffic');
+  await eventually(async () => number(await cellText(page, a, 'rps')) === 0, { timeout: 3000, what: `req/s of ${a} at 0 on the page` });
+
+  // --- Enable: back in rotation
+  await row(page, a).getByTestId('enable').click();
+  await eventually(async () => (await cellText(page, a, 'state')) === 'up', { timeout: 3000, what: `${a} shown as up again` });
+  assert.equal(upstream(a).draining, false);
+  assert.equal((await statusOf(a)).draining, false);
+  await eventually(() => backends[0].requests.length > reachedA + 10, { timeout: 3000, what: `requests reaching ${a} again` });
+  assert.equal(await page.getByTestId('action-error').isVisible(), false);
+
+  // --- A wrong token: the write is refused, shown, and nothing changes; the form then takes the right one
+  const other = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  t.after(() => other.close());
+  const wrong = await other.newPage();
+  await wrong.goto(`${admin}/dashboard/#token=not-the-right-token-at-all-0000`);
+  await row(wrong, b).waitFor({ timeout: 5000 });
+  await row(wrong, b).getByTestId('drain').click();
+  const error = wrong.getByTestId('action-error');
+  await error.waitFor({ state: 'visible', timeout: 3000 });
+  assert.match((await error.textContent()) ?? '', /wrong admin token/);
+  assert.equal(upstream(b).draining, false);
+  assert.equal((await statusOf(b)).draining, false);
+  assert.equal(await cellText(wrong, b, 'state'), 'up');
+  assert.equal(await wrong.getByTestId('token-form').isVisible(), true, 'the token form is offered after a 401');
+  await wrong.getByTestId('token-input').fill(token);
+  await wrong.getByTestId('token-save').click();
+  assert.equal(await wrong.getByTestId('token-form').isVisible(), false);
+  await row(wrong, b).getByTestId('drain').click();
+  await eventually(async () => (await cellText(wrong, b, 'state')) === 'draining', { timeout: 3000, what: `${b} drained with the token from the form` });
+  assert.equal(upstream(b).draining, true);
+  await row(wrong, b).getByTestId('enable').click();
+  await eventually(async () => (await cellText(wrong, b, 'state')) === 'up', { timeout: 3000, what: `${b} enabled again` });
+  assert.equal(upstream(b).draining, false);
+
+  // --- Disable, seen from the first page too (the event stream carries it)
+  await row(page, c).getByTestId('disable').click();
+  await eventually(async () => (await cellText(page, c, 'state')) === 'disabled', { timeout: 3000, what: `${c} shown as disabled` });
+  assert.equal(upstream(c).enabled, false);
+  assert.equal(await row(page, c).getByTestId('disable').isDisabled(), true);
+  await eventually(async () => (await cellText(wrong, c, 'state')) === 'disabled', { timeout: 3000, what: `the other page showing ${c} disabled` });
+
+  if (screenshot) {
+    // Enough history for the charts to say something, with c out of rotation for the last part.
+    await eventually(async () => ((await page.getByTestId('runtime-list').textContent()) ?? '').includes(c), { what: 'the disable listed' });
+    await eventually(async () => ((await (await fetch(`${admin}/live`)).json()) as unknown[]).length >= 24, { timeout: 30_000, interval: 500, what: '24 seconds of history' });
+    await page.mouse.move(0, 0);
+    mkdirSync(path.dirname(screenshotFile), { recursive: true });
+    await page.screenshot({ path: screenshotFile });
+  }
+
+  await row(page, c).getByTestId('enable').click();
+  await eventually(async () => (await cellText(page, c, 'state')) === 'up', { timeout: 3000, what: `${c} enabled again` });
+  assert.equal(upstream(c).enabled, true);
+  assert.deepEqual(problems, [], 'no script errors or CSP violations on the page');
+  assert.ok(load.sent > 0);
+});
