@@ -209,7 +209,11 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     try {
       built = buildRuntime(next, runtime, logger);
     } catch (err) {
-      for (const pool of pools.values()) pool.reclaim();
+      // A pool built half-way may have re-pointed shared upstreams, and kept pools their backup.
+      for (const pool of pools.values()) {
+        pool.reclaim();
+        pool.backup = pool.settings.backup ? (pools.get(pool.settings.backup) ?? null) : null;
+      }
       throw err;
     }
     const old = runtime;

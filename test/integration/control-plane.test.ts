@@ -224,6 +224,18 @@ test('metrics: a scrape under load passes promtool, has the seeds\' names, and n
   assert.match(scrape, new RegExp(`lb_backend_up\\{pool="web",backend="${host(b.url)}"\\} 1`));
   for (const value of [marker, '203.0.113.77', 'PROPFIND', 'MKCOL', 'example']) assert.ok(!scrape.includes(value), `${value} must not be a label value`);
   assert.match(publicScrape, /^lb_requests_total/m, 'the public metrics path serves the same registry');
+  // Exact: every finished request is counted once, in lb_requests_total and in the histogram.
+  const final = await (await fetch(`${adminUrl}/metrics`)).text();
+  const sum = (re: RegExp): number => [...final.matchAll(re)].reduce((n, m) => n + Number(m[1]), 0);
+  const ended = lb.ended.filter((ctx) => ctx.req.url !== '/_metrics').length;
+  assert.equal(sum(/^lb_requests_total\{[^}]*\} (\d+)$/gm), ended, 'lb_requests_total counts every request once');
+  assert.equal(sum(/^lb_request_duration_seconds_count\{[^}]*\} (\d+)$/gm), ended, 'the histogram counts every request once');
+  for (const u of [a, b]) {
+    const id = host(u.url);
+    const count = sum(new RegExp(`^lb_request_duration_seconds_count\\{pool="web",backend="${id}"\\} (\\d+)$`, 'gm'));
+    const inf = sum(new RegExp(`^lb_request_duration_seconds_bucket\\{le="\\+Inf",pool="web",backend="${id}"\\} (\\d+)$`, 'gm'));
+    assert.ok(count > 0 && count === inf, `${id}: +Inf bucket ${inf} equals count ${count}`);
+  }
   // The scrape itself was not proxied.
   assert.ok(!lb.ended.some((ctx) => ctx.req.url === '/_metrics'));
   execFileSync('promtool', ['check', 'metrics'], { input: publicScrape });
