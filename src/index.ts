@@ -179,6 +179,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   let admin: AdminServer | null = null;
   let stopWatch: (() => void) | null = null;
   let stopAccessLog: (() => void) | null = null;
+  let started = false;
   let closing: Promise<void> | null = null;
   /** Reloads and API writes apply one at a time, in order. */
   let queue: Promise<unknown> = Promise.resolve();
@@ -217,6 +218,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       throw err;
     }
     const old = runtime;
+    const previousConfig = config;
     const changes = formatChanges(diffConfigs(config, next));
     for (const pool of built.pools.values()) pool.start();
     proxy.runtime = { router: built.router };
@@ -239,6 +241,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       logger.warn({ listeners: unmatched }, 'added or moved listeners take effect on restart; the others were reloaded');
     }
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
+    // Log level and the access log switch at once; the format (a different stream) needs a restart.
+    // An embedder's own logger is theirs to configure.
+    if (options.logger === undefined && logger.level !== next.log.level) logger.level = next.log.level;
+    if (next.log.access_log && stopAccessLog === null && started) stopAccessLog = startAccessLog(logger);
+    if (!next.log.access_log && stopAccessLog !== null) {
+      stopAccessLog();
+      stopAccessLog = null;
+    }
+    if (next.log.format !== previousConfig.log.format) logger.warn('log.format takes effect on restart');
     return changes;
   };
 
@@ -336,6 +347,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     metrics,
     configFile,
     async start() {
+      started = true;
       if (config.log.access_log) stopAccessLog = startAccessLog(logger);
       upstreamState.subscribe(onState);
       requestRetry.subscribe(onRetry);

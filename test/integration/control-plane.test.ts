@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Client } from 'undici';
 import { startBackend, startBalancer, type TestBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
-import { AdminClient, AdminError } from '../../src/index.ts';
+import { AdminClient, AdminError, createBalancer } from '../../src/index.ts';
 import type { FulcrumConfigInput } from '../../src/index.ts';
 
 const token = 'control-plane-test-token-0123456789';
@@ -288,4 +288,25 @@ test('rate-limit buckets are kept when a reload or an API write leaves routes an
   // A change to the limits themselves starts the buckets over.
   await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools: { web: { upstreams: [a.url, b.url] } }, routes: [{ pool: 'web', rate_limits: [{ rate: 1, per: '1m', burst: 2 }] }], admin: { host: '127.0.0.1', port: 0, token } });
   assert.deepEqual(await statuses(3), [200, 200, 429]);
+});
+
+test('reload: log level and the access log change at once', async (t) => {
+  const a = await idBackend(t, 'a');
+  const pools = { web: { upstreams: [a.url] } };
+  const lb = await startBalancer(t, { pools, log: { level: 'info', access_log: true } });
+  const accessLines = (): number => lb.logs.filter((l) => l.includes('"log":"access"')).length;
+  await fetch(lb.url).then((r) => r.text());
+  await eventually(() => accessLines() === 1, { what: 'one access line' });
+  await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools, log: { level: 'info', access_log: false } });
+  await fetch(lb.url).then((r) => r.text());
+  await sleep(50);
+  assert.equal(accessLines(), 1, 'access log off');
+  await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools, log: { level: 'info', access_log: true } });
+  await fetch(lb.url).then((r) => r.text());
+  await eventually(() => accessLines() === 2, { what: 'access log back on' });
+  // The level of the balancer's own logger (an embedder's logger is left alone).
+  const own = createBalancer({ listeners: [{ host: '127.0.0.1', port: 0 }], pools, log: { level: 'silent' } });
+  await own.reload({ listeners: [{ host: '127.0.0.1', port: 0 }], pools, log: { level: 'fatal' } });
+  assert.equal(own.logger.level, 'fatal');
+  await own.close(0);
 });

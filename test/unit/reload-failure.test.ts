@@ -9,7 +9,7 @@ import { createLogger } from '../../src/observe/logger.ts';
 
 test('reload: a build that fails half-way leaves upstream weights and owners as they were', async () => {
   const running = validateConfig({ listeners: [{ host: '127.0.0.1', port: 0 }], pools: { a: { upstreams: [{ url: 'http://127.0.0.1:1', weight: 1 }] }, b: { upstreams: ['http://127.0.0.1:2'] } }, routes: [{ path_prefix: '/a', pool: 'a' }, { pool: 'b' }] });
-  const balancer = createBalancer(running, { logger: createLogger({ level: 'silent', format: 'json', access_log: false }) });
+  const balancer = createBalancer(running, { logger: createLogger({ level: 'silent', format: 'json' }) });
   const poolA = balancer.pools().get('a')!;
   const x = poolA.upstreams[0];
   // Pool a builds (taking x over with weight 7); pool b then fails (an address listed twice, which
