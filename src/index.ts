@@ -385,7 +385,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     addBackend(target, source = 'admin') {
       return serial(() => {
         const { pool, id } = locate(target, false);
-        const parsed = UpstreamConfig.safeParse({ url: target.url, weight: target.weight ?? 1, max_connections: target.max_connections ?? 0 });
+        // A bare host:port means http://host:port, as it does for the other backend writes.
+        const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(target.url) ? target.url : `http://${target.url}`;
+        const parsed = UpstreamConfig.safeParse({ url, weight: target.weight ?? 1, max_connections: target.max_connections ?? 0 });
         if (!parsed.success) throw new AdminRequestError(400, parsed.error.issues.map((i) => `${i.path.join('.') || 'url'}: ${i.message}`).join('; '));
         if (config.pools[pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
         const upstream: UpstreamSettings = parsed.data;

@@ -140,8 +140,9 @@ export class AdminClient {
       let message = `${res.status} ${res.statusText}`;
       let problems: ConfigProblemJson[] = [];
       try {
-        const e = (await res.json()) as ErrorResponse;
+        const e = (await res.json()) as ErrorResponse & { reason?: string };
         if (e.error) message = e.error;
+        else if (e.reason) message = e.reason; // /ready's 503
         problems = e.problems ?? [];
       } catch {
         // not JSON: keep the status line
