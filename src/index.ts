@@ -220,7 +220,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     const old = runtime;
     const previousConfig = config;
     const changes = formatChanges(diffConfigs(config, next));
-    for (const pool of built.pools.values()) pool.start();
+    // Only new pools start: a kept pool's checks and passive health are already running.
+    const running = new Set(old.pools.values());
+    for (const pool of built.pools.values()) if (!running.has(pool)) pool.start();
     proxy.runtime = { router: built.router };
     runtime = built;
     pools = built.pools;
@@ -253,6 +255,12 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     return changes;
   };
 
+  /** A configuration that could not be applied: said in the log and counted; the running one stays. */
+  const refused = (source: ReloadSource, err: Error): void => {
+    if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err });
+    logger.error({ source, err: err.message }, `reload refused (${source}); the running configuration stays:\n${err.message}`);
+  };
+
   /** A new base configuration (the file's): runtime changes go on top, then swap. */
   const applyBase = (nextBase: FulcrumConfig, source: ReloadSource): ReloadResult => {
     try {
@@ -266,8 +274,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       if (kept.length > 0) logger.info({ runtime_changes: kept.length }, `${kept.length} runtime change(s) from the admin API stay on top of the file (GET /status lists them)`);
       return { changes };
     } catch (err) {
-      if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err as Error });
-      logger.error({ source, err: (err as Error).message }, `reload refused (${source}); the running configuration stays:\n${(err as Error).message}`);
+      refused(source, err as Error);
       throw err;
     }
   };
@@ -279,8 +286,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       try {
         loaded = loadConfigFile(configFile);
       } catch (err) {
-        if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err as Error });
-        logger.error({ source, err: (err as Error).message }, `reload refused (${source}); the running configuration stays:\n${(err as Error).message}`);
+        refused(source, err as Error);
         throw err;
       }
       for (const w of loaded.warnings) logger.warn(`${configFile}: ${w}`);
@@ -377,7 +383,16 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       return bound;
     },
     reload(next, source = 'api') {
-      return serial(() => applyBase(toConfig(next), source));
+      return serial(() => {
+        let nextBase: FulcrumConfig;
+        try {
+          nextBase = toConfig(next);
+        } catch (err) {
+          refused(source, err as Error);
+          throw err;
+        }
+        return applyBase(nextBase, source);
+      });
     },
     reloadFile(source = 'file') {
       return reloadFile(source);

@@ -43,6 +43,8 @@ export class ActiveChecker {
 
   /** Starts probing: the first probe of each upstream within one jitter of now. */
   start(): void {
+    // Once only: a second start would run a second probe loop per upstream.
+    if (this.timers.size > 0 || this.stopped) return;
     for (const u of this.upstreams) {
       this.streak.set(u, { ok: 0, bad: 0 });
       this.schedule(u, Math.random() * this.settings.jitter * this.settings.interval);

@@ -25,7 +25,7 @@ export class ConnectionLimiter {
   private readonly waiting: Socket[] = [];
   /** Hands an admitted socket to the HTTP server. */
   private readonly onAdmit: (socket: Socket) => void;
-  /** Connections refused by a limit or the firewall (for logs and, later, metrics). */
+  /** Connections refused by a limit or the firewall (lb_client_connections_refused_total). */
   refused = 0;
 
   constructor(logger: Logger, listener: string, onAdmit: (socket: Socket) => void) {

@@ -241,7 +241,7 @@ export class Metrics {
       return Math.max(0, delta);
     };
     new Counter({
-      name: 'lb_rate_limit_store_fallbacks_total', help: 'Rate-limit checks answered by the local bucket because Redis was down or slow.', registers,
+      name: 'lb_rate_limit_store_fallbacks_total', help: 'Rate-limit checks answered without Redis because it was down or slow (by the local bucket, or with 503 when on_failure is closed).', registers,
       collect() { this.inc(storeDelta('fallbacks')); },
     });
     new Counter({

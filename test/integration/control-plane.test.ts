@@ -310,3 +310,33 @@ test('reload: log level and the access log change at once', async (t) => {
   assert.equal(own.logger.level, 'fatal');
   await own.close(0);
 });
+
+test('reloads and API writes do not multiply health-check probes of kept pools', { timeout: 30_000 }, async (t) => {
+  let probes = 0;
+  const a = await startBackend(t, (req, res) => {
+    if (req.url === '/health') probes++;
+    res.end('ok');
+  });
+  const b = await idBackend(t, 'b');
+  const pools = { web: { upstreams: [a.url], health_check: { path: '/health', interval: '100ms', jitter: 0 } }, other: { upstreams: [b.url] } };
+  const routes = [{ path_prefix: '/other', pool: 'other' }, { pool: 'web' }];
+  const lb = await startBalancer(t, { pools, routes, admin: { host: '127.0.0.1', port: 0, token } });
+  const rate = async (): Promise<number> => {
+    const start = probes;
+    await sleep(1000);
+    return probes - start;
+  };
+  const before = await rate();
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  for (let i = 0; i < 5; i++) {
+    await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools, routes, admin: { host: '127.0.0.1', port: 0, token } });
+    await admin.updateBackend({ url: b.url, weight: i + 2 }); // rebuilds pool "other", keeps "web"
+  }
+  const after = await rate();
+  t.diagnostic(`probes per second: ${before} before, ${after} after 10 reloads`);
+  assert.ok(before >= 5 && after <= before * 1.5 + 1, `${before} probes/s before, ${after} after`);
+  // The invalid input of an embedder's reload is refused, logged and counted like a bad file.
+  await assert.rejects(lb.balancer.reload({ pools: { web: { upstreams: [] } } }));
+  assert.ok(lb.logs.some((l) => l.includes('reload refused (api)')));
+  assert.match(await admin.metrics(), /lb_config_reloads_total\{result="failure",source="api"\} 1/);
+});
