@@ -34,6 +34,7 @@ Admin commands (talk to a running balancer's admin API):
   fulcrum backends add URL [--pool P] [--weight N]
   fulcrum backends remove|drain|enable|disable URL [--pool P]
   fulcrum backends weight URL N [--pool P]
+  fulcrum backends list          the backends (as status)
   fulcrum reload                 reload the configuration file (the running one stays if it is invalid)
   --admin URL (or $FULCRUM_ADMIN_URL; else the admin section of -c FILE; else http://127.0.0.1:9901)
   --token T   (or $FULCRUM_ADMIN_TOKEN; else admin.token or admin.token_file of -c FILE)

@@ -51,6 +51,8 @@ export interface BalancerOptions {
 /** What a reload did: one line per changed area ("pool api: +1 upstream 10.0.0.4:80"). */
 export interface ReloadResult {
   changes: string[];
+  /** For backend writes: true when the upstream now differs from the file (a restart would lose it). */
+  runtime_only?: boolean;
 }
 
 /** Where a reload came from (a label of lb_config_reloads_total and the log line). */
@@ -184,7 +186,12 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   /** Reloads and API writes apply one at a time, in order. */
   let queue: Promise<unknown> = Promise.resolve();
   const serial = <T>(work: () => Promise<T> | T): Promise<T> => {
-    const next = queue.then(work, work);
+    const guarded = (): Promise<T> | T => {
+      // After close() nothing may start pools (and their health checks) again.
+      if (closing !== null) throw new AdminRequestError(503, 'the balancer is shutting down');
+      return work();
+    };
+    const next = queue.then(guarded, guarded);
     queue = next.catch(() => {});
     return next;
   };
@@ -304,7 +311,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     }
     const names = Object.keys(config.pools);
     if (target.pool !== undefined) {
-      if (typeof target.pool !== 'string' || config.pools[target.pool] === undefined) throw new AdminRequestError(404, `no pool named ${JSON.stringify(target.pool)}; pools: ${names.join(', ')}`);
+      if (typeof target.pool !== 'string' || !Object.hasOwn(config.pools, target.pool)) throw new AdminRequestError(404, `no pool named ${JSON.stringify(target.pool)}; pools: ${names.join(', ')}`);
       if (mustExist && !config.pools[target.pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(404, `no upstream ${id} in pool ${target.pool}`);
       return { pool: target.pool, id };
     }
@@ -332,11 +339,13 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     }
     if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
     if (config.admin?.persist && configFile !== null) {
+      // Every pool with runtime changes is written, not only this one: then none is left behind.
+      const touched = [...new Set(runtimeChanges.snapshot().map((o) => o.pool))].filter((p) => Object.hasOwn(config.pools, p));
       try {
-        persistUpstreams(configFile, config, op.pool);
+        persistUpstreams(configFile, config, touched);
         base = structuredClone(config);
         runtimeChanges.clearOps();
-        logger.info({ file: configFile, pool: op.pool }, `wrote the upstreams of pool ${op.pool} to ${configFile}`);
+        logger.info({ file: configFile, pools: touched }, `wrote the upstreams of pool${touched.length === 1 ? '' : 's'} ${touched.join(', ')} to ${configFile}`);
       } catch (err) {
         logger.error({ file: configFile, err: (err as Error).message }, `could not write ${configFile}; the change is runtime-only (GET /status lists it)`);
       }
@@ -374,7 +383,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       for (const pool of pools.values()) pool.start();
       for (const a of bound) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
       for (const pool of pools.values()) {
-        logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstreams, ${pool.policyFactory.name}`);
+        logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstream${pool.upstreams.length === 1 ? "" : "s"}, ${pool.policyFactory.name}`);
       }
       if (configFile !== null && (options.watch || config.reload.watch)) {
         stopWatch = watchConfigFile(configFile, config.reload.debounce, () => void reloadFile('watch').catch(() => {}), logger);
@@ -407,14 +416,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         if (config.pools[pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
         const upstream: UpstreamSettings = parsed.data;
         const result = applyOp({ action: 'add', pool, id, upstream, at: new Date().toISOString() }, source);
-        return { ...result, backend: describe(pool, id) };
+        return { ...result, backend: describe(pool, id), runtime_only: runtimeChanges.touches(pool, id) };
       });
     },
     removeBackend(target, source = 'admin') {
       return serial(() => {
         const { pool, id } = locate(target, true);
         if (config.pools[pool].upstreams.length === 1) throw new AdminRequestError(409, `${id} is the only upstream of pool ${pool}; a pool needs at least one (add another first)`);
-        return applyOp({ action: 'remove', pool, id, at: new Date().toISOString() }, source);
+        const result = applyOp({ action: 'remove', pool, id, at: new Date().toISOString() }, source);
+        return { ...result, runtime_only: runtimeChanges.touches(pool, id) };
       });
     },
     updateBackend(target, source = 'admin') {
@@ -422,7 +432,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         const { pool, id } = locate(target, true);
         const { weight, enabled, draining } = target;
         if (weight === undefined && enabled === undefined && draining === undefined) throw new AdminRequestError(400, 'nothing to change: give "weight", "enabled" or "draining"');
-        if (weight !== undefined && (typeof weight !== 'number' || !(weight > 0) || weight > 1_000_000)) throw new AdminRequestError(400, `"weight" must be a number above 0 and at most 1000000, got ${JSON.stringify(weight)}`);
+        if (weight !== undefined && (typeof weight !== 'number' || !(weight > 0) || weight > 1_000_000)) throw new AdminRequestError(400, `"weight" must be a number above 0 and at most 1000000, got ${typeof weight === 'number' ? String(weight) : JSON.stringify(weight)}`);
         if (enabled !== undefined && typeof enabled !== 'boolean') throw new AdminRequestError(400, `"enabled" must be true or false, got ${JSON.stringify(enabled)}`);
         if (draining !== undefined && typeof draining !== 'boolean') throw new AdminRequestError(400, `"draining" must be true or false, got ${JSON.stringify(draining)}`);
         let changes: string[] = [];
@@ -438,7 +448,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
           runtimeChanges.recordState('drain', pool, id, draining);
           changes.push(`pool ${pool}: ${id} ${draining ? 'draining' : 'no longer draining'}`);
         }
-        return { changes, backend: describe(pool, id) };
+        return { changes, backend: describe(pool, id), runtime_only: changes.length > 0 && runtimeChanges.touches(pool, id) };
       });
     },
     status() {

@@ -19,22 +19,33 @@ export interface AdminCommandOptions {
   configFile?: string;
 }
 
-/** The admin URL and token to use, and where they came from (for error messages). */
+/** Why the admin API cannot be found from the flags, environment and file given. */
+export class AdminLocationError extends Error {}
+
+/**
+ * The admin URL and token to use: flags, then the environment, then the admin section of the
+ * configuration file, then http://127.0.0.1:9901. A file that was named but cannot be read is an
+ * error, not a reason to ask some other balancer on the default port.
+ */
 export function resolveAdmin(options: AdminCommandOptions, env: NodeJS.ProcessEnv = process.env): { url: string; token: string | undefined } {
   let url = options.admin ?? env.FULCRUM_ADMIN_URL;
   let token = options.token ?? env.FULCRUM_ADMIN_TOKEN;
   if ((url === undefined || token === undefined) && options.configFile !== undefined) {
+    const file = options.configFile;
     let admin: Partial<AdminSettings> | undefined;
     try {
-      admin = loadConfigFile(options.configFile, env).config.admin;
-    } catch {
+      admin = loadConfigFile(file, env).config.admin;
+    } catch (err) {
       // The file may be the one just broken (and refused by the running balancer): its admin section is still where to ask.
+      let raw: { admin?: Partial<AdminSettings>; admin_port?: number } | null;
       try {
-        const raw = parseYaml(readFileSync(options.configFile, 'utf8')) as { admin?: Partial<AdminSettings>; admin_port?: number } | null;
-        admin = raw?.admin ?? (raw?.admin_port !== undefined ? { port: raw.admin_port } : undefined);
-      } catch {
-        admin = undefined;
+        raw = parseYaml(readFileSync(file, 'utf8')) as typeof raw;
+      } catch (parseErr) {
+        const why = (parseErr as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (parseErr as Error).message.split('\n')[0];
+        throw new AdminLocationError(`cannot find the admin API from ${file}: ${why}; pass --admin URL (and --token)`);
       }
+      admin = raw?.admin ?? (raw?.admin_port !== undefined ? { port: raw.admin_port } : undefined);
+      if (admin === undefined && url === undefined) throw new AdminLocationError(`${file} has no admin section and does not load (${(err as Error).message.split('\n')[0]}); pass --admin URL`);
     }
     if (admin) {
       const h = typeof admin.host === 'string' ? admin.host : '127.0.0.1';
@@ -45,10 +56,13 @@ export function resolveAdmin(options: AdminCommandOptions, env: NodeJS.ProcessEn
       } catch {
         // an unreadable token file: the request will say 401
       }
+    } else if (url === undefined) {
+      throw new AdminLocationError(`${file} has no admin section: add \`admin: {}\` to it (and restart), or pass --admin URL`);
     }
   }
   url ??= 'http://127.0.0.1:9901';
-  if (!/^https?:\/\//.test(url)) url = `http://${url}`;
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) url = `http://${url}`;
+  if (!/^https?:\/\//i.test(url)) throw new AdminLocationError(`the admin URL must be http:// or https://, got ${url}`);
   return { url, token };
 }
 
@@ -81,11 +95,19 @@ const usage = 'usage: fulcrum backends add|remove|drain|enable|disable URL [--po
 
 /** Runs one admin command; returns the exit code (0 ok, 1 refused or unreachable, 2 usage). */
 export async function adminCommand(command: string, args: string[], options: AdminCommandOptions): Promise<number> {
-  const { url, token } = resolveAdmin(options);
+  let url: string;
+  let token: string | undefined;
+  try {
+    ({ url, token } = resolveAdmin(options));
+  } catch (err) {
+    if (!(err instanceof AdminLocationError)) throw err;
+    process.stderr.write(`fulcrum: ${err.message}\n`);
+    return 1;
+  }
   const client = new AdminClient({ url, token });
   const out = (value: unknown, text: string): void => void process.stdout.write((options.json ? JSON.stringify(value, null, 2) : text) + '\n');
   const applied = (r: { changes: string[]; runtime_only?: boolean }): string =>
-    (r.changes.length > 0 ? r.changes.join('\n') : 'no changes') + (r.runtime_only ? '\n(runtime-only: not in the configuration file; `fulcrum status` lists it)' : '');
+    (r.changes.length > 0 ? r.changes.join('\n') : 'no changes') + (r.runtime_only ? '\n(runtime-only: a restart loses it unless the file says the same; `fulcrum status` lists it)' : '');
   try {
     if (command === 'status') {
       const s = await client.status();

@@ -134,7 +134,10 @@ export class AdminClient {
       res = await fetch(this.url + path, { method, headers, body: payload, signal: AbortSignal.timeout(this.timeout) });
     } catch (err) {
       const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
-      throw new AdminError(0, `cannot reach the admin API at ${this.url}: ${cause?.code ?? cause?.message ?? (err as Error).message}`);
+      const why = cause?.code ?? cause?.message ?? (err as Error).message;
+      // fetch refuses a list of ports outright (the Fetch standard's "bad ports", 6666 among them).
+      const hint = /bad port/i.test(why) ? ' (fetch refuses this port; give the admin listener another one)' : '';
+      throw new AdminError(0, `cannot reach the admin API at ${this.url}: ${why}${hint}`);
     }
     if (!res.ok) {
       let message = `${res.status} ${res.statusText}`;

@@ -263,7 +263,7 @@ export function openApiDocument(): Record<string, unknown> {
           tags: ['backends'],
           summary: "Change an upstream's weight, enabled or draining state in one call.",
           description:
-            'A weight change is a configuration change (written back with `admin.persist`); `enabled` and `draining` are state and always runtime-only. `runtime_only` in the answer is true unless the change was only a weight and `admin.persist` is on.',
+            'A weight change is a configuration change (written back with `admin.persist`); `enabled` and `draining` are state and always runtime-only. `runtime_only` in the answer is true when the upstream now differs from the configuration file (a restart would lose the difference): after a state change, or a weight change without `admin.persist`.',
           security: writeSecurity,
           requestBody: {
             required: true,

@@ -1,11 +1,20 @@
 /**
- * `admin.persist: true`: a pool's upstream list, as the admin API left it, written back into the
- * configuration file. YAML keeps its comments and layout (the yaml library's Document API edits
- * the one list in place); JSON is rewritten with two-space indentation. The file is replaced
- * atomically (write a temporary file, then rename), so a reader never sees half of it.
+ * `admin.persist: true`: pools' upstream lists, as the admin API left them, written back into
+ * the configuration file.
+ *
+ * YAML is edited as text, one list item at a time: a removed upstream's lines go, a changed
+ * one's line is rewritten (keeping a comment at its end), a new one is added after the last
+ * item with the same indentation. Everything else in the file stays byte for byte. The result
+ * is parsed again and compared with what was meant; a list this cannot edit (a flow list
+ * `[a, b]`, odd layouts) is written through the yaml library's Document API instead, which
+ * keeps comments but may reformat. JSON is rewritten with two-space indentation.
+ *
+ * The file is replaced atomically (a temporary file, then rename) and through symlinks (the
+ * link's target is written, as with a Kubernetes ConfigMap or /etc/alternatives).
  */
-import { readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
-import { isMap, isScalar, isSeq, parseDocument, type Node as YamlNode } from 'yaml';
+import { readFileSync, realpathSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Node as YamlNode } from 'yaml';
 import type { FulcrumConfig, UpstreamSettings } from '../config/schema.ts';
 import { upstreamId } from './runtime-changes.ts';
 
@@ -13,6 +22,13 @@ import { upstreamId } from './runtime-changes.ts';
 function entry(u: UpstreamSettings): string | Record<string, unknown> {
   if (u.weight === 1 && u.max_connections === 0) return u.url;
   return u.max_connections === 0 ? { url: u.url, weight: u.weight } : { url: u.url, weight: u.weight, max_connections: u.max_connections };
+}
+
+/** The same entry as one line of YAML. */
+function entryYaml(u: UpstreamSettings): string {
+  const e = entry(u);
+  if (typeof e === 'string') return JSON.stringify(e).slice(1, -1) === e ? e : JSON.stringify(e);
+  return `{${Object.entries(e).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join(', ')}}`;
 }
 
 function entryId(value: unknown): string | null {
@@ -25,47 +41,141 @@ function entryId(value: unknown): string | null {
   }
 }
 
-/** Writes `config.pools[pool].upstreams` into `file` (the `pools.<pool>.upstreams` list, or a seed file's `backends`). */
-export function persistUpstreams(file: string, config: FulcrumConfig, pool: string): void {
-  const text = readFileSync(file, 'utf8');
-  const wanted = config.pools[pool].upstreams;
-  let out: string;
-  if (/\.json$/i.test(file)) {
-    const raw = JSON.parse(text) as Record<string, any>;
-    const seed = raw.pools === undefined && Array.isArray(raw.backends);
-    const list: unknown[] = seed ? raw.backends : raw.pools[pool].upstreams;
-    const next = wanted.map((u) => {
-      const old = list.find((v) => entryId(v) === upstreamId(u.url));
-      return old !== undefined && JSON.stringify(old) === JSON.stringify(entry(u)) ? old : entry(u);
-    });
-    if (seed) raw.backends = next;
-    else raw.pools[pool].upstreams = next;
+function same(value: unknown, u: UpstreamSettings): boolean {
+  return JSON.stringify(value) === JSON.stringify(entry(u));
+}
+
+/** The list's path in the file: `pools.<pool>.upstreams`, or a seed file's `backends`. */
+function listPath(raw: unknown, pool: string): (string | number)[] {
+  const r = raw as Record<string, unknown> | null;
+  return r && r.pools === undefined && Array.isArray(r.backends) ? ['backends'] : ['pools', pool, 'upstreams'];
+}
+
+/** Text edits of one block list; null when the list is not one this can edit safely. */
+function editBlockList(text: string, pool: string, wanted: readonly UpstreamSettings[]): string | null {
+  const doc = parseDocument(text);
+  const seq = doc.getIn(listPath(doc.toJS(), pool), true);
+  if (!isSeq(seq) || seq.items.length === 0) return null;
+  if (seq.flow) return check(editFlowList(text, seq.items as YamlNode[], seq.range, wanted), pool, wanted);
+  const lineStart = (offset: number): number => text.lastIndexOf('\n', offset - 1) + 1;
+  const lineEnd = (offset: number): number => {
+    const i = text.indexOf('\n', Math.max(0, offset - 1));
+    return i === -1 ? text.length : i + 1;
+  };
+  type Item = { id: string | null; value: unknown; start: number; end: number; valueEnd: number; indent: string };
+  const items: Item[] = [];
+  for (const node of seq.items as YamlNode[]) {
+    if (!node.range) return null;
+    const [start, valueEnd] = node.range;
+    const from = lineStart(start);
+    const dash = text.lastIndexOf('-', start);
+    if (dash < from || text.slice(from, dash).trim() !== '') return null; // not "  - item" at the start of a line
+    const value = isScalar(node) ? node.value : isMap(node) ? node.toJSON() : null;
+    items.push({ id: entryId(value), value, start: from, end: lineEnd(valueEnd), valueEnd, indent: text.slice(from, dash) });
+  }
+  const byId = new Map(wanted.map((u) => [upstreamId(u.url), u]));
+  const present = new Set(items.map((i) => i.id));
+  let out = text;
+  // From the last item up, so earlier offsets stay right.
+  const added = wanted.filter((u) => !present.has(upstreamId(u.url)));
+  const last = items[items.length - 1];
+  if (added.length > 0) {
+    const lines = added.map((u) => `${last.indent}- ${entryYaml(u)}\n`).join('');
+    const at = last.end;
+    out = out.slice(0, at) + (at > 0 && out[at - 1] !== '\n' ? '\n' : '') + lines + out.slice(at);
+  }
+  for (let i = items.length - 1; i >= 0; i--) {
+    const item = items[i];
+    const u = item.id === null ? undefined : byId.get(item.id);
+    if (u === undefined) {
+      out = out.slice(0, item.start) + out.slice(item.end);
+      continue;
+    }
+    if (same(item.value, u)) continue;
+    // A comment at the end of the item's last line stays with it.
+    const tail = text.slice(item.valueEnd, item.end).replace(/\n$/, '');
+    const comment = /^\s*#/.test(tail) ? tail : '';
+    out = out.slice(0, item.start) + `${item.indent}- ${entryYaml(u)}${comment}\n` + out.slice(item.end);
+  }
+  return check(out, pool, wanted);
+}
+
+/** A flow list `[a, b]` rewritten in place: kept items keep their text, the rest of the file is untouched. */
+function editFlowList(text: string, nodes: YamlNode[], range: YamlNode['range'], wanted: readonly UpstreamSettings[]): string | null {
+  if (!range || nodes.some((n) => !n.range)) return null;
+  const open = text.lastIndexOf('[', range[0]);
+  const close = text.indexOf(']', range[1] - 1);
+  if (open < 0 || close < 0 || text.slice(open, close).includes('#')) return null; // comments inside: leave it to the fallback
+  const sources = new Map<string, { value: unknown; source: string }>();
+  for (const n of nodes) {
+    const value = isScalar(n) ? n.value : isMap(n) ? n.toJSON() : null;
+    const id = entryId(value);
+    if (id !== null) sources.set(id, { value, source: text.slice(n.range![0], n.range![1]) });
+  }
+  const items = wanted.map((u) => {
+    const old = sources.get(upstreamId(u.url));
+    return old !== undefined && same(old.value, u) ? old.source : entryYaml(u);
+  });
+  return text.slice(0, open) + `[${items.join(', ')}]` + text.slice(close + 1);
+}
+
+/** The edited text if its list now says exactly what was meant, else null (the caller falls back). */
+function check(out: string | null, pool: string, wanted: readonly UpstreamSettings[]): string | null {
+  if (out === null) return null;
+  try {
+    const raw = parseYaml(out);
+    const list = listPath(raw, pool).reduce<unknown>((node, key) => (node as Record<string | number, unknown>)?.[key], raw);
+    if (!Array.isArray(list) || list.length !== wanted.length || !list.every((v, i) => same(v, wanted[i]))) return null;
+  } catch {
+    return null;
+  }
+  return out;
+}
+
+/** Whole-document fallback: the Document API keeps comments but may reformat the file. */
+function editDocument(text: string, pool: string, wanted: readonly UpstreamSettings[]): string {
+  const doc = parseDocument(text);
+  const where = listPath(doc.toJS(), pool);
+  const seq = doc.getIn(where, true);
+  if (!isSeq(seq)) throw new Error(`${where.join('.')} is not a list`);
+  const kept = new Map<string, YamlNode>();
+  for (const node of seq.items as YamlNode[]) {
+    const id = entryId(isScalar(node) ? node.value : isMap(node) ? node.toJSON() : null);
+    if (id !== null) kept.set(id, node);
+  }
+  seq.items = wanted.map((u) => {
+    const old = kept.get(upstreamId(u.url));
+    if (old !== undefined && same(isScalar(old) ? old.value : old.toJSON(), u)) return old;
+    return doc.createNode(entry(u));
+  });
+  return doc.toString();
+}
+
+/**
+ * Writes the upstream lists of `pools` (as `config` has them) into `file`. Throws, leaving the
+ * file as it was, when the file cannot be read, parsed or written.
+ */
+export function persistUpstreams(file: string, config: FulcrumConfig, pools: Iterable<string>): void {
+  const target = realpathSync(file);
+  let out = readFileSync(target, 'utf8');
+  if (/\.json$/i.test(target)) {
+    const raw = JSON.parse(out) as Record<string, any>;
+    for (const pool of pools) {
+      const wanted = config.pools[pool].upstreams;
+      const seed = raw.pools === undefined && Array.isArray(raw.backends);
+      const list: unknown[] = seed ? raw.backends : raw.pools[pool].upstreams;
+      const next = wanted.map((u) => list.find((v) => entryId(v) === upstreamId(u.url) && same(v, u)) ?? entry(u));
+      if (seed) raw.backends = next;
+      else raw.pools[pool].upstreams = next;
+    }
     out = JSON.stringify(raw, null, 2) + '\n';
   } else {
-    const doc = parseDocument(text);
-    const seed = !doc.has('pools') && doc.has('backends');
-    const path = seed ? ['backends'] : ['pools', pool, 'upstreams'];
-    const seq = doc.getIn(path, true);
-    if (!isSeq(seq)) throw new Error(`${path.join('.')} is not a list in ${file}`);
-    const items = seq.items as YamlNode[];
-    const kept = new Map<string, YamlNode>();
-    for (const node of items) {
-      const value = isScalar(node) ? node.value : isMap(node) ? node.toJSON() : null;
-      const id = entryId(value);
-      if (id !== null) kept.set(id, node);
+    for (const pool of pools) {
+      const wanted = config.pools[pool].upstreams;
+      out = editBlockList(out, pool, wanted) ?? editDocument(out, pool, wanted);
     }
-    seq.items = wanted.map((u) => {
-      const old = kept.get(upstreamId(u.url));
-      // An entry that already says the same keeps its node, and so its comments.
-      if (old !== undefined) {
-        const value = isScalar(old) ? old.value : (old as YamlNode).toJSON();
-        if (JSON.stringify(value) === JSON.stringify(entry(u))) return old;
-      }
-      return doc.createNode(entry(u));
-    });
-    out = doc.toString();
   }
-  const tmp = `${file}.fulcrum-tmp-${process.pid}`;
-  writeFileSync(tmp, out, { mode: statSync(file).mode & 0o777 });
-  renameSync(tmp, file);
+  const tmp = path.join(path.dirname(target), `.${path.basename(target)}.fulcrum-tmp-${process.pid}`);
+  writeFileSync(tmp, out, { mode: statSync(target).mode & 0o777 });
+  renameSync(tmp, target);
 }

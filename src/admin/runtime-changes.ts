@@ -7,6 +7,7 @@
  */
 import type { FulcrumConfig, UpstreamSettings } from '../config/schema.ts';
 import type { RuntimeChange } from './types.ts';
+import { upstreamIdOf } from '../upstream/upstream.ts';
 
 /** A configuration change: ensure an upstream is present (with this weight), absent, or weighted. */
 export type RuntimeOp =
@@ -24,7 +25,7 @@ interface StateOp {
 
 /** `host:port` of an upstream URL (the id everywhere else). */
 export function upstreamId(url: string): string {
-  return new URL(url).host;
+  return upstreamIdOf(url);
 }
 
 /** The runtime layer over the file's configuration. */

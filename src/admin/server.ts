@@ -30,6 +30,16 @@ import type { ErrorResponse } from './types.ts';
 const maxBody = 1024 * 1024;
 /** Dashboards connected at once; each holds one event stream. */
 const maxEventStreams = 64;
+/** Bytes an event stream may have waiting for a slow reader before it is closed. */
+const maxStreamBuffer = 1024 * 1024;
+
+/** The host part of a Host header (`[::1]:9901` -> `::1`). */
+function hostOnly(host: string): string {
+  const m = /^\[([^\]]*)\](?::\d*)?$/.exec(host);
+  if (m) return m[1];
+  const i = host.lastIndexOf(':');
+  return i >= 0 && host.indexOf(':') === i ? host.slice(0, i) : host;
+}
 
 interface Deps {
   balancer: Balancer;
@@ -122,6 +132,7 @@ export class AdminServer {
       throw new Error(`admin.token_file: cannot read ${settings.token_file}: ${(err as Error).message}`);
     }
     if (text.length < 16) throw new Error(`admin.token_file: the token in ${settings.token_file} is shorter than 16 characters`);
+    if (!/^[\x21-\x7e]+$/.test(text)) throw new Error(`admin.token_file: the token in ${settings.token_file} must be printable ASCII without spaces (a bearer token cannot carry them)`);
     return text;
   }
 
@@ -199,16 +210,16 @@ export class AdminServer {
         handle: async (req, res) => {
           const v = await body(req, ['url', 'pool', 'weight', 'max_connections']);
           const r = await b.addBackend({ ...target(v), weight: v.weight as number | undefined, max_connections: v.max_connections as number | undefined });
-          json(res, 201, { ok: true, ...r, runtime_only: !b.status().persisted });
+          json(res, 201, { ok: true, ...r });
         },
       },
       {
         method: 'DELETE', path: '/backends', write: true,
         handle: async (req, res, url) => {
           // The seeds send a JSON body; ?url= works for clients that cannot send a body with DELETE.
-          const v = url.searchParams.has('url') ? { url: url.searchParams.get('url'), pool: url.searchParams.get('pool') ?? undefined } : await body(req, ['url', 'pool']);
+          const v = url.search !== '' ? queryTarget(url) : await body(req, ['url', 'pool']);
           const r = await b.removeBackend(target(v));
-          json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted });
+          json(res, 200, { ok: true, ...r });
         },
       },
       {
@@ -216,7 +227,7 @@ export class AdminServer {
         handle: async (req, res) => {
           const v = await body(req, ['url', 'pool', 'weight', 'enabled', 'draining']);
           const r = await b.updateBackend({ ...target(v), weight: v.weight as number | undefined, enabled: v.enabled as boolean | undefined, draining: v.draining as boolean | undefined });
-          json(res, 200, { ok: true, ...r, runtime_only: !b.status().persisted || v.weight === undefined });
+          json(res, 200, { ok: true, ...r });
         },
       },
       ...(
@@ -230,7 +241,7 @@ export class AdminServer {
         method: 'POST', path: p, write: true,
         handle: async (req, res) => {
           const r = await b.updateBackend({ ...target(await body(req)), ...change });
-          json(res, 200, { ok: true, ...r, runtime_only: true });
+          json(res, 200, { ok: true, ...r });
         },
       })),
       { method: 'GET', path: '/config', write: false, handle: (_q, res) => json(res, 200, { file: b.configFile, config: redactConfig(b.config()) }) },
@@ -312,16 +323,19 @@ export class AdminServer {
 
   /** Checks the bearer token where one is needed; answers 401 itself when it fails. */
   private authorized(req: http.IncomingMessage, res: http.ServerResponse, write: boolean): boolean {
-    const needed = write || !isLoopbackHost(this.settings.host) || !isLoopbackHost(req.socket.remoteAddress ?? '');
+    // A Host that is not a loopback name means the caller reached us under another name (DNS
+    // rebinding from a web page, a port forward): such reads need the token too.
+    const needed = write || !isLoopbackHost(this.settings.host) || !isLoopbackHost(req.socket.remoteAddress ?? '') || !isLoopbackHost(hostOnly(req.headers.host ?? ''));
     if (!needed) return true;
     const header = req.headers.authorization;
     const match = header === undefined ? null : /^Bearer[ ]+(\S+)\s*$/i.exec(header);
-    res.setHeader('www-authenticate', 'Bearer realm="fulcrum-admin"');
     if (match === null) {
+      res.setHeader('www-authenticate', 'Bearer realm="fulcrum-admin"');
       this.json(res, 401, { error: `${write ? 'a write' : 'this address'} needs the admin token: send "Authorization: Bearer <token>"` });
       return false;
     }
     if (!timingSafeEqual(sha(match[1]), this.tokenDigest)) {
+      res.setHeader('www-authenticate', 'Bearer realm="fulcrum-admin", error="invalid_token"');
       this.json(res, 401, { error: 'wrong admin token' });
       return false;
     }
@@ -354,7 +368,11 @@ export class AdminServer {
     if (this.streams.size >= maxEventStreams) return this.json(res, 503, { error: `${maxEventStreams} event streams are open already` });
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', 'x-accel-buffering': 'no' });
     res.write(`retry: 2000\n\nevent: history\ndata: ${JSON.stringify(this.deps.live.history())}\n\n`);
-    const off = this.deps.live.subscribe((sample) => res.write(`event: sample\ndata: ${JSON.stringify(sample)}\n\n`));
+    const off = this.deps.live.subscribe((sample) => {
+      // A client that stopped reading is dropped rather than buffered for without end; it reconnects.
+      if (res.writableLength > maxStreamBuffer) return void res.destroy();
+      res.write(`event: sample\ndata: ${JSON.stringify(sample)}\n\n`);
+    });
     this.streams.add(res);
     const done = (): void => {
       off();
@@ -411,6 +429,16 @@ export class AdminServer {
     if (v.pool !== undefined && typeof v.pool !== 'string') throw new AdminRequestError(400, `"pool" must be a string, got ${JSON.stringify(v.pool)}`);
     return v;
   }
+}
+
+/** `?url=...&pool=...` of a DELETE that carries no body. */
+function queryTarget(url: URL): Record<string, unknown> {
+  for (const key of url.searchParams.keys()) {
+    if (key !== 'url' && key !== 'pool') throw new AdminRequestError(400, `unknown query parameter ${JSON.stringify(key)}; DELETE /backends takes url and pool`);
+  }
+  const target = url.searchParams.get('url');
+  if (target === null) throw new AdminRequestError(400, 'missing "url": DELETE /backends?url=http://10.0.0.4:8080 (or a JSON body {"url": ...})');
+  return { url: target, pool: url.searchParams.get('pool') ?? undefined };
 }
 
 function problemJson(p: ConfigProblem) {

@@ -230,7 +230,8 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       if (typeof url !== 'string') return;
       let id: string;
       try {
-        id = new URL(url).host;
+        const u = new URL(url);
+        id = `${u.hostname}:${u.port || '80'}`;
       } catch {
         return; // the schema reports a bad URL
       }

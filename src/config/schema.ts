@@ -68,17 +68,22 @@ export const PolicyName = z
   .transform((v) => findPolicy(v)!.name)
   .meta({ enum: [...policyNames], description: 'The balancing policy.' });
 
-const UpstreamUrl = z.string().refine(
-  (v) => {
-    try {
-      const u = new URL(v);
-      return u.protocol === 'http:' && u.hostname !== '' && (u.pathname === '/' || u.pathname === '') && !u.search && !u.username;
-    } catch {
-      return false;
-    }
-  },
-  { message: 'expected an upstream URL such as "http://10.0.0.5:8080" (http, host, optional port, no path)' },
-);
+const UpstreamUrl = z
+  .string()
+  .refine(
+    (v) => {
+      // The URL parser quietly drops tabs and newlines, and a fragment: refuse them rather than guess.
+      if (/[\s\x00-\x1f\x7f#]/.test(v)) return false;
+      try {
+        const u = new URL(v);
+        return u.protocol === 'http:' && u.hostname !== '' && (u.pathname === '/' || u.pathname === '') && !u.search && !u.username && !u.password;
+      } catch {
+        return false;
+      }
+    },
+    { message: 'expected an upstream URL such as "http://10.0.0.5:8080" (http, host, optional port, no path, query, spaces or fragment)' },
+  )
+  .refine((v) => !/^[^/]*\/\/[^/]*:0+\/?$/.test(v), { message: 'port 0 cannot be connected to; give the upstream\'s real port' });
 
 /** One upstream: a URL string, or an object with a weight and a connection limit. */
 export const UpstreamConfig = z.union([

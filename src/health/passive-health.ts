@@ -57,7 +57,9 @@ export class PassiveHealth {
     // State carried over a reload keeps its clock: an ejection ends, an open circuit half-opens, when it would have.
     for (const [u, r] of this.records) {
       if (u.ejected) this.scheduleReturn(u, r, Math.max(0, u.ejectedUntil - Date.now()), 'ejection time over (kept across a reload)');
-      if (u.circuit === 'open') this.scheduleHalfOpen(u, r, Math.max(0, u.circuitOpenUntil - Date.now()));
+      // A breaker turned off by a reload lets everything through again; otherwise nothing would close it.
+      if (!this.settings.circuit_breaker.enabled && u.circuit !== 'closed') u.setCircuit('closed', 'circuit breaker turned off by a reload');
+      else if (u.circuit === 'open') this.scheduleHalfOpen(u, r, Math.max(0, u.circuitOpenUntil - Date.now()));
     }
   }
 

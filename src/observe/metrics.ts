@@ -86,10 +86,14 @@ export function causeOf(field: string, to: string | boolean, reason: string): st
 /** The registry and the subscriptions that feed it. */
 export class Metrics {
   readonly registry = new Registry();
-  /** Series by the upstream (or, for answers without one, the pool) they count. */
-  private readonly series = new Map<object, Series>();
-  /** Series whose object key met a second pool name (an upstream reached through a backup pool). */
-  private readonly seriesByName = new Map<string, Series>();
+  /** Series by label values ("pool\nbackend"): one per pair, whatever objects a reload makes. */
+  private readonly series = new Map<string, Series>();
+  /**
+   * The series of an upstream (or, for answers without one, a pool) object: a lookup without
+   * building the label key per request. Weak, so objects dropped by reloads are not kept.
+   */
+  private readonly byObject = new WeakMap<object, Series>();
+  private readonly noPool = {};
   private readonly rateLimited: Counter<'route'>;
   private readonly refusals: Counter<'code'>;
   private readonly retries: Counter<'pool' | 'backend'>;
@@ -105,7 +109,7 @@ export class Metrics {
     const registers = [this.registry];
     collectDefaultMetrics({ register: this.registry });
     for (const name of misnamedDefaults) this.registry.removeSingleMetric(name);
-    const all = (): Iterable<Series> => [...this.series.values(), ...this.seriesByName.values()];
+    const all = (): Iterable<Series> => this.series.values();
     new Counter({
       name: 'lb_requests_total', help: 'Requests answered, by backend (none: answered by Fulcrum itself), method and status.', labelNames: ['pool', 'backend', 'method', 'status'], registers,
       collect() {
@@ -299,8 +303,8 @@ export class Metrics {
 
   private onEnd({ ctx }: RequestEndEvent): void {
     const poolName = ctx.pool?.name ?? 'none';
-    const key: object = ctx.upstream ?? ctx.pool ?? this.series;
-    let s = this.series.get(key);
+    const key: object = ctx.upstream ?? ctx.pool ?? this.noPool;
+    let s = this.byObject.get(key);
     if (s === undefined || s.pool !== poolName) s = this.seriesFor(key, poolName, ctx.upstream?.id ?? 'none');
     const m = methodIndex.get(ctx.req.method ?? '') ?? otherMethod;
     // 0 means nothing was sent (the client left first): counted as 499, the usual "client closed".
@@ -320,18 +324,14 @@ export class Metrics {
   }
 
   private seriesFor(key: object, pool: string, backend: string): Series {
-    const first = this.series.get(key);
-    if (first === undefined) {
-      const s = new Series(pool, backend);
-      this.series.set(key, s);
-      return s;
-    }
     const name = `${pool}\n${backend}`;
-    let s = this.seriesByName.get(name);
+    let s = this.series.get(name);
     if (s === undefined) {
       s = new Series(pool, backend);
-      this.seriesByName.set(name, s);
+      this.series.set(name, s);
     }
+    // An upstream reached through a backup pool has a second pool name: that one is not cached.
+    if (!this.byObject.has(key)) this.byObject.set(key, s);
     return s;
   }
 }

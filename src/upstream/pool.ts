@@ -7,7 +7,7 @@ import type { PoolSettings } from '../config/schema.ts';
 import { findPolicy } from '../balancer/registry.ts';
 import type { PickContext, Policy, PolicyFactory } from '../balancer/policy.ts';
 import { upstreamState } from '../core/events.ts';
-import { Upstream, type UpstreamChange } from './upstream.ts';
+import { Upstream, upstreamIdOf, type UpstreamChange } from './upstream.ts';
 import type { HostRewrite } from '../proxy/headers.ts';
 import type { Transport } from '../proxy/transport.ts';
 import { UndiciTransport } from '../proxy/undici-transport.ts';
@@ -36,7 +36,7 @@ export class Pool {
 
   constructor(name: string, settings: PoolSettings, previous?: ReadonlyMap<string, Upstream>) {
     // Two entries for one address would share one object; the schema cannot see that, the pool can.
-    const ids = settings.upstreams.map((u) => new URL(u.url).host);
+    const ids = settings.upstreams.map((u) => upstreamIdOf(u.url));
     const twice = ids.find((id, i) => ids.indexOf(id) !== i);
     if (twice !== undefined) throw new Error(`pool ${name}: upstream ${twice} is listed twice`);
     this.name = name;
@@ -47,7 +47,7 @@ export class Pool {
     const onChange = (change: UpstreamChange): void => this.changed(change);
     this.upstreams = settings.upstreams.map((u) => {
       const options = { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending };
-      const old = previous?.get(new URL(u.url).host);
+      const old = previous?.get(upstreamIdOf(u.url));
       // The same address keeps its object: health, ejection, breaker, counters and in-flight requests.
       const upstream = old ?? new Upstream(options);
       if (old) {

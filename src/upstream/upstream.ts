@@ -18,6 +18,15 @@ export interface UpstreamChange {
   reason: string;
 }
 
+/**
+ * `host:port` of an upstream URL, the port always spelled out (`http://10.0.0.2` is
+ * `10.0.0.2:80`): the id in logs, metrics labels, the admin API, and across reloads.
+ */
+export function upstreamIdOf(url: string | URL): string {
+  const u = typeof url === 'string' ? new URL(url) : url;
+  return `${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
+}
+
 /** Options for one upstream, already validated and defaulted by the config schema. */
 export interface UpstreamOptions {
   url: string;
@@ -72,7 +81,7 @@ export class Upstream {
     this.port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
     this.origin = `${url.protocol}//${url.host}`;
     this.hostHeader = url.host;
-    this.id = url.host;
+    this.id = upstreamIdOf(url);
     this.weight = options.weight;
     this.maxConnections = Infinity;
     this.maxPending = 0;

@@ -122,7 +122,7 @@ test('fulcrum backends add, drain, weight, remove: change lines printed, the bal
 
   const added = await fulcrum(['backends', 'add', b.url, '--admin', r.admin, '--token', TOKEN], { cwd: r.dir });
   assert.equal(added.code, 0, added.stderr);
-  assert.equal(added.stdout, `pool api: +1 upstream ${b.id}\n(runtime-only: not in the configuration file; \`fulcrum status\` lists it)\n`);
+  assert.equal(added.stdout, `pool api: +1 upstream ${b.id}\n(runtime-only: a restart loses it unless the file says the same; \`fulcrum status\` lists it)\n`);
   assert.deepEqual(status().backends.map((x) => x.url), [a.url, b.url]);
   const bodies: string[] = [];
   for (let i = 0; i < 4; i++) bodies.push((await get(r.url + '/')).body);

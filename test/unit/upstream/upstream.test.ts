@@ -28,7 +28,7 @@ test('upstream: address fields from the URL', () => {
   const d = new Upstream({ url: 'http://backend.internal', weight: 3, maxConnections: 0 });
   assert.equal(d.port, 80);
   assert.equal(d.hostHeader, 'backend.internal');
-  assert.equal(d.id, 'backend.internal');
+  assert.equal(d.id, 'backend.internal:80', 'the port is always spelled out');
   assert.equal(d.weight, 3);
   assert.equal(d.maxConnections, Infinity);
   assert.equal(d.maxPending, 0);

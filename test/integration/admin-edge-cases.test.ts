@@ -1,0 +1,163 @@
+/**
+ * Edge cases found in review: breaker state across a reload that turns the breaker off, series
+ * of a backend removed and added again, persisting with runtime changes in several pools,
+ * token files, prototype-named pools, DNS rebinding, reloads after close, event-stream
+ * backpressure, odd upstream URLs and a CLI pointed at a file it cannot read.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { startBackend, startBalancer } from '../helpers/servers.ts';
+import { eventually } from '../helpers/eventually.ts';
+import { AdminClient, createBalancer, loadConfigText } from '../../src/index.ts';
+import { createLogger } from '../../src/observe/logger.ts';
+
+const token = 'edge-case-admin-token-0123456789';
+const quiet = () => createLogger({ level: 'silent', format: 'json' });
+
+test('a reload that turns the circuit breaker off closes an open circuit', { timeout: 20_000 }, async (t) => {
+  let fail = true;
+  const b = await startBackend(t, (_req, res) => {
+    res.statusCode = fail ? 503 : 200;
+    res.end();
+  });
+  const pool = (enabled: boolean) => ({ upstreams: [b.url], retry: { max_attempts: 1 }, outlier_detection: { enabled: false }, circuit_breaker: { enabled, min_requests: 2, error_rate: 0.5, open_time: '200ms', half_open_requests: 1 } });
+  const lb = await startBalancer(t, { pools: { web: pool(true) } });
+  const u = () => lb.balancer.pools().get('web')!.upstreams[0];
+  for (let i = 0; i < 5 && u().circuit !== 'open'; i++) await fetch(lb.url).then((r) => r.arrayBuffer());
+  assert.equal(u().circuit, 'open');
+  fail = false;
+  await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools: { web: pool(false) } });
+  assert.equal(u().circuit, 'closed', 'closed at once');
+  const statuses = await Promise.all(Array.from({ length: 10 }, () => fetch(lb.url).then((r) => r.status)));
+  assert.deepEqual(statuses, Array(10).fill(200), 'no half-open cap left behind');
+});
+
+test('metrics: a backend removed and added again keeps one series', async (t) => {
+  const a = await startBackend(t, (_req, res) => res.end('a'));
+  const b = await startBackend(t, (_req, res) => res.end('b'));
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [a.url, b.url] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  for (let i = 0; i < 4; i++) await fetch(lb.url).then((r) => r.text());
+  await admin.removeBackend({ url: b.url });
+  await admin.addBackend({ url: b.url });
+  for (let i = 0; i < 4; i++) await fetch(lb.url).then((r) => r.text());
+  const scrape = await admin.metrics();
+  const id = new URL(b.url).host;
+  const lines = scrape.split('\n').filter((l) => l.startsWith(`lb_request_duration_seconds_count{pool="web",backend="${id}"}`));
+  assert.equal(lines.length, 1, lines.join('\n'));
+  assert.equal(lines[0].split(' ')[1], '4');
+});
+
+test('persist writes every pool with runtime changes, not only the one just changed', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  const file = path.join(dir, 'f.yaml');
+  const [a, b] = await Promise.all([startBackend(t, (_q, r) => r.end('a')), startBackend(t, (_q, r) => r.end('b'))]);
+  const text = (persist: boolean) => `listeners: [{host: 127.0.0.1, port: 0}]
+pools:
+  a: {upstreams: [http://127.0.0.1:1]}
+  b: {upstreams: [http://127.0.0.1:2]}
+routes: [{path_prefix: /a, pool: a}, {pool: b}]
+admin: {host: 127.0.0.1, port: 0, token: ${token}, persist: ${persist}}
+`;
+  writeFileSync(file, text(false));
+  const lb = await startBalancer(t, loadConfigText(text(false), file).config, { configFile: file });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  await admin.addBackend({ url: a.url, pool: 'a' });
+  writeFileSync(file, text(true));
+  await lb.balancer.reloadFile('signal');
+  assert.equal(lb.balancer.status().runtime_changes.length, 1, 'the runtime add to pool a survived the reload');
+  await admin.addBackend({ url: b.url, pool: 'b' });
+  const written = loadConfigText(readFileSync(file, 'utf8'), file).config;
+  assert.deepEqual(written.pools.a.upstreams.map((u) => u.url), ['http://127.0.0.1:1', a.url]);
+  assert.deepEqual(written.pools.b.upstreams.map((u) => u.url), ['http://127.0.0.1:2', b.url]);
+  assert.equal(lb.balancer.status().runtime_changes.length, 0);
+  await lb.balancer.reloadFile('signal');
+  assert.deepEqual(lb.balancer.pools().get('a')!.upstreams.map((u) => u.origin), ['http://127.0.0.1:1', a.url], 'nothing vanished');
+});
+
+test('admin: a token file with a space is refused at start; pools named like Object members are 404; reloads after close are refused', async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  writeFileSync(path.join(dir, 'token'), 'correct horse battery staple\n');
+  const bad = createBalancer({ listeners: [{ host: '127.0.0.1', port: 0 }], pools: { web: { upstreams: ['http://127.0.0.1:1'] } }, admin: { host: '127.0.0.1', port: 0, token_file: path.join(dir, 'token') } }, { logger: quiet() });
+  await assert.rejects(bad.start(), /printable ASCII without spaces/);
+  await bad.close(0);
+
+  const lb = await startBalancer(t, { pools: { web: { upstreams: ['http://127.0.0.1:1'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const url = lb.balancer.adminAddress()!.url;
+  for (const pool of ['toString', '__proto__', 'constructor', 'hasOwnProperty']) {
+    const res = await fetch(`${url}/backends`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: JSON.stringify({ url: 'http://127.0.0.1:3', pool }) });
+    assert.equal(res.status, 404, pool);
+  }
+  const other = createBalancer({ listeners: [{ host: '127.0.0.1', port: 0 }], pools: { web: { upstreams: ['http://127.0.0.1:1'] } } }, { logger: quiet() });
+  await other.start();
+  await other.close(0);
+  await assert.rejects(other.reload({ listeners: [{ host: '127.0.0.1', port: 0 }], pools: { web: { upstreams: ['http://127.0.0.1:2'] } } }), /shutting down/);
+});
+
+test('admin: reads that arrive under a non-loopback Host name need the token (DNS rebinding)', async (t) => {
+  const lb = await startBalancer(t, { pools: { web: { upstreams: ['http://127.0.0.1:1'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const { port } = lb.balancer.adminAddress()!;
+  const status = (host: string, auth?: string): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const s = net.connect(port, '127.0.0.1', () => s.write(`GET /status HTTP/1.1\r\nHost: ${host}\r\n${auth ? `Authorization: Bearer ${auth}\r\n` : ''}Connection: close\r\n\r\n`));
+      let data = '';
+      s.on('data', (c) => (data += c));
+      s.on('end', () => resolve(Number(data.split(' ')[1])));
+      s.on('error', reject);
+    });
+  assert.equal(await status(`127.0.0.1:${port}`), 200);
+  assert.equal(await status(`localhost:${port}`), 200);
+  assert.equal(await status(`[::1]:${port}`), 200);
+  assert.equal(await status(`attacker.example:${port}`), 401);
+  assert.equal(await status(`attacker.example:${port}`, token), 200);
+});
+
+test('admin: an event stream whose reader stalls is closed instead of buffered without end', { timeout: 60_000 }, async (t) => {
+  // Many upstreams make each sample large, so the socket buffers fill within seconds.
+  const upstreams = Array.from({ length: 3000 }, (_, i) => `http://127.0.0.1:${20000 + i}`);
+  const lb = await startBalancer(t, { pools: { web: { upstreams } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const { port } = lb.balancer.adminAddress()!;
+  const socket = net.connect(port, '127.0.0.1');
+  t.after(() => socket.destroy());
+  socket.pause(); // never read
+  socket.write(`GET /events HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  // A paused socket reads nothing, so it cannot see the server close it until it reads again.
+  await new Promise((resolve) => setTimeout(resolve, 15_000));
+  let bytes = 0;
+  const ended = new Promise<void>((resolve) => {
+    socket.on('data', (chunk: Buffer) => (bytes += chunk.length));
+    socket.on('close', () => resolve());
+    socket.on('error', () => {});
+  });
+  socket.resume();
+  const outcome = await Promise.race([ended.then(() => 'closed'), new Promise((resolve) => setTimeout(resolve, 10_000, 'still open'))]);
+  t.diagnostic(`${(bytes / 1e6).toFixed(1)} MB were buffered before the server closed the stream`);
+  assert.equal(outcome, 'closed', 'the server closed the stream of a reader that stopped');
+});
+
+test('upstream URLs that would be changed silently are refused: port 0, a newline, a fragment', () => {
+  for (const url of ['http://127.0.0.1:0', 'http://a\nb:1', 'http://127.0.0.1:1#f', 'http://127.0.0.1 :1']) {
+    assert.throws(() => loadConfigText(`pools: {web: {upstreams: [${JSON.stringify(url)}]}}`, 'x.yaml'), /upstream|port 0/, url);
+  }
+});
+
+test('CLI: a config file it cannot read or parse is an error, not a fallback to the default port', async () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  writeFileSync(path.join(dir, 'broken.yaml'), 'admin: {port: 19999\n  bad: [\n');
+  const run = (args: string[]): Promise<{ code: number; stderr: string }> =>
+    new Promise((resolve) => execFile(process.execPath, [path.resolve(import.meta.dirname, '../../src/cli.ts'), ...args], { cwd: dir, timeout: 20_000 }, (err, _out, stderr) => resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, stderr })));
+  const missing = await run(['status', '-c', 'nope.yaml']);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /nope\.yaml: no such file/);
+  const broken = await run(['status', '-c', 'broken.yaml']);
+  assert.equal(broken.code, 1);
+  assert.match(broken.stderr, /cannot find the admin API from broken\.yaml/);
+  const scheme = await run(['status', '--admin', 'ftp://127.0.0.1:1']);
+  assert.equal(scheme.code, 1);
+  assert.match(scheme.stderr, /must be http/);
+});
