@@ -305,6 +305,7 @@ export class AdminServer {
         res.setHeader('allow', matching.map((r) => r.method).join(', '));
         return this.json(res, 405, { error: `${req.method} is not allowed on ${p}; use ${matching.map((r) => r.method).join(' or ')}` });
       }
+      if (route.write) res.once('finish', () => this.audit(req, p, res.statusCode));
       if (!route.open && !this.authorized(req, res, route.write)) return;
       await route.handle(req, res, url);
     } catch (err) {
@@ -319,6 +320,13 @@ export class AdminServer {
       this.deps.logger.error({ err: (err as Error).message, path: p }, 'admin request failed');
       this.json(res, 500, { error: `internal error: ${(err as Error).message}` });
     }
+  }
+
+  /** One log line per write, with who asked and how it ended (refused tokens are warnings). */
+  private audit(req: http.IncomingMessage, path: string, status: number): void {
+    const line = { admin: true, method: req.method, path, client: req.socket.remoteAddress, status };
+    if (status === 401) this.deps.logger.warn(line, `admin API: ${req.method} ${path} from ${req.socket.remoteAddress} refused (401: missing or wrong token)`);
+    else this.deps.logger.info(line, `admin API: ${req.method} ${path} from ${req.socket.remoteAddress}: ${status}`);
   }
 
   /** Checks the bearer token where one is needed; answers 401 itself when it fails. */

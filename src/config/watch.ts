@@ -1,35 +1,59 @@
 /**
  * Reload on file change. Editors save by writing a new file and renaming it over the old one,
- * which ends a watch on the file itself; so the directory is watched and events are filtered by
- * name, and a burst of events (write, rename, chmod) becomes one reload after `debounce` ms.
+ * which ends a watch on the file itself; Kubernetes updates a mounted ConfigMap by swapping a
+ * `..data` symlink next to it, so no event names the file at all. So the directory is watched
+ * (and, for a symlink, the directory of its target too), any event there is a hint, and the
+ * file's content decides: a reload happens only when the bytes changed. A burst of events
+ * (write, rename, chmod) becomes one check after `debounce` ms.
  */
-import { watch, type FSWatcher } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readFileSync, realpathSync, watch, type FSWatcher } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../observe/logger.ts';
 
-/** Calls `onChange` once per burst of changes to `file`; returns the function that stops watching. */
-export function watchConfigFile(file: string, debounce: number, onChange: () => void, logger: Logger): () => void {
-  const dir = path.dirname(path.resolve(file));
-  const name = path.basename(file);
-  let timer: NodeJS.Timeout | null = null;
-  let watcher: FSWatcher | null = null;
+function digest(file: string): string | null {
   try {
-    watcher = watch(dir, { persistent: false }, (_event, changed) => {
-      // Some platforms do not say which file changed: then any change in the directory counts.
-      if (changed !== null && changed !== name) return;
-      if (timer) clearTimeout(timer);
-      timer = setTimeout(() => {
-        timer = null;
-        onChange();
-      }, debounce);
-      timer.unref();
-    });
-    watcher.on('error', (err) => logger.error({ err: err.message, file }, `watching ${file} failed; reload with SIGHUP or POST /reload`));
-  } catch (err) {
-    logger.error({ err: (err as Error).message, file }, `cannot watch ${file}; reload with SIGHUP or POST /reload`);
+    return createHash('sha256').update(readFileSync(file)).digest('hex');
+  } catch {
+    return null; // gone for a moment (mid-rename) or unreadable: the next event looks again
+  }
+}
+
+/** Calls `onChange` once per burst of changes to `file`'s content; returns the function that stops watching. */
+export function watchConfigFile(file: string, debounce: number, onChange: () => void, logger: Logger): () => void {
+  const absolute = path.resolve(file);
+  let last = digest(absolute);
+  let timer: NodeJS.Timeout | null = null;
+  const watchers: FSWatcher[] = [];
+  const check = (): void => {
+    timer = null;
+    const now = digest(absolute);
+    if (now === null || now === last) return;
+    last = now;
+    onChange();
+  };
+  const hint = (): void => {
+    if (timer) clearTimeout(timer);
+    timer = setTimeout(check, debounce);
+    timer.unref();
+  };
+  const dirs = new Set([path.dirname(absolute)]);
+  try {
+    dirs.add(path.dirname(realpathSync(absolute)));
+  } catch {
+    // not there yet: its own directory is enough
+  }
+  for (const dir of dirs) {
+    try {
+      const w = watch(dir, { persistent: false }, hint);
+      w.on('error', (err) => logger.error({ err: err.message, file }, `watching ${dir} failed; reload with SIGHUP or POST /reload`));
+      watchers.push(w);
+    } catch (err) {
+      logger.error({ err: (err as Error).message, file }, `cannot watch ${dir}; reload with SIGHUP or POST /reload`);
+    }
   }
   return () => {
     if (timer) clearTimeout(timer);
-    watcher?.close();
+    for (const w of watchers) w.close();
   };
 }

@@ -161,3 +161,34 @@ test('CLI: a config file it cannot read or parse is an error, not a fallback to 
   assert.equal(scheme.code, 1);
   assert.match(scheme.stderr, /must be http/);
 });
+
+test('watch: a Kubernetes-style ConfigMap update (a ..data symlink swapped next to the file) reloads', { timeout: 20_000 }, async (t) => {
+  const { mkdirSync, symlinkSync, renameSync } = await import('node:fs');
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-cm-'));
+  const [a, b] = await Promise.all([startBackend(t, (_q, r) => r.end('a')), startBackend(t, (_q, r) => r.end('b'))]);
+  const version = (name: string, upstreams: string[]): void => {
+    mkdirSync(path.join(dir, name));
+    writeFileSync(path.join(dir, name, 'fulcrum.yaml'), `listeners: [{host: 127.0.0.1, port: 0}]\npools: {web: {upstreams: ${JSON.stringify(upstreams)}}}\nreload: {watch: true, debounce: 50ms}\n`);
+  };
+  version('..2026_v1', [a.url]);
+  symlinkSync('..2026_v1', path.join(dir, '..data'));
+  symlinkSync('..data/fulcrum.yaml', path.join(dir, 'fulcrum.yaml'));
+  const file = path.join(dir, 'fulcrum.yaml');
+  const lb = await startBalancer(t, loadConfigText(readFileSync(file, 'utf8'), file).config, { configFile: file });
+  version('..2026_v2', [a.url, b.url]);
+  symlinkSync('..2026_v2', path.join(dir, '..data_tmp'));
+  renameSync(path.join(dir, '..data_tmp'), path.join(dir, '..data'));
+  await eventually(() => lb.balancer.pools().get('web')!.upstreams.length === 2, { timeout: 5000, what: 'the swapped ConfigMap reloaded' });
+  assert.ok(lb.logs.some((l) => l.includes('configuration reloaded (watch): pool web: +1 upstream')));
+});
+
+test('admin writes are logged with the caller and the outcome', async (t) => {
+  const lb = await startBalancer(t, { pools: { web: { upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const url = lb.balancer.adminAddress()!.url;
+  await fetch(`${url}/backends/drain`, { method: 'POST', body: JSON.stringify({ url: 'http://127.0.0.1:2' }) });
+  await fetch(`${url}/backends/drain`, { method: 'POST', headers: { authorization: `Bearer ${token}` }, body: JSON.stringify({ url: 'http://127.0.0.1:2' }) });
+  await eventually(() => lb.logs.filter((l) => l.includes('"admin":true')).length === 2, { what: 'two audit lines' });
+  const lines = lb.logs.filter((l) => l.includes('"admin":true')).map((l) => JSON.parse(l) as { level: number; status: number; client: string; path: string });
+  assert.deepEqual(lines.map((l) => [l.level, l.status, l.path]), [[40, 401, '/backends/drain'], [30, 200, '/backends/drain']]);
+  assert.match(lines[0].client, /127\.0\.0\.1/);
+});
