@@ -58,7 +58,7 @@ export class HttpListener {
     this.server = http.createServer(
       {
         keepAliveTimeout: settings.keepalive_timeout,
-        requireHostHeader: true,
+        requireHostHeader: false, // request-validation answers 400 itself, so it is logged and counted
         maxHeaderSize: limits.max_header_bytes,
         headersTimeout,
         requestTimeout,

@@ -15,6 +15,7 @@ const refusals = {
   teOnHttp10: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding is not allowed in HTTP/1.0' },
   teNotChunked: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding other than "chunked" is not accepted' },
   host: { status: 400, code: ErrorCode.BadRequest, message: 'malformed Host header' },
+  noHost: { status: 400, code: ErrorCode.BadRequest, message: 'HTTP/1.1 requires a Host header' },
 } satisfies Record<string, Refusal>;
 
 /** A refusal for a request that must not be proxied, or null. */
@@ -26,7 +27,9 @@ export function validateRequest(req: IncomingMessage): Refusal | null {
     if (te.trim().toLowerCase() !== 'chunked') return refusals.teNotChunked;
   }
   const host = req.headers.host;
-  if (host !== undefined && !hostSyntax.test(host)) return refusals.host;
+  // Checked here rather than by Node (requireHostHeader), so the refusal is logged and counted like the others.
+  if (host === undefined) return req.httpVersionMinor === 1 ? refusals.noHost : null;
+  if (!hostSyntax.test(host)) return refusals.host;
   return null;
 }
 

@@ -192,3 +192,26 @@ test('admin writes are logged with the caller and the outcome', async (t) => {
   assert.deepEqual(lines.map((l) => [l.level, l.status, l.path]), [[40, 401, '/backends/drain'], [30, 200, '/backends/drain']]);
   assert.match(lines[0].client, /127\.0\.0\.1/);
 });
+
+test('a request without Host is refused with 400 by Fulcrum itself, so it is counted', async (t) => {
+  const seen: string[] = [];
+  const b = await startBackend(t, (req, res) => {
+    seen.push(req.url ?? '');
+    res.end('ok');
+  });
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [b.url] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const raw = (text: string): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const s = net.connect(lb.port, '127.0.0.1', () => s.write(text));
+      let data = '';
+      s.on('data', (c) => (data += c));
+      s.on('end', () => resolve(data));
+      s.on('error', reject);
+    });
+  assert.match(await raw('GET /no-host HTTP/1.1\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 400 /);
+  assert.match(await raw('GET /http10 HTTP/1.0\r\n\r\n'), /^HTTP\/1\.1 200 /, 'HTTP/1.0 needs no Host');
+  assert.deepEqual(seen, ['/http10']);
+  const scrape = await new AdminClient({ url: lb.balancer.adminAddress()!.url }).metrics();
+  assert.match(scrape, /^lb_request_errors_total\{code="FUL_BAD_REQUEST"\} 1$/m);
+  assert.match(scrape, /^lb_requests_total\{pool="none",backend="none",method="GET",status="400"\} 1$/m);
+});
