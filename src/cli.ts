@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.ts';
 import { loadConfigFile } from './config/load.ts';
 import { configJsonSchema } from './config/schema.ts';
-import { diffConfigs, formatChanges } from './config/diff.ts';
+import { diffConfigs, formatChanges, restartNotes } from './config/diff.ts';
 import { policies } from './balancer/registry.ts';
 import { createBalancer, type Balancer } from './index.ts';
 import { startDemo, demoBanner } from './demo/demo.ts';
@@ -123,7 +123,8 @@ function diff(files: string[]): void {
     }
   });
   const lines = formatChanges(diffConfigs(loaded[0].config, loaded[1].config));
-  process.stdout.write(lines.length === 0 ? 'no changes\n' : lines.join('\n') + '\n');
+  const notes = restartNotes(loaded[0].config, loaded[1].config).map((n) => `restart needed: ${n}`);
+  process.stdout.write(lines.length === 0 ? 'no changes\n' : [...lines, ...notes].join('\n') + '\n');
 }
 
 function check(files: string[]): void {

@@ -15,10 +15,10 @@ import type { RouteSettings } from './config/schema.ts';
 import type { Closable, RequestGuard } from './core/pipeline.ts';
 import { Firewall, firewallGuard } from './middleware/firewall.ts';
 import { createRateLimitGuard, createRateLimitStores, type RateLimitStores } from './middleware/rate-limit.ts';
-import type { Upstream } from './upstream/upstream.ts';
+import { upstreamIdOf, type Upstream } from './upstream/upstream.ts';
 import { UpstreamConfig, type UpstreamSettings } from './config/schema.ts';
 import { loadConfigFile } from './config/load.ts';
-import { diffConfigs, formatChanges } from './config/diff.ts';
+import { diffConfigs, formatChanges, restartNotes } from './config/diff.ts';
 import { watchConfigFile } from './config/watch.ts';
 import { Metrics } from './observe/metrics.ts';
 import { LiveStats } from './observe/live-stats.ts';
@@ -51,6 +51,10 @@ export interface BalancerOptions {
 /** What a reload did: one line per changed area ("pool api: +1 upstream 10.0.0.4:80"). */
 export interface ReloadResult {
   changes: string[];
+  /** What the new configuration asks that only a restart applies (a moved listener, the admin address, log.format). */
+  warnings?: string[];
+  /** Runtime changes from the admin API that no longer apply to the new file (their pool is gone, ...). */
+  dropped?: string[];
   /** For backend writes: true when the upstream now differs from the file (a restart would lose it). */
   runtime_only?: boolean;
 }
@@ -86,6 +90,8 @@ export interface Balancer {
   readonly configFile: string | null;
   /** `config` as a reload would run it: with the admin API's runtime changes on top (nothing is applied). */
   withRuntimeChanges(config: FulcrumConfig): FulcrumConfig;
+  /** What applying `config` would leave waiting for a restart. */
+  restartNotesFor(config: FulcrumConfig): string[];
   /** `/status`: every upstream, pool and listener, and the runtime-only changes. */
   status(): StatusResponse;
   /** Adds an upstream to a pool (through the same validate-then-swap path as a reload). */
@@ -110,10 +116,25 @@ function toConfig(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig): Ful
  */
 function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> | null): Map<string, Pool> {
   const pools = new Map<string, Pool>();
+  // Upstreams of pools that are gone (a renamed pool, most often) go to new pools that list the same address.
+  const orphans = new Map<string, Upstream>();
+  if (previous) for (const [name, p] of previous) if (!Object.hasOwn(config.pools, name)) for (const u of p.upstreams) if (!orphans.has(u.id)) orphans.set(u.id, u);
   for (const [name, settings] of Object.entries(config.pools)) {
     const old = previous?.get(name);
     if (old && JSON.stringify(old.settings) === JSON.stringify(settings)) pools.set(name, old);
-    else pools.set(name, new Pool(name, settings, old ? new Map(old.upstreams.map((u) => [u.id, u])) : undefined));
+    else if (old) pools.set(name, new Pool(name, settings, new Map(old.upstreams.map((u) => [u.id, u]))));
+    else {
+      const lent = new Map<string, Upstream>();
+      for (const u of settings.upstreams) {
+        const id = upstreamIdOf(u.url);
+        const orphan = orphans.get(id);
+        if (orphan !== undefined) {
+          lent.set(id, orphan);
+          orphans.delete(id);
+        }
+      }
+      pools.set(name, new Pool(name, settings, lent));
+    }
   }
   for (const pool of pools.values()) pool.backup = pool.settings.backup ? (pools.get(pool.settings.backup) ?? null) : null;
   return pools;
@@ -162,6 +183,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   let base = toConfig(input);
   const runtimeChanges = new RuntimeChanges();
   let config = base;
+  /** The configuration the process started with: what listeners, the admin listener and the log stream really use. */
+  const startConfig = base;
   const configFile = options.configFile ?? null;
   const logger = options.logger ?? createLogger(config.log);
   let runtime = buildRuntime(config, null, logger);
@@ -211,6 +234,10 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     logger.info({ request_id: ctx.requestIdForUpstream ?? ctx.id, upstream: upstream.id, attempt: ctx.attempts, reason }, `retrying ${ctx.req.method} ${ctx.upstreamPath} after ${upstream.id} failed (${reason})`);
   };
 
+  /** What waits for a restart: `next` against what is really bound (listeners, admin, log stream). */
+  const pendingRestart = (next: FulcrumConfig): string[] =>
+    restartNotes(startConfig, next, listeners.map((l) => l.address() ?? { host: l.settings.host, port: l.settings.port }));
+
   /** Builds and swaps in `next` (already validated); returns the semantic diff. Throws and keeps the running one on failure. */
   const swap = (next: FulcrumConfig): string[] => {
     let built: Runtime;
@@ -225,7 +252,6 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       throw err;
     }
     const old = runtime;
-    const previousConfig = config;
     const changes = formatChanges(diffConfigs(config, next));
     // Only new pools start: a kept pool's checks and passive health are already running.
     const running = new Set(old.pools.values());
@@ -240,14 +266,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     void Promise.all([...old.pools.values()].filter((p) => !kept.has(p)).map((p) => p.close()));
     if (built.stores !== old.stores) void old.stores.close();
     // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
-    const unmatched: string[] = [];
     for (const settings of next.listeners) {
       const current = listeners.find((l) => l.settings.host === settings.host && (l.settings.port === settings.port || l.address()?.port === settings.port));
       if (current) current.update(settings);
-      else unmatched.push(`${settings.host}:${settings.port}`);
-    }
-    if (unmatched.length > 0 || next.listeners.length !== listeners.length) {
-      logger.warn({ listeners: unmatched }, 'added or moved listeners take effect on restart; the others were reloaded');
     }
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
     // Log level and the access log switch at once; the format (a different stream) needs a restart.
@@ -258,7 +279,6 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       stopAccessLog();
       stopAccessLog = null;
     }
-    if (next.log.format !== previousConfig.log.format) logger.warn('log.format takes effect on restart');
     return changes;
   };
 
@@ -274,12 +294,14 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       const { config: next, dropped } = runtimeChanges.apply(nextBase);
       for (const d of dropped) logger.info({ source }, `runtime change dropped: ${d}`);
       const changes = swap(next);
+      const warnings = pendingRestart(next);
+      for (const w of warnings) logger.warn({ source }, `restart needed: ${w}`);
       base = nextBase;
       if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
       logger.info({ source, changes }, `configuration reloaded (${source}): ${changes.length > 0 ? changes.join('; ') : 'no changes'}`);
       const kept = runtimeChanges.list();
       if (kept.length > 0) logger.info({ runtime_changes: kept.length }, `${kept.length} runtime change(s) from the admin API stay on top of the file (GET /status lists them)`);
-      return { changes };
+      return { changes, ...(warnings.length > 0 ? { warnings } : {}), ...(dropped.length > 0 ? { dropped } : {}) };
     } catch (err) {
       refused(source, err as Error);
       throw err;
@@ -340,14 +362,19 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
     if (config.admin?.persist && configFile !== null) {
       // Every pool with runtime changes is written, not only this one: then none is left behind.
+      // Pool by pool, so one that cannot be written (an anchor shared with another pool, a file
+      // edited since it was loaded) does not hold the others back.
       const touched = [...new Set(runtimeChanges.snapshot().map((o) => o.pool))].filter((p) => Object.hasOwn(config.pools, p));
-      try {
-        persistUpstreams(configFile, config, touched);
-        base = structuredClone(config);
-        runtimeChanges.clearOps();
-        logger.info({ file: configFile, pools: touched }, `wrote the upstreams of pool${touched.length === 1 ? '' : 's'} ${touched.join(', ')} to ${configFile}`);
-      } catch (err) {
-        logger.error({ file: configFile, err: (err as Error).message }, `could not write ${configFile}; the change is runtime-only (GET /status lists it)`);
+      for (const pool of touched) {
+        try {
+          persistUpstreams(configFile, config, [pool], base);
+          base = structuredClone(base);
+          base.pools[pool] = structuredClone(config.pools[pool]);
+          runtimeChanges.clearOps(pool);
+          logger.info({ file: configFile, pool }, `wrote the upstreams of pool ${pool} to ${configFile}`);
+        } catch (err) {
+          logger.error({ file: configFile, pool, err: (err as Error).message }, `could not write pool ${pool} to ${configFile} (${(err as Error).message}); the change is runtime-only (GET /status lists it)`);
+        }
       }
     }
     logger.info({ source, changes: result.changes }, `admin API: ${result.changes.join('; ') || 'no changes'}`);
@@ -459,6 +486,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         configFile,
         loadedAt,
         persisted: Boolean(config.admin?.persist && configFile !== null),
+        restartNeeded: pendingRestart(config),
         startedAt,
         version,
       });
@@ -484,6 +512,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     pools: () => pools,
     config: () => config,
     withRuntimeChanges: (next) => runtimeChanges.apply(next, false).config,
+    restartNotesFor: (next) => pendingRestart(next),
   };
   return balancer;
 }

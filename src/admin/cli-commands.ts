@@ -84,6 +84,7 @@ export function formatStatus(s: StatusResponse): string {
       ...s.backends.map((b) => [b.pool, b.url, state(b), String(b.weight), String(b.current_connections), String(b.requests), String(b.failures), String(b.ejections), b.runtime_only ? 'runtime-only' : '']),
     ]),
   ];
+  for (const note of s.restart_needed ?? []) lines.push(`restart needed: ${note}`);
   if (s.runtime_changes.length > 0) {
     lines.push('', `runtime-only changes (lost on restart${s.persisted ? '' : '; set admin.persist to write them to the file'}):`);
     for (const c of s.runtime_changes) lines.push(`  ${c.at}  ${c.action} ${c.upstream} in pool ${c.pool}${c.weight !== undefined ? ` (weight ${c.weight})` : ''}`);
@@ -106,8 +107,13 @@ export async function adminCommand(command: string, args: string[], options: Adm
   }
   const client = new AdminClient({ url, token });
   const out = (value: unknown, text: string): void => void process.stdout.write((options.json ? JSON.stringify(value, null, 2) : text) + '\n');
-  const applied = (r: { changes: string[]; runtime_only?: boolean }): string =>
-    (r.changes.length > 0 ? r.changes.join('\n') : 'no changes') + (r.runtime_only ? '\n(runtime-only: a restart loses it unless the file says the same; `fulcrum status` lists it)' : '');
+  const applied = (r: { changes: string[]; runtime_only?: boolean; warnings?: string[]; dropped?: string[] }): string =>
+    [
+      r.changes.length > 0 ? r.changes.join('\n') : 'no changes',
+      ...(r.warnings ?? []).map((w) => `restart needed: ${w}`),
+      ...(r.dropped ?? []).map((d) => `runtime change dropped: ${d}`),
+      ...(r.runtime_only ? ['(runtime-only: a restart loses it unless the file says the same; `fulcrum status` lists it)'] : []),
+    ].join('\n');
   try {
     if (command === 'status') {
       const s = await client.status();

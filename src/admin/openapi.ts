@@ -20,6 +20,7 @@ const backendExample = {
   id: 'localhost:8085',
   pool: 'web',
   alive: true,
+  healthy: true,
   current_connections: 0,
   requests: 0,
   failures: 0,
@@ -48,6 +49,7 @@ const statusExample = {
   config_loaded_at: '2025-01-10T09:30:00.000Z',
   persisted: false,
   runtime_changes: [],
+  restart_needed: [],
   uptime_seconds: 3600,
   version,
 };
@@ -168,10 +170,10 @@ export function openApiDocument(): Record<string, unknown> {
           summary: 'Readiness: at least one upstream takes traffic.',
           security: openSecurity,
           responses: {
-            '200': { description: 'Ready: some upstream in some pool is available.', content: { 'application/json': { schema: ref('ReadyResponse'), example: { ready: true, active_backends: 2 } } } },
+            '200': { description: 'Ready: some upstream in some pool is available.', content: { 'application/json': { schema: ref('ReadyResponse'), example: { ready: true, active_backends: 2, unavailable_pools: [] } } } },
             '503': {
               description: 'Not ready: no upstream is available in any pool.',
-              content: { 'application/json': { schema: ref('ReadyResponse'), example: { ready: false, active_backends: 0, reason: 'no upstream is available in any pool' } } },
+              content: { 'application/json': { schema: ref('ReadyResponse'), example: { ready: false, active_backends: 0, unavailable_pools: ['web'], reason: 'no upstream is available in any pool' } } },
             },
           },
         },
@@ -589,12 +591,13 @@ export function openApiDocument(): Record<string, unknown> {
         BackendStatus: {
           type: 'object',
           description: 'One upstream as `/status` and `/backends` show it.',
-          required: ['url', 'id', 'pool', 'alive', 'current_connections', 'requests', 'failures', 'weight', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'runtime_only'],
+          required: ['url', 'id', 'pool', 'alive', 'healthy', 'current_connections', 'requests', 'failures', 'weight', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'runtime_only'],
           properties: {
             url: { type: 'string', description: '`http://host:port` (the seeds\' key).', examples: ['http://localhost:8085'] },
             id: { type: 'string', description: '`host:port`: the id used in metrics, logs and the API.', examples: ['localhost:8085'] },
             pool: { type: 'string' },
             alive: { type: 'boolean', description: 'The balancer would send it traffic now: healthy, enabled, not draining, not ejected, circuit not open.' },
+            healthy: { type: 'boolean', description: 'Seed 002\'s field: its active health check passes (true when none is configured).' },
             current_connections: { type: 'integer', minimum: 0, description: 'Requests in flight to it now.' },
             requests: { type: 'integer', minimum: 0, description: 'Requests it answered since it was added (carried over reloads).' },
             failures: { type: 'integer', minimum: 0, description: 'Attempts that failed (connect error, reset, timeout).' },
@@ -645,7 +648,7 @@ export function openApiDocument(): Record<string, unknown> {
         StatusResponse: {
           type: 'object',
           description: '`GET /status`.',
-          required: ['total_backends', 'active_backends', 'backends', 'pools', 'listeners', 'config_file', 'config_loaded_at', 'persisted', 'runtime_changes', 'uptime_seconds', 'version'],
+          required: ['total_backends', 'active_backends', 'backends', 'pools', 'listeners', 'config_file', 'config_loaded_at', 'persisted', 'runtime_changes', 'restart_needed', 'uptime_seconds', 'version'],
           properties: {
             total_backends: { type: 'integer', minimum: 0 },
             active_backends: { type: 'integer', minimum: 0, description: 'Backends with `alive: true`.' },
@@ -656,6 +659,7 @@ export function openApiDocument(): Record<string, unknown> {
             config_loaded_at: { type: 'string', format: 'date-time', description: 'When the configuration in force was applied.' },
             persisted: { type: 'boolean', description: 'Whether API changes to upstream lists are written back to `config_file` (admin.persist with a file).' },
             runtime_changes: { type: 'array', items: ref('RuntimeChange'), description: 'Changes made through the API that a restart would lose, oldest first.' },
+            restart_needed: { type: 'array', items: { type: 'string' }, description: 'Settings of the loaded configuration that wait for a restart (a moved listener, the admin address, log.format).' },
             uptime_seconds: { type: 'integer', minimum: 0 },
             version: { type: 'string' },
           },
@@ -668,7 +672,9 @@ export function openApiDocument(): Record<string, unknown> {
             ok: { const: true },
             changes: { type: 'array', items: { type: 'string' }, description: 'The semantic diff, one line per area ("pool api: +1 upstream 10.0.0.4:80").' },
             backend: { ...ref('BackendStatus'), description: 'Backend writes: the upstream as it is now (absent after a removal).' },
-            runtime_only: { type: 'boolean', description: 'Backend writes: true when the change is not in the configuration file.' },
+            runtime_only: { type: 'boolean', description: 'Backend writes: true when the upstream now differs from the configuration file (a restart would lose the difference).' },
+            warnings: { type: 'array', items: { type: 'string' }, description: 'Reloads: what the new configuration asks that only a restart applies.' },
+            dropped: { type: 'array', items: { type: 'string' }, description: 'Reloads: runtime changes from the API that no longer apply to the new file.' },
           },
         },
         BackendWriteResponse: {
@@ -739,10 +745,11 @@ export function openApiDocument(): Record<string, unknown> {
         },
         ReadyResponse: {
           type: 'object',
-          required: ['ready', 'active_backends'],
+          required: ['ready', 'active_backends', 'unavailable_pools'],
           properties: {
             ready: { type: 'boolean' },
             active_backends: { type: 'integer', minimum: 0 },
+            unavailable_pools: { type: 'array', items: { type: 'string' }, description: 'Pools with no upstream available now (ready stays true while any pool can serve).' },
             reason: { type: 'string', description: 'Why not ready.' },
           },
         },

@@ -12,10 +12,11 @@
  * The file is replaced atomically (a temporary file, then rename) and through symlinks (the
  * link's target is written, as with a Kubernetes ConfigMap or /etc/alternatives).
  */
-import { readFileSync, realpathSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, realpathSync, renameSync, statSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Node as YamlNode } from 'yaml';
-import type { FulcrumConfig, UpstreamSettings } from '../config/schema.ts';
+import { isAlias, isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Document, type Node as YamlNode } from 'yaml';
+import { UpstreamConfig, type FulcrumConfig, type UpstreamSettings } from '../config/schema.ts';
+import { loadConfigText } from '../config/load.ts';
 import { upstreamId } from './runtime-changes.ts';
 
 /** How an upstream is written: a bare URL when it has no settings beyond the defaults. */
@@ -41,20 +42,33 @@ function entryId(value: unknown): string | null {
   }
 }
 
+/** An entry as written (URL or object, any key order, defaults spelled out or not) says `u`. */
 function same(value: unknown, u: UpstreamSettings): boolean {
-  return JSON.stringify(value) === JSON.stringify(entry(u));
+  const parsed = UpstreamConfig.safeParse(value);
+  return parsed.success && parsed.data.url === u.url && parsed.data.weight === u.weight && parsed.data.max_connections === u.max_connections;
 }
 
-/** The list's path in the file: `pools.<pool>.upstreams`, or a seed file's `backends`. */
-function listPath(raw: unknown, pool: string): (string | number)[] {
-  const r = raw as Record<string, unknown> | null;
-  return r && r.pools === undefined && Array.isArray(r.backends) ? ['backends'] : ['pools', pool, 'upstreams'];
+/** The pool's upstream list node, matching the pool's key as text (a pool named `2024` is a number in YAML). */
+function findList(doc: Document, pool: string): YamlNode | null {
+  const raw = doc.toJS() as Record<string, unknown> | null;
+  if (raw && raw.pools === undefined && Array.isArray(raw.backends)) return (doc.get('backends', true) as YamlNode) ?? null;
+  const pools = doc.get('pools', true);
+  if (!isMap(pools)) return null;
+  const pair = pools.items.find((p) => String(isScalar(p.key) ? p.key.value : p.key) === pool);
+  const poolNode = pair?.value;
+  if (!isMap(poolNode)) return null;
+  return (poolNode.get('upstreams', true) as YamlNode) ?? null;
+}
+
+/** A list shared through a YAML anchor or alias cannot be edited for one pool alone. */
+function shared(node: YamlNode | null): boolean {
+  return node !== null && (isAlias(node) || (node as { anchor?: string }).anchor !== undefined);
 }
 
 /** Text edits of one block list; null when the list is not one this can edit safely. */
 function editBlockList(text: string, pool: string, wanted: readonly UpstreamSettings[]): string | null {
   const doc = parseDocument(text);
-  const seq = doc.getIn(listPath(doc.toJS(), pool), true);
+  const seq = findList(doc, pool);
   if (!isSeq(seq) || seq.items.length === 0) return null;
   if (seq.flow) return check(editFlowList(text, seq.items as YamlNode[], seq.range, wanted), pool, wanted);
   const lineStart = (offset: number): number => text.lastIndexOf('\n', offset - 1) + 1;
@@ -123,8 +137,7 @@ function editFlowList(text: string, nodes: YamlNode[], range: YamlNode['range'],
 function check(out: string | null, pool: string, wanted: readonly UpstreamSettings[]): string | null {
   if (out === null) return null;
   try {
-    const raw = parseYaml(out);
-    const list = listPath(raw, pool).reduce<unknown>((node, key) => (node as Record<string | number, unknown>)?.[key], raw);
+    const list = findList(parseDocument(out), pool)?.toJSON() as unknown;
     if (!Array.isArray(list) || list.length !== wanted.length || !list.every((v, i) => same(v, wanted[i]))) return null;
   } catch {
     return null;
@@ -135,9 +148,8 @@ function check(out: string | null, pool: string, wanted: readonly UpstreamSettin
 /** Whole-document fallback: the Document API keeps comments but may reformat the file. */
 function editDocument(text: string, pool: string, wanted: readonly UpstreamSettings[]): string {
   const doc = parseDocument(text);
-  const where = listPath(doc.toJS(), pool);
-  const seq = doc.getIn(where, true);
-  if (!isSeq(seq)) throw new Error(`${where.join('.')} is not a list`);
+  const seq = findList(doc, pool);
+  if (!isSeq(seq)) throw new Error(`the upstreams of pool ${pool} are not a list in the file`);
   const kept = new Map<string, YamlNode>();
   for (const node of seq.items as YamlNode[]) {
     const id = entryId(isScalar(node) ? node.value : isMap(node) ? node.toJSON() : null);
@@ -152,15 +164,25 @@ function editDocument(text: string, pool: string, wanted: readonly UpstreamSetti
 }
 
 /**
- * Writes the upstream lists of `pools` (as `config` has them) into `file`. Throws, leaving the
- * file as it was, when the file cannot be read, parsed or written.
+ * Writes the upstream lists of `pools` (as `config` has them) into `file`. `loaded` is the
+ * configuration the file held when it was last read: a file edited since (and not reloaded) is
+ * not overwritten. Throws, leaving the file as it was, when it cannot be read, parsed, safely
+ * edited or written.
  */
-export function persistUpstreams(file: string, config: FulcrumConfig, pools: Iterable<string>): void {
+export function persistUpstreams(file: string, config: FulcrumConfig, pools: Iterable<string>, loaded?: FulcrumConfig): void {
   const target = realpathSync(file);
   let out = readFileSync(target, 'utf8');
+  const list = [...pools];
+  const current = loadConfigText(out, file).config;
+  for (const pool of list) {
+    if (current.pools[pool] === undefined) throw new Error(`pool ${pool} is not in ${file} any more; reload it first`);
+    if (loaded !== undefined && JSON.stringify(current.pools[pool].upstreams) !== JSON.stringify(loaded.pools[pool]?.upstreams)) {
+      throw new Error(`the upstreams of pool ${pool} in ${file} changed since it was loaded; reload the file first, then repeat the change`);
+    }
+  }
   if (/\.json$/i.test(target)) {
     const raw = JSON.parse(out) as Record<string, any>;
-    for (const pool of pools) {
+    for (const pool of list) {
       const wanted = config.pools[pool].upstreams;
       const seed = raw.pools === undefined && Array.isArray(raw.backends);
       const list: unknown[] = seed ? raw.backends : raw.pools[pool].upstreams;
@@ -170,12 +192,30 @@ export function persistUpstreams(file: string, config: FulcrumConfig, pools: Ite
     }
     out = JSON.stringify(raw, null, 2) + '\n';
   } else {
-    for (const pool of pools) {
+    for (const pool of list) {
+      if (shared(findList(parseDocument(out), pool))) throw new Error(`the upstreams of pool ${pool} are a YAML anchor or alias shared with another pool; edit the file by hand`);
       const wanted = config.pools[pool].upstreams;
       out = editBlockList(out, pool, wanted) ?? editDocument(out, pool, wanted);
     }
   }
+  // The whole file again: every pool must hold what was meant (nothing else changed by the edit).
+  const written = loadConfigText(out, file).config;
+  for (const [name, p] of Object.entries(written.pools)) {
+    const expected = list.includes(name) ? config.pools[name]?.upstreams : current.pools[name]?.upstreams;
+    if (JSON.stringify(p.upstreams) !== JSON.stringify(expected)) throw new Error(`writing ${file} would change pool ${name} unexpectedly; the file was left as it was`);
+  }
   const tmp = path.join(path.dirname(target), `.${path.basename(target)}.fulcrum-tmp-${process.pid}`);
-  writeFileSync(tmp, out, { mode: statSync(target).mode & 0o777 });
-  renameSync(tmp, target);
+  try {
+    writeFileSync(tmp, out);
+    // Set after writing: the mode given at creation is masked by the umask.
+    chmodSync(tmp, statSync(target).mode & 0o7777);
+    renameSync(tmp, target);
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // never created
+    }
+    throw err;
+  }
 }

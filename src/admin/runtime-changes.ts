@@ -122,9 +122,9 @@ export class RuntimeChanges {
     return { config, dropped };
   }
 
-  /** Forgets the configuration operations (they were written to the file). */
-  clearOps(): void {
-    this.ops = [];
+  /** Forgets the configuration operations of `pool` (they were written to the file). */
+  clearOps(pool: string): void {
+    this.ops = this.ops.filter((o) => o.pool !== pool);
   }
 
   /** Every change a restart would lose, oldest first. */

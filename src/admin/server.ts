@@ -165,9 +165,6 @@ export class AdminServer {
 
   /** A reload's new admin settings: the token changes now; address changes take a restart. */
   update(settings: AdminSettings): void {
-    if (settings.host !== this.settings.host || (settings.port !== this.settings.port && settings.port !== 0)) {
-      this.deps.logger.warn('admin.host and admin.port take effect on restart');
-    }
     try {
       const token = AdminServer.tokenFrom(settings);
       if (token !== null) this.tokenDigest = sha(token);
@@ -200,7 +197,15 @@ export class AdminServer {
         handle: (_q, res) => {
           const status = b.status();
           const ready = status.active_backends > 0;
-          json(res, ready ? 200 : 503, ready ? { ready: true, active_backends: status.active_backends } : { ready: false, active_backends: 0, reason: 'no upstream is available in any pool' });
+          // Ready while any upstream can serve; pools with none are named, so a probe's log says which part is down.
+          const unavailable = status.pools.filter((p) => p.available === 0).map((p) => p.name);
+          json(
+            res,
+            ready ? 200 : 503,
+            ready
+              ? { ready: true, active_backends: status.active_backends, unavailable_pools: unavailable }
+              : { ready: false, active_backends: 0, unavailable_pools: unavailable, reason: 'no upstream is available in any pool' },
+          );
         },
       },
       { method: 'GET', path: '/status', write: false, handle: (_q, res) => json(res, 200, b.status()) },
@@ -254,7 +259,8 @@ export class AdminServer {
           try {
             const loaded = loadConfigText(text, name);
             // Compared with what a reload of this text would run: the runtime changes go on top of it too.
-            json(res, 200, { ok: true, valid: true, warnings: loaded.warnings, changes: formatChanges(diffConfigs(b.config(), b.withRuntimeChanges(loaded.config))) });
+            const next = b.withRuntimeChanges(loaded.config);
+            json(res, 200, { ok: true, valid: true, warnings: [...loaded.warnings, ...b.restartNotesFor(next).map((n) => `restart needed: ${n}`)], changes: formatChanges(diffConfigs(b.config(), next)) });
           } catch (err) {
             if (!(err instanceof ConfigError)) throw err;
             json(res, 422, { error: `the configuration has ${err.problems.length} problem(s)`, valid: false, problems: err.problems.map(problemJson) });

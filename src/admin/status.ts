@@ -14,6 +14,7 @@ export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges):
     id: u.id,
     pool: pool.name,
     alive: u.eligible(),
+    healthy: u.health === 'healthy',
     current_connections: u.inFlight,
     requests: u.served,
     failures: u.failures,
@@ -38,6 +39,7 @@ export interface StatusSources {
   persisted: boolean;
   startedAt: number;
   version: string;
+  restartNeeded: string[];
 }
 
 export function buildStatus(s: StatusSources): StatusResponse {
@@ -59,6 +61,7 @@ export function buildStatus(s: StatusSources): StatusResponse {
     config_loaded_at: s.loadedAt.toISOString(),
     persisted: s.persisted,
     runtime_changes: s.runtimeChanges.list(),
+    restart_needed: s.restartNeeded,
     uptime_seconds: Math.round((Date.now() - s.startedAt) / 1000),
     version: s.version,
   };

@@ -13,6 +13,8 @@ export interface BackendStatus {
   pool: string;
   /** The seeds' meaning: the balancer would send it traffic now (healthy, enabled, not drained, ejected or open). */
   alive: boolean;
+  /** Seed 002's field: its active health check passes (or none is configured). */
+  healthy: boolean;
   /** Requests in flight to it now (the seeds' name for it). */
   current_connections: number;
   /** Requests it answered since it was added (carried over reloads). */
@@ -58,6 +60,8 @@ export interface StatusResponse {
   persisted: boolean;
   /** Changes made through the API that a restart would lose (with persist, only drains and disables: they are state, not configuration). */
   runtime_changes: RuntimeChange[];
+  /** Settings of the loaded configuration that wait for a restart (a moved listener, the admin address, log.format). */
+  restart_needed: string[];
   uptime_seconds: number;
   version: string;
 }
@@ -76,6 +80,10 @@ export interface ApplyResponse {
   ok: true;
   /** The semantic diff, one line per area ("pool api: +1 upstream 10.0.0.4:80"). */
   changes: string[];
+  /** Reloads: what waits for a restart. */
+  warnings?: string[];
+  /** Reloads: runtime changes that no longer apply to the new file. */
+  dropped?: string[];
   /** Set for backend writes: the upstream as it is now (absent after a removal). */
   backend?: BackendStatus;
   /** True when the change is not in the configuration file (admin.persist off). */

@@ -319,3 +319,40 @@ function unwrap(schema: unknown): any {
   while (node?._zod.def.type === 'pipe') node = unwrapWrappers(node._zod.def.in);
   return node;
 }
+
+/** `host:port` of a listener's bind address. */
+function bindKey(l: Listener): string {
+  return l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+}
+
+/**
+ * What a reload from `before` to `after` cannot apply while running, in an operator's words:
+ * the reload is still done, but these wait for a restart. `bound` are the addresses listeners
+ * really hold (a port 0 in the file is whatever the OS gave); without it the files are compared.
+ */
+export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?: readonly { host: string; port: number }[]): string[] {
+  const notes: string[] = [];
+  const matches = (l: Listener, i: number): Listener | undefined =>
+    before.listeners.find((b, j) => b.host === l.host && (b.port === l.port || (bound !== undefined && bound[j]?.port === l.port) || (l.port === 0 && i === j)));
+  after.listeners.forEach((l, i) => {
+    const old = matches(l, i);
+    if (old === undefined) {
+      notes.push(`listener ${bindKey(l)} is new or moved: it starts listening on restart (the running listeners keep their addresses)`);
+      return;
+    }
+    if (old.limits.max_header_bytes !== l.limits.max_header_bytes) notes.push(`listener ${bindKey(l)}: limits.max_header_bytes takes effect on restart`);
+    if (old.name !== l.name) notes.push(`listener ${bindKey(l)}: name takes effect on restart`);
+  });
+  before.listeners.forEach((l, i) => {
+    if (!after.listeners.some((a) => a.host === l.host && (a.port === l.port || (bound !== undefined && bound[i]?.port === a.port)))) {
+      notes.push(`listener ${bindKey(l)} is gone from the file: it keeps listening until restart`);
+    }
+  });
+  if (before.admin === undefined && after.admin !== undefined) notes.push('admin: the admin listener starts on restart');
+  else if (before.admin !== undefined && after.admin === undefined) notes.push('admin: the admin listener keeps running until restart');
+  else if (before.admin && after.admin && (before.admin.host !== after.admin.host || (before.admin.port !== after.admin.port && after.admin.port !== 0))) {
+    notes.push(`admin: ${after.admin.host}:${after.admin.port} takes effect on restart; the admin API stays on ${before.admin.host}:${before.admin.port} until then`);
+  }
+  if (before.log.format !== after.log.format) notes.push('log.format takes effect on restart');
+  return notes;
+}

@@ -4,6 +4,7 @@
  * file:line:column, the key path and, for a mistyped key, the key that was probably meant.
  */
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
@@ -125,7 +126,12 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
   problems.push(...crossCheck(overridden.config, placeWithEnv));
   if (problems.length > 0) throw new ConfigError(dedupe(problems));
-  return { config: result.data!, warnings, source: file };
+  const config = result.data!;
+  // A relative token_file is relative to the configuration file, wherever fulcrum (or the CLI) runs.
+  if (config.admin?.token_file !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
+    config.admin.token_file = path.resolve(path.dirname(file), config.admin.token_file);
+  }
+  return { config, warnings, source: file };
 }
 
 /** A document in a seed's shape: a top-level `backends` list and no `pools`. */

@@ -2,9 +2,11 @@
  * Reload on file change. Editors save by writing a new file and renaming it over the old one,
  * which ends a watch on the file itself; Kubernetes updates a mounted ConfigMap by swapping a
  * `..data` symlink next to it, so no event names the file at all. So the directory is watched
- * (and, for a symlink, the directory of its target too), any event there is a hint, and the
- * file's content decides: a reload happens only when the bytes changed. A burst of events
- * (write, rename, chmod) becomes one check after `debounce` ms.
+ * (and, for a symlink, the directory of its target too); events naming the file, its target
+ * or a `..`-prefixed entry (Kubernetes' `..data`) are hints, and the file's content decides: a
+ * reload happens only when the bytes changed. A burst of events (write, rename, chmod) becomes
+ * one check `debounce` ms after the last, and never later than 4 x `debounce` after the first,
+ * so a busy neighbour cannot put it off.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync, realpathSync, watch, type FSWatcher } from 'node:fs';
@@ -24,22 +26,34 @@ export function watchConfigFile(file: string, debounce: number, onChange: () => 
   const absolute = path.resolve(file);
   let last = digest(absolute);
   let timer: NodeJS.Timeout | null = null;
+  let firstHint = 0;
   const watchers: FSWatcher[] = [];
+  const names = new Set([path.basename(absolute)]);
   const check = (): void => {
     timer = null;
+    firstHint = 0;
     const now = digest(absolute);
     if (now === null || now === last) return;
     last = now;
     onChange();
   };
-  const hint = (): void => {
+  const hint = (_event: string, name: string | Buffer | null): void => {
+    // Some platforms do not say which entry changed: then any event counts.
+    if (name !== null) {
+      const n = name.toString();
+      if (!names.has(n) && !n.startsWith('..')) return;
+    }
+    const now = Date.now();
+    if (firstHint === 0) firstHint = now;
     if (timer) clearTimeout(timer);
-    timer = setTimeout(check, debounce);
+    timer = setTimeout(check, Math.max(0, Math.min(debounce, firstHint + 4 * debounce - now)));
     timer.unref();
   };
   const dirs = new Set([path.dirname(absolute)]);
   try {
-    dirs.add(path.dirname(realpathSync(absolute)));
+    const target = realpathSync(absolute);
+    dirs.add(path.dirname(target));
+    names.add(path.basename(target));
   } catch {
     // not there yet: its own directory is enough
   }

@@ -142,7 +142,13 @@ export class Metrics {
         }
         return { name: histogram.name, help: histogram.help, type: histogram.type, aggregator: histogram.aggregator, values };
       },
-      reset: () => {},
+      reset: () => {
+        for (const s of all()) {
+          s.buckets.fill(0);
+          s.sum = 0;
+          s.count = 0;
+        }
+      },
     };
     this.registry.registerMetric(histogram as unknown as Metric);
     this.rateLimited = new Counter({
@@ -151,10 +157,20 @@ export class Metrics {
       collect() { for (const route of sources.routes()) this.inc({ route }, 0); },
     });
     this.refusals = new Counter({ name: 'lb_request_errors_total', help: 'Requests that ended in an error, by stable error code (docs/errors.md).', labelNames: ['code'], registers });
-    this.retries = new Counter({ name: 'lb_retries_total', help: 'Requests sent again after an attempt failed, by the backend that failed.', labelNames: ['pool', 'backend'], registers });
+    const eachUpstream = (f: (pool: string, backend: string) => void): void => {
+      for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool.name, u.id);
+    };
+    // Series of every current backend show from the first scrape (at 0), so ratios and rate() work before the first event.
+    this.retries = new Counter({
+      name: 'lb_retries_total', help: 'Requests sent again after an attempt failed, by the backend that failed.', labelNames: ['pool', 'backend'], registers,
+      collect() { eachUpstream((pool, backend) => this.inc({ pool, backend }, 0)); },
+    });
     this.attemptFailures = new Counter({ name: 'lb_backend_attempt_failures_total', help: 'Attempts against a backend that failed (connect, reset, timeout), by error code.', labelNames: ['pool', 'backend', 'code'], registers });
     this.stateChanges = new Counter({ name: 'lb_backend_state_changes_total', help: 'Backend state changes (health, ejected, circuit, enabled, draining), with a short cause.', labelNames: ['pool', 'backend', 'field', 'to', 'cause'], registers });
-    this.ejections = new Counter({ name: 'lb_backend_ejections_total', help: 'Passive outlier ejections.', labelNames: ['pool', 'backend'], registers });
+    this.ejections = new Counter({
+      name: 'lb_backend_ejections_total', help: 'Passive outlier ejections.', labelNames: ['pool', 'backend'], registers,
+      collect() { eachUpstream((pool, backend) => this.inc({ pool, backend }, 0)); },
+    });
     this.reloads = new Counter({ name: 'lb_config_reloads_total', help: 'Configuration reloads, by result (success, failure) and source (file, signal, watch, admin, api).', labelNames: ['result', 'source'], registers });
     for (const result of ['success', 'failure']) for (const source of ['signal', 'watch', 'admin']) this.reloads.inc({ result, source }, 0);
     this.lastReloadOk = new Gauge({ name: 'lb_config_last_reload_successful', help: '1 if the last reload was applied, 0 if it was refused.', registers });

@@ -208,10 +208,10 @@ export class HttpProxy implements ExchangeSink {
       upstream = last;
     }
     if (upstream === undefined && pool.backup !== null && (pool.eligible().length === 0 || ctx.tried !== null)) {
-      // Every primary upstream is down (or failed this request): the backup pool serves.
-      pool = pool.backup;
-      ctx.pool = pool;
-      upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
+      // Every primary upstream is down (or failed this request): the backup pool serves, if it can.
+      const backup = pool.backup;
+      upstream = ctx.tried === null ? backup.pick(ctx) : backup.pickExcept(ctx, ctx.tried);
+      if (upstream !== undefined) ctx.pool = pool = backup;
     }
     if (upstream === undefined) return this.fail(ctx, ctx.retryCause ?? noUpstream(ctx.countedPool!.name));
     ctx.upstream = upstream;

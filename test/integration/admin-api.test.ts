@@ -500,7 +500,7 @@ test('/ready: 200 while an upstream is available, 503 with a reason once none is
   const r = await startFromObject(t, { pools: { api: { upstreams: [a.url, b.url] } } });
   let ready = await call(r.admin, 'GET', '/ready', { token: null });
   assert.equal(ready.status, 200);
-  assert.deepEqual(ready.json, { ready: true, active_backends: 2 });
+  assert.deepEqual(ready.json, { ready: true, active_backends: 2, unavailable_pools: [] });
   await r.client.drain({ url: a.url });
   ready = await call(r.admin, 'GET', '/ready', { token: null });
   assert.equal(ready.status, 200);

@@ -215,3 +215,81 @@ test('a request without Host is refused with 400 by Fulcrum itself, so it is cou
   assert.match(scrape, /^lb_request_errors_total\{code="FUL_BAD_REQUEST"\} 1$/m);
   assert.match(scrape, /^lb_requests_total\{pool="none",backend="none",method="GET",status="400"\} 1$/m);
 });
+
+test('a reload that moves a listener says a restart is needed (answer, /status) and the old port keeps serving', async (t) => {
+  const b = await startBackend(t, (_q, r) => r.end('b'));
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  const file = path.join(dir, 'f.yaml');
+  const text = (port: number) => `listeners: [{host: 127.0.0.1, port: ${port}}]\npools: {web: {upstreams: ["${b.url}"]}}\nadmin: {host: 127.0.0.1, port: 0, token: ${token}}\n`;
+  writeFileSync(file, text(0));
+  const lb = await startBalancer(t, loadConfigText(text(0), file).config, { configFile: file });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  assert.deepEqual(lb.balancer.status().restart_needed, []);
+  writeFileSync(file, text(lb.port + 1 > 65535 ? lb.port - 1 : lb.port + 1));
+  const result = await admin.reload();
+  assert.equal(result.warnings?.length, 2, JSON.stringify(result));
+  assert.match(result.warnings![0], /is new or moved: it starts listening on restart/);
+  assert.match(result.warnings![1], /keeps listening until restart/);
+  assert.equal(lb.balancer.status().restart_needed.length, 2);
+  assert.equal(await fetch(lb.url).then((r) => r.text()), 'b', 'the old port still serves');
+  const again = await admin.reload();
+  assert.equal(again.warnings?.length, 2, 'still pending on the next reload');
+});
+
+test('a renamed pool keeps its upstreams\' state; the runtime changes of the old name are reported as dropped', async (t) => {
+  const [a, b] = await Promise.all([startBackend(t, (_q, r) => r.end('a')), startBackend(t, (_q, r) => r.end('b'))]);
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [a.url] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  await admin.addBackend({ url: b.url });
+  for (let i = 0; i < 4; i++) await fetch(lb.url).then((r) => r.text());
+  const before = lb.balancer.pools().get('web')!.upstreams[0];
+  const result = await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools: { site: { upstreams: [a.url] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const after = lb.balancer.pools().get('site')!.upstreams[0];
+  assert.equal(after, before, 'the same upstream object, with its counters');
+  assert.equal(after.served, 2);
+  assert.equal(result.dropped?.length, 1);
+  assert.match(result.dropped![0], /pool web is no longer in the configuration/);
+});
+
+test('metrics: per-backend failure counters show at 0 from the first scrape; /ready names pools with nothing available; /status has seed 002\'s healthy', async (t) => {
+  const a = await startBackend(t, (_q, r) => r.end('a'));
+  const lb = await startBalancer(t, { pools: { web: { upstreams: [a.url] }, spare: { upstreams: ['http://127.0.0.1:1'] } }, routes: [{ path_prefix: '/spare', pool: 'spare' }, { pool: 'web' }], admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  const scrape = await admin.metrics();
+  const id = new URL(a.url).host;
+  assert.match(scrape, new RegExp(`^lb_retries_total\\{pool="web",backend="${id}"\\} 0$`, 'm'));
+  assert.match(scrape, new RegExp(`^lb_backend_ejections_total\\{pool="web",backend="${id}"\\} 0$`, 'm'));
+  await admin.disable({ url: 'http://127.0.0.1:1' });
+  const ready = await (await fetch(`${lb.balancer.adminAddress()!.url}/ready`)).json();
+  assert.deepEqual(ready, { ready: true, active_backends: 1, unavailable_pools: ['spare'] });
+  assert.equal((await admin.status()).backends.find((x) => x.id === id)!.healthy, true);
+});
+
+test('metrics: a request the backup pool could not take is counted under the pool of the upstream that failed', async (t) => {
+  const dead = 'http://127.0.0.1:1';
+  const lb = await startBalancer(t, { pools: { main: { upstreams: [dead], backup: 'spare', retry: { max_attempts: 2 } }, spare: { upstreams: ['http://127.0.0.1:2'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  await admin.disable({ url: 'http://127.0.0.1:2' });
+  assert.equal((await fetch(lb.url)).status, 502);
+  const scrape = await admin.metrics();
+  assert.match(scrape, /^lb_requests_total\{pool="main",backend="127\.0\.0\.1:1",method="GET",status="502"\} 1$/m);
+  assert.doesNotMatch(scrape, /lb_requests_total\{pool="spare",backend="127\.0\.0\.1:1"/);
+});
+
+test('watch: a busy file next to the configuration does not put a reload off', { timeout: 20_000 }, async (t) => {
+  const [a, b] = await Promise.all([startBackend(t, (_q, r) => r.end('a')), startBackend(t, (_q, r) => r.end('b'))]);
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  const file = path.join(dir, 'fulcrum.yaml');
+  const text = (ups: string[]) => `listeners: [{host: 127.0.0.1, port: 0}]\npools: {web: {upstreams: ${JSON.stringify(ups)}}}\nreload: {watch: true, debounce: 200ms}\n`;
+  writeFileSync(file, text([a.url]));
+  const lb = await startBalancer(t, loadConfigText(text([a.url]), file).config, { configFile: file });
+  const { appendFileSync } = await import('node:fs');
+  const busy = setInterval(() => appendFileSync(path.join(dir, 'access.log'), 'line\n'), 50);
+  t.after(() => clearInterval(busy));
+  await new Promise((r) => setTimeout(r, 300));
+  const saved = Date.now();
+  writeFileSync(file, text([a.url, b.url]));
+  await eventually(() => lb.balancer.pools().get('web')!.upstreams.length === 2, { timeout: 5000, what: 'reloaded while the neighbour keeps writing' });
+  t.diagnostic(`reloaded ${Date.now() - saved} ms after the save`);
+  assert.ok(Date.now() - saved < 2000);
+});

@@ -67,3 +67,44 @@ test('persist: a symlinked file has its target written and stays a link; JSON an
   assert.equal(lstatSync(target).mode & 0o777, 0o600, 'the mode is kept');
   assert.deepEqual(JSON.parse(readFileSync(target, 'utf8')).backends, ['http://127.0.0.1:9001', { url: 'http://127.0.0.1:9002', weight: 2 }]);
 });
+
+test('persist: a list shared through a YAML anchor is refused, and the file is left as it was', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-persist-'));
+  const file = path.join(dir, 'f.yaml');
+  const text = 'pools:\n  api: {upstreams: &shared [http://127.0.0.1:9001, http://127.0.0.1:9002]}\n  web: {upstreams: *shared}\nroutes: [{path_prefix: /api, pool: api}, {pool: web}]\n';
+  writeFileSync(file, text);
+  const config = loadConfigFile(file).config;
+  const loaded = structuredClone(config);
+  config.pools.api.upstreams.pop();
+  assert.throws(() => persistUpstreams(file, config, ['api'], loaded), /anchor or alias/);
+  assert.throws(() => persistUpstreams(file, config, ['web'], loaded), /anchor or alias/);
+  assert.equal(readFileSync(file, 'utf8'), text);
+});
+
+test('persist: pools named like numbers, entries written another way, the file mode', async () => {
+  const { chmodSync, statSync } = await import('node:fs');
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-persist-'));
+  const file = path.join(dir, 'f.yaml');
+  const text = 'pools:\n  2024:\n    upstreams:\n      - url: http://127.0.0.1:9001   # primary DC\n        max_connections: 10\n      - {weight: 2, url: http://127.0.0.1:9002}\n';
+  writeFileSync(file, text);
+  chmodSync(file, 0o664);
+  const config = loadConfigFile(file).config;
+  const loaded = structuredClone(config);
+  config.pools['2024'].upstreams.push({ url: 'http://127.0.0.1:9003', weight: 1, max_connections: 0 });
+  persistUpstreams(file, config, ['2024'], loaded);
+  assert.equal(readFileSync(file, 'utf8'), text + '      - http://127.0.0.1:9003\n', 'entries that say the same in another form are kept as written');
+  assert.equal(statSync(file).mode & 0o777, 0o664);
+});
+
+test('persist: a file edited since it was loaded is not overwritten', () => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-persist-'));
+  const file = path.join(dir, 'f.yaml');
+  writeFileSync(file, 'pools:\n  web:\n    upstreams:\n      - http://127.0.0.1:9001\n');
+  const config = loadConfigFile(file).config;
+  const loaded = structuredClone(config);
+  // The operator adds one by hand and has not reloaded yet.
+  writeFileSync(file, 'pools:\n  web:\n    upstreams:\n      - http://127.0.0.1:9001\n      - http://new.example:9\n');
+  config.pools.web.upstreams.push({ url: 'http://127.0.0.1:9002', weight: 1, max_connections: 0 });
+  assert.throws(() => persistUpstreams(file, config, ['web'], loaded), /changed since it was loaded/);
+  assert.match(readFileSync(file, 'utf8'), /new\.example/);
+});

@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { loadConfigText } from '../../src/config/load.ts';
-import { diffConfigs, formatChanges } from '../../src/config/diff.ts';
+import { diffConfigs, formatChanges, restartNotes } from '../../src/config/diff.ts';
 import type { FulcrumConfig } from '../../src/config/schema.ts';
 
 /** A validated config; `{}` as the environment so FULCRUM_* variables cannot leak in. */
@@ -182,4 +182,20 @@ test('long lists are cut and many changes counted, so a line stays short', () =>
   assert.deepEqual(lines(base, many), ['pool api: -1 upstream 10.0.0.2:80, +6 upstreams 10.0.0.10:80, 10.0.0.11:80, 10.0.0.12:80 and 3 more']);
   const changes = Array.from({ length: 10 }, (_, i) => ({ area: 'pool api', text: `change ${i}` }));
   assert.deepEqual(formatChanges(changes), ['pool api: change 0, change 1, change 2, change 3, change 4, change 5, change 6, and 3 more']);
+});
+
+test('restartNotes: what a reload leaves for a restart', () => {
+  const load = (text: string) => loadConfigText(text, 'x.yaml').config;
+  const before = load('listeners: [{host: 127.0.0.1, port: 8080}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  assert.deepEqual(restartNotes(before, before), []);
+  const after = load('listeners: [{host: 127.0.0.1, port: 8081, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9902}\nlog: {format: json}\n');
+  assert.deepEqual(restartNotes(before, after), [
+    'listener 127.0.0.1:8081 is new or moved: it starts listening on restart (the running listeners keep their addresses)',
+    'listener 127.0.0.1:8080 is gone from the file: it keeps listening until restart',
+    'admin: 127.0.0.1:9902 takes effect on restart; the admin API stays on 127.0.0.1:9901 until then',
+    'log.format takes effect on restart',
+  ]);
+  // max_header_bytes on a listener that stays.
+  const limits = load('listeners: [{host: 127.0.0.1, port: 8080, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  assert.deepEqual(restartNotes(before, limits), ['listener 127.0.0.1:8080: limits.max_header_bytes takes effect on restart']);
 });

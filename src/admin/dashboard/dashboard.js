@@ -13,7 +13,8 @@
   const statusEvery = 5000;
   /** No message for this long: the stream is dead even if the socket is not. */
   const staleAfter = 5000;
-  const palette = ['#4f9cf9', '#f5a524', '#2ec4a6', '#e5484d', '#a77bf3', '#f07cc0', '#8bd450', '#5bc0eb', '#ff8c42', '#ffd166', '#c3a6ff', '#9aa5b1'];
+  // No red: red means errors on these charts.
+  const palette = ['#4f9cf9', '#f5a524', '#2ec4a6', '#a77bf3', '#f07cc0', '#8bd450', '#5bc0eb', '#ff8c42', '#ffd166', '#c3a6ff', '#9aa5b1'];
   const css = getComputedStyle(document.documentElement);
   const theme = {
     axis: css.getPropertyValue('--muted').trim() || '#8a94a6',
@@ -181,6 +182,8 @@
 
   let status = null;
   let statusAt = 0;
+  /** The backend set of the last sample, to notice changes that /status describes. */
+  let lastShape = null;
   let statusTimer = 0;
 
   async function refreshStatus() {
@@ -189,7 +192,7 @@
     try {
       const res = await fetch('/status', { headers: headers(), cache: 'no-store' });
       if (res.status === 401) {
-        askToken(`/status answered 401 (${await errorOf(res)}): enter the admin token`, refreshStatus);
+        askToken('This admin address needs the admin token to show its status. Enter it below.', refreshStatus);
         return;
       }
       if (!res.ok) return;
@@ -302,7 +305,7 @@
       if (res.status === 401) {
         controller = null;
         setConnection('error', 'token needed');
-        askToken(`The event stream answered 401 (${await errorOf(res)}): enter the admin token`, connect);
+        askToken('This admin address needs the admin token to show live data. Enter it below.', connect);
         return;
       }
       if (!res.ok || !res.body) throw new Error(`/events answered ${res.status}`);
@@ -331,6 +334,10 @@
       samples = Array.isArray(value) ? value.slice(-windowSeconds) : [];
     } else if (type === 'sample') {
       samples.push(value);
+      // Backends added, removed, drained or disabled: the runtime-changes panel and header follow at once.
+      const shape = Array.isArray(value.backends) ? value.backends.map((b) => `${b.pool}/${b.id}/${b.enabled}/${b.draining}/${b.weight}`).join(' ') : '';
+      if (lastShape !== null && shape !== lastShape) void refreshStatus();
+      lastShape = shape;
       const oldest = value.t - windowSeconds * 1000;
       while (samples.length > 0 && (samples[0].t < oldest || samples.length > windowSeconds + 5)) samples.shift();
     } else {
