@@ -18,7 +18,7 @@ import { createRateLimitGuard, createRateLimitStores, type RateLimitStores } fro
 import { upstreamIdOf, type Upstream } from './upstream/upstream.ts';
 import { UpstreamConfig, type UpstreamSettings } from './config/schema.ts';
 import { loadConfigFile } from './config/load.ts';
-import { diffConfigs, formatChanges, restartNotes } from './config/diff.ts';
+import { diffConfigs, formatChanges, pairListeners, restartNotes } from './config/diff.ts';
 import { watchConfigFile } from './config/watch.ts';
 import { Metrics } from './observe/metrics.ts';
 import { LiveStats } from './observe/live-stats.ts';
@@ -235,8 +235,11 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   };
 
   /** What waits for a restart: `next` against what is really bound (listeners, admin, log stream). */
-  const pendingRestart = (next: FulcrumConfig): string[] =>
-    restartNotes(startConfig, next, listeners.map((l) => l.address() ?? { host: l.settings.host, port: l.settings.port }));
+  const bound = () => ({
+    listeners: listeners.map((l) => l.address() ?? { host: l.settings.host, port: l.settings.port }),
+    admin: admin?.address() ?? null,
+  });
+  const pendingRestart = (next: FulcrumConfig): string[] => restartNotes(startConfig, next, bound());
 
   /** Builds and swaps in `next` (already validated); returns the semantic diff. Throws and keeps the running one on failure. */
   const swap = (next: FulcrumConfig): string[] => {
@@ -266,10 +269,11 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     void Promise.all([...old.pools.values()].filter((p) => !kept.has(p)).map((p) => p.close()));
     if (built.stores !== old.stores) void old.stores.close();
     // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
-    for (const settings of next.listeners) {
-      const current = listeners.find((l) => l.settings.host === settings.host && (l.settings.port === settings.port || l.address()?.port === settings.port));
-      if (current) current.update(settings);
-    }
+    // Each running listener takes the settings of the entry paired with it (one to one); the rest wait for a restart.
+    const pairs = pairListeners(startConfig.listeners, next.listeners, bound().listeners);
+    pairs.forEach((j, i) => {
+      if (j >= 0) listeners[j].update(next.listeners[i]);
+    });
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
     // Log level and the access log switch at once; the format (a different stream) needs a restart.
     // An embedder's own logger is theirs to configure.
@@ -299,7 +303,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       base = nextBase;
       if (configReload.hasSubscribers) configReload.publish({ ok: true, source });
       logger.info({ source, changes }, `configuration reloaded (${source}): ${changes.length > 0 ? changes.join('; ') : 'no changes'}`);
-      const kept = runtimeChanges.list();
+      const kept = runtimeChanges.list(pools);
       if (kept.length > 0) logger.info({ runtime_changes: kept.length }, `${kept.length} runtime change(s) from the admin API stay on top of the file (GET /status lists them)`);
       return { changes, ...(warnings.length > 0 ? { warnings } : {}), ...(dropped.length > 0 ? { dropped } : {}) };
     } catch (err) {
@@ -443,7 +447,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         if (config.pools[pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
         const upstream: UpstreamSettings = parsed.data;
         const result = applyOp({ action: 'add', pool, id, upstream, at: new Date().toISOString() }, source);
-        return { ...result, backend: describe(pool, id), runtime_only: runtimeChanges.touches(pool, id) };
+        return { ...result, backend: describe(pool, id), runtime_only: runtimeChanges.touches(pool, id, upstreamOf(pool, id)) };
       });
     },
     removeBackend(target, source = 'admin') {
@@ -467,15 +471,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         const u = upstreamOf(pool, id);
         if (enabled !== undefined && u.enabled !== enabled) {
           u.setEnabled(enabled, `${enabled ? 'enabled' : 'disabled'} through the admin API`);
-          runtimeChanges.recordState('disable', pool, id, !enabled);
+          if (!enabled) runtimeChanges.recordState('disable', u);
           changes.push(`pool ${pool}: ${id} ${enabled ? 'enabled' : 'disabled'}`);
         }
         if (draining !== undefined && u.draining !== draining) {
           u.setDraining(draining, draining ? `drained through the admin API (${u.inFlight} requests in flight finish)` : 'back in rotation through the admin API');
-          runtimeChanges.recordState('drain', pool, id, draining);
+          if (draining) runtimeChanges.recordState('drain', u);
           changes.push(`pool ${pool}: ${id} ${draining ? 'draining' : 'no longer draining'}`);
         }
-        return { changes, backend: describe(pool, id), runtime_only: changes.length > 0 && runtimeChanges.touches(pool, id) };
+        return { changes, backend: describe(pool, id), runtime_only: changes.length > 0 && runtimeChanges.touches(pool, id, u) };
       });
     },
     status() {

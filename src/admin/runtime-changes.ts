@@ -1,13 +1,16 @@
 /**
  * Changes made through the admin API on top of the configuration file: backends added, removed
  * or re-weighted (configuration, applied through the same validate-then-swap path as a reload)
- * and backends drained or disabled (state). They are kept as "ensure" operations, re-applied
- * after every reload of the file, and listed in `/status`, so a restart never loses one
- * silently: an operation the file already satisfies is dropped as done.
+ * and backends drained or disabled (state). Configuration changes are kept as "ensure"
+ * operations, re-applied after every reload of the file; an operation the file already
+ * satisfies is dropped as done. Drains and disables are read from the upstreams themselves
+ * (the file cannot say them, and they follow an upstream across reloads and pool renames).
+ * Both are listed in `/status`, so a restart never loses one silently.
  */
 import type { FulcrumConfig, UpstreamSettings } from '../config/schema.ts';
 import type { RuntimeChange } from './types.ts';
-import { upstreamIdOf } from '../upstream/upstream.ts';
+import { upstreamIdOf, type Upstream } from '../upstream/upstream.ts';
+import type { Pool } from '../upstream/pool.ts';
 
 /** A configuration change: ensure an upstream is present (with this weight), absent, or weighted. */
 export type RuntimeOp =
@@ -15,13 +18,6 @@ export type RuntimeOp =
   | { action: 'remove'; pool: string; id: string; at: string }
   | { action: 'weight'; pool: string; id: string; weight: number; at: string };
 
-/** A state change kept for the report (the state itself lives on the upstream and survives reloads). */
-interface StateOp {
-  action: 'drain' | 'disable';
-  pool: string;
-  id: string;
-  at: string;
-}
 
 /** `host:port` of an upstream URL (the id everywhere else). */
 export function upstreamId(url: string): string {
@@ -31,7 +27,8 @@ export function upstreamId(url: string): string {
 /** The runtime layer over the file's configuration. */
 export class RuntimeChanges {
   private ops: RuntimeOp[] = [];
-  private readonly states = new Map<string, StateOp>();
+  /** When an upstream was drained or disabled through the API (the report's time). */
+  private readonly stateTimes = new WeakMap<Upstream, { drain?: string; disable?: string }>();
 
   /** Adds a configuration operation; an earlier one on the same upstream is superseded. */
   record(op: RuntimeOp): void {
@@ -45,7 +42,6 @@ export class RuntimeChanges {
       }
     }
     this.ops.push(op);
-    if (op.action === 'remove') this.forgetState(op.pool, op.id);
   }
 
   /** Undoes the last `record` (the swap it led to failed). */
@@ -57,15 +53,11 @@ export class RuntimeChanges {
     return this.ops.map((o) => ({ ...o }));
   }
 
-  /** Notes a drain/disable (true) or its undoing (false) for the report. */
-  recordState(action: 'drain' | 'disable', pool: string, id: string, on: boolean): void {
-    const key = `${action} ${pool} ${id}`;
-    if (on) this.states.set(key, { action, pool, id, at: new Date().toISOString() });
-    else this.states.delete(key);
-  }
-
-  private forgetState(pool: string, id: string): void {
-    for (const [key, s] of this.states) if (s.pool === pool && s.id === id) this.states.delete(key);
+  /** Notes when an upstream was drained or disabled, for the report. */
+  recordState(action: 'drain' | 'disable', upstream: Upstream): void {
+    const times = this.stateTimes.get(upstream) ?? {};
+    times[action] = new Date().toISOString();
+    this.stateTimes.set(upstream, times);
   }
 
   /**
@@ -118,7 +110,6 @@ export class RuntimeChanges {
     });
     if (!commit) return { config, dropped };
     this.ops = kept;
-    for (const [key, s] of this.states) if (config.pools[s.pool]?.upstreams.every((u) => upstreamId(u.url) !== s.id) ?? true) this.states.delete(key);
     return { config, dropped };
   }
 
@@ -127,8 +118,8 @@ export class RuntimeChanges {
     this.ops = this.ops.filter((o) => o.pool !== pool);
   }
 
-  /** Every change a restart would lose, oldest first. */
-  list(): RuntimeChange[] {
+  /** Every change a restart would lose, oldest first: the operations, and the upstreams drained or disabled now. */
+  list(pools: ReadonlyMap<string, Pool>): RuntimeChange[] {
     const rows: RuntimeChange[] = this.ops.map((op) => ({
       at: op.at,
       action: op.action,
@@ -136,12 +127,18 @@ export class RuntimeChanges {
       upstream: op.id,
       ...(op.action === 'add' ? { weight: op.upstream.weight } : op.action === 'weight' ? { weight: op.weight } : {}),
     }));
-    for (const s of this.states.values()) rows.push({ at: s.at, action: s.action, pool: s.pool, upstream: s.id });
+    for (const pool of pools.values()) {
+      for (const u of pool.upstreams) {
+        const times = this.stateTimes.get(u);
+        if (u.draining) rows.push({ at: times?.drain ?? '', action: 'drain', pool: pool.name, upstream: u.id });
+        if (!u.enabled) rows.push({ at: times?.disable ?? '', action: 'disable', pool: pool.name, upstream: u.id });
+      }
+    }
     return rows.sort((a, b) => a.at.localeCompare(b.at));
   }
 
-  /** True when this upstream differs from the file because of the API. */
-  touches(pool: string, id: string): boolean {
-    return this.ops.some((o) => o.pool === pool && o.id === id) || [...this.states.values()].some((s) => s.pool === pool && s.id === id);
+  /** True when this upstream differs from the file because of the API (a change, a drain, a disable). */
+  touches(pool: string, id: string, upstream?: Upstream): boolean {
+    return this.ops.some((o) => o.pool === pool && o.id === id) || (upstream !== undefined && (upstream.draining || !upstream.enabled));
   }
 }

@@ -25,7 +25,7 @@ export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges):
     ejected: u.ejected,
     ejections: u.ejections,
     circuit: u.circuit,
-    runtime_only: changes.touches(pool.name, u.id),
+    runtime_only: changes.touches(pool.name, u.id, u),
   };
 }
 
@@ -60,7 +60,7 @@ export function buildStatus(s: StatusSources): StatusResponse {
     config_file: s.configFile,
     config_loaded_at: s.loadedAt.toISOString(),
     persisted: s.persisted,
-    runtime_changes: s.runtimeChanges.list(),
+    runtime_changes: s.runtimeChanges.list(s.pools),
     restart_needed: s.restartNeeded,
     uptime_seconds: Math.round((Date.now() - s.startedAt) / 1000),
     version: s.version,

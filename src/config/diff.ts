@@ -320,22 +320,58 @@ function unwrap(schema: unknown): any {
   return node;
 }
 
+/** `host:port` of an address, IPv6 in brackets. */
+function hostPort(host: string, port: number): string {
+  return host.includes(':') ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
 /** `host:port` of a listener's bind address. */
 function bindKey(l: Listener): string {
-  return l.host.includes(':') ? `[${l.host}]:${l.port}` : `${l.host}:${l.port}`;
+  return hostPort(l.host, l.port);
+}
+
+/** What is really bound: the address of each running listener (in `before`'s order) and of the admin listener. */
+export interface BoundAddresses {
+  listeners: readonly { host: string; port: number }[];
+  admin?: { host: string; port: number } | null;
+}
+
+/**
+ * Pairs each listener of `after` with the running listener it configures, each running one at
+ * most once: the same host and port (configured or really bound) first, then a port-0 entry
+ * with a still unpaired port-0 listener on the same host, in order. -1: nothing runs for it.
+ */
+export function pairListeners(before: readonly Listener[], after: readonly Listener[], bound?: readonly { port: number }[]): number[] {
+  const used = new Set<number>();
+  const pairs = after.map(() => -1);
+  after.forEach((l, i) => {
+    const j = before.findIndex((b, k) => !used.has(k) && b.host === l.host && l.port !== 0 && (b.port === l.port || bound?.[k]?.port === l.port));
+    if (j >= 0) {
+      pairs[i] = j;
+      used.add(j);
+    }
+  });
+  after.forEach((l, i) => {
+    if (pairs[i] !== -1 || l.port !== 0) return;
+    const j = before.findIndex((b, k) => !used.has(k) && b.host === l.host && b.port === 0);
+    if (j >= 0) {
+      pairs[i] = j;
+      used.add(j);
+    }
+  });
+  return pairs;
 }
 
 /**
  * What a reload from `before` to `after` cannot apply while running, in an operator's words:
- * the reload is still done, but these wait for a restart. `bound` are the addresses listeners
- * really hold (a port 0 in the file is whatever the OS gave); without it the files are compared.
+ * the reload is still done, but these wait for a restart. `bound` says what is really bound (a
+ * port 0 in the file is whatever the OS gave); without it the files are compared.
  */
-export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?: readonly { host: string; port: number }[]): string[] {
+export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?: BoundAddresses): string[] {
   const notes: string[] = [];
-  const matches = (l: Listener, i: number): Listener | undefined =>
-    before.listeners.find((b, j) => b.host === l.host && (b.port === l.port || (bound !== undefined && bound[j]?.port === l.port) || (l.port === 0 && i === j)));
+  const pairs = pairListeners(before.listeners, after.listeners, bound?.listeners);
   after.listeners.forEach((l, i) => {
-    const old = matches(l, i);
+    const old = pairs[i] >= 0 ? before.listeners[pairs[i]] : undefined;
     if (old === undefined) {
       notes.push(`listener ${bindKey(l)} is new or moved: it starts listening on restart (the running listeners keep their addresses)`);
       return;
@@ -344,14 +380,19 @@ export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?
     if (old.name !== l.name) notes.push(`listener ${bindKey(l)}: name takes effect on restart`);
   });
   before.listeners.forEach((l, i) => {
-    if (!after.listeners.some((a) => a.host === l.host && (a.port === l.port || (bound !== undefined && bound[i]?.port === a.port)))) {
-      notes.push(`listener ${bindKey(l)} is gone from the file: it keeps listening until restart`);
+    if (!pairs.includes(i)) {
+      const b = bound?.listeners[i];
+      notes.push(`listener ${b ? hostPort(b.host, b.port) : bindKey(l)} is gone from the file: it keeps listening until restart`);
     }
   });
+  const runningAdmin = bound?.admin ?? (before.admin ? { host: before.admin.host, port: before.admin.port } : null);
   if (before.admin === undefined && after.admin !== undefined) notes.push('admin: the admin listener starts on restart');
   else if (before.admin !== undefined && after.admin === undefined) notes.push('admin: the admin listener keeps running until restart');
-  else if (before.admin && after.admin && (before.admin.host !== after.admin.host || (before.admin.port !== after.admin.port && after.admin.port !== 0))) {
-    notes.push(`admin: ${after.admin.host}:${after.admin.port} takes effect on restart; the admin API stays on ${before.admin.host}:${before.admin.port} until then`);
+  else if (before.admin && after.admin && runningAdmin) {
+    const samePort = after.admin.port === runningAdmin.port || after.admin.port === before.admin.port;
+    if (before.admin.host !== after.admin.host || !samePort) {
+      notes.push(`admin: ${hostPort(after.admin.host, after.admin.port)} takes effect on restart; the admin API stays on ${hostPort(runningAdmin.host, runningAdmin.port)} until then`);
+    }
   }
   if (before.log.format !== after.log.format) notes.push('log.format takes effect on restart');
   return notes;

@@ -32,6 +32,7 @@ export function watchConfigFile(file: string, debounce: number, onChange: () => 
   const check = (): void => {
     timer = null;
     firstHint = 0;
+    follow();
     const now = digest(absolute);
     if (now === null || now === last) return;
     last = now;
@@ -49,23 +50,30 @@ export function watchConfigFile(file: string, debounce: number, onChange: () => 
     timer = setTimeout(check, Math.max(0, Math.min(debounce, firstHint + 4 * debounce - now)));
     timer.unref();
   };
-  const dirs = new Set([path.dirname(absolute)]);
-  try {
-    const target = realpathSync(absolute);
-    dirs.add(path.dirname(target));
-    names.add(path.basename(target));
-  } catch {
-    // not there yet: its own directory is enough
-  }
-  for (const dir of dirs) {
+  const watched = new Set<string>();
+  /** Watches the file's directory and its target's (again after each change: a link can be re-pointed). */
+  const follow = (): void => {
+    const dirs = [path.dirname(absolute)];
     try {
-      const w = watch(dir, { persistent: false }, hint);
-      w.on('error', (err) => logger.error({ err: err.message, file }, `watching ${dir} failed; reload with SIGHUP or POST /reload`));
-      watchers.push(w);
-    } catch (err) {
-      logger.error({ err: (err as Error).message, file }, `cannot watch ${dir}; reload with SIGHUP or POST /reload`);
+      const target = realpathSync(absolute);
+      dirs.push(path.dirname(target));
+      names.add(path.basename(target));
+    } catch {
+      // not there for a moment: its own directory is enough
     }
-  }
+    for (const dir of dirs) {
+      if (watched.has(dir)) continue;
+      try {
+        const w = watch(dir, { persistent: false }, hint);
+        w.on('error', (err) => logger.error({ err: err.message, file }, `watching ${dir} failed; reload with SIGHUP or POST /reload`));
+        watchers.push(w);
+        watched.add(dir);
+      } catch (err) {
+        logger.error({ err: (err as Error).message, file }, `cannot watch ${dir}; reload with SIGHUP or POST /reload`);
+      }
+    }
+  };
+  follow();
   return () => {
     if (timer) clearTimeout(timer);
     for (const w of watchers) w.close();

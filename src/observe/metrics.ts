@@ -94,6 +94,9 @@ export class Metrics {
    */
   private readonly byObject = new WeakMap<object, Series>();
   private readonly noPool = {};
+  /** "pool\nbackend" of series that counted a real event (never removed). */
+  private readonly retriedSeries = new Set<string>();
+  private readonly ejectedSeries = new Set<string>();
   private readonly rateLimited: Counter<'route'>;
   private readonly refusals: Counter<'code'>;
   private readonly retries: Counter<'pool' | 'backend'>;
@@ -160,16 +163,51 @@ export class Metrics {
     const eachUpstream = (f: (pool: string, backend: string) => void): void => {
       for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool.name, u.id);
     };
+    /**
+     * Shows every current backend at 0 and takes back the zeros of backends that are gone (a
+     * series that counted something stays: counters do not go away under Prometheus' feet).
+     */
+    const zeros = (counter: Counter<'pool' | 'backend'>, counted: Set<string>) => {
+      const shown = new Set<string>();
+      return (): void => {
+        const now = new Set<string>();
+        eachUpstream((pool, backend) => {
+          const key = `${pool}\n${backend}`;
+          now.add(key);
+          if (!shown.has(key) && !counted.has(key)) {
+            counter.inc({ pool, backend }, 0);
+            shown.add(key);
+          }
+        });
+        for (const key of shown) {
+          if (now.has(key)) continue;
+          shown.delete(key);
+          if (counted.has(key)) continue;
+          const [pool, backend] = key.split('\n');
+          counter.remove({ pool, backend });
+        }
+      };
+    };
+    const retried = this.retriedSeries;
+    const ejected = this.ejectedSeries;
+    let zeroRetries: (() => void) | null = null;
+    let zeroEjections: (() => void) | null = null;
     // Series of every current backend show from the first scrape (at 0), so ratios and rate() work before the first event.
     this.retries = new Counter({
       name: 'lb_retries_total', help: 'Requests sent again after an attempt failed, by the backend that failed.', labelNames: ['pool', 'backend'], registers,
-      collect() { eachUpstream((pool, backend) => this.inc({ pool, backend }, 0)); },
+      collect() {
+        zeroRetries ??= zeros(this, retried);
+        zeroRetries();
+      },
     });
     this.attemptFailures = new Counter({ name: 'lb_backend_attempt_failures_total', help: 'Attempts against a backend that failed (connect, reset, timeout), by error code.', labelNames: ['pool', 'backend', 'code'], registers });
     this.stateChanges = new Counter({ name: 'lb_backend_state_changes_total', help: 'Backend state changes (health, ejected, circuit, enabled, draining), with a short cause.', labelNames: ['pool', 'backend', 'field', 'to', 'cause'], registers });
     this.ejections = new Counter({
       name: 'lb_backend_ejections_total', help: 'Passive outlier ejections.', labelNames: ['pool', 'backend'], registers,
-      collect() { eachUpstream((pool, backend) => this.inc({ pool, backend }, 0)); },
+      collect() {
+        zeroEjections ??= zeros(this, ejected);
+        zeroEjections();
+      },
     });
     this.reloads = new Counter({ name: 'lb_config_reloads_total', help: 'Configuration reloads, by result (success, failure) and source (file, signal, watch, admin, api).', labelNames: ['result', 'source'], registers });
     for (const result of ['success', 'failure']) for (const source of ['signal', 'watch', 'admin']) this.reloads.inc({ result, source }, 0);
@@ -281,7 +319,9 @@ export class Metrics {
     this.on(requestEnd, (m) => this.onEnd(m as RequestEndEvent));
     this.on(requestRetry, (m) => {
       const { ctx, upstream } = m as RequestRetryEvent;
-      this.retries.inc({ pool: ctx.pool?.name ?? 'none', backend: upstream.id });
+      const pool = ctx.pool?.name ?? 'none';
+      this.retriedSeries.add(`${pool}\n${upstream.id}`);
+      this.retries.inc({ pool, backend: upstream.id });
     });
     this.on(upstreamError, (m) => {
       const { ctx, upstream, error } = m as UpstreamErrorEvent;
@@ -291,7 +331,10 @@ export class Metrics {
     this.on(upstreamState, (m) => {
       const c = m as UpstreamStateEvent;
       this.stateChanges.inc({ pool: c.pool, backend: c.upstream.id, field: c.field, to: String(c.to), cause: causeOf(c.field, c.to, c.reason) });
-      if (c.field === 'ejected' && c.to === true) this.ejections.inc({ pool: c.pool, backend: c.upstream.id });
+      if (c.field === 'ejected' && c.to === true) {
+        this.ejectedSeries.add(`${c.pool}\n${c.upstream.id}`);
+        this.ejections.inc({ pool: c.pool, backend: c.upstream.id });
+      }
     });
     this.on(configReload, (m) => {
       const e = m as ConfigReloadEvent;

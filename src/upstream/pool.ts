@@ -50,11 +50,7 @@ export class Pool {
       const old = previous?.get(upstreamIdOf(u.url));
       // The same address keeps its object: health, ejection, breaker, counters and in-flight requests.
       const upstream = old ?? new Upstream(options);
-      if (old) {
-        old.configure(options);
-        // Without active checks nothing would ever mark it healthy again.
-        if (!settings.health_check) old.health = 'healthy';
-      }
+      if (old) old.configure(options);
       upstream.onChange = onChange;
       return upstream;
     });
@@ -76,10 +72,14 @@ export class Pool {
       u.halfOpenLimit = this.settings.circuit_breaker.half_open_requests;
       u.onChange = onChange;
     }
+    this.policy = this.rebuild();
   }
 
   /** Starts passive health and, if configured, active checks. */
   start(): void {
+    // Without active checks nothing would ever mark an upstream healthy again (done here, once the
+    // pool is in service, so a reload that fails half-way leaves the running pools' state alone).
+    if (!this.settings.health_check) for (const u of this.upstreams) u.setHealth('healthy', 'no health check configured any more');
     this.passive.start();
     this.checker?.start();
   }

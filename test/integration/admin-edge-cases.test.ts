@@ -293,3 +293,59 @@ test('watch: a busy file next to the configuration does not put a reload off', {
   t.diagnostic(`reloaded ${Date.now() - saved} ms after the save`);
   assert.ok(Date.now() - saved < 2000);
 });
+
+test('listeners pair one to one on reload: two port-0 listeners keep their own settings', async (t) => {
+  const b = await startBackend(t, (_q, r) => r.end('b'));
+  const two = [{ host: '127.0.0.1', port: 0, name: 'one' }, { host: '127.0.0.1', port: 0, name: 'two' }];
+  const lb = await startBalancer(t, { listeners: two, pools: { web: { upstreams: [b.url] } } });
+  const [one, second] = lb.balancer.addresses();
+  const result = await lb.balancer.reload({ listeners: [two[0], { ...two[1], firewall: { deny: ['127.0.0.0/8'] } }], pools: { web: { upstreams: [b.url] } } });
+  assert.deepEqual(result.warnings ?? [], [], 'nothing waits for a restart');
+  assert.equal(await fetch(one.url).then((r) => r.text()), 'b', 'the first listener still serves');
+  await assert.rejects(fetch(second.url), 'the second one took the firewall');
+  const third = await lb.balancer.reload({ listeners: [...two, { host: '127.0.0.1', port: 0, name: 'three' }], pools: { web: { upstreams: [b.url] } } });
+  assert.deepEqual(third.warnings, ['listener 127.0.0.1:0 is new or moved: it starts listening on restart (the running listeners keep their addresses)']);
+});
+
+test('a drained upstream in a renamed pool stays drained and listed as runtime-only', async (t) => {
+  const lb = await startBalancer(t, { pools: { a: { upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  await admin.drain({ url: 'http://127.0.0.1:1' });
+  await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: lb.port }], pools: { b: { upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const status = await admin.status();
+  assert.equal(status.backends.find((x) => x.id === '127.0.0.1:1')!.draining, true);
+  assert.equal(status.backends.find((x) => x.id === '127.0.0.1:1')!.runtime_only, true);
+  assert.deepEqual(status.runtime_changes.map((c) => [c.action, c.pool, c.upstream]), [['drain', 'b', '127.0.0.1:1']]);
+});
+
+test('watch: a symlink re-pointed to a new target keeps being followed', { timeout: 20_000 }, async (t) => {
+  const { symlinkSync, renameSync, appendFileSync } = await import('node:fs');
+  const [a, b, c] = await Promise.all(['a', 'b', 'c'].map((id) => startBackend(t, (_q, r) => r.end(id))));
+  const dir = mkdtempSync(path.join(tmpdir(), 'fulcrum-edge-'));
+  const text = (ups: string[]) => `listeners: [{host: 127.0.0.1, port: 0}]\nreload: {watch: true, debounce: 50ms}\npools:\n  web:\n    upstreams: ${JSON.stringify(ups)}\n`;
+  writeFileSync(path.join(dir, 'real1.yaml'), text([a.url]));
+  writeFileSync(path.join(dir, 'real2.yaml'), text([a.url, b.url]));
+  symlinkSync('real1.yaml', path.join(dir, 'config.yaml'));
+  const file = path.join(dir, 'config.yaml');
+  const lb = await startBalancer(t, loadConfigText(readFileSync(file, 'utf8'), file).config, { configFile: file });
+  const count = () => lb.balancer.pools().get('web')!.upstreams.length;
+  symlinkSync('real2.yaml', path.join(dir, 'config.tmp'));
+  renameSync(path.join(dir, 'config.tmp'), file);
+  await eventually(() => count() === 2, { timeout: 5000, what: 'the re-pointed link reloaded' });
+  writeFileSync(path.join(dir, 'real2.yaml'), text([a.url, b.url, c.url]));
+  await eventually(() => count() === 3, { timeout: 5000, what: 'an edit of the new target reloaded' });
+  appendFileSync(path.join(dir, 'real1.yaml'), '# old target\n');
+});
+
+test('metrics: zero series of backends added and removed many times do not pile up', async (t) => {
+  const lb = await startBalancer(t, { pools: { web: { upstreams: ['http://127.0.0.1:1'] } }, admin: { host: '127.0.0.1', port: 0, token } });
+  const admin = new AdminClient({ url: lb.balancer.adminAddress()!.url, token });
+  for (let i = 0; i < 20; i++) {
+    await admin.addBackend({ url: `http://127.0.0.1:${1000 + i}` });
+    await admin.metrics();
+    await admin.removeBackend({ url: `http://127.0.0.1:${1000 + i}` });
+  }
+  const scrape = await admin.metrics();
+  assert.equal(scrape.split('\n').filter((l) => l.startsWith('lb_retries_total{')).length, 1, 'only the current backend');
+  assert.equal(scrape.split('\n').filter((l) => l.startsWith('lb_backend_ejections_total{')).length, 1);
+});

@@ -199,3 +199,13 @@ test('restartNotes: what a reload leaves for a restart', () => {
   const limits = load('listeners: [{host: 127.0.0.1, port: 8080, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
   assert.deepEqual(restartNotes(before, limits), ['listener 127.0.0.1:8080: limits.max_header_bytes takes effect on restart']);
 });
+
+test('restartNotes: the admin address as really bound, IPv6 in brackets', () => {
+  const load = (text: string) => loadConfigText(text, 'x.yaml').config;
+  const before = load('pools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 0}\n');
+  const pinned = load('pools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 37151}\n');
+  const bound = { listeners: [{ host: '0.0.0.0', port: 8080 }], admin: { host: '127.0.0.1', port: 37151 } };
+  assert.deepEqual(restartNotes(before, pinned, bound), [], 'already there');
+  const v6 = load('pools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {host: "::1", port: 19999}\n');
+  assert.deepEqual(restartNotes(before, v6, bound), ['admin: [::1]:19999 takes effect on restart; the admin API stays on 127.0.0.1:37151 until then']);
+});

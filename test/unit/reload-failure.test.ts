@@ -30,3 +30,18 @@ test('reload: a build that fails half-way leaves upstream weights and owners as 
   assert.deepEqual(poolA.eligible(), [], 'and its snapshot follows them');
   await balancer.close(0);
 });
+
+test('reload: a failed build does not mark an unhealthy upstream healthy', async () => {
+  const running = validateConfig({ listeners: [{ host: '127.0.0.1', port: 0 }], pools: { a: { upstreams: ['http://127.0.0.1:1'], health_check: { interval: '1h' } }, b: { upstreams: ['http://127.0.0.1:2'] } }, routes: [{ path_prefix: '/a', pool: 'a' }, { pool: 'b' }] });
+  const balancer = createBalancer(running, { logger: createLogger({ level: 'silent', format: 'json' }) });
+  const x = balancer.pools().get('a')!.upstreams[0];
+  x.setHealth('unhealthy', 'test');
+  // Pool a loses its health check (which would mark x healthy once in service), pool b fails to build.
+  const broken = structuredClone(running.config);
+  delete broken.pools.a.health_check;
+  broken.pools.b.upstreams.push({ ...broken.pools.b.upstreams[0] });
+  await assert.rejects(balancer.reload({ config: broken, source: 'test', warnings: [] }), /listed twice/);
+  assert.equal(x.health, 'unhealthy', 'the running pool still checks it and sees it down');
+  assert.deepEqual(balancer.pools().get('a')!.eligible(), []);
+  await balancer.close(0);
+});

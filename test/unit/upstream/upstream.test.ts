@@ -229,6 +229,8 @@ test('pool: a reload that drops health_check does not leave an upstream unhealth
   first.upstreams[0].setHealth('unhealthy', 'status 500 (3 consecutive checks failed)');
   const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'] }), new Map([[first.upstreams[0].id, first.upstreams[0]]]));
   t.after(() => second.close());
+  assert.equal(second.upstreams[0].health, 'unhealthy', 'nothing changes before the pool is in service');
+  second.start();
   assert.equal(second.upstreams[0].health, 'healthy');
   assert.deepEqual(second.eligible(), second.upstreams);
 });
