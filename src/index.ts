@@ -22,7 +22,7 @@ import { diffConfigs, formatChanges, pairListeners, restartNotes } from './confi
 import { watchConfigFile } from './config/watch.ts';
 import { Metrics } from './observe/metrics.ts';
 import { LiveStats } from './observe/live-stats.ts';
-import { RuntimeChanges, upstreamId, type RuntimeOp } from './admin/runtime-changes.ts';
+import { RuntimeChanges, type RuntimeOp } from './admin/runtime-changes.ts';
 import { persistUpstreams } from './admin/persist.ts';
 import { AdminServer } from './admin/server.ts';
 import { buildStatus, backendStatus } from './admin/status.ts';
@@ -268,8 +268,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     const kept = new Set(built.pools.values());
     void Promise.all([...old.pools.values()].filter((p) => !kept.has(p)).map((p) => p.close()));
     if (built.stores !== old.stores) void old.stores.close();
-    // Listeners keep their sockets: same address, new firewall, limits and timeouts; a new address needs a restart.
-    // Each running listener takes the settings of the entry paired with it (one to one); the rest wait for a restart.
+    // Listeners keep their sockets and take new firewall, limits and timeouts: each running listener
+    // the entry paired with it (one to one); a new or moved address waits for a restart.
     const pairs = pairListeners(startConfig.listeners, next.listeners, bound().listeners);
     pairs.forEach((j, i) => {
       if (j >= 0) listeners[j].update(next.listeners[i]);
@@ -294,6 +294,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
 
   /** A new base configuration (the file's): runtime changes go on top, then swap. */
   const applyBase = (nextBase: FulcrumConfig, source: ReloadSource): ReloadResult => {
+    const opsBefore = runtimeChanges.snapshot();
     try {
       const { config: next, dropped } = runtimeChanges.apply(nextBase);
       for (const d of dropped) logger.info({ source }, `runtime change dropped: ${d}`);
@@ -307,6 +308,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       if (kept.length > 0) logger.info({ runtime_changes: kept.length }, `${kept.length} runtime change(s) from the admin API stay on top of the file (GET /status lists them)`);
       return { changes, ...(warnings.length > 0 ? { warnings } : {}), ...(dropped.length > 0 ? { dropped } : {}) };
     } catch (err) {
+      // Refused: the runtime changes stay as they were (apply() dropped the ones the new file satisfied).
+      runtimeChanges.restore(opsBefore);
       refused(source, err as Error);
       throw err;
     }
@@ -331,17 +334,17 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     if (typeof target.url !== 'string' || target.url === '') throw new AdminRequestError(400, 'missing "url": the upstream, e.g. {"url": "http://10.0.0.4:8080"}');
     let id: string;
     try {
-      id = /^[a-z][a-z0-9+.-]*:\/\//i.test(target.url) ? upstreamId(target.url) : upstreamId(`http://${target.url}`);
+      id = /^[a-z][a-z0-9+.-]*:\/\//i.test(target.url) ? upstreamIdOf(target.url) : upstreamIdOf(`http://${target.url}`);
     } catch {
       throw new AdminRequestError(400, `"url" is not a URL: ${JSON.stringify(target.url)} (expected e.g. "http://10.0.0.4:8080")`);
     }
     const names = Object.keys(config.pools);
     if (target.pool !== undefined) {
       if (typeof target.pool !== 'string' || !Object.hasOwn(config.pools, target.pool)) throw new AdminRequestError(404, `no pool named ${JSON.stringify(target.pool)}; pools: ${names.join(', ')}`);
-      if (mustExist && !config.pools[target.pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(404, `no upstream ${id} in pool ${target.pool}`);
+      if (mustExist && !config.pools[target.pool].upstreams.some((u) => upstreamIdOf(u.url) === id)) throw new AdminRequestError(404, `no upstream ${id} in pool ${target.pool}`);
       return { pool: target.pool, id };
     }
-    const holding = names.filter((n) => config.pools[n].upstreams.some((u) => upstreamId(u.url) === id));
+    const holding = names.filter((n) => config.pools[n].upstreams.some((u) => upstreamIdOf(u.url) === id));
     if (mustExist) {
       if (holding.length === 0) throw new AdminRequestError(404, `no upstream ${id} in any pool (${names.join(', ')})`);
       if (holding.length > 1) throw new AdminRequestError(400, `${id} is in pools ${holding.join(' and ')}: say which with "pool"`);
@@ -444,7 +447,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(target.url) ? target.url : `http://${target.url}`;
         const parsed = UpstreamConfig.safeParse({ url, weight: target.weight ?? 1, max_connections: target.max_connections ?? 0 });
         if (!parsed.success) throw new AdminRequestError(400, parsed.error.issues.map((i) => `${i.path.join('.') || 'url'}: ${i.message}`).join('; '));
-        if (config.pools[pool].upstreams.some((u) => upstreamId(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
+        if (config.pools[pool].upstreams.some((u) => upstreamIdOf(u.url) === id)) throw new AdminRequestError(409, `${id} is already in pool ${pool}`);
         const upstream: UpstreamSettings = parsed.data;
         const result = applyOp({ action: 'add', pool, id, upstream, at: new Date().toISOString() }, source);
         return { ...result, backend: describe(pool, id), runtime_only: runtimeChanges.touches(pool, id, upstreamOf(pool, id)) };

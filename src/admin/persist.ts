@@ -17,7 +17,7 @@ import path from 'node:path';
 import { isAlias, isMap, isScalar, isSeq, parse as parseYaml, parseDocument, type Document, type Node as YamlNode } from 'yaml';
 import { UpstreamConfig, type FulcrumConfig, type UpstreamSettings } from '../config/schema.ts';
 import { loadConfigText } from '../config/load.ts';
-import { upstreamId } from './runtime-changes.ts';
+import { upstreamIdOf } from '../upstream/upstream.ts';
 
 /** How an upstream is written: a bare URL when it has no settings beyond the defaults. */
 function entry(u: UpstreamSettings): string | Record<string, unknown> {
@@ -36,7 +36,7 @@ function entryId(value: unknown): string | null {
   const url = typeof value === 'string' ? value : value && typeof value === 'object' ? (value as { url?: unknown }).url : undefined;
   if (typeof url !== 'string') return null;
   try {
-    return upstreamId(url);
+    return upstreamIdOf(url);
   } catch {
     return null;
   }
@@ -87,11 +87,11 @@ function editBlockList(text: string, pool: string, wanted: readonly UpstreamSett
     const value = isScalar(node) ? node.value : isMap(node) ? node.toJSON() : null;
     items.push({ id: entryId(value), value, start: from, end: lineEnd(valueEnd), valueEnd, indent: text.slice(from, dash) });
   }
-  const byId = new Map(wanted.map((u) => [upstreamId(u.url), u]));
+  const byId = new Map(wanted.map((u) => [upstreamIdOf(u.url), u]));
   const present = new Set(items.map((i) => i.id));
   let out = text;
   // From the last item up, so earlier offsets stay right.
-  const added = wanted.filter((u) => !present.has(upstreamId(u.url)));
+  const added = wanted.filter((u) => !present.has(upstreamIdOf(u.url)));
   const last = items[items.length - 1];
   if (added.length > 0) {
     const lines = added.map((u) => `${last.indent}- ${entryYaml(u)}\n`).join('');
@@ -127,7 +127,7 @@ function editFlowList(text: string, nodes: YamlNode[], range: YamlNode['range'],
     if (id !== null) sources.set(id, { value, source: text.slice(n.range![0], n.range![1]) });
   }
   const items = wanted.map((u) => {
-    const old = sources.get(upstreamId(u.url));
+    const old = sources.get(upstreamIdOf(u.url));
     return old !== undefined && same(old.value, u) ? old.source : entryYaml(u);
   });
   return text.slice(0, open) + `[${items.join(', ')}]` + text.slice(close + 1);
@@ -156,7 +156,7 @@ function editDocument(text: string, pool: string, wanted: readonly UpstreamSetti
     if (id !== null) kept.set(id, node);
   }
   seq.items = wanted.map((u) => {
-    const old = kept.get(upstreamId(u.url));
+    const old = kept.get(upstreamIdOf(u.url));
     if (old !== undefined && same(isScalar(old) ? old.value : old.toJSON(), u)) return old;
     return doc.createNode(entry(u));
   });
@@ -186,7 +186,7 @@ export function persistUpstreams(file: string, config: FulcrumConfig, pools: Ite
       const wanted = config.pools[pool].upstreams;
       const seed = raw.pools === undefined && Array.isArray(raw.backends);
       const list: unknown[] = seed ? raw.backends : raw.pools[pool].upstreams;
-      const next = wanted.map((u) => list.find((v) => entryId(v) === upstreamId(u.url) && same(v, u)) ?? entry(u));
+      const next = wanted.map((u) => list.find((v) => entryId(v) === upstreamIdOf(u.url) && same(v, u)) ?? entry(u));
       if (seed) raw.backends = next;
       else raw.pools[pool].upstreams = next;
     }

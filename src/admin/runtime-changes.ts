@@ -19,11 +19,6 @@ export type RuntimeOp =
   | { action: 'weight'; pool: string; id: string; weight: number; at: string };
 
 
-/** `host:port` of an upstream URL (the id everywhere else). */
-export function upstreamId(url: string): string {
-  return upstreamIdOf(url);
-}
-
 /** The runtime layer over the file's configuration. */
 export class RuntimeChanges {
   private ops: RuntimeOp[] = [];
@@ -74,7 +69,7 @@ export class RuntimeChanges {
         dropped.push(`${op.action} ${op.id}: pool ${op.pool} is no longer in the configuration`);
         return false;
       }
-      const i = pool.upstreams.findIndex((u) => upstreamId(u.url) === op.id);
+      const i = pool.upstreams.findIndex((u) => upstreamIdOf(u.url) === op.id);
       switch (op.action) {
         case 'add':
           if (i >= 0 && pool.upstreams[i].weight === op.upstream.weight && pool.upstreams[i].max_connections === op.upstream.max_connections) {

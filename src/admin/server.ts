@@ -24,7 +24,6 @@ import type { Logger } from '../observe/logger.ts';
 import type { Balancer } from '../index.ts';
 import { AdminRequestError } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
-import type { ErrorResponse } from './types.ts';
 
 /** Largest request body the admin API reads (a configuration file fits easily). */
 const maxBody = 1024 * 1024;
@@ -459,4 +458,3 @@ function problemJson(p: ConfigProblem) {
   return { file: p.file, line: p.line, column: p.column, path: p.path, message: p.message };
 }
 
-export type { ErrorResponse };

@@ -7,24 +7,31 @@ import type { Upstream } from '../upstream/upstream.ts';
 import type { RuntimeChanges } from './runtime-changes.ts';
 import type { BackendStatus, StatusResponse } from './types.ts';
 
-/** One upstream of one pool. */
-export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges): BackendStatus {
+/** An upstream's state, as /status and the live samples both show it. */
+export function upstreamState(u: Upstream) {
   return {
-    url: u.origin,
-    id: u.id,
-    pool: pool.name,
     alive: u.eligible(),
-    healthy: u.health === 'healthy',
-    current_connections: u.inFlight,
-    requests: u.served,
-    failures: u.failures,
-    weight: u.weight,
     health: u.health,
     enabled: u.enabled,
     draining: u.draining,
     ejected: u.ejected,
     ejections: u.ejections,
     circuit: u.circuit,
+    weight: u.weight,
+    requests: u.served,
+  };
+}
+
+/** One upstream of one pool. */
+export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges): BackendStatus {
+  return {
+    url: u.origin,
+    id: u.id,
+    pool: pool.name,
+    ...upstreamState(u),
+    healthy: u.health === 'healthy',
+    current_connections: u.inFlight,
+    failures: u.failures,
     runtime_only: changes.touches(pool.name, u.id, u),
   };
 }

@@ -8,6 +8,7 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import { formatDuration } from './duration.ts';
+import { upstreamIdOf } from '../upstream/upstream.ts';
 import { formatPath } from './load.ts';
 import { Duration, FulcrumConfigSchema, ListenerConfig, PoolConfig, RouteConfig, type FulcrumConfig } from './schema.ts';
 
@@ -120,8 +121,7 @@ function countUpstreams(list: Upstream[]): string {
 /** host:port with the port spelled out: `http://10.0.0.2` and `http://10.0.0.2:80/` are one upstream. */
 function upstreamKey(u: Upstream): string {
   try {
-    const url = new URL(u.url);
-    return `${url.hostname}:${url.port || '80'}`;
+    return upstreamIdOf(u.url);
   } catch {
     return u.url;
   }

@@ -9,6 +9,7 @@ import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, typ
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
 import { closest } from './did-you-mean.ts';
+import { upstreamIdOf } from '../upstream/upstream.ts';
 import { FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
 
 type Path = (string | number)[];
@@ -236,8 +237,7 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       if (typeof url !== 'string') return;
       let id: string;
       try {
-        const u = new URL(url);
-        id = `${u.hostname}:${u.port || '80'}`;
+        id = upstreamIdOf(url);
       } catch {
         return; // the schema reports a bad URL
       }

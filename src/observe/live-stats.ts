@@ -9,6 +9,7 @@ import { ErrorCode } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { LiveBackend, LiveSample } from '../admin/types.ts';
+import { upstreamState } from '../admin/status.ts';
 
 /** Latency buckets: bucket i holds durations up to 0.05 ms x 1.25^i (64 buckets reach about 63 s). */
 const bucketCount = 64;
@@ -159,15 +160,7 @@ export class LiveStats {
           p50_ms: w ? w.quantile(0.5) : null,
           p99_ms: w ? w.quantile(0.99) : null,
           in_flight: u.inFlight,
-          alive: u.eligible(),
-          health: u.health,
-          enabled: u.enabled,
-          draining: u.draining,
-          ejected: u.ejected,
-          ejections: u.ejections,
-          circuit: u.circuit,
-          weight: u.weight,
-          requests: u.served,
+          ...upstreamState(u),
         });
       }
     }
