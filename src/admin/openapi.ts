@@ -617,7 +617,7 @@ export function openApiDocument(): Record<string, unknown> {
           required: ['at', 'action', 'pool', 'upstream'],
           properties: {
             at: { type: 'string', format: 'date-time' },
-            action: { type: 'string', enum: ['add', 'remove', 'weight', 'drain', 'undrain', 'enable', 'disable'] },
+            action: { type: 'string', enum: ['add', 'remove', 'weight', 'drain', 'disable'] },
             pool: { type: 'string' },
             upstream: { type: 'string', description: '`host:port`.' },
             weight: { type: 'number', description: 'The new weight, for `weight` and `add`.' },

@@ -5,10 +5,10 @@
 import type { Pool } from '../upstream/pool.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { RuntimeChanges } from './runtime-changes.ts';
-import type { BackendStatus, StatusResponse } from './types.ts';
+import type { BackendStatus, StatusResponse, UpstreamState } from './types.ts';
 
 /** An upstream's state, as /status and the live samples both show it. */
-export function upstreamState(u: Upstream) {
+export function upstreamState(u: Upstream): UpstreamState {
   return {
     alive: u.eligible(),
     health: u.health,

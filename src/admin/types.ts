@@ -4,24 +4,10 @@
  * configuration and the seeds' `/status`.
  */
 
-/** One upstream as `/status` and `/backends` show it. */
-export interface BackendStatus {
-  /** `http://host:port` (the seeds' key). */
-  url: string;
-  /** `host:port`: the id used in metrics, logs and the API. */
-  id: string;
-  pool: string;
+/** An upstream's state, as both `/status` and the live samples show it. */
+export interface UpstreamState {
   /** The seeds' meaning: the balancer would send it traffic now (healthy, enabled, not drained, ejected or open). */
   alive: boolean;
-  /** Seed 002's field: its active health check passes (or none is configured). */
-  healthy: boolean;
-  /** Requests in flight to it now (the seeds' name for it). */
-  current_connections: number;
-  /** Requests it answered since it was added (carried over reloads). */
-  requests: number;
-  /** Attempts that failed (connect error, reset, timeout). */
-  failures: number;
-  weight: number;
   health: 'healthy' | 'unhealthy';
   enabled: boolean;
   draining: boolean;
@@ -29,6 +15,24 @@ export interface BackendStatus {
   /** Times it was ejected recently (multiplies the next ejection time). */
   ejections: number;
   circuit: 'closed' | 'open' | 'half-open';
+  weight: number;
+  /** Requests it answered since it was added (carried over reloads). */
+  requests: number;
+}
+
+/** One upstream as `/status` and `/backends` show it. */
+export interface BackendStatus extends UpstreamState {
+  /** `http://host:port` (the seeds' key). */
+  url: string;
+  /** `host:port`: the id used in metrics, logs and the API. */
+  id: string;
+  pool: string;
+  /** Seed 002's field: its active health check passes (or none is configured). */
+  healthy: boolean;
+  /** Requests in flight to it now (the seeds' name for it). */
+  current_connections: number;
+  /** Attempts that failed (connect error, reset, timeout). */
+  failures: number;
   /** True when it was added, re-weighted, drained or disabled through the API and not in the file. */
   runtime_only: boolean;
 }
@@ -37,7 +41,7 @@ export interface BackendStatus {
 export interface RuntimeChange {
   /** ISO time of the change. */
   at: string;
-  action: 'add' | 'remove' | 'weight' | 'drain' | 'undrain' | 'enable' | 'disable';
+  action: 'add' | 'remove' | 'weight' | 'drain' | 'disable';
   pool: string;
   /** `host:port`. */
   upstream: string;
@@ -97,7 +101,7 @@ export interface ErrorResponse {
 }
 
 /** One second of live numbers for one upstream (dashboard, `GET /events`). */
-export interface LiveBackend {
+export interface LiveBackend extends UpstreamState {
   pool: string;
   id: string;
   rps: number;
@@ -107,15 +111,6 @@ export interface LiveBackend {
   p50_ms: number | null;
   p99_ms: number | null;
   in_flight: number;
-  alive: boolean;
-  health: 'healthy' | 'unhealthy';
-  enabled: boolean;
-  draining: boolean;
-  ejected: boolean;
-  ejections: number;
-  circuit: 'closed' | 'open' | 'half-open';
-  weight: number;
-  requests: number;
 }
 
 /** One tick of the live view: totals and every upstream. */

@@ -160,9 +160,10 @@ export class Metrics {
       collect() { for (const route of sources.routes()) this.inc({ route }, 0); },
     });
     this.refusals = new Counter({ name: 'lb_request_errors_total', help: 'Requests that ended in an error, by stable error code (docs/errors.md).', labelNames: ['code'], registers });
-    const eachUpstream = (f: (pool: string, backend: string) => void): void => {
-      for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool.name, u.id);
+    const each = (f: (pool: Pool, u: Pool['upstreams'][number]) => void): void => {
+      for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool, u);
     };
+    const eachUpstream = (f: (pool: string, backend: string) => void): void => each((p, u) => f(p.name, u.id));
     /**
      * Shows every current backend at 0 and takes back the zeros of backends that are gone (a
      * series that counted something stays: counters do not go away under Prometheus' feet).
@@ -216,9 +217,6 @@ export class Metrics {
     this.lastReloadOk.set(1);
     this.lastReloadTime.set(Date.now() / 1000);
 
-    const each = (f: (pool: Pool, u: Pool['upstreams'][number]) => void): void => {
-      for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool, u);
-    };
     new Gauge({
       name: 'lb_backend_up', help: '1 if the backend takes new requests (healthy, enabled, not draining, ejected or open), else 0.', labelNames: ['pool', 'backend'], registers,
       collect() { this.reset(); each((p, u) => this.set({ pool: p.name, backend: u.id }, u.eligible() ? 1 : 0)); },
@@ -264,27 +262,21 @@ export class Metrics {
       name: 'lb_client_connections', help: 'Open client connections, by listener.', labelNames: ['listener'], registers,
       collect() { this.reset(); for (const l of sources.listeners()) this.set({ listener: l.name }, l.open); },
     });
-    // Listeners count refusals themselves; the counter adds what is new since the last scrape.
-    const refusedSeen = new Map<string, number>();
-    new Counter({
-      name: 'lb_client_connections_refused_total', help: 'Client connections closed at accept by the firewall or a connection limit, by listener.', labelNames: ['listener'], registers,
-      collect() {
-        for (const l of sources.listeners()) {
-          this.labels(l.name).inc(Math.max(0, l.refused - (refusedSeen.get(l.name) ?? 0)));
-          refusedSeen.set(l.name, l.refused);
-        }
-      },
-    });
-    const malformedSeen = new Map<string, number>();
-    new Counter({
-      name: 'lb_malformed_requests_total', help: 'Requests the HTTP parser rejected (400, 408, 431, ...) before they could be routed, by listener.', labelNames: ['listener'], registers,
-      collect() {
-        for (const l of sources.listeners()) {
-          this.labels(l.name).inc(Math.max(0, l.malformed - (malformedSeen.get(l.name) ?? 0)));
-          malformedSeen.set(l.name, l.malformed);
-        }
-      },
-    });
+    // Listeners keep their own running totals; these counters add what is new since the last scrape.
+    const listenerCounter = (name: string, help: string, field: 'refused' | 'malformed'): void => {
+      const seen = new Map<string, number>();
+      new Counter({
+        name, help, labelNames: ['listener'], registers,
+        collect() {
+          for (const l of sources.listeners()) {
+            this.labels(l.name).inc(Math.max(0, l[field] - (seen.get(l.name) ?? 0)));
+            seen.set(l.name, l[field]);
+          }
+        },
+      });
+    };
+    listenerCounter('lb_client_connections_refused_total', 'Client connections closed at accept by the firewall or a connection limit, by listener.', 'refused');
+    listenerCounter('lb_malformed_requests_total', 'Requests the HTTP parser rejected (400, 408, 431, ...) before they could be routed, by listener.', 'malformed');
     // Rate-limit stores are rebuilt by a reload: these counters add what each store counted since the last scrape.
     const carried = { stores: null as RateLimitStores | null, fallbacks: 0, evictions: 0 };
     const storeDelta = (field: 'fallbacks' | 'evictions'): number => {
