@@ -45,6 +45,8 @@ export const ErrorCode = {
   TooManyHeaders: 'FUL_TOO_MANY_HEADERS',
   UriTooLong: 'FUL_URI_TOO_LONG',
   HttpVersion: 'FUL_HTTP_VERSION',
+  UpgradeNotSupported: 'FUL_UPGRADE_NOT_SUPPORTED',
+  ClientTimeout: 'FUL_CLIENT_TIMEOUT',
   FirewallDenied: 'FUL_FIREWALL_DENIED',
   RateLimited: 'FUL_RATE_LIMITED',
   RateLimitStoreDown: 'FUL_RATE_LIMIT_STORE_DOWN',

@@ -11,6 +11,7 @@ import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
 import { Firewall, firewallGuard } from '../middleware/firewall.ts';
 import { requestLimitsGuard } from '../middleware/request-limits.ts';
 import { ConnectionLimiter } from './connection-limiter.ts';
+import { ClientConnection, type StartRequest } from './client-connection.ts';
 import type { Logger } from '../observe/logger.ts';
 
 /** A bound listener's address as users type it. */
@@ -25,6 +26,12 @@ const parserStatus: Record<string, [number, string]> = {
   HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
 };
+
+/** A complete HTTP/1.1 answer that closes the connection, as raw text. */
+function closingAnswer(status: number, text: string, detail: string): string {
+  const body = `${status} ${text}${detail ? `: ${detail}` : ''}\n`;
+  return `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
+}
 
 /** What a listener needs to answer its metrics path. */
 export interface MetricsSource {
@@ -41,6 +48,7 @@ export class HttpListener {
   readonly info: ListenerInfo;
   private readonly logger: Logger;
   private readonly connections: ConnectionLimiter;
+  private readonly proxy: HttpProxy;
   private metrics: MetricsSource | null = null;
   /** Requests answered by the parser's error path (malformed, too large, too slow). */
   malformed = 0;
@@ -51,10 +59,17 @@ export class HttpListener {
     this.logger = logger;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
     const limits = settings.limits;
-    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum' }, guards: [], maxBodyBytes: 0 };
+    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum', underscores: settings.headers_with_underscores }, guards: [], maxBodyBytes: 0 };
     const info = this.info;
     const requestTimeout = limits.request_timeout;
     const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
+    // One request at a time per connection, in order (client-connection.ts): pipelining is answered as sent.
+    const start: StartRequest = (req, res, expectContinue) => {
+      // The optional public metrics path answers here, before routing: it is not proxied.
+      if (this.metricsPath !== null && this.metrics !== null && req.url === this.metricsPath && (req.method === 'GET' || req.method === 'HEAD')) return void this.sendMetrics(res);
+      proxy.handle(req, res, info, expectContinue);
+    };
+    this.proxy = proxy;
     this.server = http.createServer(
       {
         keepAliveTimeout: settings.keepalive_timeout,
@@ -65,16 +80,20 @@ export class HttpListener {
         // Node checks these timeouts on this tick (30 s by default): short enough that 408 comes on time.
         connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
       },
-      (req, res) => {
-        // The optional public metrics path answers here, before routing: it is not proxied.
-        if (this.metricsPath !== null && this.metrics !== null && req.url === this.metricsPath && (req.method === 'GET' || req.method === 'HEAD')) return void this.sendMetrics(res);
-        proxy.handle(req, res, info);
-      },
+      (req, res) => dispatch(req, res, false),
     );
-    this.server.on('checkContinue', (req, res) => proxy.handle(req, res, info, true));
+    const dispatch = (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void => {
+      const connection = ClientConnection.of(req.socket);
+      if (connection !== undefined) connection.request(req, res, expectContinue);
+      else start(req, res, expectContinue);
+    };
+    this.server.on('checkContinue', (req, res) => dispatch(req, res, true));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
+    // CONNECT (a forward-proxy tunnel) is not served yet: a clear answer instead of Node's silent close.
+    this.server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
     const server = this.server;
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
+      new ClientConnection(socket, start);
       server.emit('connection', socket);
       socket.resume();
     });
@@ -97,6 +116,7 @@ export class HttpListener {
     info.trusted = settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null;
     info.guards = firewall !== null ? [firewallGuard(firewall, `listener ${info.name}`), requestLimitsGuard(limits)] : [requestLimitsGuard(limits)];
     info.maxBodyBytes = limits.max_body_bytes;
+    info.forwarding.underscores = settings.headers_with_underscores;
     const requestTimeout = limits.request_timeout;
     this.server.keepAliveTimeout = settings.keepalive_timeout;
     this.server.requestTimeout = requestTimeout;
@@ -186,18 +206,36 @@ export class HttpListener {
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
-    // ECONNRESET and friends: the client is gone, there is nobody to answer. And a request that
-    // was already answered (a refusal before its malformed body) must not get a second answer.
-    const answered = (socket as Socket & { _httpMessage?: { headersSent?: boolean } | null })._httpMessage?.headersSent === true;
-    if (err.code === 'ECONNRESET' || !socket.writable || answered) {
+    const connection = ClientConnection.of(socket);
+    // Already closing (an answer with Connection: close went out): what follows is dropped unanswered.
+    if (connection?.closing === true) return;
+    // ECONNRESET and friends: the client is gone, there is nobody to answer.
+    if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return;
     }
     const [status, text] = parserStatus[err.code ?? ''] ?? [400, 'Bad Request'];
     this.malformed++;
     this.logger.debug({ listener: this.info.name, code: err.code, status }, 'rejected a malformed request');
-    const body = `${status} ${text}\n`;
-    socket.end(`HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
-    socket.destroySoon?.();
+    const active = connection?.activeResponse ?? null;
+    if (active !== null && !(active.req as http.IncomingMessage).complete) {
+      // The parser failed inside the body of the request in progress (or it timed out): that request is the broken one.
+      this.proxy.requestBroken(active, status, err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request not received in time' : `malformed request (${err.code ?? 'parse error'})`);
+      return;
+    }
+    const answer = closingAnswer(status, text, '');
+    // After the answers to the requests before it, never ahead of them.
+    if (connection !== undefined) connection.refuse(answer);
+    else socket.end(answer, 'latin1');
+  }
+
+  /** CONNECT: no tunnels on this listener yet (501), said clearly and logged, then a graceful close. */
+  private refuseTunnel(req: http.IncomingMessage, socket: Socket): void {
+    this.malformed++;
+    this.logger.debug({ listener: this.info.name, method: req.method, target: req.url }, 'refused a CONNECT request');
+    const answer = closingAnswer(501, 'Not Implemented', 'CONNECT tunnels are not supported on this listener (see docs/errors.md)');
+    const connection = ClientConnection.of(socket);
+    if (connection !== undefined) connection.refuse(answer);
+    else socket.end(answer, 'latin1');
   }
 }

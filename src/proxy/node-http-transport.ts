@@ -48,13 +48,16 @@ export class NodeHttpTransport implements Transport {
     let sent = false;
     let failed = false;
     let connectTimer: NodeJS.Timeout | null = null;
-    let responded = false;
+    let ires: http.IncomingMessage | null = null;
     const fail = (err: Error): void => {
       if (failed) return;
+      // A response read to its end stands (a 204 followed by stray bytes, a write that failed after the
+      // answer): Node drops the socket, 'end' still comes. Destroying the request now would discard it.
+      if (ires !== null && ires.complete) return;
       failed = true;
       if (connectTimer) clearTimeout(connectTimer);
       creq.destroy();
-      if (ctx.attempts === attempt) sink.onError(ctx, err, sent);
+      if (ctx.attempts === attempt) sink.onError(ctx, err, sent, creq.reusedSocket);
     };
     const creq = http.request({
       agent: this.agentFor(upstream),
@@ -67,6 +70,10 @@ export class NodeHttpTransport implements Transport {
     });
     ctx.abort = (reason) => fail(reason);
     creq.on('error', fail);
+    // Interim answers (100 Continue, 103 Early Hints, ...): relayed ahead of the final one.
+    creq.on('information', (info: http.InformationEvent) => {
+      if (!stale()) sink.onInformational(ctx, info.statusCode, info.statusMessage, info.rawHeaders);
+    });
     // An unasked-for 101: Node destroys the socket and emits neither 'response' nor 'error'.
     creq.on('upgrade', (_res, socket: Socket) => {
       socket.destroy();
@@ -74,7 +81,7 @@ export class NodeHttpTransport implements Transport {
     });
     // Whatever else ends the exchange without an answer must not leave the request hanging.
     creq.on('close', () => {
-      if (!failed && !responded) fail(Object.assign(new Error('upstream closed the connection'), { code: 'ECONNRESET' }));
+      if (!failed && ires === null) fail(Object.assign(new Error('upstream closed the connection'), { code: 'ECONNRESET' }));
     });
     // One socket timeout, re-armed per phase: response headers first, then body idleness.
     let waitingForHeaders = true;
@@ -96,36 +103,44 @@ export class NodeHttpTransport implements Transport {
       connectTimer = setTimeout(() => fail(timeoutError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${timeouts.connect}ms`)), timeouts.connect);
       socket.once('connect', startBody);
     });
-    creq.on('response', (ires: http.IncomingMessage) => {
-      responded = true;
+    creq.on('response', (response: http.IncomingMessage) => {
+      ires = response;
       if (stale()) return fail(new Error('request already finished'));
       waitingForHeaders = false;
       creq.setTimeout(timeouts.idle_body);
-      if (!sink.onResponse(ctx, ires.statusCode!, ires.rawHeaders)) return fail(new Error('response not writable'));
+      if (!sink.onResponse(ctx, response.statusCode!, response.rawHeaders, response.statusMessage)) {
+        ires = null;
+        return fail(new Error('response not writable'));
+      }
       const res = ctx.res;
       // While the client is slow the upstream is not idle: the body timer stops until drain.
       const resume = (): void => {
         creq.setTimeout(timeouts.idle_body);
-        ires.resume();
+        response.resume();
       };
-      ires.on('data', (chunk: Buffer) => {
+      response.on('data', (chunk: Buffer) => {
         if (stale()) return;
         if (!sink.onData(ctx, chunk)) {
           creq.setTimeout(0);
-          ires.pause();
+          response.pause();
           res.once('drain', resume);
         }
       });
-      ires.on('end', () => {
+      response.on('end', () => {
         if (failed || stale()) return;
-        if (!ires.complete) return fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' }));
+        if (!response.complete) return fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' }));
         failed = true;
-        sink.onEnd(ctx, ires.rawTrailers);
+        sink.onEnd(ctx, response.rawTrailers);
+        // The upload was cut short (the upstream answered first): this socket is mid-request, never reused.
+        if (!creq.writableFinished) creq.destroy();
       });
-      ires.on('aborted', () => fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' })));
-      ires.on('error', fail);
+      response.on('aborted', () => fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' })));
+      response.on('error', fail);
     });
   }
+
+  /** node:http passes `Expect: 100-continue` and relays the upstream's 100 ('information'). */
+  readonly relaysContinue = true;
 
   async close(): Promise<void> {
     // Idle sockets go now; busy ones when their request ends, so a reload cuts nothing.

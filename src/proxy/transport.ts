@@ -8,18 +8,26 @@ import type { Upstream } from '../upstream/upstream.ts';
 
 /** What a transport reports back to the proxy, once per event, for one attempt. */
 export interface ExchangeSink {
-  /** Response headers arrived. Returns false when they could not be written (attempt ends). */
-  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[]): boolean;
+  /** An interim 1xx answer (not 101) arrived before the final one; `reason` as the upstream sent it. */
+  onInformational(ctx: RequestContext, status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void;
+  /** Final response headers arrived (`reason`: the upstream's reason phrase). Returns false when they could not be written (attempt ends). */
+  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean;
   /** A body chunk; returns false when the client is slow (the transport pauses until `resume`). */
   onData(ctx: RequestContext, chunk: Buffer): boolean;
   /** The response is complete. */
   onEnd(ctx: RequestContext, trailers: readonly (Buffer | string)[] | null): void;
   /** The attempt failed; `sent` is false when the upstream never saw the request. */
-  onError(ctx: RequestContext, err: unknown, sent: boolean): void;
+  /**
+   * The attempt failed; `sent` is false when the upstream never saw the request, `reused` true
+   * when it went out on a keep-alive socket that had carried an earlier exchange.
+   */
+  onError(ctx: RequestContext, err: unknown, sent: boolean, reused?: boolean): void;
 }
 
 /** A client toward the upstreams of one pool. */
 export interface Transport {
+  /** True when `Expect: 100-continue` goes to the upstream and its 100 comes back (else Fulcrum sends 100 itself). */
+  readonly relaysContinue: boolean;
   /** Sends ctx's request to the upstream; reports through the sink, for attempt `ctx.attempts`. */
   forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void;
   /** Closes idle sockets now and the rest once their requests finish. */

@@ -4,11 +4,25 @@
  * backpressure and no intermediate stream. undici honours an upstream's `Keep-Alive: timeout`
  * (less the safety margin) and retires idle sockets before `keepalive.idle_timeout`.
  */
+import diagnosticsChannel from 'node:diagnostics_channel';
 import { Pool as UndiciPool, type Dispatcher } from 'undici';
 import type { PoolSettings } from '../config/schema.ts';
 import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, type ExchangeSink, type Transport } from './transport.ts';
+import { NodeHttpTransport } from './node-http-transport.ts';
+
+/** The exchange whose request undici is writing now: its onConnect and `undici:client:sendHeaders` run in one synchronous step. */
+let writing: UndiciExchange | null = null;
+
+/** Tells that exchange whether its socket carried an earlier exchange (it read bytes before this request). */
+function onSendHeaders(message: unknown): void {
+  const exchange = writing;
+  if (exchange === null) return;
+  writing = null;
+  exchange.reused = (message as { socket: { bytesRead: number } }).socket.bytesRead > 0;
+}
+diagnosticsChannel.subscribe('undici:client:sendHeaders', onSendHeaders);
 
 /** One attempt of one request, as an undici dispatch handler. */
 class UndiciExchange implements Dispatcher.DispatchHandler {
@@ -16,7 +30,11 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   private readonly sink: ExchangeSink;
   private readonly attempt: number;
   private sent = false;
+  /** Sent on a keep-alive socket that had carried an earlier exchange (a reset there is most likely a stale socket). */
+  reused = false;
   private resume: (() => void) | null = null;
+  /** The final status once headers arrived (0 before). */
+  private status = 0;
 
   constructor(ctx: RequestContext, sink: ExchangeSink) {
     this.ctx = ctx;
@@ -36,13 +54,18 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
       return;
     }
     this.ctx.abort = abort;
+    writing = this;
   }
 
-  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void): boolean {
-    if (statusCode < 200) return true;
+  onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText?: string): boolean {
     if (this.stale()) return false;
+    if (statusCode < 200) {
+      this.sink.onInformational(this.ctx, statusCode, statusText ?? '', rawHeaders);
+      return true;
+    }
     this.resume = resume;
-    return this.sink.onResponse(this.ctx, statusCode, rawHeaders);
+    this.status = statusCode;
+    return this.sink.onResponse(this.ctx, statusCode, rawHeaders, statusText);
   }
 
   onData(chunk: Buffer): boolean {
@@ -59,11 +82,22 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
 
   onError(err: Error): void {
     if (this.ctx.attempts !== this.attempt) return;
-    this.sink.onError(this.ctx, err, this.sent);
+    // undici holds a 204 or 304 (or a HEAD answer) to its Content-Length; RFC 9110 says they have no
+    // body whatever it says. The answer is complete: relay it (undici has dropped the socket).
+    if (this.status !== 0 && (err as NodeJS.ErrnoException).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && bodiless(this.status, this.ctx.req.method)) {
+      if (!this.stale()) this.sink.onEnd(this.ctx, null);
+      return;
+    }
+    this.sink.onError(this.ctx, err, this.sent, this.reused);
   }
 
   onUpgrade(): void {}
   onBodySent(): void {}
+}
+
+/** Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5). */
+function bodiless(status: number, method: string | undefined): boolean {
+  return status === 204 || status === 304 || method === 'HEAD';
 }
 
 /** Sockets per upstream: the smaller of keepalive.max_sockets and the upstream's max_connections (null: no limit). */
@@ -76,6 +110,9 @@ function socketLimit(maxSockets: number, maxConnections: number): number | null 
 export class UndiciTransport implements Transport {
   private readonly settings: PoolSettings;
   private readonly clients = new Map<Upstream, UndiciPool>();
+  /** undici refuses `Expect: 100-continue`; those requests (rare) go over node:http, which relays the 100. */
+  private continueTransport: NodeHttpTransport | null = null;
+  readonly relaysContinue = true;
 
   constructor(settings: PoolSettings) {
     this.settings = settings;
@@ -104,6 +141,7 @@ export class UndiciTransport implements Transport {
   }
 
   forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void {
+    if (ctx.expectContinue) return (this.continueTransport ??= new NodeHttpTransport(this.settings)).forward(ctx, upstream, sink);
     const req = ctx.req;
     this.clientFor(upstream).dispatch(
       {
@@ -119,6 +157,6 @@ export class UndiciTransport implements Transport {
   async close(): Promise<void> {
     const all = [...this.clients.values()];
     this.clients.clear();
-    await Promise.all(all.map((c) => c.close().catch(() => {})));
+    await Promise.all([...all.map((c) => c.close().catch(() => {})), this.continueTransport?.close()]);
   }
 }

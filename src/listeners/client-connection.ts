@@ -1,0 +1,188 @@
+/**
+ * One client connection of an HTTP/1.1 listener, as RFC 9112 section 9.3 wants it handled:
+ * - pipelined requests are taken one at a time, in order: the next one starts once the answer
+ *   to the previous one is complete, so responses leave in request order and nothing after an
+ *   answer with `Connection: close` ever reaches an upstream (nginx's way);
+ * - a request the parser refuses (400, 408, 431) is answered after the answers to the requests
+ *   before it, never ahead of them;
+ * - an answer that closes the connection closes it gracefully (nginx's lingering close): FIN
+ *   after the answer, then whatever the client still sends is read and dropped, so a client
+ *   still uploading reads the 4xx instead of a reset.
+ * Node's http server parses; this module only decides when a parsed request may start.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+
+/** How long a closing connection drops what the client still sends after the last byte (nginx's lingering_timeout). */
+export const LINGER_IDLE_MS = 5000;
+/** The most a closing connection is kept for reading and dropping (nginx's lingering_time). */
+export const LINGER_MAX_MS = 30_000;
+/** Pipelined requests waiting behind the one in progress before the connection stops reading. */
+export const MAX_WAITING = 32;
+
+/** Starts one request (the listener's handler): `expectContinue` is true for `Expect: 100-continue`. */
+export type StartRequest = (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => void;
+
+interface Waiting {
+  req: IncomingMessage;
+  res: ServerResponse;
+  expectContinue: boolean;
+}
+
+const kConnection = Symbol('fulcrum.connection');
+type TrackedSocket = Socket & { [kConnection]?: ClientConnection };
+type OutgoingInternals = ServerResponse & { _last?: boolean };
+/** Node's http server pauses a flooded connection this way too (socket._paused, then its parser). */
+type ParsedSocket = Socket & { _paused?: boolean; parser?: { pause(): void; resume(): void } | null };
+
+/** The state of one client connection: the request in progress and the ones parsed behind it. */
+export class ClientConnection {
+  private readonly socket: Socket;
+  private readonly start: StartRequest;
+  /** The answer in progress, or null between requests. */
+  private active: ServerResponse | null = null;
+  /** Requests parsed while another was in progress, then possibly a parser refusal (a string). */
+  private readonly waiting: (Waiting | string)[] = [];
+  /** Set once the connection is to close: nothing more is started or answered. */
+  closing = false;
+  private lingering = false;
+
+  constructor(socket: Socket, start: StartRequest) {
+    this.socket = socket;
+    this.start = start;
+    (socket as TrackedSocket)[kConnection] = this;
+    // Node's server calls destroySoon() once the last answer is written: close gracefully instead.
+    socket.destroySoon = lingeringClose;
+  }
+
+  /** The connection state of a socket this module tracks, or undefined. */
+  static of(socket: Socket): ClientConnection | undefined {
+    return (socket as TrackedSocket)[kConnection];
+  }
+
+  /** The answer in progress (null between requests). */
+  get activeResponse(): ServerResponse | null {
+    return this.active;
+  }
+
+  /** A parsed request: started now, queued behind the one in progress, or dropped once the connection is closing. */
+  request(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    if (this.closing) return;
+    if (this.active !== null || this.waiting.length > 0) {
+      this.waiting.push({ req, res, expectContinue });
+      if (this.waiting.length >= MAX_WAITING) {
+        // A deep pipeline waits in the kernel (TCP backpressure) rather than in memory; Node pauses the
+        // parser after the current chunk when it sees _paused, as it does for its own flood guard.
+        const socket = this.socket as ParsedSocket;
+        socket._paused = true;
+        socket.pause();
+      }
+      return;
+    }
+    this.begin(req, res, expectContinue);
+  }
+
+  /**
+   * A refusal written as raw bytes (a request the parser rejected): sent now if nothing is in
+   * progress, else after the answers to the requests before it. The connection then closes.
+   */
+  refuse(answer: string): void {
+    if (this.closing) return;
+    if (this.active !== null || this.waiting.length > 0) {
+      this.waiting.push(answer);
+      return;
+    }
+    this.writeRefusal(answer);
+  }
+
+  private begin(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
+    this.active = res;
+    res.once('finish', onAnswerFinished);
+    res.once('close', onAnswerClosed);
+    this.start(req, res, expectContinue);
+  }
+
+  /** The answer in progress is complete (`finished`) or was cut: start the next request, or close. */
+  next(res: ServerResponse, finished: boolean): void {
+    if (this.active !== res) return;
+    this.active = null;
+    if (!finished || (res as OutgoingInternals)._last === true) {
+      // The answer said `Connection: close` (or never completed): nothing after it is started.
+      this.closing = true;
+      this.waiting.length = 0;
+      return;
+    }
+    const item = this.waiting.shift();
+    const socket = this.socket as ParsedSocket;
+    if (socket._paused === true && this.waiting.length < MAX_WAITING / 2) {
+      socket._paused = false;
+      socket.parser?.resume();
+      socket.resume();
+    }
+    if (item === undefined) return;
+    if (typeof item === 'string') this.writeRefusal(item);
+    else this.begin(item.req, item.res, item.expectContinue);
+  }
+
+  private writeRefusal(answer: string): void {
+    this.closing = true;
+    this.waiting.length = 0;
+    if (!this.socket.writable) {
+      this.socket.destroy();
+      return;
+    }
+    this.socket.end(answer, 'latin1');
+    lingeringClose.call(this.socket);
+  }
+
+  /** Read and drop what the client still sends, until it closes or the linger time is over. */
+  linger(): void {
+    if (this.lingering) return;
+    this.lingering = true;
+    this.closing = true;
+    this.waiting.length = 0;
+    const socket = this.socket;
+    // Adding a 'data' listener takes the socket from Node's parser (it unconsumes); the parser's own is removed.
+    socket.on('data', dropData);
+    for (const listener of socket.listeners('data')) if (listener !== dropData) socket.removeListener('data', listener as (chunk: Buffer) => void);
+    socket.once('end', destroyNow);
+    socket.setTimeout(LINGER_IDLE_MS, destroyNow);
+    const cap = setTimeout(destroySocket, LINGER_MAX_MS, socket);
+    socket.once('close', () => clearTimeout(cap));
+    socket.resume();
+  }
+}
+
+function onAnswerFinished(this: ServerResponse): void {
+  // Node has detached the socket from the answer by now; the request still has it.
+  const connection = ClientConnection.of((this.req as IncomingMessage).socket);
+  connection?.next(this, true);
+}
+
+function onAnswerClosed(this: ServerResponse): void {
+  if (this.writableFinished) return;
+  const connection = ClientConnection.of((this.req as IncomingMessage).socket);
+  connection?.next(this, false);
+}
+
+/** `socket.destroySoon` for tracked sockets: FIN once the answer is written, then linger. */
+function lingeringClose(this: Socket): void {
+  if (this.destroyed) return;
+  if (this.writable) this.end();
+  const connection = ClientConnection.of(this);
+  if (connection === undefined) {
+    this.once('finish', destroyNow);
+    return;
+  }
+  connection.linger();
+}
+
+function dropData(): void {}
+
+function destroyNow(this: Socket): void {
+  this.destroy();
+}
+
+function destroySocket(socket: Socket): void {
+  socket.destroy();
+}
