@@ -3,10 +3,14 @@
  * status | backends | reload (through the typed admin client). Signals: SIGTERM and SIGINT
  * shut down gracefully (a second one exits at once); SIGHUP reloads the configuration file.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { ConfigError } from './errors.ts';
 import { loadConfigFile } from './config/load.ts';
+import { closest } from './config/did-you-mean.ts';
+import { parseDuration } from './config/duration.ts';
 import { configJsonSchema } from './config/schema.ts';
 import { diffConfigs, formatChanges, restartNotes } from './config/diff.ts';
 import { policies } from './balancer/registry.ts';
@@ -25,7 +29,7 @@ Usage:
   fulcrum check FILE...          validate configuration files; print every problem; exit 1 if any
   fulcrum check --diff OLD NEW   print what a reload from OLD to NEW would change (runs nothing)
   fulcrum demo [--port N]        three sample backends behind a balancer (what npm start runs)
-  fulcrum backend --port N [--id ID] [--delay MS] [--fail]
+  fulcrum backend --port N [--id ID] [--delay MS|DURATION] [--fail]
                                  one sample backend (answers / and /health; POST /control?fail=1&delay=MS)
   fulcrum schema                 print the configuration's JSON Schema (for editor completion)
 
@@ -54,15 +58,21 @@ function fail(message: string, code = 2): never {
   process.exit(code);
 }
 
-/** Shuts down on SIGTERM/SIGINT within the grace period; a second signal exits at once. */
+/**
+ * Shuts down on SIGTERM/SIGINT within the grace period; a second signal exits at once. Also shuts
+ * down when bin/fulcrum.js's supervisor (on a Node older than 24) is gone: its IPC channel closes.
+ * (bin/fulcrum.js also stops the balancer when npm, under `npx fulcrum`, dies of SIGHUP.)
+ */
 function handleSignals(close: () => Promise<void>, reload?: () => Promise<void>): void {
-  let stopping = false;
+  let stoppingSince = 0;
   const stop = (signal: string): void => {
-    if (stopping) {
+    if (stoppingSince > 0) {
+      // Ctrl-C reaches npm's whole process group and npm forwards it too: that is one signal, not two.
+      if (Date.now() - stoppingSince < 200) return;
       process.stderr.write(`fulcrum: ${signal} again, exiting now\n`);
       process.exit(1);
     }
-    stopping = true;
+    stoppingSince = Date.now();
     close().then(
       () => process.exit(0),
       (err) => {
@@ -74,6 +84,12 @@ function handleSignals(close: () => Promise<void>, reload?: () => Promise<void>)
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
   if (reload) process.on('SIGHUP', () => void reload());
+  if (process.channel) {
+    process.once('disconnect', () => {
+      process.stderr.write('fulcrum: the launcher exited; shutting down\n');
+      stop('launcher exit');
+    });
+  }
 }
 
 async function start(file: string, watch: boolean): Promise<void> {
@@ -148,30 +164,103 @@ function check(files: string[]): void {
   }
 }
 
+/** Every option of every command; `commandOptions` says which command takes which. */
+const options = {
+  config: { type: 'string', short: 'c' },
+  port: { type: 'string', short: 'p' },
+  host: { type: 'string' },
+  id: { type: 'string' },
+  delay: { type: 'string' },
+  fail: { type: 'boolean' },
+  policy: { type: 'string' },
+  watch: { type: 'boolean' },
+  diff: { type: 'boolean' },
+  admin: { type: 'string' },
+  token: { type: 'string' },
+  pool: { type: 'string' },
+  weight: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' },
+} as const;
+type OptionName = keyof typeof options;
+
+const adminOptions: OptionName[] = ['config', 'admin', 'token', 'pool', 'weight', 'json'];
+/** The options each command takes; any other is an error, not silently ignored (`start --port 80`). */
+const commandOptions: Record<string, OptionName[]> = {
+  start: ['config', 'watch'],
+  check: ['config', 'diff'],
+  demo: ['port', 'host', 'policy'],
+  backend: ['port', 'host', 'id', 'delay', 'fail'],
+  schema: [],
+  status: adminOptions,
+  backends: adminOptions,
+  reload: adminOptions,
+  help: [],
+};
+
+/** What to do instead of a flag `start` does not take: the file's key, or its environment variable. */
+const startInstead: Partial<Record<OptionName, string>> = {
+  port: 'the port is listeners[0].port in the file, or FULCRUM_PORT=N',
+  host: 'the address is listeners[0].host in the file, or FULCRUM_HOST=ADDRESS',
+  policy: 'the policy is pools.NAME.policy in the file, or FULCRUM_POLICY=NAME for every pool',
+};
+
+/** Refuses options the command does not take or nobody knows, with a did-you-mean; checks values. */
+function checkOptions(command: string, tokens: NonNullable<ReturnType<typeof parseArgs>['tokens']>): void {
+  const allowed: string[] = [...(commandOptions[command] ?? []), 'help', 'version'];
+  for (const token of tokens) {
+    if (token.kind !== 'option') continue;
+    const name = token.name;
+    const known = Object.hasOwn(options, name) ? (name as OptionName) : undefined;
+    const takes = allowed.filter((o) => o !== 'help' && o !== 'version').map((o) => `--${o}`).join(', ');
+    if (known === undefined || !allowed.includes(known)) {
+      const guess = closest(name, allowed);
+      const instead = command === 'start' && known ? startInstead[known] : undefined;
+      const reason = known === undefined ? `unknown option ${token.rawName}` : `${command} does not take ${token.rawName}`;
+      const hint = guess && guess !== known ? `did you mean --${guess}?` : (instead?.replace(/=N$/, `=${token.value ?? 'N'}`) ?? (takes ? `${command} takes ${takes}` : `${command} takes no options`));
+      fail(`${reason}: ${hint} (try: fulcrum --help)`);
+    }
+    if (options[known].type === 'string' && token.value === undefined) fail(`${token.rawName} needs a value (try: fulcrum --help)`);
+    if (options[known].type === 'boolean' && token.value !== undefined) fail(`${token.rawName} takes no value, got "${token.value}"`);
+  }
+}
+
+/** Where `fulcrum start` finds its file: -c, the first argument, FULCRUM_CONFIG, ./fulcrum.yaml; or how to get one. */
+function configFileForStart(values: { config?: string | boolean }, rest: string[]): string {
+  if (rest.length > 1) fail(`start takes one configuration file, got ${rest.length}: ${rest.join(' ')}`);
+  const named = (typeof values.config === 'string' ? values.config : undefined) ?? rest[0] ?? (process.env.FULCRUM_CONFIG || undefined);
+  if (named !== undefined) return named;
+  if (existsSync('fulcrum.yaml')) return 'fulcrum.yaml';
+  const dir = fileURLToPath(new URL('../examples/', import.meta.url));
+  let examples: string[] = [];
+  try {
+    const shown = path.relative(process.cwd(), dir);
+    const prefix = shown.startsWith('..') || path.isAbsolute(shown) ? dir : `${shown}${path.sep}`;
+    examples = readdirSync(dir).filter((f) => /\.(ya?ml|json)$/.test(f)).sort().map((f) => `${prefix}${f}`);
+  } catch {
+    // An install without examples/: the other suggestions stand.
+  }
+  const lines = [
+    'no configuration file: ./fulcrum.yaml does not exist, and neither -c FILE nor FULCRUM_CONFIG names one. Either:',
+    '  fulcrum start -c FILE                run with a configuration file (YAML or JSON)',
+    '  FULCRUM_CONFIG=FILE fulcrum start    the same, with the file named by the environment',
+    '  fulcrum demo                         three sample backends behind a balancer, no file needed',
+  ];
+  if (examples.length > 0) lines.push(`  fulcrum start -c ${examples[0]}`, `                                       an example to start from (${examples.length > 1 ? `also ${examples.slice(1).join(', ')}` : 'see docs/configuration.md'})`);
+  fail(lines.join('\n'));
+}
+
 async function main(argv: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    strict: true,
-    options: {
-      config: { type: 'string', short: 'c' },
-      port: { type: 'string', short: 'p' },
-      host: { type: 'string' },
-      id: { type: 'string' },
-      delay: { type: 'string' },
-      fail: { type: 'boolean' },
-      policy: { type: 'string' },
-      watch: { type: 'boolean' },
-      diff: { type: 'boolean' },
-      admin: { type: 'string' },
-      token: { type: 'string' },
-      pool: { type: 'string' },
-      weight: { type: 'string' },
-      json: { type: 'boolean' },
-      help: { type: 'boolean', short: 'h' },
-      version: { type: 'boolean', short: 'v' },
-    },
-  });
+  // First loosely, to name a mistyped command or option in our words; then strictly, for typed values.
+  const loose = parseArgs({ args: argv, allowPositionals: true, strict: false, tokens: true, options });
+  const named = loose.positionals[0];
+  if (named !== undefined && !Object.hasOwn(commandOptions, named)) {
+    const guess = closest(named, Object.keys(commandOptions));
+    fail(`unknown command "${named}"${guess ? ` (did you mean "${guess}"?)` : ''} (try: fulcrum --help)`);
+  }
+  checkOptions(named ?? 'help', loose.tokens);
+  const { values, positionals } = parseArgs({ args: argv, allowPositionals: true, strict: true, options });
   if (values.version) return void process.stdout.write(`${version}\n`);
   const [command, ...rest] = positionals;
   if (values.help || command === undefined || command === 'help') return void process.stdout.write(help);
@@ -179,7 +268,7 @@ async function main(argv: string[]): Promise<void> {
   if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) fail(`--port must be a port number, got "${values.port}"`);
   switch (command) {
     case 'start':
-      return start(values.config ?? rest[0] ?? process.env.FULCRUM_CONFIG ?? 'fulcrum.yaml', values.watch ?? false);
+      return start(configFileForStart(values, rest), values.watch === true);
     case 'check':
       if (values.diff) return diff(values.config ? [values.config, ...rest] : rest);
       return check(values.config ? [values.config, ...rest] : rest);
@@ -200,7 +289,10 @@ async function main(argv: string[]): Promise<void> {
       return;
     }
     case 'backend': {
-      const backend = await startSampleBackend({ id: values.id ?? String(port ?? 9001), port: port ?? 9001, host: values.host, delay: Number(values.delay ?? 0) || 0, fail: values.fail }).catch(
+      // --delay is milliseconds (the help says MS), or a duration with its unit; anything else is an error, not 0.
+      const delay = values.delay === undefined ? 0 : /^\s*\d+\s*$/.test(values.delay) ? Number(values.delay) : parseDuration(values.delay);
+      if (Number.isNaN(delay)) fail(`--delay must be milliseconds or a duration such as 500ms or 2s, got "${values.delay}"`);
+      const backend = await startSampleBackend({ id: values.id ?? String(port ?? 9001), port: port ?? 9001, host: values.host, delay, fail: values.fail }).catch(
         (err: Error) => fail(`backend failed to start: ${err.message}`, 1),
       );
       process.stdout.write(`sample backend ${backend.id} listening on ${backend.url} (GET /, /health; POST /control?fail=1&delay=MS)\n`);

@@ -2,8 +2,10 @@
  * The public API: `createBalancer(config)` -> `{ start, reload, close }`. The CLI is a thin
  * layer over this; tests and embedders use it directly.
  */
+import './require-node.ts';
 import { configReload, requestRetry, upstreamState, type RequestRetryEvent, type UpstreamStateEvent } from './core/events.ts';
-import { validateConfig, type LoadedConfig } from './config/load.ts';
+import { formatPath, validateConfig, type LoadedConfig } from './config/load.ts';
+import { ConfigError } from './errors.ts';
 import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
 import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts';
 import { startAccessLog } from './observe/access-log.ts';
@@ -110,6 +112,25 @@ function toConfig(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig): Ful
 }
 
 /**
+ * A bind that failed, as a ConfigError naming the key and where it was written:
+ * `fulcrum.yaml:3:11: listeners[0].port: 0.0.0.0:8080 is already in use ...`. Other errors pass as they are.
+ */
+function listenError(err: NodeJS.ErrnoException, at: { path: (string | number)[]; host: string; port: number }, placeOf: LoadedConfig['placeOf']): Error {
+  const address = `${at.host.includes(':') ? `[${at.host}]` : at.host}:${at.port}`;
+  const problems: Record<string, [string, string]> = {
+    EADDRINUSE: ['port', `${address} is already in use (by another program, or another Fulcrum): stop it, or choose another port`],
+    EACCES: ['port', `no permission to bind ${address} (ports below 1024 need root or CAP_NET_BIND_SERVICE): choose a port from 1024 up`],
+    EADDRNOTAVAIL: ['host', `${at.host} is not an address of this machine: use one it has, 0.0.0.0 for all, or 127.0.0.1`],
+  };
+  const problem = err.code === undefined ? undefined : problems[err.code];
+  if (problem === undefined) return err;
+  const path = [...at.path, problem[0]];
+  const place = placeOf?.(path) ?? { file: '<inline>', line: 0, column: 0, path: formatPath(path), message: '' };
+  const unset = place.line === 0 && place.message === '(default)' ? ` (${formatPath(path)} is not set: this is its default)` : '';
+  return Object.assign(new ConfigError([{ ...place, message: `${problem[1]}${unset}` }]), { cause: err });
+}
+
+/**
  * The pools of a new configuration. A pool whose settings did not change is kept as it is (its
  * sockets, timers and state); a changed one is rebuilt around the same Upstream objects, so
  * upstream state of unchanged addresses carries over.
@@ -181,6 +202,8 @@ function buildRuntime(config: FulcrumConfig, previous: Runtime | null, logger: L
 export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, options: BalancerOptions = {}): Balancer {
   /** The configuration as the file (or caller) gave it; `config` adds the runtime changes. */
   let base = toConfig(input);
+  /** Where the file set a key, for a listen error that names it (`fulcrum.yaml:3:11: listeners[0].port`). */
+  const placeOf = input && typeof input === 'object' && 'placeOf' in input ? (input as LoadedConfig).placeOf : undefined;
   const runtimeChanges = new RuntimeChanges();
   let config = base;
   /** The configuration the process started with: what listeners, the admin listener and the log stream really use. */
@@ -401,9 +424,14 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       upstreamState.subscribe(onState);
       requestRetry.subscribe(onRetry);
       const bound: ListenerAddress[] = [];
+      let binding: { path: (string | number)[]; host: string; port: number } | null = null;
       try {
-        for (const l of listeners) bound.push(await l.listen());
+        for (const [i, l] of listeners.entries()) {
+          binding = { path: ['listeners', i], host: l.settings.host, port: l.settings.port };
+          bound.push(await l.listen());
+        }
         if (config.admin !== undefined) {
+          binding = { path: ['admin'], host: config.admin.host, port: config.admin.port };
           live = new LiveStats(() => pools);
           admin = new AdminServer(config.admin, { balancer, live, logger });
           await admin.listen();
@@ -411,7 +439,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       } catch (err) {
         await Promise.all(listeners.map((l) => l.drain(0)));
         await admin?.close();
-        throw err;
+        throw binding ? listenError(err as NodeJS.ErrnoException, binding, placeOf) : err;
       }
       live?.start();
       for (const pool of pools.values()) pool.start();

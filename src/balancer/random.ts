@@ -1,5 +1,5 @@
 /** Random: an available upstream drawn with probability proportional to its weight. */
-import type { Policy, PolicyFactory } from './policy.ts';
+import { usable, type PickContext, type Policy, type PolicyFactory } from './policy.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 
 class WeightedRandom implements Policy {
@@ -15,26 +15,26 @@ class WeightedRandom implements Policy {
     this.total = sum;
   }
 
-  pick(): Upstream | undefined {
+  pick(_ctx: PickContext, tried?: readonly Upstream[] | null): Upstream | undefined {
     const n = this.snapshot.length;
     if (n === 0) return undefined;
     const r = Math.random() * this.total;
     let i = 0;
     while (i < n - 1 && this.cumulative[i] <= r) i++;
     const u = this.snapshot[i];
-    if (u.available()) return u;
-    return this.pickAmongAvailable();
+    if (usable(u, tried)) return u;
+    return this.pickAmongUsable(tried);
   }
 
-  /** Slow path when the draw hit a full upstream: draw again among the available ones only. */
-  private pickAmongAvailable(): Upstream | undefined {
+  /** Slow path when the draw hit a full or tried upstream: draw again among the usable ones only. */
+  private pickAmongUsable(tried: readonly Upstream[] | null | undefined): Upstream | undefined {
     let total = 0;
-    for (const u of this.snapshot) if (u.available()) total += u.weight;
+    for (const u of this.snapshot) if (usable(u, tried)) total += u.weight;
     if (total === 0) return undefined;
     let r = Math.random() * total;
     let last: Upstream | undefined;
     for (const u of this.snapshot) {
-      if (!u.available()) continue;
+      if (!usable(u, tried)) continue;
       last = u;
       r -= u.weight;
       if (r < 0) return u;
@@ -47,6 +47,5 @@ export const random: PolicyFactory = {
   name: 'random',
   aliases: ['weighted-random'],
   description: 'an available upstream at random, in proportion to weight',
-  weighted: true,
   create: (snapshot) => new WeightedRandom(snapshot),
 };

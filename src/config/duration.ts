@@ -1,4 +1,7 @@
-/** Durations in configs: `250ms`, `5s`, `1.5m`, `1h`, or a plain number of milliseconds. */
+/**
+ * Durations in configs: `250ms`, `5s`, `1.5m`, `1h`, or `0`. In a file a number needs its
+ * unit (`interval: 5` is refused, not read as 5 ms); in code a number is milliseconds.
+ */
 
 const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 const pattern = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$/;
@@ -16,4 +19,18 @@ export function formatDuration(ms: number): string {
   if (ms !== 0 && ms % 60_000 === 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;
   return `${ms}ms`;
+}
+
+/**
+ * Why a number written without a unit is refused, with the spellings it probably meant:
+ * `5` -> `write 5s or 5ms`; `5000` -> `write 5000ms (5s)`. Only `0` needs no unit.
+ */
+export function unitlessDurationMessage(value: number | string): string {
+  const n = Number(value);
+  const shown = typeof value === 'string' ? JSON.stringify(value) : String(value);
+  if (!Number.isFinite(n) || n < 0) return `expected a duration such as "250ms", "5s" or "2m", got ${shown}`;
+  // Below a second a number is as likely seconds as milliseconds; from 1000 up, milliseconds.
+  const short = formatDuration(n);
+  const hint = n >= 1000 && Number.isInteger(n) ? `write ${n}ms${short === `${n}ms` ? '' : ` (${short})`}` : `write ${n}s or ${n}ms`;
+  return `a duration needs a unit, got ${shown}: ${hint}`;
 }

@@ -5,12 +5,13 @@
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { isMap, isPair, isScalar, LineCounter, parseDocument, type Document, type Node as YamlNode } from 'yaml';
+import { isCollection, isMap, isPair, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node as YamlNode, type YAMLError } from 'yaml';
 import { z } from 'zod';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
 import { closest } from './did-you-mean.ts';
 import { upstreamIdOf } from '../upstream/upstream.ts';
-import { FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
+import { Duration, FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
+import { unitlessDurationMessage } from './duration.ts';
 
 type Path = (string | number)[];
 
@@ -21,6 +22,11 @@ export interface LoadedConfig {
   warnings: string[];
   /** Where it came from: a file name or `<inline>`. */
   source: string;
+  /**
+   * Where a key was written, for errors found after loading (a port in use): its line and column
+   * in the file, `env FULCRUM_PORT` when a variable set it, or line 0 when it is a default.
+   */
+  placeOf?: (path: Path) => ConfigProblem;
 }
 
 /** Environment variables that override common keys; each names the key it sets. */
@@ -77,12 +83,7 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
   }
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
-  const problems: ConfigProblem[] = [];
-  for (const e of doc.errors) {
-    const pos = lineCounter.linePos(e.pos[0]);
-    problems.push({ file, line: pos.line, column: pos.col, path: '', message: e.message.split('\n')[0] });
-  }
-  if (problems.length > 0) throw new ConfigError(problems);
+  if (doc.errors.length > 0) throw new ConfigError(yamlProblems(doc, text, lineCounter, file));
   const raw: unknown = doc.toJS({ maxAliasCount: 100 });
   const locate = (path: Path, atKey: boolean): { line: number; column: number } => {
     const offset = offsetOf(doc, path, atKey);
@@ -90,7 +91,7 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
     const pos = lineCounter.linePos(offset);
     return { line: pos.line, column: pos.col };
   };
-  return validate(raw, file, locate, env);
+  return validate(raw, file, locate, env, true);
 }
 
 /** Validates a configuration given as an object (the programmatic API). Throws ConfigError. */
@@ -98,7 +99,8 @@ export function validateConfig(raw: unknown, source = '<inline>', env: NodeJS.Pr
   return validate(raw, source, () => ({ line: 0, column: 0 }), env);
 }
 
-function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolean) => { line: number; column: number }, env: NodeJS.ProcessEnv): LoadedConfig {
+/** `fromText`: the configuration was written by hand (a file, a validate request), so durations need units. */
+function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolean) => { line: number; column: number }, env: NodeJS.ProcessEnv, fromText = false): LoadedConfig {
   if (raw === null || raw === undefined) raw = {};
   if (typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError([{ file, line: 1, column: 1, path: '', message: 'the configuration must be a mapping of keys to values' }]);
@@ -107,12 +109,16 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   const problems: ConfigProblem[] = [];
   const place = (path: Path, message: string, atKey = false): ConfigProblem => ({ file, ...locate(path, atKey), path: formatPath(path), message });
   let candidate = raw as Record<string, unknown>;
+  /** A seed's keys for the widened listener port and admin port, to place errors about them. */
+  let seedKeys: { port: string; admin: string } | undefined;
 
   if (isSeedShape(candidate)) {
     const seed = SeedConfigSchema.safeParse(candidate, { reportInput: true });
-    if (!seed.success) {
-      throw new ConfigError(dedupe(issuesToProblems(seed.error.issues, SeedConfigSchema, place)));
+    const unitless = fromText ? unitlessDurations(candidate, SeedConfigSchema).map(([p, v]) => place(p, unitlessDurationMessage(v))) : [];
+    if (!seed.success || unitless.length > 0) {
+      throw new ConfigError(dedupe([...(seed.success ? [] : issuesToProblems(seed.error.issues, SeedConfigSchema, place)), ...unitless]));
     }
+    seedKeys = { port: 'lb_port' in candidate ? 'lb_port' : 'port', admin: 'admin_port' };
     candidate = widenSeed(seed.data, warnings);
   }
 
@@ -125,14 +131,26 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
     return { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: message.includes(value) ? message : `${message} (value ${value})` };
   };
   if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
+  if (fromText) for (const [p, v] of unitlessDurations(overridden.config, FulcrumConfigSchema)) problems.push(placeWithEnv(p, unitlessDurationMessage(v)));
   problems.push(...crossCheck(overridden.config, placeWithEnv));
   if (problems.length > 0) throw new ConfigError(dedupe(problems));
   const config = result.data!;
+  // A key the file leaves out has no line: the problem names the file and says it is the default.
+  const placeOf = (path: Path): ConfigProblem => {
+    const envHit = overridden.applied.some((o) => samePath(o.path, path));
+    if (seedKeys && !envHit) {
+      // The seed shape's `port`/`lb_port` and `admin_port` became listeners[0].port and admin.port.
+      const key = samePath(path, ['listeners', 0, 'port']) || samePath(path, ['listeners', 0, 'host']) ? seedKeys.port : samePath(path, ['admin', 'port']) ? seedKeys.admin : undefined;
+      if (key !== undefined && key in (raw as Record<string, unknown>)) return place([key], '');
+    }
+    if (envHit || (!seedKeys && hasPath(raw, path))) return placeWithEnv(path, '');
+    return { file, line: 0, column: 0, path: formatPath(path), message: '(default)' };
+  };
   // A relative token_file is relative to the configuration file, wherever fulcrum (or the CLI) runs.
   if (config.admin?.token_file !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
     config.admin.token_file = path.resolve(path.dirname(file), config.admin.token_file);
   }
-  return { config, warnings, source: file };
+  return { config, warnings, source: file, placeOf };
 }
 
 /** A document in a seed's shape: a top-level `backends` list and no `pools`. */
@@ -328,10 +346,28 @@ function describe(issue: z.core.$ZodIssue): string {
     const expected = issue.expected;
     const received = (issue as { input?: unknown }).input;
     if (received === undefined) return `missing required key (expected ${expected})`;
+    if (expected === 'number' && typeof received === 'string') {
+      const last = String(issue.path[issue.path.length - 1] ?? '');
+      const size = sizeInBytes(received);
+      if (last.endsWith('_bytes') && size !== undefined) return `${last} is a number of bytes: write ${size} for ${received.trim()}`;
+      if (/^\s*\d+(\.\d+)?\s*$/.test(received)) return `expected a number, got the string ${JSON.stringify(received)}: write ${received.trim()} without quotes`;
+    }
     return `expected ${expected}, got ${received === null ? 'null' : Array.isArray(received) ? 'array' : typeof received} ${JSON.stringify(received)?.slice(0, 40) ?? ''}`.trim();
   }
   if (issue.code === 'invalid_value') return `expected one of: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
   return issue.message;
+}
+
+/**
+ * Bytes in a size written with a unit (`10MB`, `64 KiB`, `1g`), or undefined. Sizes are keys
+ * named `*_bytes` that take a plain number; this only turns a unit into the hint's number.
+ * K, M and G are powers of 1024 with or without the "i" (as nginx reads `10m`).
+ */
+export function sizeInBytes(text: string): number | undefined {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)\s*$/i.exec(text);
+  if (!m) return undefined;
+  const power = { b: 0, k: 1, m: 2, g: 3 }[m[2][0].toLowerCase() as 'b' | 'k' | 'm' | 'g'];
+  return Math.round(Number(m[1]) * 1024 ** power);
 }
 
 /** The keys the schema allows at a path (for did-you-mean). */
@@ -406,4 +442,265 @@ function dedupe(problems: ConfigProblem[]): ConfigProblem[] {
       return true;
     })
     .sort((a, b) => a.line - b.line || a.column - b.column);
+}
+
+/** Whether `path` is written in `value` (a key the file sets, not a default). */
+function hasPath(value: unknown, path: Path): boolean {
+  let node = value;
+  for (const key of path) {
+    if (node === null || typeof node !== 'object' || !Object.hasOwn(node, key)) return false;
+    node = (node as Record<string | number, unknown>)[key];
+  }
+  return true;
+}
+
+// ---- durations written without a unit ----
+
+const durationInput: unknown = (Duration as any)._zod.def.in;
+
+/**
+ * Every place in `value` where the schema wants a duration and the text gave a number other
+ * than 0 (`interval: 5`): 5 what? Code may pass milliseconds; a file must say. Walks the schema,
+ * so a duration key added anywhere is covered without being listed here.
+ */
+export function unitlessDurations(value: unknown, schema: z.ZodType): [Path, number][] {
+  const found: [Path, number][] = [];
+  const seen = new Set<string>();
+  const walk = (v: unknown, node: any, path: Path): void => {
+    node = unwrap(node);
+    if (!node) return;
+    if (node === durationInput) {
+      if (typeof v === 'number' && v > 0 && !seen.has(formatPath(path))) {
+        seen.add(formatPath(path));
+        found.push([path, v]);
+      }
+      return;
+    }
+    const def = node._zod.def;
+    if (def.type === 'object' && v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      for (const [key, child] of Object.entries(v)) if (Object.hasOwn(def.shape, key)) walk(child, def.shape[key], [...path, key]);
+    } else if (def.type === 'array' && Array.isArray(v)) {
+      v.forEach((child, i) => walk(child, def.element, [...path, i]));
+    } else if (def.type === 'record' && v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      for (const [key, child] of Object.entries(v)) walk(child, def.valueType, [...path, key]);
+    } else if (def.type === 'union') {
+      for (const option of def.options) walk(v, option, path);
+    }
+  };
+  walk(value, schema, []);
+  return found;
+}
+
+// ---- YAML syntax errors and duplicate keys ----
+
+/**
+ * The parser's errors as the user needs them: every duplicate key by its key path and both
+ * lines; otherwise one problem for the first syntax error (the rest follow from it), placed at
+ * its cause (the unclosed "[" or quote, not the end of the file), with its key path and a hint.
+ */
+function yamlProblems(doc: Document, text: string, lineCounter: LineCounter, file: string): ConfigProblem[] {
+  const at = (offset: number, path: Path, message: string): ConfigProblem => {
+    const pos = lineCounter.linePos(offset);
+    return { file, line: pos.line, column: pos.col, path: formatPath(path), message };
+  };
+  const syntax = doc.errors.filter((e) => e.code !== 'DUPLICATE_KEY');
+  if (syntax.length === 0) {
+    return duplicateKeys(doc).map(({ path, offset, first }) =>
+      at(offset, path, `duplicate key "${path[path.length - 1]}" (first on line ${lineCounter.linePos(first).line}): only one of the two would count; keep one`),
+    );
+  }
+  const lines = text.split('\n');
+  const error = syntax[0];
+  const open = unclosedAt(doc, text, error.pos[0]);
+  if (open) {
+    const { line } = lineCounter.linePos(open.offset);
+    return [at(open.offset, keyPathAtLine(lines, line - 1), `invalid YAML: ${open.what} opened here is not closed: ${open.fix}`)];
+  }
+  const { line } = lineCounter.linePos(error.pos[0]);
+  const index = line - 1;
+  const hint = syntaxHint(error, lines, index);
+  return [at(hint.offset ?? error.pos[0], hint.path ?? keyPathAtLine(lines, index), `invalid YAML: ${hint.message}`)];
+}
+
+/** Keys written twice in one mapping: the second one's key path and offset, and the first one's offset. */
+function duplicateKeys(doc: Document): { path: Path; offset: number; first: number }[] {
+  const found: { path: Path; offset: number; first: number }[] = [];
+  const walk = (node: unknown, path: Path): void => {
+    if (isMap(node)) {
+      const firsts = new Map<unknown, number>();
+      for (const pair of node.items) {
+        const key = isScalar(pair.key) ? pair.key.value : pair.key;
+        const offset = (pair.key as YamlNode | null)?.range?.[0] ?? 0;
+        const first = firsts.get(key);
+        if (first !== undefined) found.push({ path: [...path, String(key)], offset, first });
+        else firsts.set(key, offset);
+        walk(pair.value, [...path, String(key)]);
+      }
+    } else if (isSeq(node)) node.items.forEach((item, i) => walk(item, [...path, i]));
+  };
+  walk(doc.contents, []);
+  return found;
+}
+
+/** The flow list, flow mapping or quoted string around `offset` that its text never closes. */
+function unclosedAt(doc: Document, text: string, offset: number): { offset: number; what: string; fix: string } | undefined {
+  let found: { offset: number; what: string; fix: string } | undefined;
+  const visit = (node: unknown): void => {
+    const range = (node as YamlNode | null)?.range;
+    if (isPair(node)) {
+      visit(node.key);
+      visit(node.value);
+      return;
+    }
+    if (!range) return;
+    const [start, end] = range;
+    const around = start < offset && end >= offset;
+    if (isCollection(node)) {
+      const flow = (node as { flow?: boolean }).flow === true;
+      const close = isSeq(node) ? ']' : '}';
+      if (around && flow && !balanced(text.slice(start, end), isSeq(node) ? '[' : '{', close)) {
+        found = isSeq(node)
+          ? { offset: start, what: 'the list "["', fix: 'end it with "]" (or write one "- item" per line)' }
+          : { offset: start, what: 'the mapping "{"', fix: 'end it with "}"' };
+      }
+      for (const item of (node as { items: unknown[] }).items) visit(item);
+    } else if (isScalar(node) && around && (node.type === 'QUOTE_DOUBLE' || node.type === 'QUOTE_SINGLE')) {
+      const quote = node.type === 'QUOTE_DOUBLE' ? '"' : "'";
+      const body = text.slice(start, end).trimEnd();
+      if (body.length < 2 || body.at(-1) !== quote) found = { offset: start, what: `the string ${quote}`, fix: `end it with ${quote} on the same line` };
+    }
+  };
+  visit(doc.contents);
+  return found;
+}
+
+/** The offset of the first character of line `index` (0-based). */
+function lineStart(lines: string[], index: number): number {
+  let offset = 0;
+  for (let i = 0; i < index; i++) offset += lines[i].length + 1;
+  return offset;
+}
+
+/** Whether every `open` in the text of a flow collection is closed (quoted strings and comments skipped). */
+function balanced(text: string, open: string, close: string): boolean {
+  let depth = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === '"' || c === "'") {
+      const end = text.indexOf(c, i + 1);
+      if (end === -1) return false;
+      i = end;
+    } else if (c === '#' && (i === 0 || /\s/.test(text[i - 1]))) {
+      const end = text.indexOf('\n', i);
+      if (end === -1) break;
+      i = end;
+    } else if (c === open) depth++;
+    else if (c === close) depth--;
+  }
+  return depth <= 0;
+}
+
+/** What a parser error means, in the words of its fix; `path`/`offset` when the error's own are misleading. */
+function syntaxHint(error: YAMLError, lines: string[], index: number): { message: string; path?: Path; offset?: number } {
+  const text = lines[index] ?? '';
+  const first = error.message.split('\n')[0];
+  const keyOnLine = /^\s*(?:-\s+)?([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(text)?.[1];
+  if (error.code === 'TAB_AS_INDENT') return { message: 'a tab indents this line; YAML indents with spaces only' };
+  const dash = /^(\s*)-(\s|$)/.exec(text);
+  if (dash) {
+    // A list item out of line with the one above it.
+    const above = lines.slice(0, index).findLastIndex((l) => !/^\s*(#|$)/.test(l));
+    const aboveDash = /^(\s*)-(\s|$)/.exec(lines[above] ?? '');
+    if (aboveDash && aboveDash[1].length !== dash[1].length) {
+      return {
+        message: `this item is indented ${dash[1].length} spaces and the one above it (line ${above + 1}) ${aboveDash[1].length}: items of one list line up`,
+        path: keyPathAtLine(lines, above).filter((_, i, all) => i < all.length - 1 || typeof all[i] !== 'number'),
+        offset: lineStart(lines, index) + dash[1].length,
+      };
+    }
+  }
+  if (/same column/.test(first) && keyOnLine !== undefined) {
+    const indent = text.length - text.trimStart().length;
+    const sibling = nearestKeyColumn(lines, index, indent);
+    if (sibling) {
+      return {
+        message: `"${keyOnLine}" is indented ${indent} space${indent === 1 ? '' : 's'} and "${sibling.key}" (line ${sibling.index + 1}) ${sibling.indent}: keys of one mapping line up`,
+        path: [...keyPathAtLine(lines, sibling.index).slice(0, -1), keyOnLine],
+        offset: lineStart(lines, index) + indent,
+      };
+    }
+  }
+  if (/Implicit map keys need to be followed by map values/.test(first)) {
+    const glued = /^(\s*(?:-\s+)?)([A-Za-z_][\w.-]*):(\S.*)$/.exec(text);
+    if (glued && !/^\/\//.test(glued[3])) {
+      const fixed = `${glued[2]}: ${glued[3].trim()}`;
+      return { message: `a space is needed after the colon: write "${fixed}"`, path: keyPathAtLine(lines.with(index, glued[1] + fixed), index), offset: lineStart(lines, index) + glued[1].length };
+    }
+    return { message: 'this line is neither "key: value" nor "- item": a colon or a "- " is missing' };
+  }
+  if (error.code === 'BLOCK_AS_IMPLICIT_KEY' || /Nested mappings are not allowed/.test(first)) {
+    const value = /^\s*(?:-\s+)?[^:]+:\s+(.*)$/.exec(text)?.[1]?.trim();
+    const next = lines.slice(index + 1).findIndex((l) => !/^\s*(#|$)/.test(l)) + index + 1;
+    const nextKey = /^(\s*)([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(lines[next] ?? '');
+    if (value !== undefined && !/:\s/.test(value) && nextKey && keyOnLine !== undefined) {
+      // `key: value` then a deeper `other: ...`: the second key was indented too far.
+      const indent = text.indexOf(keyOnLine);
+      return {
+        message: `"${nextKey[2]}" is indented ${nextKey[1].length} spaces, deeper than "${keyOnLine}" above it (${indent}), whose value is not a mapping: line the two keys up`,
+        path: [...keyPathAtLine(lines, index).slice(0, -1), nextKey[2]],
+        offset: lineStart(lines, next) + nextKey[1].length,
+      };
+    }
+    return { message: `a value with ": " in it needs quotes${keyOnLine && value ? `: write ${keyOnLine}: "${value.replace(/"/g, '\\"')}"` : ''}` };
+  }
+  if (error.code === 'UNEXPECTED_TOKEN' && /"[\]}]"/.test(first)) {
+    const bracket = /"([\]}])"/.exec(first)![1];
+    return { message: `a "${bracket}" that closes nothing: remove it, or add the "${bracket === ']' ? '[' : '{'}" it belongs to` };
+  }
+  return { message: `${first} (look at the indentation, colons, brackets and quotes of this line and the one above)` };
+}
+
+/** The closest indentation of a key above line `index` in the keys still open there (ties: the deeper). */
+function nearestKeyColumn(lines: string[], index: number, indent: number): { key: string; indent: number; index: number } | undefined {
+  let best: { key: string; indent: number; index: number } | undefined;
+  let ceiling = Infinity;
+  for (let i = index - 1; i >= 0 && ceiling > 0; i--) {
+    const m = /^(\s*)([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(lines[i]);
+    if (!m || m[1].length >= ceiling) continue;
+    // Keys deeper than one already seen belong to a closed mapping.
+    ceiling = m[1].length;
+    const candidate = { key: m[2], indent: m[1].length, index: i };
+    const d = Math.abs(candidate.indent - indent);
+    if (!best || d < Math.abs(best.indent - indent)) best = candidate;
+  }
+  return best;
+}
+
+/**
+ * The key path of line `index` read from indentation alone (for text the parser could not
+ * build): `pools.web.upstreams` for the line `    upstreams: [...`. Lists count their items.
+ */
+export function keyPathAtLine(lines: string[], index: number): Path {
+  const stack: { indent: number; key: string | number }[] = [];
+  for (let i = 0; i <= index && i < lines.length; i++) {
+    const line = lines[i].replace(/\t/g, '        ');
+    if (/^\s*(#|$)/.test(line) || /^(---|\.\.\.)(\s|$)/.test(line)) continue;
+    let indent = line.length - line.trimStart().length;
+    let rest = line.slice(indent);
+    // "- " opens a list item, or the next one of a list at this column ("- key: value" too).
+    while (/^-(\s|$)/.test(rest)) {
+      while (stack.length > 0 && stack[stack.length - 1].indent > indent) stack.pop();
+      const top = stack[stack.length - 1];
+      if (top !== undefined && top.indent === indent && typeof top.key === 'number') top.key += 1;
+      else stack.push({ indent, key: 0 });
+      const after = rest.slice(1);
+      indent += 1 + after.length - after.trimStart().length;
+      rest = after.trimStart();
+    }
+    const key = /^(?:"([^"]*)"|'([^']*)'|([^\s#:"'{}\[\]][^:#]*?))\s*:(?:\s|$)/.exec(rest);
+    if (!key) continue;
+    while (stack.length > 0 && stack[stack.length - 1].indent >= indent) stack.pop();
+    stack.push({ indent, key: key[1] ?? key[2] ?? key[3] });
+  }
+  return stack.map((s) => s.key);
 }

@@ -5,25 +5,30 @@
  */
 import { z } from 'zod';
 import { BlockList, isIP } from 'node:net';
-import { parseDuration } from './duration.ts';
+import { parseDuration, unitlessDurationMessage } from './duration.ts';
 import { policies, policyNames, findPolicy } from '../balancer/registry.ts';
 import { closest } from './did-you-mean.ts';
+import { normalizePath } from '../proxy/request-target.ts';
 
-const durationMessage = 'expected a duration such as "250ms", "5s", "2m", or a number of milliseconds';
+const durationMessage = 'expected a duration such as "250ms", "5s" or "2m"';
 
-/** A duration: `"5s"`, `"250ms"`, `"2m"`, `"1h"` or milliseconds; read as milliseconds. */
+/**
+ * A duration: `"5s"`, `"250ms"`, `"2m"`, `"1h"` or `0`; read as milliseconds. A number is
+ * milliseconds to code (`createBalancer({...})`); in a file the loader refuses a number other
+ * than 0, since `interval: 5` is as likely seconds as milliseconds (`unitlessDurations` in load.ts).
+ */
 export const Duration = z
   .union([z.number().nonnegative(), z.string()], { error: durationMessage })
   .transform((v, ctx) => {
     if (typeof v === 'number') return v;
-    const ms = parseDuration(v);
+    const ms = /^\s*0+(\.0+)?\s*$/.test(v) ? 0 : parseDuration(v);
     if (Number.isNaN(ms)) {
-      ctx.addIssue({ code: 'custom', message: `${durationMessage}, got ${JSON.stringify(v)}` });
+      ctx.addIssue({ code: 'custom', message: /^\s*\d+(\.\d+)?\s*$/.test(v) ? unitlessDurationMessage(v) : `${durationMessage}, got ${JSON.stringify(v)}` });
       return z.NEVER;
     }
     return ms;
   })
-  .meta({ description: 'A duration: "250ms", "5s", "2m", "1h", or a number of milliseconds.' });
+  .meta({ description: 'A duration: "250ms", "5s", "2m", "1h", or 0. A number needs its unit.' });
 
 /** An IPv4 or IPv6 address or CIDR block (`10.0.0.0/8`, `::1`, `fd00::/8`). */
 export const Cidr = z.string().refine((v) => parseCidr(v) !== null, {
@@ -68,22 +73,46 @@ export const PolicyName = z
   .transform((v) => findPolicy(v)!.name)
   .meta({ enum: [...policyNames], description: 'The balancing policy.' });
 
-const UpstreamUrl = z
-  .string()
-  .refine(
-    (v) => {
-      // The URL parser quietly drops tabs and newlines, and a fragment: refuse them rather than guess.
-      if (/[\s\x00-\x1f\x7f#]/.test(v)) return false;
-      try {
-        const u = new URL(v);
-        return u.protocol === 'http:' && u.hostname !== '' && (u.pathname === '/' || u.pathname === '') && !u.search && !u.username && !u.password;
-      } catch {
-        return false;
-      }
-    },
-    { message: 'expected an upstream URL such as "http://10.0.0.5:8080" (http, host, optional port, no path, query, spaces or fragment)' },
-  )
-  .refine((v) => !/^[^/]*\/\/[^/]*:0+\/?$/.test(v), { message: 'port 0 cannot be connected to; give the upstream\'s real port' });
+/**
+ * What is wrong with an upstream URL, in the words of the fix, or undefined when it is one:
+ * `10.0.0.1:3000` -> `missing "http://": write http://10.0.0.1:3000`.
+ */
+export function upstreamUrlProblem(v: string): string | undefined {
+  const example = 'http://10.0.0.5:8080';
+  const shown = JSON.stringify(v);
+  if (v.trim() === '') return `expected an upstream URL such as ${example}, got an empty string`;
+  // The URL parser quietly drops tabs and newlines: refuse them rather than guess.
+  if (/[\s\x00-\x1f\x7f]/.test(v)) return `${shown} contains a space or a control character; an upstream URL is http://host:port and nothing else`;
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(v)?.[1]?.toLowerCase();
+  if (scheme === undefined) {
+    // `10.0.0.1:3000`, `localhost:3000`, `//host`, `http:/host`, `http:host`: what is after the scheme, if any.
+    const rest = v.replace(/^([A-Za-z][A-Za-z0-9+.-]*:(?!\d))?\/*/, '');
+    return `missing "http://": write http://${rest || '10.0.0.1:3000'}`;
+  }
+  if (scheme === 'https') return 'https upstreams are not supported yet: give the backend\'s plain HTTP address (http://host:port)';
+  if (scheme !== 'http') return `${scheme}:// upstreams are not supported: an upstream is http://host:port`;
+  if (/^http:\/\/(:|\/|$)/i.test(v)) return `${shown} has no host: write ${example}`;
+  let u: URL;
+  try {
+    u = new URL(v);
+  } catch {
+    const port = /^http:\/\/(?:\[[^\]]*\]|[^/:]*):([^/]*)/i.exec(v)?.[1];
+    if (port !== undefined && !(/^\d+$/.test(port) && Number(port) <= 65535)) return `${JSON.stringify(port)} is not a port (1-65535): write ${example}`;
+    return `${shown} is not a URL: write ${example}`;
+  }
+  if (u.hostname === '') return `${shown} has no host: write ${example}`;
+  if (u.username || u.password) return 'an upstream URL takes no user or password (they would be sent to no one); remove the "user:password@"';
+  if (u.pathname !== '/' && u.pathname !== '') return `an upstream URL has no path (${JSON.stringify(u.pathname)}): the request's own path is sent; write http://${u.host} (route by path with routes[].path_prefix)`;
+  if (u.search || v.includes('?')) return `an upstream URL has no query: write http://${u.host}`;
+  if (v.includes('#')) return `an upstream URL has no fragment: write http://${u.host}`;
+  if (/^[^/]*\/\/[^/]*:0+\/?$/.test(v)) return "port 0 cannot be connected to; give the upstream's real port";
+  return undefined;
+}
+
+const UpstreamUrl = z.string().superRefine((v, ctx) => {
+  const problem = upstreamUrlProblem(v);
+  if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+});
 
 /** One upstream: a URL string, or an object with a weight and a connection limit. */
 export const UpstreamConfig = z.union([
@@ -192,6 +221,12 @@ export const PoolConfig = z.strictObject({
   outlier_detection: OutlierDetectionConfig.prefault({}),
   circuit_breaker: CircuitBreakerConfig.prefault({}),
   backup: z.string().min(1).optional().meta({ description: 'A pool used only while every upstream of this one is unavailable.' }),
+  panic_threshold_percent: z
+    .number()
+    .min(0)
+    .max(100)
+    .default(50)
+    .meta({ description: "Below this share of upstreams up (health, ejection, breaker), balance over all of them instead of the few left; disabled and drained ones never; 0 turns it off (default 50, Envoy's healthy_panic_threshold)." }),
 });
 
 /** IP allow and deny lists (IPv4, IPv6, CIDR); deny wins; an empty allow list allows all. */
@@ -235,6 +270,10 @@ export const ListenerConfig = z.strictObject({
   port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
   protocol: z.enum(['http']).default('http').meta({ description: 'Only "http" for now; https, http2 and tcp come later.' }),
   trusted_proxies: z.array(Cidr).default([]).meta({ description: 'CIDRs whose X-Forwarded-* headers are believed (default none).' }),
+  headers_with_underscores: z
+    .enum(['drop', 'allow', 'reject'])
+    .default('drop')
+    .meta({ description: 'Request headers whose name has "_" (which CGI, WSGI, PHP and many frameworks read as "-"): "drop" leaves them out (default, nginx\'s underscores_in_headers off), "allow" forwards them, "reject" answers 400.' }),
   keepalive_timeout: Duration.default(5000).meta({ description: 'How long an idle client connection is kept open (default 5s).' }),
   firewall: FirewallConfig.optional().meta({ description: 'Who may connect to this listener at all.' }),
   limits: RequestLimitsConfig.prefault({}),
@@ -269,6 +308,21 @@ export const AdminConfig = z.strictObject({
     .meta({ description: 'Write backends added, removed or re-weighted through the API back to the configuration file (default false: they are runtime-only and listed in /status).' }),
 });
 
+/**
+ * How a route forwards the path. Routing always decides on the normalised path; by default the
+ * upstream gets the request-target byte for byte (docs/protection.md#paths).
+ */
+export const PathConfig = z.strictObject({
+  forward: z
+    .enum(['original', 'normalized'])
+    .default('original')
+    .meta({ description: '"original": the request-target as the client sent it, byte for byte (default); "normalized": the normalised path routes matched, then the query as sent.' }),
+  encoded_slashes: z
+    .enum(['keep', 'reject', 'unescape'])
+    .default('keep')
+    .meta({ description: '%2F and %5C in the path: "keep" forwards them as sent (default), "reject" answers 400, "unescape" forwards them as "/" and "\\" (Envoy\'s path_with_escaped_slashes_action).' }),
+});
+
 /** A match on host and path prefix that leads to a pool. */
 export const RouteConfig = z.strictObject({
   name: z.string().min(1).optional(),
@@ -276,7 +330,20 @@ export const RouteConfig = z.strictObject({
     .union([z.string().min(1), z.array(z.string().min(1)).min(1)])
     .optional()
     .meta({ description: 'Host names (port ignored, "*.example.com" allowed); absent matches any host.' }),
-  path_prefix: z.string().startsWith('/').default('/').meta({ description: 'Path prefix, matched on segment boundaries (default "/").' }),
+  path_prefix: z
+    .string()
+    .startsWith('/')
+    .superRefine((v, ctx) => {
+      // Paths are matched normalised: a prefix that is not would never match as written.
+      if (v.charCodeAt(0) !== 47) return;
+      const normal = normalizePath(v);
+      const bare = (p: string): string => (p.length > 1 && p.endsWith('/') ? p.slice(0, -1) : p);
+      if (normal === null || normal.charCodeAt(0) === 0) ctx.addIssue({ code: 'custom', message: 'malformed percent-encoding or %00 in path_prefix' });
+      else if (bare(normal) !== bare(v)) ctx.addIssue({ code: 'custom', message: `paths are matched normalised: write "${normal}" (dot segments, "//", "\\", %2F, ";" parameters and escapes of unreserved characters are resolved before matching)` });
+    })
+    .default('/')
+    .meta({ description: 'Path prefix, matched on segment boundaries against the normalised path (default "/").' }),
+  path: PathConfig.prefault({}).meta({ description: 'What the upstream is sent as path (default: the request-target as the client sent it).' }),
   pool: z.string().min(1),
   firewall: FirewallConfig.optional().meta({ description: 'Who may use this route (on top of the listener\'s firewall).' }),
   rate_limits: z.array(RateLimitConfig).default([]).meta({ description: 'Token buckets; a request passes only if every one has a token.' }),
@@ -355,6 +422,15 @@ export type SeedConfig = z.output<typeof SeedConfigSchema>;
 
 /** The JSON Schema of the full configuration file, for editor completion. */
 export function configJsonSchema(): unknown {
-  const schema = z.toJSONSchema(FulcrumConfigSchema, { io: 'input', unrepresentable: 'any' }) as Record<string, unknown>;
+  const durationInput = (Duration as any)._zod.def.in;
+  const schema = z.toJSONSchema(FulcrumConfigSchema, {
+    io: 'input',
+    unrepresentable: 'any',
+    // A file's durations carry their unit; only 0 may be a bare number (as the loader checks).
+    override: (ctx) => {
+      if (ctx.zodSchema !== durationInput) return;
+      ctx.jsonSchema.anyOf = [{ const: 0 }, { type: 'string', pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)\\s*$' }];
+    },
+  }) as Record<string, unknown>;
   return { ...schema, title: 'Fulcrum configuration', $id: 'https://fulcrum.dev/schema/config.json' };
 }

@@ -48,8 +48,12 @@ export class RequestContext {
   /** Upstreams tried so far, in order (only kept once a second attempt is needed). */
   tried: Upstream[] | null = null;
   attempts = 0;
-  /** The normalised path and query sent upstream (the one routes matched). */
+  /** The request-target sent upstream, origin-form: as the client sent it unless the route says otherwise. */
   upstreamPath = '';
+  /** The fully normalised path routes matched: what every path rule must look at (src/proxy/request-target.ts). */
+  path = '';
+  /** Header names left out of the upstream request (names with `_`), or null: for metrics and the debug log. */
+  droppedHeaders: string[] | null = null;
   /** The authority of an absolute-form request-target, else null. */
   authority: string | null = null;
   /** The client sent `Expect: 100-continue` and waits for it until the guards have passed. */
@@ -67,6 +71,8 @@ export class RequestContext {
   bodyKeptBytes = 0;
   /** True once the client's body was read to its end. */
   bodyEnded = false;
+  /** Set when the upstream answered before the upload ended: the rest of the body is not sent, the upstream connection not reused. */
+  bodyAbandoned = false;
   /** The pool whose active and retry counts this request is in (the routed one, even on backup). */
   countedPool: Pool | null = null;
   /** True once the request counts as a retry in its pool's budget. */

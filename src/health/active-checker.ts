@@ -26,6 +26,8 @@ export class ActiveChecker {
   private readonly settings: CheckSettings;
   private readonly upstreams: readonly Upstream[];
   private readonly sink: HealthSink;
+  /** Told of every passing probe (passive health readmits an upstream that refused connections). */
+  private readonly onPass: ((upstream: Upstream) => void) | null;
   private readonly ranges: [number, number][];
   private readonly timers = new Map<Upstream, NodeJS.Timeout>();
   private readonly streak = new Map<Upstream, { ok: number; bad: number }>();
@@ -33,10 +35,11 @@ export class ActiveChecker {
   private readonly agent: Agent;
   private stopped = false;
 
-  constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink) {
+  constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink, onPass: ((upstream: Upstream) => void) | null = null) {
     this.settings = settings;
     this.upstreams = upstreams;
     this.sink = sink;
+    this.onPass = onPass;
     this.ranges = statusRanges(settings.expected_status);
     this.agent = new Agent({ connect: { timeout: settings.timeout }, pipelining: 0 });
   }
@@ -74,6 +77,7 @@ export class ActiveChecker {
       s.ok++;
       s.bad = 0;
       if (u.health === 'unhealthy' && s.ok >= rise) this.sink(u, 'healthy', `${rise} consecutive checks passed`);
+      this.onPass?.(u);
     } else {
       s.bad++;
       s.ok = 0;

@@ -2,11 +2,16 @@
  * Passive health for one pool, fed by `fulcrum:upstream:result` (the proxy never calls it):
  * - outlier ejection (Envoy's outlier_detection): N consecutive gateway failures eject an
  *   upstream for base time x ejection count, never more than max_ejection_percent of the pool;
+ * - a refused connection ejects at once (nginx's `max_fails=1`), whatever max_ejection_percent
+ *   (nothing listens there: it is no guess), until a TCP connect probe (after 250 ms, then
+ *   doubling up to 5 s) or an active check passes; panic mode is the guard if too many go;
  * - an error-rate circuit breaker per upstream: closed -> open when the failed share of the last
  *   `window` passes `error_rate`; open -> half-open after `open_time`; half-open -> closed after
  *   `half_open_requests` successes, or back to open on one failure.
  */
+import net from 'node:net';
 import { upstreamResult, type UpstreamResultEvent } from '../core/events.ts';
+import { ErrorCode } from '../errors.ts';
 import type { PoolSettings } from '../config/schema.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { formatDuration } from '../config/duration.ts';
@@ -14,6 +19,9 @@ import { formatDuration } from '../config/duration.ts';
 /** Statuses an upstream answers when it is itself failing (a gateway failure, not the client's). */
 const gatewayStatuses = new Set([502, 503, 504]);
 const buckets = 10;
+/** Connect probes of a refused upstream: the first wait, and the longest once it doubled. */
+const firstProbe = 250;
+const slowestProbe = 5000;
 
 /** Per-upstream counters. */
 class UpstreamRecord {
@@ -28,6 +36,8 @@ class UpstreamRecord {
   slot = 0;
   slotStart = 0;
   halfOpenSuccesses = 0;
+  probeTimer: NodeJS.Timeout | null = null;
+  probeSocket: net.Socket | null = null;
 }
 
 /** Outlier ejection and circuit breaking for the upstreams of one pool. */
@@ -56,7 +66,10 @@ export class PassiveHealth {
     upstreamResult.subscribe(this.onResult);
     // State carried over a reload keeps its clock: an ejection ends, an open circuit half-opens, when it would have.
     for (const [u, r] of this.records) {
-      if (u.ejected) this.scheduleReturn(u, r, Math.max(0, u.ejectedUntil - Date.now()), 'ejection time over (kept across a reload)');
+      if (u.ejected && u.refused) {
+        if (this.settings.outlier_detection.enabled) this.scheduleProbe(u, r, 0);
+        else this.readmit(u, r, 'outlier detection turned off by a reload');
+      } else if (u.ejected) this.scheduleReturn(u, r, Math.max(0, u.ejectedUntil - Date.now()), 'ejection time over (kept across a reload)');
       // A breaker turned off by a reload lets everything through again; otherwise nothing would close it.
       if (!this.settings.circuit_breaker.enabled && u.circuit !== 'closed') u.setCircuit('closed', 'circuit breaker turned off by a reload');
       else if (u.circuit === 'open') this.scheduleHalfOpen(u, r, Math.max(0, u.circuitOpenUntil - Date.now()));
@@ -69,7 +82,14 @@ export class PassiveHealth {
     for (const r of this.records.values()) {
       if (r.ejectTimer) clearTimeout(r.ejectTimer);
       if (r.circuitTimer) clearTimeout(r.circuitTimer);
+      this.stopProbe(r);
     }
+  }
+
+  /** An active check passed: an upstream out for a refused connection is back (its port answers again). */
+  checkPassed(u: Upstream): void {
+    const r = this.records.get(u);
+    if (r !== undefined && this.started && u.refused) this.readmit(u, r, 'an active health check passed');
   }
 
   /** One attempt's outcome. Public for tests; normally reached through the channel. */
@@ -80,6 +100,7 @@ export class PassiveHealth {
     const failed = event.failure !== null ? event.failure.source === 'upstream' : gatewayStatuses.has(event.status);
     // A client that left or sent garbage says nothing about the upstream.
     if (event.failure !== null && event.failure.source !== 'upstream') return;
+    if (event.failure?.code === ErrorCode.ConnectRefused && this.settings.outlier_detection.enabled) this.refuse(u, r, event.failure.message);
     this.outlier(u, r, failed, event);
     if (this.settings.circuit_breaker.enabled) this.breaker(u, r, failed);
   }
@@ -105,6 +126,57 @@ export class PassiveHealth {
     u.ejectedUntil = Date.now() + time;
     u.setEjected(true, `${o.consecutive_failures} consecutive failures, last: ${what}; out for ${formatDuration(time)}`);
     this.scheduleReturn(u, r, time, `ejection time of ${formatDuration(time)} over`);
+  }
+
+  /** Out at once after a refused connection, until a connect probe or an active check passes. */
+  private refuse(u: Upstream, r: UpstreamRecord, what: string): void {
+    if (u.ejected) return;
+    r.consecutiveFailures = 0;
+    u.refused = true;
+    u.ejectedUntil = 0;
+    u.setEjected(true, `${what}: nothing took the connection; out until a connect probe or a health check passes`);
+    this.scheduleProbe(u, r, firstProbe);
+  }
+
+  private readmit(u: Upstream, r: UpstreamRecord, reason: string): void {
+    this.stopProbe(r);
+    u.refused = false;
+    u.setEjected(false, reason);
+  }
+
+  /** A TCP connect to the upstream after `delay`; on failure again, twice as late (at most slowestProbe). */
+  private scheduleProbe(u: Upstream, r: UpstreamRecord, delay: number): void {
+    this.stopProbe(r);
+    r.probeTimer = setTimeout(() => {
+      r.probeTimer = null;
+      const socket = net.connect({ host: u.hostname, port: u.port });
+      r.probeSocket = socket;
+      socket.unref();
+      socket.setTimeout(Math.min(this.settings.timeouts.connect, 2000));
+      const next = Math.min(Math.max(delay * 2, firstProbe), slowestProbe);
+      const failed = (): void => {
+        if (r.probeSocket !== socket) return;
+        r.probeSocket = null;
+        socket.destroy();
+        if (this.started && u.refused) this.scheduleProbe(u, r, next);
+      };
+      socket.once('connect', () => {
+        if (r.probeSocket !== socket) return;
+        r.probeSocket = null;
+        socket.destroy();
+        if (this.started && u.refused) this.readmit(u, r, 'a connect probe succeeded');
+      });
+      socket.on('error', failed);
+      socket.once('timeout', failed);
+    }, delay);
+    r.probeTimer.unref();
+  }
+
+  private stopProbe(r: UpstreamRecord): void {
+    if (r.probeTimer) clearTimeout(r.probeTimer);
+    r.probeTimer = null;
+    r.probeSocket?.destroy();
+    r.probeSocket = null;
   }
 
   private scheduleReturn(u: Upstream, r: UpstreamRecord, delay: number, reason: string): void {

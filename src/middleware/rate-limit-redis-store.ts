@@ -6,8 +6,13 @@
  * is a small hash that expires once it would be full again, so idle keys cost Redis nothing.
  *
  * Redis is a dependency that can be slow or gone, and a rate limiter must never turn that into
- * errors or stalls: every check has a deadline (`timeout`), and a store that missed one is taken
- * as down. While down, checks do not touch Redis at all: they use a local bucket per key
+ * errors or stalls: every check has a deadline (`timeout`); a check that misses it is answered
+ * without Redis. The store is taken as down when the connection is lost or fails, or when checks
+ * keep missing their deadline (FALL_TIMEOUTS in a row, each sent after the previous one was
+ * missed: one stall that catches many checks in flight counts once), so that a single late answer
+ * on a busy machine does not switch every instance to its own limit. A deadline is only missed
+ * when the answer has not arrived: one that is already in the socket while this process was busy
+ * is read first. While down, checks do not touch Redis at all: they use a local bucket per key
  * (`on_failure: open`, each instance then limits on its own) or refuse with 503
  * (`on_failure: closed`). ioredis reconnects in the background and a probe notices a Redis that
  * was only slow; the first good answer brings the store back. Each change is logged once.
@@ -21,7 +26,7 @@ import { ALLOWED, STORE_UNAVAILABLE, refillTime, type BucketPolicy, type BucketS
 export interface RedisStoreSettings {
   url: string;
   key_prefix: string;
-  /** Milliseconds a check may wait for Redis before Redis counts as down. */
+  /** Milliseconds a check may wait for Redis; a later answer is not waited for (FALL_TIMEOUTS in a row: Redis counts as down). */
   timeout: number;
   on_failure: 'open' | 'closed';
 }
@@ -68,6 +73,16 @@ const PROBE_INTERVAL_MS = 500;
 const MAX_RECONNECT_DELAY_MS = 2000;
 /** Longest a TCP (and TLS) connect may take before it counts as failed and is retried. */
 const CONNECT_TIMEOUT_MS = 2000;
+/** Missed deadlines in a row (HAProxy's `fall`) that take a connected Redis out of use. */
+export const FALL_TIMEOUTS = 3;
+
+/** A check that got no answer from Redis within `timeout`. */
+export class RedisTimeoutError extends Error {
+  readonly code = 'FUL_RATE_LIMIT_STORE_TIMEOUT';
+  constructor(timeout: number) {
+    super(`no answer from redis within ${timeout}ms`);
+  }
+}
 
 export type LinkState = 'connecting' | 'up' | 'down';
 
@@ -84,8 +99,16 @@ export class RedisLink {
   private readonly connected: Promise<void>;
   private endConnecting: () => void = () => {};
   private probe: NodeJS.Timeout | null = null;
+  private probing = false;
+  private connectTimer: NodeJS.Timeout | null = null;
+  /** A check already waited `timeout` for the first connection: later ones do not wait again. */
+  private connectWaited = false;
   private closing = false;
   private fellBack = 0;
+  /** Missed deadlines since the last answer, counting one per stall (see FALL_TIMEOUTS). */
+  private missedInARow = 0;
+  /** When the last counted deadline was missed (performance.now()); earlier checks do not count again. */
+  private lastMiss = -Infinity;
 
   constructor(settings: RedisStoreSettings, logger: Logger) {
     this.settings = settings;
@@ -99,7 +122,8 @@ export class RedisLink {
       // A check lost with a dropped connection is answered locally, not resent later.
       maxRetriesPerRequest: 0,
       autoResendUnfulfilledCommands: false,
-      commandTimeout: settings.timeout,
+      // No commandTimeout: `take` keeps its own deadline, which reads an answer already received
+      // before calling it late (ioredis's timer fires first when this process was busy).
       connectTimeout: CONNECT_TIMEOUT_MS,
       // Keep trying forever (ioredis gives up when this returns nothing), backing off a little.
       retryStrategy: (times) => Math.min(times * 100, MAX_RECONNECT_DELAY_MS),
@@ -115,6 +139,11 @@ export class RedisLink {
     this.client.connect().catch(() => {
       // Reported through 'error' and 'close'; ioredis keeps reconnecting.
     });
+    // A server that takes the connection but never gets ready (not Redis, or hung) is an outage too.
+    this.connectTimer = setTimeout(() => {
+      if (this.state === 'connecting') this.markDown(`not ready within ${CONNECT_TIMEOUT_MS}ms`);
+    }, CONNECT_TIMEOUT_MS);
+    this.connectTimer.unref();
   }
 
   /** Checks answered without Redis (a local bucket or a refusal) because it was down. */
@@ -122,16 +151,60 @@ export class RedisLink {
     return this.fellBack;
   }
 
+  /** True while checks are answered without Redis: down, or still connecting after a check waited once. */
+  get local(): boolean {
+    return this.state === 'down' || (this.state === 'connecting' && this.connectWaited);
+  }
+
   /** 'up': checks go to Redis; 'down': they do not; 'connecting': until the first connection. */
   get status(): LinkState {
     return this.state;
   }
 
-  /** Runs the bucket script; rejects on any failure or after `timeout` ms. */
+  /** Runs the bucket script; rejects on any failure, or with RedisTimeoutError after `timeout` ms. */
   async take(key: string, rate: string, per: string, burst: string, ttl: string): Promise<number> {
-    if (this.state === 'connecting') await this.untilConnected();
-    if (this.state !== 'up') throw new Error('redis is down');
-    return this.client.fulcrumTakeToken(key, rate, per, burst, ttl);
+    if (this.state === 'connecting' && !this.connectWaited) await this.untilConnected();
+    if (this.state !== 'up') throw new Error(this.state === 'down' ? 'redis is down' : 'redis is not connected yet');
+    const sent = performance.now();
+    const timeout = this.settings.timeout;
+    return new Promise<number>((resolve, reject) => {
+      let settled = false;
+      const timer = setTimeout(() => {
+        // Timers run before I/O in each turn of the event loop: after a busy spell (or time off
+        // the CPU) the answer may be in the socket already. setImmediate runs after I/O is read.
+        setImmediate(() => {
+          if (settled) return;
+          settled = true;
+          reject(new RedisTimeoutError(timeout));
+        });
+      }, timeout);
+      this.client.fulcrumTakeToken(key, rate, per, burst, ttl).then(
+        (wait) => {
+          clearTimeout(timer);
+          if (settled) return;
+          settled = true;
+          this.missedInARow = 0;
+          resolve(wait);
+        },
+        (err: unknown) => {
+          clearTimeout(timer);
+          if (settled) return;
+          settled = true;
+          reject(err);
+        },
+      );
+    }).catch((err: unknown) => {
+      if (err instanceof RedisTimeoutError) this.missed(sent, err.message);
+      else this.markDown((err as Error).message);
+      throw err;
+    });
+  }
+
+  /** A check sent at `sent` missed its deadline: counted once per stall; FALL_TIMEOUTS in a row take Redis out. */
+  private missed(sent: number, reason: string): void {
+    if (sent < this.lastMiss) return; // in flight when the last counted miss happened: the same stall
+    this.lastMiss = performance.now();
+    if (++this.missedInARow >= FALL_TIMEOUTS) this.markDown(`${FALL_TIMEOUTS} checks in a row: ${reason}`);
   }
 
   /** Counts a check that Redis did not answer. */
@@ -154,6 +227,7 @@ export class RedisLink {
     if (this.closing || this.state === 'up') return;
     const wasDown = this.state === 'down';
     this.state = 'up';
+    this.missedInARow = 0;
     this.endConnecting();
     if (this.probe !== null) {
       clearInterval(this.probe);
@@ -165,14 +239,21 @@ export class RedisLink {
 
   /** A dropped connection comes back through ioredis's 'ready'; a slow one only through this. */
   private probeOnce(): void {
-    if (this.client.status !== 'ready') return;
+    // One probe at a time: a hung Redis would otherwise collect a PING every interval.
+    if (this.client.status !== 'ready' || this.probing) return;
+    this.probing = true;
     this.client.ping().then(
-      () => this.markUp(),
-      () => {},
+      () => {
+        this.probing = false;
+        this.markUp();
+      },
+      () => {
+        this.probing = false;
+      },
     );
   }
 
-  /** Waits for the first connection to succeed or fail, but no longer than a check may wait. */
+  /** Waits for the first connection to succeed or fail, but no longer than a check may wait (once). */
   private async untilConnected(): Promise<void> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<void>((resolve) => {
@@ -180,11 +261,14 @@ export class RedisLink {
     });
     await Promise.race([this.connected, late]);
     clearTimeout(timer);
-    if (this.state === 'connecting') this.markDown(`not connected within ${this.settings.timeout}ms`);
+    // A slow first connection (a busy machine) is not an outage: checks are answered locally until
+    // it is ready, without a warning; a failed one ends in 'close', which takes Redis out.
+    if (this.state === 'connecting') this.connectWaited = true;
   }
 
   async close(): Promise<void> {
     this.closing = true;
+    if (this.connectTimer !== null) clearTimeout(this.connectTimer);
     if (this.probe !== null) clearInterval(this.probe);
     this.probe = null;
     if (this.client.status === 'ready') {
@@ -227,8 +311,8 @@ export class RedisBuckets implements BucketStore {
   }
 
   take(key: string): number | Promise<number> {
-    // Known down: answer at once, without a promise, a timer or a round trip.
-    if (this.link.status === 'down') return this.withoutRedis(key);
+    // Known down (or not connected yet): answer at once, without a promise, a timer or a round trip.
+    if (this.link.local) return this.withoutRedis(key);
     return this.takeRemote(key);
   }
 
@@ -236,8 +320,8 @@ export class RedisBuckets implements BucketStore {
     try {
       const wait = await this.link.take(this.prefix + key, this.rate, this.per, this.burst, this.ttl);
       return wait > 0 ? wait : ALLOWED;
-    } catch (err) {
-      this.link.markDown((err as Error).message);
+    } catch {
+      // The link decided whether this failure takes Redis out of use; this check is answered locally.
       return this.withoutRedis(key);
     }
   }

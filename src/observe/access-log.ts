@@ -10,6 +10,9 @@ export function startAccessLog(logger: Logger): () => void {
   const log = logger.child({ log: 'access' });
   const onEnd = (message: unknown): void => {
     const { ctx } = message as RequestEndEvent;
+    if (ctx.droppedHeaders !== null && log.isLevelEnabled('debug')) {
+      log.debug({ request_id: ctx.requestIdForUpstream ?? ctx.id, listener: ctx.listener, headers: ctx.droppedHeaders }, `dropped request header(s) with "_" in the name: ${ctx.droppedHeaders.join(', ')}`);
+    }
     const level = ctx.status >= 500 ? 'warn' : 'info';
     if (!log.isLevelEnabled(level)) return;
     const line = {

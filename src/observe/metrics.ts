@@ -74,7 +74,10 @@ export function causeOf(field: string, to: string | boolean, reason: string): st
     if (r.includes('invalid http')) return 'protocol_error';
     return 'check_failed';
   }
-  if (field === 'ejected') return to === true ? 'consecutive_failures' : 'ejection_over';
+  if (field === 'ejected') {
+    if (to === true) return r.includes('nothing took the connection') ? 'connection_refused' : 'consecutive_failures';
+    return r.includes('probe') ? 'probe_passed' : r.includes('check') ? 'checks_passed' : 'ejection_over';
+  }
   if (field === 'circuit') {
     if (to === 'open') return r.includes('probe') ? 'probe_failed' : 'error_rate';
     if (to === 'half-open') return 'open_time_over';
@@ -99,6 +102,7 @@ export class Metrics {
   private readonly ejectedSeries = new Set<string>();
   private readonly rateLimited: Counter<'route'>;
   private readonly refusals: Counter<'code'>;
+  private readonly headersDropped: Counter<'listener' | 'reason'>;
   private readonly retries: Counter<'pool' | 'backend'>;
   private readonly attemptFailures: Counter<'pool' | 'backend' | 'code'>;
   private readonly stateChanges: Counter<'pool' | 'backend' | 'field' | 'to' | 'cause'>;
@@ -160,6 +164,10 @@ export class Metrics {
       collect() { for (const route of sources.routes()) this.inc({ route }, 0); },
     });
     this.refusals = new Counter({ name: 'lb_request_errors_total', help: 'Requests that ended in an error, by stable error code (docs/errors.md).', labelNames: ['code'], registers });
+    this.headersDropped = new Counter({
+      name: 'lb_headers_dropped_total', help: 'Request headers left out of the upstream request, by listener and reason ("underscore": a name with "_", headers_with_underscores: drop).', labelNames: ['listener', 'reason'], registers,
+      collect() { for (const l of sources.listeners()) this.inc({ listener: l.name, reason: 'underscore' }, 0); },
+    });
     const each = (f: (pool: Pool, u: Pool['upstreams'][number]) => void): void => {
       for (const pool of sources.pools().values()) for (const u of pool.upstreams) f(pool, u);
     };
@@ -257,6 +265,10 @@ export class Metrics {
     new Gauge({
       name: 'lb_pool_available_backends', help: 'Backends of the pool that take new requests.', labelNames: ['pool'], registers,
       collect() { this.reset(); for (const p of sources.pools().values()) this.set({ pool: p.name }, p.eligible().length); },
+    });
+    new Gauge({
+      name: 'lb_pool_panic', help: '1 while too few of the pool\'s backends are up (panic_threshold_percent) and requests are spread over all of them, else 0.', labelNames: ['pool'], registers,
+      collect() { this.reset(); for (const p of sources.pools().values()) this.set({ pool: p.name }, p.inPanic() ? 1 : 0); },
     });
     new Gauge({
       name: 'lb_client_connections', help: 'Open client connections, by listener.', labelNames: ['listener'], registers,
@@ -367,6 +379,7 @@ export class Metrics {
     s.buckets[i]++;
     s.sum += seconds;
     s.count++;
+    if (ctx.droppedHeaders !== null) this.headersDropped.inc({ listener: ctx.listener, reason: 'underscore' }, ctx.droppedHeaders.length);
     const error = ctx.error;
     if (error !== null) {
       this.refusals.inc({ code: knownCodes.has(error.code) ? error.code : 'other' });

@@ -1,7 +1,10 @@
 /**
  * Header rules at the proxy boundary. Hop-by-hop headers (RFC 9110 section 7.6.1) and every
  * header named in `Connection` are dropped in both directions; Node regenerates framing.
- * Forwarding headers are set by Fulcrum and believed from trusted proxies only.
+ * Forwarding headers are set by Fulcrum and believed from trusted proxies only. Header names
+ * with `_` are dropped by default: CGI, WSGI, PHP and many frameworks read `X_Forwarded_For`
+ * as `X-Forwarded-For` (nginx's `underscores_in_headers off`, Envoy's
+ * `headers_with_underscores_action`).
  */
 import type { RequestContext } from '../core/context.ts';
 
@@ -11,12 +14,20 @@ const hopByHop = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 
 /** How a pool sets the Host header: keep the client's, the upstream's, or a fixed value. */
 export type HostRewrite = { kind: 'preserve' } | { kind: 'upstream' } | { kind: 'fixed'; value: string };
 
+/**
+ * What a listener does with a request header whose name has `_`: forward it, drop it (the
+ * default), or refuse the request with 400 (`listeners[].headers_with_underscores`).
+ */
+export type UnderscoreAction = 'allow' | 'drop' | 'reject';
+
 /** Per-listener and per-pool settings the header rules need, compiled once per config. */
 export interface ForwardingSettings {
   /** `http` or `https`: what X-Forwarded-Proto says when Fulcrum sets it. */
   proto: string;
   /** The Via token, e.g. `1.1 fulcrum`. */
   via: string;
+  /** Header names with `_` (default drop; `reject` is answered by request validation). */
+  underscores?: UnderscoreAction;
 }
 
 /** The lowercase names listed in a Connection header value. */
@@ -27,6 +38,8 @@ function connectionTokens(value: string): string[] {
 /**
  * Builds the header list sent upstream from the client's raw headers. Returns null (and
  * nothing is sent) when the request carries more than one Host header, a smuggling vector.
+ * Names with `_` are left out unless `settings.underscores` is `allow`; their names are kept in
+ * `ctx.droppedHeaders` for the metrics and the debug log.
  */
 export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly string[], settings: ForwardingSettings, host: HostRewrite): string[] | null {
   let named: string[] | null = null;
@@ -38,6 +51,7 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
   let via: string | undefined;
   let te = false;
   const trusted = ctx.trustedPeer;
+  const dropUnderscores = settings.underscores !== 'allow';
   // Host goes first so each attempt can set it in place (`setUpstreamHost`).
   const out: string[] = ['host', ''];
   for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -82,6 +96,11 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
         continue;
       default:
         if (hopByHop.has(lower) || (named !== null && named.includes(lower))) continue;
+        // Only names the cases above do not know can hold `_`: the check costs nothing for them.
+        if (dropUnderscores && name.indexOf('_') !== -1) {
+          (ctx.droppedHeaders ??= []).push(name);
+          continue;
+        }
         out.push(name, value);
     }
   }

@@ -11,17 +11,17 @@ import type { BlockList } from 'node:net';
 import { RequestContext } from '../core/context.ts';
 import { clientFromForwardedFor, isTrusted, normalizeAddress } from '../core/client-address.ts';
 import { requestEnd, requestRetry, upstreamError, upstreamResult } from '../core/events.ts';
-import { retryAfterMs, retryReason, type RetryReason } from './retry.ts';
+import { retryAfterMs, retryReason, usesBudget, type RetryReason } from './retry.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Router } from '../router/router.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { buildResponseHeaders, buildUpstreamHeaders, setUpstreamHost, type ForwardingSettings } from './headers.ts';
 import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFailure } from './status.ts';
 import type { ExchangeSink } from './transport.ts';
-import { pipelineFor } from '../router/router.ts';
+import { pipelineFor, pipelineWith } from '../router/router.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
-import { validateRequest, validHost } from './request-validation.ts';
-import { parseRequestTarget } from './request-target.ts';
+import { validateRequest } from './request-validation.ts';
+import { encodedSlashRefusal, parseRequestTarget, upstreamTarget } from './request-target.ts';
 
 /** What the proxy needs from the listener a request came in on. */
 export interface ListenerInfo {
@@ -110,6 +110,7 @@ export class HttpProxy implements ExchangeSink {
     (res as TrackedResponse)[kContext] = ctx;
     res.on('close', onResponseClose);
     try {
+      if (req.headers.upgrade !== undefined && upgradeAsked(req)) return this.refuseUpgrade(ctx);
       this.start(ctx, listener);
     } catch (err) {
       // A bug costs this one request (500, logged with its request id), never the process.
@@ -117,29 +118,53 @@ export class HttpProxy implements ExchangeSink {
     }
   }
 
+  /**
+   * A protocol upgrade (WebSocket, ...) is not relayed yet: 501 with a clear reason rather than a
+   * plain request the upstream would answer as if no upgrade was asked. `h2c` is the exception:
+   * RFC 9113 lets a server ignore it, and curl --http2 asks for it on every http:// request.
+   */
+  private refuseUpgrade(ctx: RequestContext): void {
+    const protocol = ctx.req.headers.upgrade!.trim();
+    ctx.extraHeaders = null;
+    this.fail(ctx, new FulcrumError(ErrorCode.UpgradeNotSupported, `protocol upgrade to "${protocol.slice(0, 40)}" is not supported yet`, 'client', 501, false));
+  }
+
+  /**
+   * The client connection failed under the request in progress: its body was malformed
+   * (`status` 400) or did not arrive in time (408). Answered if nothing was sent yet, else cut.
+   */
+  requestBroken(res: ServerResponse, status: number, message: string): void {
+    const ctx = (res as TrackedResponse)[kContext];
+    if (ctx === undefined || ctx.done) return;
+    this.fail(ctx, new FulcrumError(status === 408 ? ErrorCode.ClientTimeout : ErrorCode.BadRequest, message, 'client', status, false));
+  }
+
   /** Phases validate and route, then the guards. */
   private start(ctx: RequestContext, listener: ListenerInfo): void {
     const req = ctx.req;
-    const invalid = validateRequest(req);
+    const invalid = validateRequest(req, listener.forwarding.underscores);
     if (invalid !== null) return this.refuse(ctx, invalid);
     const url = req.url!;
     const target = parseRequestTarget(url);
-    if ('error' in target) return this.refuse(ctx, { status: 400, code: ErrorCode.BadRequest, message: target.error });
-    if (target.authority !== null && !validHost(target.authority)) return this.refuse(ctx, { status: 400, code: ErrorCode.BadRequest, message: 'malformed authority in the request-target' });
-    // The path that was matched is the path that is forwarded.
-    ctx.upstreamPath = target.authority === null && target.path.length + target.query.length === url.length ? url : target.path + target.query;
+    if ('error' in target) return this.refuse(ctx, target.error);
     ctx.authority = target.authority;
+    ctx.path = target.path;
 
-    // Phase route.
+    // Phase route: on the normalised path; the upstream gets the target as sent unless the route says otherwise.
     const host = target.authority ?? req.headers.host;
     const match = this.runtime.router.match(host, target.path);
     if (match === 'no-route') return this.fail(ctx, new FulcrumError(ErrorCode.NoRoute, 'no route for this path', 'client', 404, false));
     if (match === 'foreign-host') return this.fail(ctx, new FulcrumError(ErrorCode.MisdirectedHost, `no route for host "${host ?? ''}"`, 'client', 421, false));
+    const upstreamPath = upstreamTarget(url, target, match.forwarding);
+    if (upstreamPath === null) return this.refuse(ctx, encodedSlashRefusal);
+    ctx.upstreamPath = upstreamPath;
+    // A `..` that leaves a route (`/admin/..`): a backend that does not resolve it routes on the longer path, so that route's rules apply too.
+    const left = target.unresolvedPath === null ? match : this.runtime.router.match(host, target.unresolvedPath);
     ctx.route = match;
     ctx.pool = match.pool;
 
     // Phases firewall, rate-limit, request-limits.
-    const guards = pipelineFor(match, listener, listener.guards);
+    const guards = typeof left === 'string' || left === match ? pipelineFor(match, listener, listener.guards) : pipelineWith(match, left, listener.guards);
     this.runGuards(ctx, listener, guards, 0);
   }
 
@@ -185,7 +210,11 @@ export class HttpProxy implements ExchangeSink {
       ctx.body = body;
       ctx.bodyStream = body;
     }
-    if (ctx.expectContinue) ctx.res.writeContinue();
+    if (ctx.expectContinue) {
+      // The upstream decides whether it wants the body: its 100 (or its final answer) is relayed.
+      if (pool.transport.relaysContinue) headers.push('expect', '100-continue');
+      else ctx.res.writeContinue();
+    }
     const limit = pool.settings.timeouts.request;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
     this.attempt(ctx);
@@ -200,7 +229,12 @@ export class HttpProxy implements ExchangeSink {
   /** Phases pick and send: one attempt on one upstream. */
   private attempt(ctx: RequestContext, sameAllowed = false): void {
     let pool = ctx.pool!;
-    let upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
+    // Panic (Envoy's healthy_panic_threshold): too few upstreams up and no backup that can serve: every one the operator allows may be picked.
+    let upstream: Upstream | undefined;
+    if (pool.inPanic()) {
+      if (ctx.tried === null) panicked.add(ctx);
+      upstream = pool.pickInPanic(ctx, ctx.tried);
+    } else upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
     // A stale keep-alive socket says nothing against its upstream: with no other, the same one may go again
     // (with a backup pool waiting, only once: a second reset sends the request there).
     const last = ctx.upstream;
@@ -213,7 +247,7 @@ export class HttpProxy implements ExchangeSink {
       upstream = ctx.tried === null ? backup.pick(ctx) : backup.pickExcept(ctx, ctx.tried);
       if (upstream !== undefined) ctx.pool = pool = backup;
     }
-    if (upstream === undefined) return this.fail(ctx, ctx.retryCause ?? noUpstream(ctx.countedPool!.name));
+    if (upstream === undefined) return this.fail(ctx, ctx.retryCause !== null ? panicAnswer(ctx, ctx.retryCause) : noUpstream(ctx.countedPool!.name));
     ctx.upstream = upstream;
     ctx.holding = true;
     ctx.attempts++;
@@ -222,8 +256,24 @@ export class HttpProxy implements ExchangeSink {
     pool.transport.forward(ctx, upstream, this);
   }
 
+  /**
+   * An interim (1xx) answer from the upstream, relayed ahead of the final one (RFC 9110 section
+   * 15.2): never to an HTTP/1.0 client, 100 only to a client that asked for it, and only once.
+   */
+  onInformational(ctx: RequestContext, status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void {
+    const res = ctx.res as ServerResponse & { _writeRaw?: (data: string, encoding: BufferEncoding) => boolean; _sent100?: boolean };
+    if (ctx.done || ctx.discarding || res.headersSent || ctx.req.httpVersionMinor === 0 || status === 101) return;
+    if (status === 100) {
+      if (!ctx.expectContinue || res._sent100 === true) return;
+      res.writeContinue();
+      return;
+    }
+    if (typeof res._writeRaw !== 'function') return;
+    res._writeRaw(informationalHead(status, reason, rawHeaders), 'latin1');
+  }
+
   /** Phase respond: upstream headers to the client (or, for a status worth retrying, to the bin). */
-  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[]): boolean {
+  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
     ctx.lastStatus = status;
     if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: ctx.upstream!, status, failure: null });
     if (status >= 500 && retryReason(ctx, null, status, true) === 'status' && hasAlternative(ctx)) {
@@ -237,9 +287,19 @@ export class HttpProxy implements ExchangeSink {
     }
     const res = ctx.res;
     ctx.status = status;
-    const headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !requestBodyDone(ctx));
+    const bodyDone = requestBodyDone(ctx);
+    let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone);
+    // 1xx and 204 carry no framing headers (RFC 9110 sections 8.6, 15.3.5); 304 and HEAD keep Content-Length.
+    if (status === 204) headers = withoutFraming(headers);
+    if (!bodyDone && status >= 300) {
+      // The upstream answered before the upload ended (413, 401, a redirect): stop sending the body;
+      // the upstream connection is dropped after this answer and the client's closed after it.
+      ctx.bodyAbandoned = true;
+      if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
+    }
     try {
-      res.writeHead(status, headers);
+      if (reason !== undefined) res.writeHead(status, reason, headers);
+      else res.writeHead(status, headers);
     } catch (err) {
       // A header Node refuses to write (invalid characters): the response is unusable.
       this.onError(ctx, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }), true);
@@ -272,45 +332,59 @@ export class HttpProxy implements ExchangeSink {
         // Trailers are advisory; a bad one is dropped rather than failing a complete response.
       }
     }
+    if (!ctx.bodyAbandoned && ctx.bodyStream !== null && !requestBodyDone(ctx)) {
+      // A complete answer before the upload ended (a 2xx that did not read it all): the rest is not sent.
+      ctx.bodyAbandoned = true;
+      ctx.req.unpipe(ctx.bodyStream);
+    }
     ctx.res.end();
     ctx.upstream!.served++;
     this.finish(ctx);
   }
 
-  /** Phase retry, or the error answer: one decision per failed attempt. */
-  onError(ctx: RequestContext, err: unknown, sent: boolean): void {
+  /**
+   * Phase retry, or the error answer: one decision per failed attempt. `reused`: the attempt went
+   * out on a keep-alive socket that had carried an earlier exchange.
+   */
+  onError(ctx: RequestContext, err: unknown, sent: boolean, reused = false): void {
     if (ctx.done) return;
     const upstream = ctx.upstream!;
     const failure = upstreamFailure(err, sent);
-    ctx.discarding = false;
-    if (failure.source === 'upstream') {
+    // A reused socket reset before any response byte: most likely closed by the upstream while idle (the keep-alive race).
+    const stale = reused && sent && !ctx.discarding && !ctx.res.headersSent && failure.code === ErrorCode.UpstreamReset;
+    const reason = retryReason(ctx, failure, 0, sent, stale);
+    // A stale socket that is retried is no failure at all; the other cases below still show (a client got an error) but say nothing about health.
+    if (failure.source === 'upstream' && reason !== 'stale-connection') {
       upstream.failures++;
       if (upstreamError.hasSubscribers) upstreamError.publish({ ctx, upstream, error: failure });
-      if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream, status: 0, failure });
+      // Published before the retry picks, so an upstream that refused is already out of its way.
+      if (!stale && !clientsDoing(ctx, failure) && upstreamResult.hasSubscribers) upstreamResult.publish({ upstream, status: 0, failure });
     }
+    ctx.discarding = false;
     release(ctx);
     ctx.abort = null;
-    const reason = retryReason(ctx, failure, 0, sent);
     if (reason !== null) {
       ctx.retryCause = failure;
       this.retry(ctx, upstream, reason, failure.message, 0);
       return;
     }
-    this.fail(ctx, failure);
+    this.fail(ctx, panicAnswer(ctx, failure));
   }
 
   /** Phase retry: the next attempt, on another upstream when there is one. */
   private retry(ctx: RequestContext, upstream: Upstream, reason: RetryReason, why: string, delay: number): void {
     (ctx.tried ??= []).push(upstream);
-    if (!ctx.retrying) {
+    if (!ctx.retrying && usesBudget(reason)) {
       ctx.retrying = true;
       ctx.countedPool!.retrying++;
     }
     // A body the upstream may have read goes again from the kept copy.
     if (reason !== 'connect-failure' && ctx.bodyStream !== null) ctx.body = Buffer.concat(ctx.bodyKept!);
     if (requestRetry.hasSubscribers) requestRetry.publish({ ctx, upstream, reason: `${reason}: ${why}` });
-    if (delay > 0) ctx.timerRetry = setTimeout(retryLater, delay, this, ctx, reason === 'reset');
-    else this.attempt(ctx, reason === 'reset');
+    // After a reset the same upstream may go again when it is the only one (nothing says it is down).
+    const sameAllowed = reason === 'reset' || reason === 'stale-connection';
+    if (delay > 0) ctx.timerRetry = setTimeout(retryLater, delay, this, ctx, sameAllowed);
+    else this.attempt(ctx, sameAllowed);
   }
 
   /** Runs a delayed retry unless the request ended meanwhile. */
@@ -334,7 +408,8 @@ export class HttpProxy implements ExchangeSink {
       const body = `${error.status} ${statusText(error.status)}: ${error.message}\nrequest id: ${ctx.requestIdForUpstream ?? ctx.id}\n`;
       const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(body)), 'x-request-id', ctx.requestIdForUpstream ?? ctx.id];
       // A malformed request or an unread body leaves the connection in doubt: close it.
-      if (this.draining || error.status === 400 || !requestBodyDone(ctx)) headers.push('connection', 'close');
+      // After a refused upgrade the parser has stopped reading HTTP (what follows may be another protocol).
+      if (this.draining || error.status === 400 || error.status === 501 || !requestBodyDone(ctx)) headers.push('connection', 'close');
       if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
       else if (error.status === 503) headers.push('retry-after', '1');
       res.writeHead(error.status, headers);
@@ -375,6 +450,36 @@ export class HttpProxy implements ExchangeSink {
   }
 }
 
+/** True when the client asks to switch protocols (`Connection: upgrade` plus `Upgrade`), other than h2c. */
+function upgradeAsked(req: IncomingMessage): boolean {
+  const connection = req.headers.connection;
+  if (connection === undefined || !/(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)) return false;
+  const protocols = req.headers.upgrade!.split(',').map((p) => p.trim().toLowerCase());
+  return !protocols.every((p) => p === 'h2c');
+}
+
+/** The status line and headers of a relayed 1xx answer (hop-by-hop fields left out). */
+function informationalHead(status: number, reason: string, raw: readonly (Buffer | string)[]): string {
+  let head = `HTTP/1.1 ${status} ${reason}\r\n`;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1');
+    const lower = name.toLowerCase();
+    if (lower === 'connection' || lower === 'keep-alive' || lower === 'transfer-encoding' || lower === 'content-length' || lower === 'upgrade') continue;
+    head += `${name}: ${raw[i + 1].toString('latin1')}\r\n`;
+  }
+  return head + '\r\n';
+}
+
+/** A flat header list without Content-Length and Transfer-Encoding. */
+function withoutFraming(headers: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < headers.length; i += 2) {
+    const lower = headers[i].toLowerCase();
+    if (lower !== 'content-length' && lower !== 'transfer-encoding') out.push(headers[i], headers[i + 1]);
+  }
+  return out;
+}
+
 function onResponseClose(this: TrackedResponse): void {
   const ctx = this[kContext];
   if (ctx !== undefined && !ctx.done && !this.writableFinished) ctx.proxy!.clientClosed(ctx);
@@ -382,6 +487,34 @@ function onResponseClose(this: TrackedResponse): void {
 
 function retryLater(proxy: HttpProxy, ctx: RequestContext, sameAllowed: boolean): void {
   proxy.retryNow(ctx, sameAllowed);
+}
+
+/**
+ * True when a failure came from how the client's body was going, not from the upstream's health:
+ * reset while the body was still on its way (the upstream answered early, a 413 or 401, and
+ * closed without reading the rest: the kernel then resets and the answer may be lost, or cut
+ * while it is read), or no response headers in time while the client had not finished sending
+ * the body.
+ */
+function clientsDoing(ctx: RequestContext, failure: FulcrumError): boolean {
+  // It answered before the upload ended (bodyAbandoned): a reset while that answer is read comes from the same early close.
+  if (ctx.bodyAbandoned) return failure.code === ErrorCode.UpstreamReset;
+  if (ctx.bodyStream === null || ctx.bodyEnded || ctx.discarding || ctx.res.headersSent) return false;
+  return failure.code === ErrorCode.UpstreamReset || failure.code === ErrorCode.HeadersTimeout;
+}
+
+/** Requests whose first pick was made in panic mode (rare: nothing is added outside panic). */
+const panicked = new WeakSet<RequestContext>();
+
+/**
+ * The answer for a failure that ends a request. In panic mode upstreams known to be down are
+ * tried too; when a request that came while the pool was in panic found none that even took
+ * the connection, it gets what it would have had without panic: 503, nothing available.
+ */
+function panicAnswer(ctx: RequestContext, failure: FulcrumError): FulcrumError {
+  if (failure.source !== 'upstream' || !failure.retryable || !panicked.has(ctx)) return failure;
+  const name = ctx.countedPool!.name;
+  return new FulcrumError(ErrorCode.NoUpstream, `no available upstream in pool "${name}" (too few up: panic mode tried them anyway; last: ${failure.message})`, 'upstream', 503, false, failure);
 }
 
 /** True when an upstream not tried yet (or the backup pool) could take a retry: else the answer in hand is kept. */

@@ -1,17 +1,29 @@
 /**
  * The retry decision, in one place (Envoy's retry policy with a retry budget):
  * - connect failures (the upstream never saw the request): any method;
- * - a reset before any response byte (a keep-alive socket the upstream had closed, a backend
- *   killed mid-request): idempotent methods only;
+ * - a stale keep-alive socket (a reused socket reset before any response byte, most likely
+ *   closed by the upstream while idle): idempotent methods, and a non-idempotent one once when it
+ *   carries `Idempotency-Key` (Go's net/http rule); the reset is not held against the upstream;
+ * - a reset before any response byte (a backend killed mid-request): idempotent methods only;
  * - a status in `retry.on_status`: idempotent methods only, after a short `Retry-After`;
  * - never once response bytes reached the client, never past `max_attempts`, never a body that
- *   was sent and not kept, and only while retries in flight stay within the pool's budget.
+ *   was sent and not kept.
+ * The retry budget (retries in flight at most budget_percent of the pool's requests) limits the
+ * retries that add load to upstreams that already saw the request: resets and statuses. A connect
+ * failure or a stale socket adds none (nothing was processed), so those are limited by
+ * `max_attempts` only; a budget sized for overload would otherwise turn one dead backend into
+ * 502s for every request above min_retry_concurrency.
  */
 import { ErrorCode, type FulcrumError } from '../errors.ts';
 import type { RequestContext } from '../core/context.ts';
 
 /** Why an attempt is tried again. */
-export type RetryReason = 'connect-failure' | 'reset' | 'status';
+export type RetryReason = 'connect-failure' | 'stale-connection' | 'reset' | 'status';
+
+/** True for reasons the retry budget limits (the upstream saw the request); the others only count against max_attempts. */
+export function usesBudget(reason: RetryReason): boolean {
+  return reason === 'reset' || reason === 'status';
+}
 
 /** RFC 9110 section 9.2.2: methods whose repetition has the same effect as one request. */
 const idempotent = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
@@ -23,9 +35,10 @@ export function isIdempotent(method: string | undefined): boolean {
 
 /**
  * Whether a failed attempt is tried again and why; null to answer the client now. `failure` is
- * null when the upstream answered `status`; `sent` is false when it never saw the request.
+ * null when the upstream answered `status`; `sent` is false when it never saw the request;
+ * `stale` is true when a reused keep-alive socket failed before any response byte.
  */
-export function retryReason(ctx: RequestContext, failure: FulcrumError | null, status: number, sent: boolean): RetryReason | null {
+export function retryReason(ctx: RequestContext, failure: FulcrumError | null, status: number, sent: boolean, stale = false): RetryReason | null {
   const pool = ctx.pool!;
   const policy = pool.settings.retry;
   if (ctx.res.headersSent || ctx.clientGone || ctx.done) return null;
@@ -33,15 +46,23 @@ export function retryReason(ctx: RequestContext, failure: FulcrumError | null, s
   let reason: RetryReason;
   if (failure !== null) {
     if (!sent && failure.retryable) reason = 'connect-failure';
-    else if (failure.code === ErrorCode.UpstreamReset && isIdempotent(ctx.req.method)) reason = 'reset';
+    else if (failure.code !== ErrorCode.UpstreamReset) return null;
+    else if (stale && (isIdempotent(ctx.req.method) || (ctx.tried === null && hasIdempotencyKey(ctx)))) reason = 'stale-connection';
+    else if (isIdempotent(ctx.req.method)) reason = 'reset';
     else return null;
   } else {
     if (!isIdempotent(ctx.req.method) || !policy.on_status.includes(status)) return null;
     reason = 'status';
   }
   if (sent && !bodyReplayable(ctx)) return null;
-  if (!ctx.retrying && !withinBudget(ctx)) return null;
+  if (usesBudget(reason) && !ctx.retrying && !withinBudget(ctx)) return null;
   return reason;
+}
+
+/** The client declared the request safe to repeat (draft-ietf-httpapi-idempotency-key-header). */
+function hasIdempotencyKey(ctx: RequestContext): boolean {
+  const key = ctx.req.headers['idempotency-key'];
+  return typeof key === 'string' && key.length > 0;
 }
 
 /** A sent body can go again only if it was small enough to keep and was read to its end. */

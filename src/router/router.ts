@@ -2,10 +2,13 @@
  * Host and path-prefix routing. Routes are compiled once per config into an ordered list:
  * exact hosts, then wildcard hosts, then host-less routes, each by longest prefix first;
  * the first match wins. No route for the path: 404; no route for the host at all: 421.
+ * Paths are matched in their normalised form (`normalizePath`), prefixes too, so a prefix
+ * written as `/%7Euser` matches `/~user`; what is forwarded is each route's choice.
  */
 import type { Pool } from '../upstream/pool.ts';
 import type { RouteSettings } from '../config/schema.ts';
 import { inPhaseOrder, type RequestGuard } from '../core/pipeline.ts';
+import { forwardAsSent, normalizePath, type PathForwarding } from '../proxy/request-target.ts';
 
 /** A route ready for matching. */
 export interface CompiledRoute {
@@ -14,7 +17,10 @@ export interface CompiledRoute {
   hosts: ReadonlySet<string> | null;
   /** Lowercase `.example.com` suffixes from `*.example.com`. */
   suffixes: readonly string[];
+  /** Normalised, without a trailing slash. */
   pathPrefix: string;
+  /** What the upstream is sent as path (routes[].path). */
+  forwarding: PathForwarding;
   pool: Pool;
   /** 0 exact host, 1 wildcard host, 2 any host: the sort key ahead of prefix length. */
   rank: number;
@@ -39,13 +45,14 @@ export class Router {
       const suffixes = list ? list.filter((h) => h.startsWith('*.')).map((h) => h.slice(1)) : [];
       const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
       const name = s.name ?? `route-${i}`;
-      return { name, hosts, suffixes, pathPrefix: trimSlash(s.path_prefix), pool: pools.get(s.pool)!, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
+      const forwarding: PathForwarding = s.path === undefined ? forwardAsSent : { normalized: s.path.forward === 'normalized', encodedSlashes: s.path.encoded_slashes };
+      return { name, hosts, suffixes, pathPrefix: compilePrefix(s.path_prefix), forwarding, pool: pools.get(s.pool)!, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
     });
     // No routes: everything goes to the one pool that is not another's backup.
     if (routes.length === 0) {
       const all = [...pools.values()];
       const primaries = all.filter((p) => !all.some((o) => o !== p && o.backup === p));
-      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', pool: primaries[0], rank: 2, guards: [], pipelines: new Map() });
+      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', forwarding: forwardAsSent, pool: primaries[0], rank: 2, guards: [], pipelines: new Map() });
     }
     routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);
     this.routes = routes;
@@ -53,7 +60,7 @@ export class Router {
     this.anyHost = routes.some((r) => r.hosts === null);
   }
 
-  /** The route for a Host header value and a request target. */
+  /** The route for a Host header value and a normalised path (`ParsedTarget.path`, a query may follow). */
   match(hostHeader: string | undefined, url: string): RouteMatch {
     const host = hostHeader === undefined ? '' : hostOnly(hostHeader);
     let hostMatched = this.anyHost;
@@ -80,8 +87,12 @@ function matchesPrefix(prefix: string, url: string): boolean {
   return Number.isNaN(next) || next === 47 /* / */ || next === 63 /* ? */;
 }
 
-function trimSlash(prefix: string): string {
-  return prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
+/** A configured prefix as paths are matched: normalised, without a trailing slash. */
+export function compilePrefix(prefix: string): string {
+  const normal = normalizePath(prefix);
+  // The schema refuses prefixes that do not normalise; kept as written for a Router built by hand.
+  const p = normal === null || normal.charCodeAt(0) === 0 ? prefix : normal;
+  return p.endsWith('/') ? p.slice(0, -1) : p;
 }
 
 /** The guards a request on this route through this listener passes, in phase order (built once per pair). */
@@ -92,6 +103,14 @@ export function pipelineFor(route: CompiledRoute, listenerKey: object, listenerG
     route.pipelines.set(listenerKey, list);
   }
   return list;
+}
+
+/**
+ * The guards of a request that must pass the rules of two routes: its own and the one a `..`
+ * in its path leaves (`ParsedTarget.unresolvedPath`). Built per request: such paths are rare.
+ */
+export function pipelineWith(route: CompiledRoute, other: CompiledRoute, listenerGuards: readonly RequestGuard[]): readonly RequestGuard[] {
+  return inPhaseOrder([...listenerGuards, ...route.guards, ...other.guards]);
 }
 
 /** The host part of a Host header, lowercase, without port or IPv6 brackets' port. */

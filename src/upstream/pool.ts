@@ -33,6 +33,8 @@ export class Pool {
   private readonly checker: ActiveChecker | null;
   private policy: Policy;
   private snapshot: readonly Upstream[] = [];
+  /** Below panic_threshold_percent: the policy over every upstream the operator allows, else null. */
+  private panicPolicy: Policy | null = null;
 
   constructor(name: string, settings: PoolSettings, previous?: ReadonlyMap<string, Upstream>) {
     // Two entries for one address would share one object; the schema cannot see that, the pool can.
@@ -57,7 +59,7 @@ export class Pool {
     this.policy = this.rebuild();
     this.transport = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
     this.passive = new PassiveHealth(settings, this.upstreams);
-    this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason)) : null;
+    this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u)) : null;
   }
 
   /**
@@ -96,20 +98,42 @@ export class Pool {
     return this.policy.pick(ctx);
   }
 
-  /** As pick, but never one of `tried` while another is available (retries). */
+  /**
+   * As pick, but never one of `tried` (retries); undefined once every available upstream was
+   * tried. The live policy itself passes over the tried ones (nginx's `tried` bitmap), so retries
+   * follow its turns and weights and are spread over the siblings, not sent to the first untried.
+   */
   pickExcept(ctx: PickContext, tried: readonly Upstream[]): Upstream | undefined {
-    const others = this.snapshot.filter((u) => !tried.includes(u));
-    if (others.length === 0) return undefined;
-    return this.policyFactory.create(others).pick(ctx);
+    return this.policy.pick(ctx, tried);
   }
 
-  /** The eligible upstreams the policy currently chooses from. */
+  /** The eligible upstreams the policy currently chooses from (outside panic mode). */
   eligible(): readonly Upstream[] {
     return this.snapshot;
   }
 
+  /**
+   * True while requests are balanced over all upstreams the operator allows, down ones included
+   * (Envoy's panic mode): fewer than panic_threshold_percent of them are eligible, and there is
+   * no backup pool with an eligible upstream (a backup is the operator's chosen fallback and goes first).
+   */
+  inPanic(): boolean {
+    return this.panicPolicy !== null && (this.backup === null || this.backup.eligible().length === 0);
+  }
+
+  /** As pick in panic mode: any upstream not disabled, drained or full, never one of `tried`. */
+  pickInPanic(ctx: PickContext, tried: readonly Upstream[] | null): Upstream | undefined {
+    return this.panicPolicy?.pick(ctx, tried);
+  }
+
   private rebuild(): Policy {
     this.snapshot = Object.freeze(this.upstreams.filter((u) => u.eligible()));
+    // Operators' choices (disabled, drained) are never overridden and do not count in the share; health, ejection and breakers are.
+    const allowed = this.upstreams.filter((u) => u.enabled && !u.draining);
+    const threshold = this.settings.panic_threshold_percent;
+    const panic = threshold > 0 && allowed.length > 0 && this.snapshot.length * 100 < threshold * allowed.length;
+    for (const u of this.upstreams) u.panic = panic && u.enabled && !u.draining;
+    this.panicPolicy = panic ? this.policyFactory.create(Object.freeze(allowed)) : null;
     return this.policyFactory.create(this.snapshot);
   }
 

@@ -72,6 +72,10 @@ export class Upstream {
   halfOpenLimit = 3;
   /** Requests allowed to wait for a connection beyond maxConnections. */
   maxPending: number;
+  /** Set by its pool while in panic mode: health, ejection and an open breaker do not keep it out. */
+  panic = false;
+  /** Out because a connect was refused (with `ejected`); back when a connect probe or an active check succeeds. */
+  refused = false;
   /** Set by the pool that owns the upstream; told of every state change. */
   onChange: ((change: UpstreamChange) => void) | null = null;
 
@@ -98,11 +102,11 @@ export class Upstream {
     this.maxPending = options.maxPending ?? 0;
   }
 
-  /** Eligible, below its connection (and queue) limit, and let through by its circuit breaker. */
+  /** Eligible (or its pool in panic), below its connection (and queue) limit, and let through by its circuit breaker. */
   available(): boolean {
     if (this.inFlight >= this.maxConnections + this.maxPending) return false;
     if (this.circuit === 'half-open' && this.inFlight >= this.halfOpenLimit) return false;
-    return this.eligible();
+    return this.eligible() || (this.panic && this.enabled && !this.draining);
   }
 
   /** Up as far as health, ejection, breaker and operator go (what pool snapshots hold); limits aside. */

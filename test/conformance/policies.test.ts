@@ -22,6 +22,19 @@ const kinds: Record<string, 'deterministic' | 'random' | 'load-aware'> = {
   'power-of-two-choices': 'load-aware',
 };
 
+/**
+ * Weights 1:2 (upstreams a, b) and every pick released before the next (sequential requests, an
+ * idle pool): the exact repeating cycle of a deterministic policy, or null for a random one
+ * (checked by range). Weights mean the same in every policy, so there is no "ignores weights" here.
+ */
+const idleCycle: Record<string, readonly string[] | null> = {
+  'round-robin': ['b', 'a', 'b'],
+  'weighted-round-robin': ['b', 'a', 'b'],
+  'least-connections': ['b', 'a', 'b'],
+  random: null,
+  'power-of-two-choices': null,
+};
+
 function upstreams(weights: readonly number[], maxConnections = 0): Upstream[] {
   return weights.map((weight, i) => new Upstream({ url: `http://10.0.0.${i + 1}:8080`, weight, maxConnections }));
 }
@@ -83,7 +96,10 @@ function assertShares(counts: number[], expected: number[], tolerance: number, w
 
 test('the registry has policies and every one is classified by this suite', () => {
   assert.ok(policies.length >= 5);
-  for (const p of policies) assert.ok(p.name in kinds, `policy "${p.name}" is not in the conformance suite's kinds table`);
+  for (const p of policies) {
+    assert.ok(p.name in kinds, `policy "${p.name}" is not in the conformance suite's kinds table`);
+    assert.ok(p.name in idleCycle, `policy "${p.name}" is not in the conformance suite's idleCycle table`);
+  }
 });
 
 for (const factory of policies) {
@@ -151,11 +167,7 @@ for (const factory of policies) {
       }
     });
 
-    test('weights respected', (t) => {
-      if (!factory.weighted) {
-        t.skip(`${factory.name} ignores weights by design (weighted: false)`);
-        return;
-      }
+    test('weights respected', () => {
       if (kind === 'deterministic') {
         assert.deepEqual(countPicks(factory, upstreams([3, 1]), 10_000), [7500, 2500]);
         assert.deepEqual(countPicks(factory, upstreams([3, 2, 1]), 6000), [3000, 2000, 1000]);
@@ -172,6 +184,76 @@ for (const factory of policies) {
         const three = countPicks(factory, upstreams([3, 2, 1]), 1200, true);
         assertShares(three, [3 / 6, 2 / 6, 1 / 6], 0.02, 'held in flight, weights 3:2:1');
       }
+    });
+
+    /** 600 picks over weights 1:2, each released before the next: the exact cycle, or the light share within range. */
+    function assertOneToTwo(pool: Upstream[], what: string): void {
+      const policy = factory.create(pool);
+      const names: string[] = [];
+      for (let i = 0; i < 600; i++) {
+        const u = policy.pick(ctx);
+        assert.ok(u && u.available(), `${what}: pick ${i}`);
+        names.push(u === pool[0] ? 'a' : 'b');
+      }
+      const light = names.filter((n) => n === 'a').length;
+      const cycle = idleCycle[factory.name];
+      if (cycle) {
+        const expected = Array.from({ length: 600 }, (_, i) => cycle[i % cycle.length]);
+        assert.deepEqual(names, expected, `${what}: exact sequence (cycle ${cycle.join(' ')})`);
+        assert.equal(light, 200);
+      } else {
+        // Binomial(600, 1/3): mean 200, standard deviation 11.5; [150, 250] is more than 4 of them.
+        assert.ok(light >= 150 && light <= 250, `${what}: weight-1 upstream got ${light} of 600, expected 150..250`);
+      }
+    }
+
+    test('weights 1:2, sequential picks (idle pool): shares follow the weights', () => {
+      // Nothing stays in flight, as with sequential requests (the README's least-connections example).
+      assertOneToTwo(upstreams([1, 2]), 'idle');
+    });
+
+    test('weights 1:2 at equal load per unit of weight (3 and 6 in flight): shares follow the weights', () => {
+      // 3/1 = 6/2: load-aware policies see a tie and must break it by weight, as when idle; the
+      // others do not look at load and follow the weights anyway.
+      const pool = upstreams([1, 2]);
+      pool[0].inFlight = 3;
+      pool[1].inFlight = 6;
+      assertOneToTwo(pool, '3 and 6 in flight');
+    });
+
+    test('retries: a tried upstream is never picked again while an untried one is available', () => {
+      const pool = upstreams([1, 2, 3]);
+      const policy = factory.create(pool);
+      for (let i = 0; i < 300; i++) {
+        const first = policy.pick(ctx)!;
+        const second = policy.pick(ctx, [first])!;
+        assert.ok(second && second !== first && second.available(), `pick ${i}: retry returned ${second?.id}`);
+        const third = policy.pick(ctx, [first, second])!;
+        assert.ok(third && third !== first && third !== second, `pick ${i}: second retry returned ${third?.id}`);
+        assert.equal(policy.pick(ctx, [first, second, third]), undefined, 'every upstream tried: undefined');
+      }
+      // Tried and unavailable together leave nothing; a tried upstream outside the snapshot is harmless.
+      makeUnavailable.disabled(pool[2]);
+      assert.equal(policy.pick(ctx, [pool[0], pool[1]]), undefined);
+      const stranger = new Upstream({ url: 'http://10.9.9.9:80', weight: 1, maxConnections: 0 });
+      assert.ok(policy.pick(ctx, [stranger]));
+    });
+
+    test('retries are spread over the untried siblings by weight, not sent to one', () => {
+      // a (weight 1) refuses every request; b and c (weights 1 and 2) take its retries.
+      const pool = upstreams([1, 1, 2]);
+      const policy = factory.create(pool);
+      const retries = [0, 0, 0];
+      for (let i = 0; i < 1200; i++) {
+        const first = policy.pick(ctx)!;
+        if (first === pool[0]) retries[pool.indexOf(policy.pick(ctx, [first])!)]++;
+      }
+      const total = retries[1] + retries[2];
+      assert.equal(retries[0], 0);
+      assert.ok(total >= 200, `only ${total} retries`);
+      // c's share of the retries is 2/3; over ~300 retries one standard deviation is ~0.03.
+      const heavy = retries[2] / total;
+      assert.ok(heavy >= 0.55 && heavy <= 0.78, `retries ${retries.join(', ')}: c's share ${heavy.toFixed(3)} outside [0.55, 0.78]`);
     });
 
     test('load-aware: an idle upstream is preferred over busy ones', (t) => {

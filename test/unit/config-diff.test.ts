@@ -55,7 +55,7 @@ pools:
     policy: round-robin
     upstreams: ["http://10.0.1.1"]
   api:
-    timeouts: { connect: 5000 }
+    timeouts: { connect: 5000ms }
     upstreams: [http://10.0.0.1:80, { url: http://10.0.0.2:80, weight: 1 }]
 routes:
   - pool: web

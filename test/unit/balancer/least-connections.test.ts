@@ -25,15 +25,32 @@ test('least-connections: follows the load as it changes', () => {
   assert.equal(policy.pick(ctx), pool[1]);
 });
 
-test('least-connections: load is counted per unit of weight', () => {
-  // (inFlight + 1) / weight: a = 5/4 = 1.25, b = 2/1 = 2. The heavier one wins despite more in flight.
+test('least-connections: load is counted per unit of weight (in flight / weight, as nginx)', () => {
+  // a = 3/4 = 0.75, b = 1/1 = 1. The heavier one wins despite more in flight.
   const pool = named({ a: 4, b: 1 });
-  pool[0].inFlight = 4;
+  pool[0].inFlight = 3;
   pool[1].inFlight = 1;
   assert.deepEqual(sequence(leastConnections.create(pool), 3), ['a', 'a', 'a']);
-  // a = 9/4 = 2.25 > b = 2.
-  pool[0].inFlight = 8;
+  // a = 5/4 = 1.25 > b = 1.
+  pool[0].inFlight = 5;
   assert.deepEqual(sequence(leastConnections.create(pool), 3), ['b', 'b', 'b']);
+  // a = 4/4 = b = 1/1: tied, so the weights share the picks (4:1).
+  pool[0].inFlight = 4;
+  assert.deepEqual(sequence(leastConnections.create(pool), 10), ['a', 'a', 'b', 'a', 'a', 'a', 'a', 'b', 'a', 'a']);
+});
+
+test('least-connections: an idle pool follows the weights (the README example, 1:2)', () => {
+  // (inFlight + 1) / weight used to send every sequential request to the heavy one: 60 of 60.
+  const pool = named({ a: 1, b: 2 });
+  const policy = leastConnections.create(pool);
+  assert.deepEqual(sequence(policy, 6), ['b', 'a', 'b', 'b', 'a', 'b']);
+  assert.deepEqual(tally(policy, 60), { a: 20, b: 40 });
+});
+
+test('least-connections: only the upstreams tied for least share the tie-break', () => {
+  const pool = named({ a: 1, b: 5, c: 2 });
+  pool[1].inFlight = 1; // b: 1/5 > 0, never tied for least while a and c are idle
+  assert.deepEqual(tally(leastConnections.create(pool), 300), { a: 100, c: 200 });
 });
 
 test('least-connections: skips an unavailable upstream even when it is the least loaded', () => {
@@ -44,19 +61,28 @@ test('least-connections: skips an unavailable upstream even when it is the least
   assert.deepEqual(sequence(leastConnections.create(pool), 4), ['b', 'b', 'b', 'b']);
 });
 
-test('least-connections: ties are broken at random, every tied upstream gets picks', () => {
+test('least-connections: ties are shared by smooth weighted round-robin, every tied upstream gets picks', () => {
   const pool = named({ a: 1, b: 1, c: 1 });
   pool[1].inFlight = 1; // b is never tied for least
-  const counts = tally(leastConnections.create(pool), 3000);
-  assert.equal(counts.b, undefined, 'b is more loaded and must never be picked');
-  // a and c are tied: each should get about half (1500, standard deviation ~27).
-  assert.ok(counts.a >= 1300 && counts.a <= 1700, `a got ${counts.a}`);
-  assert.ok(counts.c >= 1300 && counts.c <= 1700, `c got ${counts.c}`);
+  const policy = leastConnections.create(pool);
+  assert.deepEqual(sequence(policy, 4), ['a', 'c', 'a', 'c']);
+  assert.deepEqual(tally(policy, 3000), { a: 1500, c: 1500 });
 });
 
-test('least-connections: a three-way tie spreads evenly', () => {
-  const counts = tally(leastConnections.create(named({ a: 1, b: 1, c: 1 })), 6000);
-  for (const name of ['a', 'b', 'c']) assert.ok(counts[name] >= 1800 && counts[name] <= 2200, `${name} got ${counts[name]}`);
+test('least-connections: a three-way tie is plain rotation', () => {
+  const policy = leastConnections.create(named({ a: 1, b: 1, c: 1 }));
+  assert.deepEqual(sequence(policy, 6), ['a', 'b', 'c', 'a', 'b', 'c']);
+  assert.deepEqual(tally(policy, 6000), { a: 2000, b: 2000, c: 2000 });
+});
+
+test('least-connections: a retry passes over the tried upstream even when it is the least loaded', () => {
+  const pool = named({ a: 1, b: 1, c: 1 });
+  pool[1].inFlight = 2;
+  pool[2].inFlight = 1;
+  const policy = leastConnections.create(pool);
+  assert.equal(policy.pick(ctx, [pool[0]]), pool[2]);
+  assert.equal(policy.pick(ctx, [pool[0], pool[2]]), pool[1]);
+  assert.equal(policy.pick(ctx, pool), undefined);
 });
 
 test('least-connections: held picks fill the pool level', () => {

@@ -22,11 +22,20 @@ test('power-of-two-choices: the most loaded of three is never picked, the least 
   assert.ok(counts.b >= 1700 && counts.b <= 2300, `b got ${counts.b}`);
 });
 
-test('power-of-two-choices: load is counted per unit of weight', () => {
+test('power-of-two-choices: load is counted per unit of weight (in flight / weight)', () => {
   const pool = named({ a: 4, b: 1 });
-  pool[0].inFlight = 4; // 5/4
-  pool[1].inFlight = 1; // 2/1
+  pool[0].inFlight = 3; // 3/4
+  pool[1].inFlight = 1; // 1/1
   assert.deepEqual(sequence(powerOfTwoChoices.create(pool), 10), Array(10).fill('a'));
+});
+
+test('power-of-two-choices: idle upstreams share picks by weight (1:2, not all to the heavy one)', () => {
+  // 6000 picks, the weight-1 share is 1/3: mean 2000, standard deviation ~37.
+  const counts = tally(powerOfTwoChoices.create(named({ a: 1, b: 2 })), 6000);
+  assert.ok(counts.a >= 1800 && counts.a <= 2200, `a got ${counts.a}`);
+  // Three idle upstreams 1:1:2: both draws by weight, the first drawn wins the tie.
+  const three = tally(powerOfTwoChoices.create(named({ a: 1, b: 1, c: 2 })), 8000);
+  assert.ok(three.c >= 3700 && three.c <= 4300, `c got ${three.c} of 8000`);
 });
 
 test('power-of-two-choices: equal load is a coin toss', () => {
@@ -35,17 +44,25 @@ test('power-of-two-choices: equal load is a coin toss', () => {
   assert.ok(counts.b >= 1800 && counts.b <= 2200, `b got ${counts.b}`);
 });
 
-test('power-of-two-choices: when both draws are unavailable, the least loaded available one is used', () => {
+test('power-of-two-choices: with unavailable upstreams, the two draws are among the available ones', () => {
   const pool = named({ a: 1, b: 1, c: 1, d: 1, e: 1 }, 100);
   pool[0].enabled = false;
   pool[1].enabled = false;
   pool[2].enabled = false;
   pool[3].inFlight = 7;
   pool[4].inFlight = 2;
-  // Any draw hits an available one or falls back to the scan; e is the least loaded.
-  const counts = tally(powerOfTwoChoices.create(pool), 2000);
-  assert.deepEqual(Object.keys(counts).sort(), ['d', 'e']);
-  assert.ok(counts.e > counts.d, `e ${counts.e} vs d ${counts.d}`);
+  // Only d and e are left, so every pair is {d, e} and the less loaded e always wins.
+  assert.deepEqual(tally(powerOfTwoChoices.create(pool), 2000), { e: 2000 });
+});
+
+test('power-of-two-choices: a retry draws among the untried upstreams', () => {
+  const pool = named({ a: 1, b: 1, c: 1 });
+  pool[1].inFlight = 4;
+  pool[2].inFlight = 5;
+  const policy = powerOfTwoChoices.create(pool);
+  // a is idle but tried; b and c are the pair, b is less loaded.
+  for (let i = 0; i < 50; i++) assert.equal(policy.pick(ctx, [pool[0]]), pool[1]);
+  assert.equal(policy.pick(ctx, pool), undefined);
 });
 
 test('power-of-two-choices: only one available of many, always that one', () => {

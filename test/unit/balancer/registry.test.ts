@@ -52,6 +52,5 @@ test('registry: every factory describes itself', () => {
   for (const p of policies) {
     assert.match(p.name, /^[a-z0-9-]+$/);
     assert.ok(p.description.length > 10, p.name);
-    assert.equal(typeof p.weighted, 'boolean');
   }
 });

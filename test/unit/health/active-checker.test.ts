@@ -381,3 +381,18 @@ test('http: body_contains matches text whose UTF-8 bytes arrive split across chu
   await eventually(() => s.requests() >= 2, { what: 'two probes' });
   assert.equal(upstream.health, 'healthy');
 });
+
+test('every passing probe is reported to onPass (passive health readmits a refused upstream on it); failing ones are not', async (t) => {
+  let healthy = false;
+  const s = await probeServer(t, () => ({ status: healthy ? 200 : 500 }));
+  const upstream = new Upstream({ url: s.url, weight: 1, maxConnections: 0 });
+  const passed: Upstream[] = [];
+  const checker = new ActiveChecker(HealthCheckConfig.parse({ jitter: 0, ...fast, fall: 5 }), [upstream], () => {}, (u) => passed.push(u));
+  t.after(() => checker.stop());
+  checker.start();
+  await eventually(() => s.probes.length >= 2);
+  assert.equal(passed.length, 0, 'a failing probe is no pass');
+  healthy = true;
+  await eventually(() => passed.length >= 2, { what: 'two passes reported' });
+  assert.ok(passed.every((u) => u === upstream));
+});

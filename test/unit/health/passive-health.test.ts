@@ -8,6 +8,8 @@ import { upstreamResult, upstreamState, type UpstreamStateEvent } from '../../..
 import { clientBodyFailed, clientGone, upstreamFailure } from '../../../src/proxy/status.ts';
 import type { FulcrumError } from '../../../src/errors.ts';
 import { eventually } from '../../helpers/eventually.ts';
+import { closedPort } from '../../helpers/servers.ts';
+import net from 'node:net';
 
 /** Overrides of outlier_detection or circuit_breaker, validated by the schema. */
 type OutlierInput = Record<string, unknown>;
@@ -70,7 +72,6 @@ test('outlier: each gateway failure kind counts; ejected on exactly the Nth cons
     ['502', (p, u) => fail(p, u, 1, 502), 'status 502'],
     ['503', (p, u) => fail(p, u, 1, 503), 'status 503'],
     ['504', (p, u) => fail(p, u, 1, 504), 'status 504'],
-    ['connect refused', (p, u) => failWith(p, u, refused()), 'connect failed (ECONNREFUSED)'],
     ['reset', (p, u) => failWith(p, u, reset()), 'upstream closed the connection (ECONNRESET)'],
     ['connect timeout', (p, u) => failWith(p, u, upstreamFailure(errno('UND_ERR_CONNECT_TIMEOUT'), false)), 'connect timeout: boom UND_ERR_CONNECT_TIMEOUT'],
     ['headers timeout', (p, u) => failWith(p, u, upstreamFailure(errno('UND_ERR_HEADERS_TIMEOUT'), true)), 'upstream sent no response headers in time'],
@@ -106,6 +107,115 @@ test('outlier: 500, 404 and 2xx answers do not count, and reset the consecutive 
     fail(passive, u);
     assert.equal(u.ejected, true, `then a third in a row (after ${status})`);
   }
+});
+
+test('outlier: no 4xx answer is a failure, for ejection or breaker', (t) => {
+  const { passive, ups } = setup(t, 2, { consecutive_failures: 1 }, { min_requests: 1, error_rate: 0.01 });
+  const u = ups[0];
+  for (let status = 400; status <= 499; status++) fail(passive, u, 3, status);
+  assert.equal(u.ejected, false);
+  assert.equal(u.circuit, 'closed');
+  fail(passive, u, 1, 502);
+  assert.equal(u.ejected, true, 'a gateway failure still ejects');
+});
+
+test('refused: one refused connection ejects at once, whatever consecutive_failures and max_ejection_percent', (t) => {
+  const { pool, passive, ups, events } = setup(t, 3, { consecutive_failures: 5, max_ejection_percent: 0 }, noBreaker);
+  const [a, b, c] = ups;
+  failWith(passive, a, refused());
+  assert.equal(a.ejected, true);
+  assert.equal(a.refused, true);
+  assert.equal(a.ejections, 0, 'not an outlier ejection: the next one is not made longer');
+  failWith(passive, b, refused());
+  assert.deepEqual(pool.eligible(), [c], 'the ejection limit is for guesses, a refusal is none');
+  assert.deepEqual(
+    events.map((e) => [e.upstream, e.field, e.to, e.reason]),
+    [
+      [a, 'ejected', true, 'connect failed (ECONNREFUSED): nothing took the connection; out until a connect probe or a health check passes'],
+      [b, 'ejected', true, 'connect failed (ECONNREFUSED): nothing took the connection; out until a connect probe or a health check passes'],
+    ],
+  );
+  // Unreachable hosts are refusals too; connect timeouts are not (they count as ordinary failures).
+  const other = setup(t, 3, { consecutive_failures: 5 }, noBreaker);
+  failWith(other.passive, other.ups[0], upstreamFailure(errno('EHOSTUNREACH'), false));
+  assert.equal(other.ups[0].refused, true);
+  failWith(other.passive, other.ups[1], upstreamFailure(errno('UND_ERR_CONNECT_TIMEOUT'), false));
+  assert.equal(other.ups[1].ejected, false);
+});
+
+test('refused: nothing happens with outlier detection off', (t) => {
+  const { passive, ups } = setup(t, 2, noOutlier, noBreaker);
+  failWith(passive, ups[0], refused());
+  assert.equal(ups[0].ejected, false);
+});
+
+test('refused: a connect probe brings it back once its port listens, and not before', async (t) => {
+  const port = await closedPort();
+  const settings = PoolConfig.parse({ upstreams: [`http://127.0.0.1:${port}`, 'http://127.0.0.1:10001'] });
+  const pool = new Pool(`passive-probe-${++pools}`, settings);
+  const passive = new PassiveHealth(settings, pool.upstreams);
+  t.after(async () => {
+    passive.stop();
+    await pool.close();
+  });
+  passive.start();
+  const [u] = pool.upstreams;
+  const reasons: string[] = [];
+  const onState = (m: unknown): void => void ((m as UpstreamStateEvent).upstream === u && reasons.push((m as UpstreamStateEvent).reason));
+  upstreamState.subscribe(onState);
+  t.after(() => void upstreamState.unsubscribe(onState));
+  const connects = t.mock.method(net, 'connect');
+  passive.record({ upstream: u, status: 0, failure: refused() });
+  assert.equal(u.ejected, true);
+  // The first probes (after 250 ms, then 500 ms more) find nothing listening: still out.
+  await eventually(() => connects.mock.callCount() >= 2, { what: 'two probes' });
+  assert.equal(u.ejected, true);
+  assert.ok(connects.mock.calls.every((c) => (c.arguments[0] as { port: number }).port === port));
+  const server = net.createServer((s) => s.destroy());
+  await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  await eventually(() => !u.ejected, { timeout: 3000, what: 'the probe to readmit it' });
+  assert.equal(u.refused, false);
+  assert.equal(reasons.at(-1), 'a connect probe succeeded');
+  assert.deepEqual(pool.eligible(), pool.upstreams);
+});
+
+test('refused: a passing active check readmits it; an outlier ejection is not cut short by one', (t) => {
+  const { passive, ups, events } = setup(t, 3, { consecutive_failures: 1, base_ejection_time: 60_000, max_ejection_percent: 100 }, noBreaker);
+  passive.start();
+  const [a, b] = ups;
+  failWith(passive, a, refused());
+  fail(passive, b, 1, 502);
+  passive.checkPassed(a);
+  passive.checkPassed(b);
+  assert.equal(a.ejected, false);
+  assert.equal(events.at(-1)!.reason, 'an active health check passed');
+  assert.equal(b.ejected, true, 'an outlier ejection runs its time');
+});
+
+test('refused: stop() ends the probes; a reload resumes them for an upstream still out', async (t) => {
+  const { passive, ups } = setup(t, 2, {}, noBreaker);
+  passive.start();
+  const [a] = ups;
+  failWith(passive, a, refused());
+  passive.stop();
+  assert.equal(a.ejected, true);
+  // The next pool (a reload) takes over the same Upstream: it keeps probing; here the port still refuses.
+  const settings = PoolConfig.parse({ upstreams: ups.map((u) => `http://${u.id}`) });
+  const next = new PassiveHealth(settings, ups);
+  t.after(() => next.stop());
+  next.start();
+  assert.equal(a.ejected, true);
+  assert.equal(a.refused, true);
+  next.checkPassed(a);
+  assert.equal(a.ejected, false, 'the new one knows it was out for a refusal');
+  // Outlier detection turned off by a reload: an upstream out for a refusal is back at once.
+  failWith(next, a, refused());
+  next.stop();
+  const off = new PassiveHealth(PoolConfig.parse({ upstreams: ups.map((u) => `http://${u.id}`), outlier_detection: { enabled: false } }), ups);
+  t.after(() => off.stop());
+  off.start();
+  assert.equal(a.ejected, false);
 });
 
 test('outlier: client-side failures neither count nor reset the count', (t) => {

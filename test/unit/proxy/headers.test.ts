@@ -276,3 +276,32 @@ test('response headers: an X-Request-Id echoed by the upstream is not sent twice
   const out = pairs(buildResponseHeaders(ctx, ['X-Request-Id', ctx.id, 'Content-Type', 'text/plain'], settings, false));
   assert.equal(out.filter(([n]) => n.toLowerCase() === 'x-request-id').length, 1);
 });
+
+test('upstream headers: names with "_" are dropped by default and recorded; forwarding headers stay Fulcrum\'s', () => {
+  const ctx = context();
+  const raw = ['Host', 'h', 'X_Forwarded_For', '6.6.6.6', 'X-Auth_User', 'admin', 'Transfer_Encoding', 'chunked', 'X_Real_IP', '6.6.6.6', 'Content_Length', '5', 'Host_', 'evil', 'X-Ok', 'a_b'];
+  for (const s of [settings, { ...settings, underscores: 'drop' as const }]) {
+    const out = buildUpstreamHeaders(ctx, raw, s, preserve);
+    assert.deepEqual(names(out), ['host', 'x-ok', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'via', 'x-request-id']);
+    const got = new Map(pairs(out));
+    assert.equal(got.get('host'), 'h');
+    assert.equal(got.get('x-forwarded-for'), '203.0.113.9', 'the spoofed X_Forwarded_For is not believed or joined');
+    assert.equal(got.get('X-Ok'), 'a_b', 'an "_" in a value is fine');
+  }
+  assert.deepEqual(ctx.droppedHeaders, ['X_Forwarded_For', 'X-Auth_User', 'Transfer_Encoding', 'X_Real_IP', 'Content_Length', 'Host_', 'X_Forwarded_For', 'X-Auth_User', 'Transfer_Encoding', 'X_Real_IP', 'Content_Length', 'Host_']);
+});
+
+test('upstream headers: names with "_" are forwarded with headers_with_underscores: allow, never as Fulcrum\'s own', () => {
+  const ctx = context('10.0.0.1', true);
+  const out = buildUpstreamHeaders(ctx, ['Host', 'h', 'X_Forwarded_For', '6.6.6.6', 'X-Auth_User', 'admin'], { ...settings, underscores: 'allow' }, preserve);
+  const got = pairs(out);
+  assert.deepEqual(got.slice(0, 3), [['host', 'h'], ['X_Forwarded_For', '6.6.6.6'], ['X-Auth_User', 'admin']]);
+  assert.equal(new Map(got).get('x-forwarded-for'), '10.0.0.1', 'even from a trusted peer, X_Forwarded_For is not X-Forwarded-For');
+  assert.equal(ctx.droppedHeaders, null);
+});
+
+test('upstream headers: a plain request records nothing dropped', () => {
+  const ctx = context();
+  buildUpstreamHeaders(ctx, ['Host', 'h', 'Accept', '*/*'], settings, preserve);
+  assert.equal(ctx.droppedHeaders, null);
+});

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isIdempotent, retryAfterMs, retryReason } from '../../../src/proxy/retry.ts';
+import { isIdempotent, retryAfterMs, retryReason, usesBudget } from '../../../src/proxy/retry.ts';
 import { clientGone, noUpstream, requestTimedOut, upstreamFailure } from '../../../src/proxy/status.ts';
 import { PoolConfig, type PoolSettings } from '../../../src/config/schema.ts';
 import { ErrorCode, type FulcrumError } from '../../../src/errors.ts';
@@ -36,7 +36,8 @@ function fakeCtx(o: CtxOptions = {}): RequestContext {
   const pool = o.pool ?? fakePool();
   const body = o.body ?? 'none';
   return {
-    req: { method: o.method ?? 'GET' },
+    req: { method: o.method ?? 'GET', headers: {} },
+    tried: null,
     res: { headersSent: o.headersSent ?? false },
     clientGone: o.clientGone ?? false,
     done: o.done ?? false,
@@ -157,43 +158,79 @@ test('a sent body goes again only when kept whole and read to its end', () => {
 test('budget: retries in flight stay under max(min_retry_concurrency, active x budget_percent / 100)', () => {
   // 50 active at 20%: budget 10 (above the minimum of 2).
   const at = (active: number, retrying: number): string | null =>
-    retryReason(fakeCtx({ pool: fakePool({ budget_percent: 20, min_retry_concurrency: 2 }, active, retrying) }), refused(), 0, false);
-  assert.equal(at(50, 9), 'connect-failure');
+    retryReason(fakeCtx({ pool: fakePool({ budget_percent: 20, min_retry_concurrency: 2 }, active, retrying) }), resetAfterSend(), 0, true);
+  assert.equal(at(50, 9), 'reset');
   assert.equal(at(50, 10), null);
   assert.equal(at(50, 11), null);
   // 5 active at 20% is 1: the minimum of 2 applies.
-  assert.equal(at(5, 0), 'connect-failure');
-  assert.equal(at(5, 1), 'connect-failure');
+  assert.equal(at(5, 0), 'reset');
+  assert.equal(at(5, 1), 'reset');
   assert.equal(at(5, 2), null);
   // 53 active at 20% is 10.6: 10 in flight is still under.
-  assert.equal(at(53, 10), 'connect-failure');
+  assert.equal(at(53, 10), 'reset');
   assert.equal(at(53, 11), null);
-  // No minimum and no budget: nothing is retried.
+  // No minimum and no budget: no reset or status is retried.
   const zero = fakePool({ budget_percent: 0, min_retry_concurrency: 0 }, 100, 0);
-  assert.equal(retryReason(fakeCtx({ pool: zero }), refused(), 0, false), null);
-  // The budget applies to every reason.
+  assert.equal(retryReason(fakeCtx({ pool: zero }), resetAfterSend(), 0, true), null);
+  // The budget applies to resets and statuses alike.
   const full = fakePool({ budget_percent: 20, min_retry_concurrency: 2 }, 5, 2);
   assert.equal(retryReason(fakeCtx({ pool: full }), resetAfterSend(), 0, true), null);
   assert.equal(retryReason(fakeCtx({ pool: full }), null, 503, true), null);
 });
 
+test('budget: connect failures and stale keep-alive sockets are not limited by it (they add no load), only by max_attempts', () => {
+  const zero = fakePool({ budget_percent: 0, min_retry_concurrency: 0 }, 100, 100);
+  assert.equal(retryReason(fakeCtx({ pool: zero }), refused(), 0, false), 'connect-failure');
+  assert.equal(retryReason(fakeCtx({ pool: zero, method: 'POST', body: 'dropped' }), refused(), 0, false), 'connect-failure');
+  assert.equal(retryReason(fakeCtx({ pool: zero }), resetAfterSend(), 0, true, true), 'stale-connection');
+  assert.equal(retryReason(fakeCtx({ pool: zero }), resetAfterSend(), 0, true, false), null, 'the same reset on a fresh socket is budgeted');
+  assert.equal(retryReason(fakeCtx({ pool: zero, attempts: 3 }), refused(), 0, false), null);
+  assert.equal(retryReason(fakeCtx({ pool: zero, attempts: 3 }), resetAfterSend(), 0, true, true), null);
+  assert.equal(usesBudget('connect-failure'), false);
+  assert.equal(usesBudget('stale-connection'), false);
+  assert.equal(usesBudget('reset'), true);
+  assert.equal(usesBudget('status'), true);
+});
+
 test('budget: a request already counted as retrying is not refused by the budget', () => {
   const full = fakePool({ budget_percent: 20, min_retry_concurrency: 2 }, 5, 50);
-  assert.equal(retryReason(fakeCtx({ pool: full, retrying: false }), refused(), 0, false), null);
-  assert.equal(retryReason(fakeCtx({ pool: full, retrying: true, attempts: 2 }), refused(), 0, false), 'connect-failure');
+  assert.equal(retryReason(fakeCtx({ pool: full, retrying: false }), resetAfterSend(), 0, true), null);
+  assert.equal(retryReason(fakeCtx({ pool: full, retrying: true, attempts: 2 }), resetAfterSend(), 0, true), 'reset');
   assert.equal(retryReason(fakeCtx({ pool: full, retrying: true, attempts: 2 }), null, 503, true), 'status');
   // ...but max_attempts still holds for it.
-  assert.equal(retryReason(fakeCtx({ pool: full, retrying: true, attempts: 3 }), refused(), 0, false), null);
+  assert.equal(retryReason(fakeCtx({ pool: full, retrying: true, attempts: 3 }), resetAfterSend(), 0, true), null);
 });
 
 test('budget: counted in the routed pool (countedPool), attempts limited by the pool in use', () => {
   const routed = fakePool({ budget_percent: 20, min_retry_concurrency: 1 }, 1, 1);
   const backup = fakePool({ budget_percent: 100, min_retry_concurrency: 100 }, 0, 0);
-  assert.equal(retryReason(fakeCtx({ pool: backup, countedPool: routed }), refused(), 0, false), null);
+  assert.equal(retryReason(fakeCtx({ pool: backup, countedPool: routed }), resetAfterSend(), 0, true), null);
   const roomy = fakePool({ budget_percent: 20, min_retry_concurrency: 5 }, 1, 1);
   const strict = fakePool({ max_attempts: 1 });
-  assert.equal(retryReason(fakeCtx({ pool: backup, countedPool: roomy }), refused(), 0, false), 'connect-failure');
-  assert.equal(retryReason(fakeCtx({ pool: strict, countedPool: roomy }), refused(), 0, false), null);
+  assert.equal(retryReason(fakeCtx({ pool: backup, countedPool: roomy }), resetAfterSend(), 0, true), 'reset');
+  assert.equal(retryReason(fakeCtx({ pool: strict, countedPool: roomy }), resetAfterSend(), 0, true), null);
+});
+
+test('stale keep-alive socket: idempotent methods; a POST only with Idempotency-Key, only once, only with its body kept', () => {
+  const stale = (o: CtxOptions, headers: Record<string, string> = {}): string | null => {
+    const ctx = fakeCtx(o);
+    (ctx.req as unknown as { headers: Record<string, string> }).headers = headers;
+    return retryReason(ctx, resetAfterSend(), 0, true, true);
+  };
+  for (const method of ['GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS']) assert.equal(stale({ method }), 'stale-connection', method);
+  assert.equal(stale({ method: 'POST', body: 'kept' }), null, 'a POST the upstream may have acted on');
+  assert.equal(stale({ method: 'PATCH', body: 'kept' }), null);
+  assert.equal(stale({ method: 'POST', body: 'kept' }, { 'idempotency-key': 'k1' }), 'stale-connection');
+  assert.equal(stale({ method: 'POST', body: 'kept' }, { 'idempotency-key': '' }), null);
+  assert.equal(stale({ method: 'POST', body: 'dropped' }, { 'idempotency-key': 'k1' }), null, 'a body not kept cannot go again');
+  assert.equal(stale({ method: 'POST', body: 'partial' }, { 'idempotency-key': 'k1' }), null);
+  const again = fakeCtx({ method: 'POST', body: 'kept', attempts: 2 });
+  (again as unknown as { tried: unknown[] }).tried = [{}];
+  (again.req as unknown as { headers: Record<string, string> }).headers = { 'idempotency-key': 'k1' };
+  assert.equal(retryReason(again, resetAfterSend(), 0, true, true), null, 'once only');
+  // Not a reset (a timeout, a protocol error): not a stale socket whatever the socket.
+  assert.equal(retryReason(fakeCtx(), upstreamFailure(err('UND_ERR_HEADERS_TIMEOUT'), true), 0, true, true), null);
+  assert.equal(retryReason(fakeCtx(), upstreamFailure(err('HPE_INVALID_CONSTANT'), true), 0, true, true), null);
 });
 
 test('timeouts, protocol errors and client-side failures are not retried', () => {

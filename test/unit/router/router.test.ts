@@ -10,7 +10,7 @@ function pools(...names: string[]): Map<string, Pool> {
 }
 
 function route(pool: string, path_prefix = '/', host?: string | string[], name?: string): RouteSettings {
-  return { pool, path_prefix, rate_limits: [], ...(host === undefined ? {} : { host }), ...(name === undefined ? {} : { name }) };
+  return { pool, path_prefix, path: { forward: 'original', encoded_slashes: 'keep' }, rate_limits: [], ...(host === undefined ? {} : { host }), ...(name === undefined ? {} : { name }) };
 }
 
 /** The pool name a request goes to, or the reason there is none. */
@@ -158,4 +158,21 @@ test('hostOnly: lowercase host without port; IPv6 keeps its brackets', () => {
   assert.equal(hostOnly('[2001:DB8::1]'), '[2001:db8::1]');
   assert.equal(hostOnly('127.0.0.1:80'), '127.0.0.1');
   assert.equal(hostOnly(''), '');
+});
+
+test('router: prefixes are compared with normalised paths, and compiled normalised', () => {
+  const router = new Router([route('admin', '/admin'), route('user', '/%7Euser/'), route('web')], pools('admin', 'user', 'web'));
+  assert.equal(router.routes.find((r) => r.pool.name === 'user')!.pathPrefix, '/~user');
+  assert.equal(target(router, 'h', '/~user/x'), 'user');
+  assert.equal(target(router, 'h', '/admin/x'), 'admin');
+  assert.equal(target(router, 'h', '/admin;x'), 'web', 'the router gets normalised paths: parameters are gone before it');
+});
+
+test('router: each route carries its path forwarding; the default forwards the target as sent', () => {
+  const settings = [route('raw', '/raw'), { ...route('norm', '/norm'), path: { forward: 'normalized' as const, encoded_slashes: 'reject' as const } }];
+  const router = new Router(settings, pools('raw', 'norm'));
+  const byPool = (name: string) => router.routes.find((r) => r.pool.name === name)!;
+  assert.deepEqual(byPool('raw').forwarding, { normalized: false, encodedSlashes: 'keep' });
+  assert.deepEqual(byPool('norm').forwarding, { normalized: true, encodedSlashes: 'reject' });
+  assert.deepEqual(new Router([], pools('web')).routes[0].forwarding, { normalized: false, encodedSlashes: 'keep' });
 });
