@@ -84,7 +84,18 @@ export function loadConfigText(text: string, file: string, env: NodeJS.ProcessEn
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   if (doc.errors.length > 0) throw new ConfigError(yamlProblems(doc, text, lineCounter, file));
-  const raw: unknown = doc.toJS({ maxAliasCount: 100 });
+  let raw: unknown;
+  try {
+    raw = doc.toJS({ maxAliasCount: 100 });
+  } catch (err) {
+    // An alias to an anchor that is not there (yet), or too many aliases: found only when the values are built.
+    const message = (err as Error).message;
+    const alias = /alias.*: (\S+)$/.exec(message)?.[1];
+    const offset = alias === undefined ? -1 : text.search(new RegExp(`\\*${alias.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?![\\w-])`));
+    const pos = offset >= 0 ? lineCounter.linePos(offset) : { line: 0, col: 0 };
+    const path = offset >= 0 ? formatPath(keyPathAtLine(text.split('\n'), pos.line - 1)) : '';
+    throw new ConfigError([{ file, line: pos.line, column: pos.col, path, message: alias ? `invalid YAML: *${alias} refers to no anchor &${alias} above it` : `invalid YAML: ${message}` }]);
+  }
   const locate = (path: Path, atKey: boolean): { line: number; column: number } => {
     const offset = offsetOf(doc, path, atKey);
     if (offset === undefined) return { line: 0, column: 0 };
@@ -131,7 +142,8 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
     return { file: `env ${hit.name}`, line: 0, column: 0, path: formatPath(path), message: message.includes(value) ? message : `${message} (value ${value})` };
   };
   if (!result.success) problems.push(...issuesToProblems(result.error.issues, FulcrumConfigSchema, placeWithEnv));
-  if (fromText) for (const [p, v] of unitlessDurations(overridden.config, FulcrumConfigSchema)) problems.push(placeWithEnv(p, unitlessDurationMessage(v)));
+  // A seed's durations were checked in its own shape above; widened, they are milliseconds already.
+  if (fromText && !seedKeys) for (const [p, v] of unitlessDurations(overridden.config, FulcrumConfigSchema)) problems.push(placeWithEnv(p, unitlessDurationMessage(v)));
   problems.push(...crossCheck(overridden.config, placeWithEnv));
   if (problems.length > 0) throw new ConfigError(dedupe(problems));
   const config = result.data!;
@@ -504,11 +516,13 @@ function yamlProblems(doc: Document, text: string, lineCounter: LineCounter, fil
     return { file, line: pos.line, column: pos.col, path: formatPath(path), message };
   };
   const syntax = doc.errors.filter((e) => e.code !== 'DUPLICATE_KEY');
-  if (syntax.length === 0) {
-    return duplicateKeys(doc).map(({ path, offset, first }) =>
+  const duplicates = syntax.length === 0 ? duplicateKeys(doc) : [];
+  if (duplicates.length > 0) {
+    return duplicates.map(({ path, offset, first }) =>
       at(offset, path, `duplicate key "${path[path.length - 1]}" (first on line ${lineCounter.linePos(first).line}): only one of the two would count; keep one`),
     );
   }
+  if (syntax.length === 0) syntax.push(...doc.errors);
   const lines = text.split('\n');
   const error = syntax[0];
   const open = unclosedAt(doc, text, error.pos[0]);
@@ -606,6 +620,7 @@ function syntaxHint(error: YAMLError, lines: string[], index: number): { message
   const first = error.message.split('\n')[0];
   const keyOnLine = /^\s*(?:-\s+)?([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(text)?.[1];
   if (error.code === 'TAB_AS_INDENT') return { message: 'a tab indents this line; YAML indents with spaces only' };
+  if (/multiple documents/.test(first)) return { message: 'a configuration is one YAML document: remove this "---" and merge what follows into the part above', path: [] };
   const dash = /^(\s*)-(\s|$)/.exec(text);
   if (dash) {
     // A list item out of line with the one above it.
@@ -640,8 +655,9 @@ function syntaxHint(error: YAMLError, lines: string[], index: number): { message
   }
   if (error.code === 'BLOCK_AS_IMPLICIT_KEY' || /Nested mappings are not allowed/.test(first)) {
     const value = /^\s*(?:-\s+)?[^:]+:\s+(.*)$/.exec(text)?.[1]?.trim();
-    const next = lines.slice(index + 1).findIndex((l) => !/^\s*(#|$)/.test(l)) + index + 1;
-    const nextKey = /^(\s*)([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(lines[next] ?? '');
+    const after = lines.slice(index + 1).findIndex((l) => !/^\s*(#|$)/.test(l));
+    const next = after === -1 ? -1 : index + 1 + after;
+    const nextKey = next === -1 ? null : /^(\s*)([^\s#:"'{}\[\]-][^:#]*?):(?:\s|$)/.exec(lines[next]);
     if (value !== undefined && !/:\s/.test(value) && nextKey && keyOnLine !== undefined) {
       // `key: value` then a deeper `other: ...`: the second key was indented too far.
       const indent = text.indexOf(keyOnLine);

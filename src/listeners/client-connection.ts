@@ -143,6 +143,8 @@ export class ClientConnection {
     this.waiting.length = 0;
     const socket = this.socket;
     // Adding a 'data' listener takes the socket from Node's parser (it unconsumes); the parser's own is removed.
+    // A reset while lingering is expected (after CONNECT Node no longer listens for errors itself).
+    socket.on('error', dropData);
     socket.on('data', dropData);
     for (const listener of socket.listeners('data')) if (listener !== dropData) socket.removeListener('data', listener as (chunk: Buffer) => void);
     socket.once('end', destroyNow);

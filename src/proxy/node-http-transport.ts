@@ -5,7 +5,8 @@
  * unread and another upstream can be tried.
  */
 import http from 'node:http';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
+import { keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { PoolSettings } from '../config/schema.ts';
 import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -37,6 +38,8 @@ export class NodeHttpTransport implements Transport {
       timeout: effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin),
       agentKeepAliveTimeoutBuffer: keepalive.safety_margin,
     } as http.AgentOptions);
+    // Sockets that keep reading after a failed write: an answer sent before the upload ended is not lost.
+    agent.createConnection = (options, callback) => keepReadingAfterWriteError(net.createConnection(options as net.NetConnectOpts, callback as () => void));
     this.agents.set(upstream, agent);
     return agent;
   }

@@ -5,7 +5,8 @@
  * (less the safety margin) and retires idle sockets before `keepalive.idle_timeout`.
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
-import { Pool as UndiciPool, type Dispatcher } from 'undici';
+import { Pool as UndiciPool, buildConnector, type Dispatcher } from 'undici';
+import { keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { PoolSettings } from '../config/schema.ts';
 import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -100,6 +101,17 @@ function bodiless(status: number, method: string | undefined): boolean {
   return status === 204 || status === 304 || method === 'HEAD';
 }
 
+/** undici's own connector, with sockets that keep reading after a failed write (src/proxy/upstream-socket.ts). */
+function keepReadingConnector(timeout: number): buildConnector.connector {
+  const connect = buildConnector({ timeout });
+  return (options, callback) =>
+    connect(options, (err, socket) => {
+      if (socket !== null) keepReadingAfterWriteError(socket);
+      if (err !== null) callback(err, null);
+      else callback(null, socket!);
+    });
+}
+
 /** Sockets per upstream: the smaller of keepalive.max_sockets and the upstream's max_connections (null: no limit). */
 function socketLimit(maxSockets: number, maxConnections: number): number | null {
   const limit = Math.min(maxSockets > 0 ? maxSockets : Infinity, maxConnections);
@@ -129,7 +141,7 @@ export class UndiciTransport implements Transport {
       keepAliveTimeout: idle,
       keepAliveMaxTimeout: idle,
       keepAliveTimeoutThreshold: keepalive.safety_margin,
-      connect: { timeout: timeouts.connect },
+      connect: keepReadingConnector(timeouts.connect),
       headersTimeout: timeouts.response_headers,
       bodyTimeout: timeouts.idle_body,
       strictContentLength: true,

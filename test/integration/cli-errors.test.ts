@@ -114,7 +114,7 @@ test('an upstream without http:// gets the URL to write; https says it is not su
   assert.ok(stderr.includes(`${file}:5:9: pools.web.upstreams[1]: https upstreams are not supported yet`), stderr);
 });
 
-test('a flag start does not take is an error, with did-you-mean; so is a mistyped command', limit, async () => {
+test('a flag start does not take is an error, with did-you-mean; so is a mistyped command or a bad --delay', limit, async () => {
   const dir = tempDir();
   const file = write(dir, 'fulcrum.yaml', 'listeners: [{host: 127.0.0.1, port: 0}]\npools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n');
   const port = await fulcrum(['start', '-c', file, '--port', '9000'], dir);
@@ -127,6 +127,10 @@ test('a flag start does not take is an error, with did-you-mean; so is a mistype
   const demo = await fulcrum(['demo', '--watch'], dir);
   assert.equal(demo.code, 2);
   assert.match(demo.stderr, /demo does not take --watch: demo takes --port, --host, --policy/);
+  // The sample backend's --delay said nothing when it was not a number, and waited 0 ms.
+  const delay = await fulcrum(['backend', '--port', '0', '--delay', '2x'], dir);
+  assert.equal(delay.code, 2);
+  assert.match(delay.stderr, /--delay must be milliseconds or a duration such as 500ms or 2s, got "2x"/);
   const command = await fulcrum(['strat', '-c', file], dir);
   assert.equal(command.code, 2);
   assert.match(command.stderr, /unknown command "strat" \(did you mean "start"\?\)/);

@@ -272,6 +272,28 @@ for (const transport of ['undici', 'node-http'] as const) {
       });
     }
 
+    test('a node:http backend that answers 413 with Connection: close at once (its kernel resets the upload): the client gets the 413', async (t) => {
+      const backend = await startBackend(t, (_req, res) => {
+        res.writeHead(413, { connection: 'close', 'content-length': 4 });
+        res.end('nope');
+      });
+      const lb = await startBalancer(t, { pools: { app: { transport, upstreams: [backend.url] } } });
+      const results: string[] = [];
+      for (let i = 0; i < 6; i++) results.push(await upload(lb.port, '/upload', 20 * 1024 * 1024));
+      assert.deepEqual(results, Array(6).fill('413 nope [closed]'));
+      const u = lb.balancer.pools().get('app')!.upstreams[0];
+      assert.equal(u.failures, 0);
+    });
+
+    test('an upstream that resets the upload without answering is still a 502, at once', async (t) => {
+      const upstream = await startRawBackend(t, (socket) => {
+        socket.once('data', () => socket.resetAndDestroy());
+      });
+      const lb = await startBalancer(t, { pools: { app: { transport, upstreams: [upstream.url], retry: { max_attempts: 1 } } } });
+      const result = await upload(lb.port, '/upload', 20 * 1024 * 1024);
+      assert.match(result, /^502 502 Bad Gateway: upstream closed the connection/);
+    });
+
     test('Expect: 100-continue goes to the upstream: its 100 is relayed, then the body', async (t) => {
       const seen: string[] = [];
       const backend = await startBackend(t, (req, res) => {

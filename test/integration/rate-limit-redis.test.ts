@@ -176,7 +176,7 @@ test('Redis dies: checks answer at once from local buckets, one warning; it come
 
   await redis.stop();
   const ctx = request('10.0.0.1');
-  const results: { refusal: Refusal | null; ms: number }[] = [];
+  const results: Awaited<ReturnType<typeof timedCheck>>[] = [];
   for (let i = 0; i < 20; i++) results.push(await timedCheck(guard, ctx));
   const slowest = Math.max(...results.map((r) => r.ms - r.late));
   t.diagnostic(`slowest check while Redis is down: ${slowest.toFixed(1)} ms (not counting time this process could not run)`);

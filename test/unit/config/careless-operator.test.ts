@@ -6,6 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { loadConfigText, sizeInBytes, unitlessDurations, validateConfig } from '../../../src/config/load.ts';
 import { configJsonSchema, Duration, FulcrumConfigSchema, SeedConfigSchema } from '../../../src/config/schema.ts';
@@ -187,4 +188,13 @@ test('duplicate keys are each named with both lines, in YAML and in JSON', () =>
   assert.deepEqual(yaml.map((p) => `${p.line}:${p.column}: ${p.path}: ${p.message}`), ['5:5: pools.web.policy: duplicate key "policy" (first on line 4): only one of the two would count; keep one']);
   const json = problemsOf('{"pools": {"web": {"upstreams": ["http://127.0.0.1:9001"], "policy": "random", "policy": "rr"}}}', 'd.json');
   assert.equal(json[0].path, 'pools.web.policy');
+});
+
+test('every example in examples/ loads (their durations have units), seed shapes included', () => {
+  const dir = new URL('../../../examples/', import.meta.url);
+  const files = readdirSync(dir).filter((f) => /\.(ya?ml|json)$/.test(f));
+  assert.ok(files.length >= 3);
+  for (const f of files) assert.deepEqual(problemsOf(readFileSync(new URL(f, dir), 'utf8'), f), [], f);
+  // A seed's "30s" is read in the seed's shape; widened to milliseconds it is not a bare number.
+  assert.equal(loadConfigText('{"health_check_frequency": "30s", "backends": ["http://127.0.0.1:9001"]}', 'seed.json', {}).config.pools.default.health_check!.interval, 30_000);
 });
