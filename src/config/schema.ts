@@ -21,6 +21,7 @@ export const Duration = z
   .union([z.number().nonnegative(), z.string()], { error: durationMessage })
   .transform((v, ctx) => {
     if (typeof v === 'number') return v;
+
     const ms = /^\s*0+(\.0+)?\s*$/.test(v) ? 0 : parseDuration(v);
     if (Number.isNaN(ms)) {
       ctx.addIssue({ code: 'custom', message: /^\s*\d+(\.\d+)?\s*$/.test(v) ? unitlessDurationMessage(v) : `${durationMessage}, got ${JSON.stringify(v)}` });
@@ -29,6 +30,9 @@ export const Duration = z
     return ms;
   })
   .meta({ description: 'A duration: "250ms", "5s", "2m", "1h", or 0. A number needs its unit.' });
+
+/** A duration where 0 makes no sense (a probe interval of 0 would probe in a busy loop). */
+const PositiveDuration = Duration.refine((ms) => ms > 0, { message: 'must be longer than 0 (write e.g. 5s)' });
 
 /** An IPv4 or IPv6 address or CIDR block (`10.0.0.0/8`, `::1`, `fd00::/8`). */
 export const Cidr = z.string().refine((v) => parseCidr(v) !== null, {
@@ -126,7 +130,7 @@ export const UpstreamConfig = z.union([
 
 /** Timeouts toward the upstreams of a pool. */
 export const TimeoutsConfig = z.strictObject({
-  connect: Duration.default(5000).meta({ description: 'Connecting to an upstream (default 5s); over it: 504, and another upstream is tried.' }),
+  connect: PositiveDuration.default(5000).meta({ description: 'Connecting to an upstream (default 5s); over it: 504, and another upstream is tried.' }),
   response_headers: Duration.default(60_000).meta({ description: 'From request sent to response headers (default 60s); over it: 504.' }),
   idle_body: Duration.default(60_000).meta({ description: 'Longest pause between response body chunks (default 60s); over it the response is cut.' }),
   request: Duration.default(0).meta({ description: 'The whole exchange, first byte in to last byte out; 0 is no limit (default 0).' }),
@@ -175,9 +179,9 @@ export const HealthCheckConfig = z.strictObject({
   host: z.string().min(1).optional().meta({ description: "Host header of the probe (default the upstream's host:port)." }),
   expected_status: z.array(StatusSpec).min(1).default(['200-399']).meta({ description: 'Statuses that count as healthy (default ["200-399"]).' }),
   body_contains: z.string().optional().meta({ description: 'Text the response body must contain (default: not checked).' }),
-  interval: Duration.default(5000).meta({ description: 'Time between probes of one upstream (default 5s).' }),
-  fast_interval: Duration.default(1000).meta({ description: 'Time between probes while an upstream is changing state (default 1s).' }),
-  timeout: Duration.default(2000).meta({ description: 'A probe slower than this fails (default 2s).' }),
+  interval: PositiveDuration.default(5000).meta({ description: 'Time between probes of one upstream (default 5s).' }),
+  fast_interval: PositiveDuration.default(1000).meta({ description: 'Time between probes while an upstream is changing state (default 1s).' }),
+  timeout: PositiveDuration.default(2000).meta({ description: 'A probe slower than this fails (default 2s).' }),
   jitter: z.number().min(0).max(1).default(0.1).meta({ description: 'Each wait is spread by up to this share of itself, so probes do not beat in step (default 0.1).' }),
   rise: z.number().int().min(1).default(2).meta({ description: 'Consecutive successes that bring an unhealthy upstream back (default 2).' }),
   fall: z.number().int().min(1).default(3).meta({ description: 'Consecutive failures that take a healthy upstream out (default 3).' }),
@@ -187,7 +191,7 @@ export const HealthCheckConfig = z.strictObject({
 export const OutlierDetectionConfig = z.strictObject({
   enabled: z.boolean().default(true),
   consecutive_failures: z.number().int().min(1).default(5).meta({ description: 'Consecutive gateway failures (connect error, reset, timeout, 502/503/504) that eject an upstream (default 5).' }),
-  base_ejection_time: Duration.default(30_000).meta({ description: 'Ejection time, multiplied by how many times the upstream was ejected (default 30s).' }),
+  base_ejection_time: PositiveDuration.default(30_000).meta({ description: 'Ejection time, multiplied by how many times the upstream was ejected (default 30s).' }),
   max_ejection_time: Duration.default(300_000).meta({ description: 'Longest ejection (default 5m).' }),
   max_ejection_percent: z.number().min(0).max(100).default(50).meta({ description: 'Most of the pool ejected at once, in percent; one upstream may always be (default 50).' }),
 });
@@ -196,9 +200,9 @@ export const OutlierDetectionConfig = z.strictObject({
 export const CircuitBreakerConfig = z.strictObject({
   max_pending: z.number().int().min(0).default(0).meta({ description: 'Requests that may wait for a connection once an upstream has max_connections busy; beyond that: 503 at once (default 0: none wait).' }),
   error_rate: z.number().gt(0).max(1).default(0.5).meta({ description: 'Share of failed requests in the window that opens the breaker (default 0.5).' }),
-  window: Duration.default(10_000).meta({ description: 'The window the error rate is measured over (default 10s).' }),
+  window: PositiveDuration.default(10_000).meta({ description: 'The window the error rate is measured over (default 10s).' }),
   min_requests: z.number().int().min(1).default(20).meta({ description: 'Requests in the window before the error rate counts (default 20).' }),
-  open_time: Duration.default(10_000).meta({ description: 'How long an open breaker refuses requests before probing (default 10s).' }),
+  open_time: PositiveDuration.default(10_000).meta({ description: 'How long an open breaker refuses requests before probing (default 10s).' }),
   half_open_requests: z.number().int().min(1).default(3).meta({ description: 'Probe requests let through when half-open; all must succeed to close (default 3).' }),
   enabled: z.boolean().default(true),
 });
@@ -371,7 +375,7 @@ export const FulcrumConfigSchema = z
           .strictObject({
             url: z.string().regex(/^rediss?:\/\//, { message: 'expected a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379'),
             key_prefix: z.string().default('fulcrum:rl:'),
-            timeout: Duration.default(50).meta({ description: 'A Redis answer slower than this counts as Redis being down (default 50ms).' }),
+            timeout: PositiveDuration.default(50).meta({ description: 'A Redis answer slower than this counts as Redis being down (default 50ms).' }),
             on_failure: z.enum(['open', 'closed']).default('open').meta({ description: '"open": fall back to a local bucket; "closed": refuse with 503 (default open).' }),
           })
           .optional(),

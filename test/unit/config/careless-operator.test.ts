@@ -131,10 +131,23 @@ test('keys named like durations are durations, and sizes are numbers of bytes (a
 });
 
 test('a quoted number is no better than a bare one; "0" and 0 are zero', () => {
-  const problems = problemsOf('pools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n    health_check: {interval: "5000", timeout: 0, fast_interval: "0"}\n', 'q.yaml');
+  const problems = problemsOf('pools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n    health_check: {interval: "5000"}\n    timeouts: {request: 0, idle_body: "0"}\n', 'q.yaml');
   assert.deepEqual(
     problems.map((p) => `${p.line}:${p.column}: ${p.path}: ${p.message}`),
     ['4:30: pools.web.health_check.interval: a duration needs a unit, got "5000": write 5000ms (5s)'],
+  );
+});
+
+test('0 is refused where it makes no sense (a probe interval of 0 would probe in a busy loop)', () => {
+  const problems = problemsOf('pools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n    health_check: {interval: 0, timeout: "0s", fast_interval: 0}\n    timeouts: {connect: 0}\n', 'z.yaml');
+  assert.deepEqual(
+    problems.map((p) => `${p.path}: ${p.message}`).sort(),
+    [
+      'pools.web.health_check.fast_interval: must be longer than 0 (write e.g. 5s)',
+      'pools.web.health_check.interval: must be longer than 0 (write e.g. 5s)',
+      'pools.web.health_check.timeout: must be longer than 0 (write e.g. 5s)',
+      'pools.web.timeouts.connect: must be longer than 0 (write e.g. 5s)',
+    ],
   );
 });
 

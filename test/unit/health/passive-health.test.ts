@@ -170,7 +170,7 @@ test('refused: a connect probe brings it back once its port listens, and not bef
   // The first probes (after 250 ms, then 500 ms more) find nothing listening: still out.
   await eventually(() => connects.mock.callCount() >= 2, { what: 'two probes' });
   assert.equal(u.ejected, true);
-  assert.ok(connects.mock.calls.every((c) => (c.arguments[0] as { port: number }).port === port));
+  assert.ok(connects.mock.calls.every((c) => (c.arguments[0] as unknown as { port: number }).port === port));
   const server = net.createServer((s) => s.destroy());
   await new Promise<void>((resolve) => server.listen(port, '127.0.0.1', resolve));
   t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
