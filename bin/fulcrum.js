@@ -105,16 +105,22 @@ function supervise(node) {
   child.on('error', (err) => exitWith(`fulcrum: cannot run ${node}: ${err.message}`));
   child.on('exit', (code, signal) => {
     if (signal === null) process.exit(code === null ? 1 : code);
-    // Die of the same signal, so that whoever started us sees what happened to the balancer.
-    for (const s of forwardedSignals) process.removeAllListeners(s);
-    process.kill(process.pid, signal);
+    // Die of the same signal (if it is one that just ends a process), so that whoever started us sees what happened.
+    if (forwardedSignals.includes(signal) || signal === 'SIGKILL') {
+      for (const s of forwardedSignals) process.removeAllListeners(s);
+      process.kill(process.pid, signal);
+    }
     setTimeout(() => process.exit(128 + (constants.signals[signal] || 0)), 1000).unref();
   });
 }
 
 const major = Number(process.versions.node.split('.')[0]);
 if (!existsSync(cli)) {
-  exitWith(`fulcrum: ${cli} is missing: this copy of Fulcrum was not built; run \`npm install\` (which builds it) in ${root}, or install Fulcrum from npm or a packed tarball`);
+  exitWith(
+    installed
+      ? `fulcrum: ${cli} is missing: this copy of Fulcrum was installed without its build (the \`prepare\` script did not run); allow it (\`npm install-scripts approve fulcrum\`) and install again, or install a tarball made by \`npm pack\``
+      : `fulcrum: ${cli} is missing: run \`npm install\` in ${root} (its \`prepare\` script builds it)`,
+  );
 } else if (major >= minimumMajor) {
   // SIGTERM to ourselves: the CLI's own handler drains and stops the balancer.
   whenNpmExits(() => process.kill(process.pid, 'SIGTERM'));

@@ -106,9 +106,9 @@ function keepReadingConnector(timeout: number): buildConnector.connector {
   const connect = buildConnector({ timeout });
   return (options, callback) =>
     connect(options, (err, socket) => {
-      if (socket !== null) keepReadingAfterWriteError(socket);
-      if (err !== null) callback(err, null);
-      else callback(null, socket!);
+      // undici's connector passes undefined (not null) for the missing one.
+      if (err) callback(err, null);
+      else callback(null, keepReadingAfterWriteError(socket!));
     });
 }
 

@@ -181,8 +181,9 @@ async function startFulcrum(t: TestContext, command: string, args: string[], opt
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL');
   });
-  const exitedEarly = (): null => (child.exitCode !== null || child.signalCode !== null ? assert.fail(`exited (${child.exitCode ?? child.signalCode})`) : null);
-  const m = (await waitFor(() => /"pid":(\d+).*listening on http:\/\/[^:]+:(\d+)/.exec(out) ?? exitedEarly(), 'fulcrum to listen', { output: () => out }))!;
+  const gone = (): boolean => child.exitCode !== null || child.signalCode !== null;
+  const m = await waitFor(() => /"pid":(\d+).*listening on http:\/\/[^:]+:(\d+)/.exec(out) ?? (gone() ? 'exited' : null), 'fulcrum to listen', { output: () => out });
+  if (m === null || m === 'exited') assert.fail(`${command} ${args.join(' ')} start exited (${child.exitCode ?? child.signalCode}) before listening:\n${out}`);
   pid = Number(m[1]);
   return { child, pid, port: Number(m[2]), file, output: () => out, exited };
 }
@@ -215,12 +216,18 @@ async function assertStopped(started: Started, expectedCode?: number): Promise<v
   assert.ok(await refused(started.port), 'the port is still accepting');
 }
 
-/** `eventually`, with what the process printed so far in the error. */
+/** `eventually`, with what the process printed so far and the processes left in the error. */
 async function waitFor<T>(check: () => T | Promise<T>, what: string, started: { output: () => string }): Promise<T> {
   try {
     return await eventually(check, { timeout: 15_000, what });
   } catch (err) {
-    throw new Error(`${(err as Error).message}\n--- output ---\n${started.output()}` + execFileSync("ps", ["-eo", "pid,ppid,pgid,stat,args"], { encoding: "utf8" }).split("\n").filter((l) => /fulcrum|npm/.test(l)).join("\n"));
+    let processes = '';
+    try {
+      processes = execFileSync('ps', ['-eo', 'pid,ppid,stat,args'], { encoding: 'utf8' }).split('\n').filter((line) => /fulcrum|npm/.test(line)).join('\n');
+    } catch {
+      // No ps: the output alone.
+    }
+    throw new Error(`${(err as Error).message}\n--- output ---\n${started.output()}\n--- processes ---\n${processes}`);
   }
 }
 
@@ -312,6 +319,12 @@ test('installed package on an older Node with node@24 in the project: the launch
   const launcher = path.join(got.consumer, 'node_modules/.bin/fulcrum');
   const { a, b } = await backends(t);
 
+  // The child's exit code is the launcher's.
+  writeFileSync(path.join(got.consumer, 'bad.yaml'), 'pools: {web: {upstreams: [3]}}\n');
+  const checked = await run(launcher, ['check', 'bad.yaml'], { cwd: got.consumer, env });
+  assert.equal(checked.code, 1, checked.stderr);
+  assert.match(checked.stderr, /bad\.yaml:1/);
+
   const first = await startFulcrum(t, launcher, [], { cwd: got.consumer, env, upstream: a });
   assert.notEqual(first.pid, first.child.pid, 'the balancer runs in a child of the launcher');
   await assertSighupReloads(first, b, first.child.pid!);
@@ -322,6 +335,12 @@ test('installed package on an older Node with node@24 in the project: the launch
   const second = await startFulcrum(t, launcher, [], { cwd: got.consumer, env, upstream: a });
   second.child.kill('SIGKILL');
   await assertStopped(second);
+
+  // npx on the older Node: npm dies of SIGHUP; the launcher notices and stops its child.
+  const third = await startFulcrum(t, 'npx', ['fulcrum'], { cwd: got.consumer, env, upstream: a });
+  assert.equal(await body(third.port), 'A');
+  third.child.kill('SIGHUP');
+  await assertStopped(third);
 });
 
 test('installed package, launcher on Node 24: SIGHUP reloads, SIGTERM stops', { timeout: 240_000 }, async (t) => {
