@@ -375,7 +375,7 @@ export const FulcrumConfigSchema = z
           .strictObject({
             url: z.string().regex(/^rediss?:\/\//, { message: 'expected a redis:// or rediss:// URL' }).default('redis://127.0.0.1:6379'),
             key_prefix: z.string().default('fulcrum:rl:'),
-            timeout: PositiveDuration.default(50).meta({ description: 'A Redis answer slower than this counts as Redis being down (default 50ms).' }),
+            timeout: PositiveDuration.default(50).meta({ description: 'How long a check waits for Redis before it is answered from the local bucket; three missed deadlines in a row (or an error) count as Redis being down (default 50ms).' }),
             on_failure: z.enum(['open', 'closed']).default('open').meta({ description: '"open": fall back to a local bucket; "closed": refuse with 503 (default open).' }),
           })
           .optional(),

@@ -19,6 +19,17 @@ export const LINGER_IDLE_MS = 5000;
 export const LINGER_MAX_MS = 30_000;
 /** Pipelined requests waiting behind the one in progress before the connection stops reading. */
 export const MAX_WAITING = 32;
+/**
+ * Parsed requests that may wait at most: one read can hold thousands of small requests before a
+ * pause takes effect. Past this the rest is answered 503 and the connection closes after it.
+ */
+export const MAX_QUEUED = 256;
+
+/** The answer to requests pipelined past MAX_QUEUED. */
+const tooDeep = (() => {
+  const body = '503 Service Unavailable: too many pipelined requests on one connection; send the rest on a new one\n';
+  return `HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n${body}`;
+})();
 
 /** Starts one request (the listener's handler): `expectContinue` is true for `Expect: 100-continue`. */
 export type StartRequest = (req: IncomingMessage, res: ServerResponse, expectContinue: boolean) => void;
@@ -33,7 +44,13 @@ const kConnection = Symbol('fulcrum.connection');
 type TrackedSocket = Socket & { [kConnection]?: ClientConnection };
 type OutgoingInternals = ServerResponse & { _last?: boolean };
 /** Node's http server pauses a flooded connection this way too (socket._paused, then its parser). */
-type ParsedSocket = Socket & { _paused?: boolean; parser?: { pause(): void; resume(): void } | null };
+type ParsedSocket = Socket & { _paused?: boolean; parser?: { pause(): void; resume(): void; incoming?: IncomingMessage | null } | null };
+
+/** The request Node's parser is reading on `socket`, if its body (or head) is not complete yet. */
+export function requestBeingParsed(socket: Socket): IncomingMessage | null {
+  const incoming = (socket as ParsedSocket).parser?.incoming ?? null;
+  return incoming !== null && !incoming.complete ? incoming : null;
+}
 
 /** The state of one client connection: the request in progress and the ones parsed behind it. */
 export class ClientConnection {
@@ -46,6 +63,15 @@ export class ClientConnection {
   /** Set once the connection is to close: nothing more is started or answered. */
   closing = false;
   private lingering = false;
+  /** Set once a refusal is queued: the parser stops there (or the queue is full), nothing after it is kept. */
+  private refusalQueued = false;
+  private readonly repause = (): void => {
+    // Node resumes a paused connection on every drain of the answer in progress; a deep queue keeps it paused.
+    if (this.waiting.length < MAX_WAITING) return;
+    this.pause();
+    // Outside the parser's execute (a drain): the parser itself may pause now, as Node's guard does after execute.
+    (this.socket as ParsedSocket).parser?.pause();
+  };
 
   constructor(socket: Socket, start: StartRequest) {
     this.socket = socket;
@@ -67,28 +93,44 @@ export class ClientConnection {
 
   /** A parsed request: started now, queued behind the one in progress, or dropped once the connection is closing. */
   request(req: IncomingMessage, res: ServerResponse, expectContinue: boolean): void {
-    if (this.closing) return;
+    if (this.closing || this.refusalQueued) return;
     if (this.active !== null || this.waiting.length > 0) {
-      this.waiting.push({ req, res, expectContinue });
-      if (this.waiting.length >= MAX_WAITING) {
-        // A deep pipeline waits in the kernel (TCP backpressure) rather than in memory; Node pauses the
-        // parser after the current chunk when it sees _paused, as it does for its own flood guard.
-        const socket = this.socket as ParsedSocket;
-        socket._paused = true;
-        socket.pause();
+      if (this.waiting.length >= MAX_QUEUED) {
+        this.refusalQueued = true;
+        this.waiting.push(tooDeep);
+        return;
       }
+      this.waiting.push({ req, res, expectContinue });
+      // A deep pipeline waits in the kernel (TCP backpressure) rather than in memory.
+      if (this.waiting.length === MAX_WAITING) this.pause();
       return;
     }
     this.begin(req, res, expectContinue);
+  }
+
+  /** Stops parsing, as Node's own flood guard does: _paused makes it pause the parser after the current chunk. */
+  private pause(): void {
+    const socket = this.socket as ParsedSocket;
+    if (socket._paused !== true) {
+      socket._paused = true;
+      socket.pause();
+    }
+    if (!socket.listeners('resume').includes(this.repause)) socket.on('resume', this.repause);
   }
 
   /**
    * A refusal written as raw bytes (a request the parser rejected): sent now if nothing is in
    * progress, else after the answers to the requests before it. The connection then closes.
    */
-  refuse(answer: string): void {
-    if (this.closing) return;
+  refuse(answer: string, broken: IncomingMessage | null = null): void {
+    if (this.closing || this.refusalQueued) return;
+    if (broken !== null) {
+      // The broken request was parsed and queued (its body is the bad part): the refusal takes its place.
+      const at = this.waiting.findIndex((w) => typeof w !== 'string' && w.req === broken);
+      if (at !== -1) this.waiting.length = at;
+    }
     if (this.active !== null || this.waiting.length > 0) {
+      this.refusalQueued = true;
       this.waiting.push(answer);
       return;
     }
@@ -114,7 +156,7 @@ export class ClientConnection {
     }
     const item = this.waiting.shift();
     const socket = this.socket as ParsedSocket;
-    if (socket._paused === true && this.waiting.length < MAX_WAITING / 2) {
+    if (socket._paused === true && this.waiting.length < MAX_WAITING / 2 && !this.refusalQueued) {
       socket._paused = false;
       socket.parser?.resume();
       socket.resume();
@@ -133,6 +175,11 @@ export class ClientConnection {
     }
     this.socket.end(answer, 'latin1');
     lingeringClose.call(this.socket);
+  }
+
+  /** True while the connection only reads and drops (an answer that closed it was sent). */
+  get isLingering(): boolean {
+    return this.lingering;
   }
 
   /** Read and drop what the client still sends, until it closes or the linger time is over. */

@@ -11,7 +11,7 @@ import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
 import { Firewall, firewallGuard } from '../middleware/firewall.ts';
 import { requestLimitsGuard } from '../middleware/request-limits.ts';
 import { ConnectionLimiter } from './connection-limiter.ts';
-import { ClientConnection, type StartRequest } from './client-connection.ts';
+import { ClientConnection, requestBeingParsed, type StartRequest } from './client-connection.ts';
 import type { Logger } from '../observe/logger.ts';
 
 /** A bound listener's address as users type it. */
@@ -49,6 +49,8 @@ export class HttpListener {
   private readonly logger: Logger;
   private readonly connections: ConnectionLimiter;
   private readonly proxy: HttpProxy;
+  /** Every admitted client socket, also those Node's server no longer tracks (after CONNECT, lingering). */
+  private readonly open = new Set<Socket>();
   private metrics: MetricsSource | null = null;
   /** Requests answered by the parser's error path (malformed, too large, too slow). */
   malformed = 0;
@@ -92,8 +94,11 @@ export class HttpListener {
     // CONNECT (a forward-proxy tunnel) is not served yet: a clear answer instead of Node's silent close.
     this.server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
     const server = this.server;
+    const open = this.open;
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
       new ClientConnection(socket, start);
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
       server.emit('connection', socket);
       socket.resume();
     });
@@ -189,6 +194,8 @@ export class HttpListener {
     // Resolves once every accepted connection has ended.
     const closed = new Promise<void>((resolve) => this.acceptor.close(() => resolve()));
     this.connections.dropWaiting();
+    // Connections that only linger (answered, closing) have nothing left to deliver.
+    for (const socket of this.open) if (ClientConnection.of(socket)?.isLingering === true) socket.destroy();
     this.server.closeIdleConnections();
     const sweep = setInterval(() => this.server.closeIdleConnections(), 25);
     let timer: NodeJS.Timeout | undefined;
@@ -199,6 +206,8 @@ export class HttpListener {
     if (how === 'grace') {
       this.logger.warn({ listener: this.info.name }, 'grace period over: closing the connections still open');
       this.server.closeAllConnections();
+      // Node's list misses sockets it handed over (CONNECT) or no longer parses.
+      for (const socket of this.open) socket.destroy();
       await closed;
     }
     // Stops the HTTP server's timeout timer (it reports "not running": it never bound a socket).
@@ -218,19 +227,28 @@ export class HttpListener {
     this.malformed++;
     this.logger.debug({ listener: this.info.name, code: err.code, status }, 'rejected a malformed request');
     const active = connection?.activeResponse ?? null;
-    if (active !== null && !(active.req as http.IncomingMessage).complete) {
+    // The request the parser was reading when it failed (a bad body, a body that stopped arriving).
+    const broken = requestBeingParsed(socket);
+    if (active !== null && (active.req as http.IncomingMessage) === broken) {
       // The parser failed inside the body of the request in progress (or it timed out): that request is the broken one.
       this.proxy.requestBroken(active, status, err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request not received in time' : `malformed request (${err.code ?? 'parse error'})`);
       return;
     }
     const answer = closingAnswer(status, text, '');
-    // After the answers to the requests before it, never ahead of them.
-    if (connection !== undefined) connection.refuse(answer);
+    // After the answers to the requests before it, never ahead of them; a queued broken request is replaced by it.
+    if (connection !== undefined) connection.refuse(answer, broken);
     else socket.end(answer, 'latin1');
   }
 
   /** CONNECT: no tunnels on this listener yet (501), said clearly and logged, then a graceful close. */
   private refuseTunnel(req: http.IncomingMessage, socket: Socket): void {
+    // Node took its own error, drain and timeout listeners off this socket when it handed it over.
+    socket.on('error', () => socket.destroy());
+    socket.on('drain', () => {
+      // The answer ahead of the CONNECT still waits for drains to go on writing.
+      const message = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+      if (message && !message.writableFinished) message.emit('drain');
+    });
     this.malformed++;
     this.logger.debug({ listener: this.info.name, method: req.method, target: req.url }, 'refused a CONNECT request');
     const answer = closingAnswer(501, 'Not Implemented', 'CONNECT tunnels are not supported on this listener (see docs/errors.md)');

@@ -298,9 +298,12 @@ export class HttpProxy implements ExchangeSink {
       if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
     }
     try {
-      if (reason !== undefined) res.writeHead(status, reason, headers);
+      // The reason phrase as sent (RFC 9112 section 4: HTAB, SP, VCHAR, obs-text), else the standard one.
+      if (reason !== undefined && validReason(reason)) res.writeHead(status, reason, headers);
       else res.writeHead(status, headers);
     } catch (err) {
+      // writeHead keeps what it refused: the error answer must not trip over it again.
+      res.statusMessage = '';
       // A header Node refuses to write (invalid characters): the response is unusable.
       this.onError(ctx, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }), true);
       return false;
@@ -412,8 +415,14 @@ export class HttpProxy implements ExchangeSink {
       if (this.draining || error.status === 400 || error.status === 501 || !requestBodyDone(ctx)) headers.push('connection', 'close');
       if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
       else if (error.status === 503) headers.push('retry-after', '1');
-      res.writeHead(error.status, headers);
-      res.end(ctx.req.method === 'HEAD' ? undefined : body);
+      try {
+        res.statusMessage = '';
+        res.writeHead(error.status, headers);
+        res.end(ctx.req.method === 'HEAD' ? undefined : body);
+      } catch {
+        // Never a crash for an answer that cannot be written: the connection is cut instead.
+        res.destroy();
+      }
     }
     if (ctx.bodyStream !== null && !ctx.bodyStream.destroyed) {
       ctx.req.unpipe(ctx.bodyStream);
@@ -468,6 +477,15 @@ function informationalHead(status: number, reason: string, raw: readonly (Buffer
     head += `${name}: ${raw[i + 1].toString('latin1')}\r\n`;
   }
   return head + '\r\n';
+}
+
+/** True for a reason phrase Node will write as is: HTAB, SP, VCHAR and obs-text (RFC 9112 section 4). */
+function validReason(reason: string): boolean {
+  for (let i = 0; i < reason.length; i++) {
+    const c = reason.charCodeAt(i);
+    if (c > 0xff || c === 0x7f || (c < 0x20 && c !== 0x09)) return false;
+  }
+  return true;
 }
 
 /** A flat header list without Content-Length and Transfer-Encoding. */

@@ -6,11 +6,11 @@
  */
 import http from 'node:http';
 import net, { type Socket } from 'node:net';
-import { keepReadingAfterWriteError } from './upstream-socket.ts';
+import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { PoolSettings } from '../config/schema.ts';
 import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
-import { effectiveIdle, type ExchangeSink, type Transport } from './transport.ts';
+import { effectiveIdle, socketReusableAfter, type ExchangeSink, type Transport } from './transport.ts';
 
 function timeoutError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
@@ -111,6 +111,8 @@ export class NodeHttpTransport implements Transport {
       if (stale()) return fail(new Error('request already finished'));
       waitingForHeaders = false;
       creq.setTimeout(timeouts.idle_body);
+      // Node then closes the socket after this answer instead of handing it back to the agent.
+      if (!socketReusableAfter(response.statusCode!, response.rawHeaders)) creq.shouldKeepAlive = false;
       if (!sink.onResponse(ctx, response.statusCode!, response.rawHeaders, response.statusMessage)) {
         ires = null;
         return fail(new Error('response not writable'));
@@ -134,8 +136,10 @@ export class NodeHttpTransport implements Transport {
         if (!response.complete) return fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' }));
         failed = true;
         sink.onEnd(ctx, response.rawTrailers);
-        // The upload was cut short (the upstream answered first): this socket is mid-request, never reused.
+        // The upload was cut short (the upstream answered first): this socket is mid-request, never reused;
+        // nor one whose writes failed (the upstream reset it, its answer was still read).
         if (!creq.writableFinished) creq.destroy();
+        else if (heldWriteError(creq.socket) !== undefined) creq.socket?.destroy();
       });
       response.on('aborted', () => fail(Object.assign(new Error('upstream closed mid-body'), { code: 'ECONNRESET' })));
       response.on('error', fail);

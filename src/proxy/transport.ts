@@ -38,3 +38,21 @@ export interface Transport {
 export function effectiveIdle(idleTimeout: number, margin: number): number {
   return idleTimeout > margin ? idleTimeout - margin : Math.max(1, Math.floor(idleTimeout / 2));
 }
+
+/**
+ * False when a complete answer leaves its upstream connection in doubt: a 204 that declared a
+ * body (`Transfer-Encoding`, or a `Content-Length` other than 0), or a 304 with
+ * `Transfer-Encoding`. Those bytes, if the upstream sends them, would be read as the start of
+ * the next answer on that socket, so it is not reused. (A 304 may carry the `Content-Length` of
+ * the full answer, and a HEAD answer its framing: both normal, both keep the socket.)
+ */
+export function socketReusableAfter(status: number, rawHeaders: readonly (Buffer | string)[]): boolean {
+  if (status !== 204 && status !== 304) return true;
+  for (let i = 0; i < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i].toString('latin1').toLowerCase();
+    if (name === 'transfer-encoding') return false;
+    if (name === 'content-length' && status === 204 && rawHeaders[i + 1].toString('latin1').trim() !== '0') return false;
+  }
+  return true;
+}
+

@@ -6,11 +6,12 @@
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { Pool as UndiciPool, buildConnector, type Dispatcher } from 'undici';
-import { keepReadingAfterWriteError } from './upstream-socket.ts';
+import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { PoolSettings } from '../config/schema.ts';
 import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
-import { effectiveIdle, type ExchangeSink, type Transport } from './transport.ts';
+import { effectiveIdle, socketReusableAfter, type ExchangeSink, type Transport } from './transport.ts';
+import type { Socket } from 'node:net';
 import { NodeHttpTransport } from './node-http-transport.ts';
 
 /** The exchange whose request undici is writing now: its onConnect and `undici:client:sendHeaders` run in one synchronous step. */
@@ -21,7 +22,9 @@ function onSendHeaders(message: unknown): void {
   const exchange = writing;
   if (exchange === null) return;
   writing = null;
-  exchange.reused = (message as { socket: { bytesRead: number } }).socket.bytesRead > 0;
+  const socket = (message as { socket: Socket }).socket;
+  exchange.reused = socket.bytesRead > 0;
+  exchange.socket = socket;
 }
 diagnosticsChannel.subscribe('undici:client:sendHeaders', onSendHeaders);
 
@@ -33,6 +36,10 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   private sent = false;
   /** Sent on a keep-alive socket that had carried an earlier exchange (a reset there is most likely a stale socket). */
   reused = false;
+  /** The upstream socket this attempt was written to (from `undici:client:sendHeaders`). */
+  socket: Socket | null = null;
+  /** False once the answer left the socket in doubt (socketReusableAfter): it is closed after the answer. */
+  private reusable = true;
   private resume: (() => void) | null = null;
   /** The final status once headers arrived (0 before). */
   private status = 0;
@@ -61,12 +68,13 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   onHeaders(statusCode: number, rawHeaders: Buffer[], resume: () => void, statusText?: string): boolean {
     if (this.stale()) return false;
     if (statusCode < 200) {
-      this.sink.onInformational(this.ctx, statusCode, statusText ?? '', rawHeaders);
+      this.sink.onInformational(this.ctx, statusCode, reasonBytes(statusText) ?? '', rawHeaders);
       return true;
     }
     this.resume = resume;
     this.status = statusCode;
-    return this.sink.onResponse(this.ctx, statusCode, rawHeaders, statusText);
+    this.reusable = socketReusableAfter(statusCode, rawHeaders);
+    return this.sink.onResponse(this.ctx, statusCode, rawHeaders, reasonBytes(statusText));
   }
 
   onData(chunk: Buffer): boolean {
@@ -77,6 +85,8 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   }
 
   onComplete(trailers: string[] | null): void {
+    // Before undici hands the socket to the next request.
+    if (!this.reusable || heldWriteError(this.socket) !== undefined) this.socket?.destroy();
     if (this.stale()) return;
     this.sink.onEnd(this.ctx, trailers);
   }
@@ -94,6 +104,19 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
 
   onUpgrade(): void {}
   onBodySent(): void {}
+}
+
+/**
+ * The reason phrase as the upstream's bytes, one char per byte (what Node writes back): undici
+ * decodes it as UTF-8, so a valid UTF-8 phrase is re-encoded; one that was not (U+FFFD) is dropped.
+ */
+function reasonBytes(text: string | undefined): string | undefined {
+  if (text === undefined) return undefined;
+  for (let i = 0; i < text.length; i++) {
+    if (text.charCodeAt(i) < 0x80) continue;
+    return text.includes('\ufffd') ? undefined : Buffer.from(text, 'utf8').toString('latin1');
+  }
+  return text;
 }
 
 /** Responses that never have a body (RFC 9110 sections 6.4.1, 15.3.5, 15.4.5). */
@@ -122,7 +145,7 @@ function socketLimit(maxSockets: number, maxConnections: number): number | null 
 export class UndiciTransport implements Transport {
   private readonly settings: PoolSettings;
   private readonly clients = new Map<Upstream, UndiciPool>();
-  /** undici refuses `Expect: 100-continue`; those requests (rare) go over node:http, which relays the 100. */
+  /** undici refuses `Expect: 100-continue` and closes after HEAD; those requests go over node:http (relays the 100, keeps the socket). */
   private continueTransport: NodeHttpTransport | null = null;
   readonly relaysContinue = true;
 
@@ -153,7 +176,8 @@ export class UndiciTransport implements Transport {
   }
 
   forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void {
-    if (ctx.expectContinue) return (this.continueTransport ??= new NodeHttpTransport(this.settings)).forward(ctx, upstream, sink);
+    // undici cannot send Expect, and it closes the socket after every HEAD: both go over node:http.
+    if (ctx.expectContinue || ctx.req.method === 'HEAD') return (this.continueTransport ??= new NodeHttpTransport(this.settings)).forward(ctx, upstream, sink);
     const req = ctx.req;
     this.clientFor(upstream).dispatch(
       {

@@ -97,10 +97,30 @@ describe('requests queued behind the one in progress', () => {
     const backend = await startBackend(t, (_req, res) => res.end(big));
     const lb = await startBalancer(t, { pools: { app: { upstreams: [backend.url] } } });
     const client = rawClient(lb.port);
-    t.after(() => client.socket.destroy());
-    client.socket.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\nCONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n');
-    // Node stops forwarding the socket's 'drain' to the answer once it hands the socket to 'connect'.
-    await eventually(() => client.bytes > big.length, { timeout: 5000, what: `the whole answer (got ${client.bytes} bytes so far)` });
+    try {
+      client.socket.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\nCONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n');
+      // Node stops forwarding the socket's 'drain' to the answer once it hands the socket to 'connect'.
+      await eventually(() => client.bytes > big.length && client.data.length > 0, { timeout: 5000, what: 'the whole answer' });
+    } finally {
+      // Destroyed here, before the balancer's close: today close() would wait for this socket forever.
+      client.socket.destroy();
+    }
+  });
+
+  test('close() ends within the grace period even when an answer ahead of a CONNECT is stuck', async (t) => {
+    const big = Buffer.alloc(4 * 1024 * 1024, 97);
+    const backend = await startBackend(t, (_req, res) => res.end(big));
+    const lb = await startBalancer(t, { pools: { app: { upstreams: [backend.url] } } });
+    const client = rawClient(lb.port);
+    try {
+      client.socket.write('GET /big HTTP/1.1\r\nHost: app.test\r\n\r\nCONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n');
+      await eventually(() => client.bytes > 0);
+      // After CONNECT Node frees the parser: closeAllConnections() no longer knows this socket.
+      const outcome = await Promise.race([lb.balancer.close(500).then(() => 'closed'), new Promise((resolve) => setTimeout(resolve, 5000, 'still open after 5 s')).then((v) => v)]);
+      assert.equal(outcome, 'closed');
+    } finally {
+      client.socket.destroy();
+    }
   });
 
   test('a deep pipeline does not make Fulcrum parse without bound while answers are slow to send', async (t) => {
