@@ -57,6 +57,29 @@ export async function startRawBackend(t: TestContext, onConnection: (socket: net
 }
 
 /**
+ * A raw backend that answers `200 ok` to each request and keeps every byte it received (a
+ * request body announced with Content-Length is skipped), for tests on exactly what was sent.
+ */
+export async function startRecordingBackend(t: TestContext): Promise<{ url: string; port: number; sockets: net.Socket[]; received: string[]; text: () => string }> {
+  const received: string[] = [];
+  const raw = await startRawBackend(t, (socket) => {
+    let buffered = '';
+    socket.on('data', (d) => {
+      received.push(d.toString('latin1'));
+      buffered += d.toString('latin1');
+      let end: number;
+      while ((end = buffered.indexOf('\r\n\r\n')) !== -1) {
+        const head = buffered.slice(0, end);
+        const length = /\r\ncontent-length: *(\d+)/i.exec(head);
+        buffered = buffered.slice(end + 4 + (length ? Number(length[1]) : 0));
+        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
+      }
+    });
+  });
+  return { ...raw, received, text: () => received.join('') };
+}
+
+/**
  * A backend that speaks just enough HTTP/1.1 to answer "ok", and closes a connection `idleMs`
  * after its last response without announcing it (no Keep-Alive header).
  */

@@ -4,40 +4,19 @@
  * before the colon, obs-fold, conflicting or signed Content-Length, a second Host, a Host port
  * out of range — each refused with 400 and never forwarded.
  */
-import { test, type TestContext } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { rawExchange, startBalancer, startRawBackend } from '../helpers/servers.ts';
+import { rawExchange, startBalancer, startRecordingBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { createBalancer } from '../../src/index.ts';
 import { createLogger } from '../../src/observe/logger.ts';
-
-/** A backend that answers 200 to each request and keeps every byte it received. */
-async function recordingBackend(t: TestContext) {
-  const received: string[] = [];
-  const raw = await startRawBackend(t, (socket) => {
-    let buffered = '';
-    socket.on('data', (d) => {
-      received.push(d.toString('latin1'));
-      buffered += d.toString('latin1');
-      let end: number;
-      while ((end = buffered.indexOf('\r\n\r\n')) !== -1) {
-        // Bodies here are the 5 bytes "hello" when announced; skip them.
-        const head = buffered.slice(0, end);
-        const length = /\r\ncontent-length: *(\d+)/i.exec(head);
-        buffered = buffered.slice(end + 4 + (length ? Number(length[1]) : 0));
-        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-      }
-    });
-  });
-  return { ...raw, received, text: () => received.join('') };
-}
 
 const spoofing =
   'POST /x HTTP/1.1\r\nHost: a\r\nX_Forwarded_For: 6.6.6.6\r\nX-Auth_User: admin\r\nTransfer_Encoding: chunked\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello';
 
 test('header names: "_" names are dropped by default, counted per listener and never read as Fulcrum\'s own', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, { listeners: [{ name: 'edge', host: '127.0.0.1', port: 0 }], pools: { web: { upstreams: [backend.url] } } });
   const answer = await rawExchange(lb.port, spoofing);
   assert.match(answer, /^HTTP\/1\.1 200 /);
@@ -52,7 +31,7 @@ test('header names: "_" names are dropped by default, counted per listener and n
 });
 
 test('header names: headers_with_underscores allow forwards them; reject answers 400 and forwards nothing', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, {
     listeners: [
       { name: 'allow', host: '127.0.0.1', port: 0, headers_with_underscores: 'allow' },
@@ -66,7 +45,7 @@ test('header names: headers_with_underscores allow forwards them; reject answers
   assert.match(backend.text(), /\r\nx-forwarded-for: 127\.0\.0\.1\r\n/i, 'still not believed as X-Forwarded-For');
   assert.match((await lb.balancer.metrics.scrape()).body, /^lb_headers_dropped_total\{listener="allow",reason="underscore"\} 0$/m);
 
-  const strictBackend = await recordingBackend(t);
+  const strictBackend = await startRecordingBackend(t);
   const strict = await startBalancer(t, {
     listeners: [{ name: 'strict', host: '127.0.0.1', port: 0, headers_with_underscores: 'reject' }],
     pools: { web: { upstreams: [strictBackend.url] } },
@@ -80,7 +59,7 @@ test('header names: headers_with_underscores allow forwards them; reject answers
 });
 
 test('header names: a dropped header is logged at debug with its name', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const logs: string[] = [];
   const destination = new Writable({ write(chunk, _enc, cb) { logs.push(String(chunk)); cb(); } });
   const balancer = createBalancer(
@@ -121,7 +100,7 @@ const tricks: [string, string][] = [
 ];
 
 test('header names: every other trick is a 400 and never reaches the backend', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, { pools: { web: { upstreams: [backend.url] } } });
   for (const [name, bytes] of tricks) assert.match(await rawExchange(lb.port, bytes, 1500), /^HTTP\/1\.1 400 /, name);
   assert.deepEqual(backend.received, [], 'the backend received no byte');
@@ -132,7 +111,7 @@ test('header names: every other trick is a 400 and never reaches the backend', a
 });
 
 test('header names: headers_with_underscores changes on reload, for the open listener', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const config = (action: 'drop' | 'reject', port = 0) => ({
     listeners: [{ name: 'edge', host: '127.0.0.1', port, headers_with_underscores: action }],
     pools: { web: { upstreams: [backend.url] } },

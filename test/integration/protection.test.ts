@@ -6,27 +6,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
-import { get, rawExchange, startBackend, startBalancer, startRawBackend } from '../helpers/servers.ts';
+import { get, rawExchange, startBackend, startBalancer, startRawBackend, startRecordingBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { validateConfig } from '../../src/config/load.ts';
 import { ConfigError } from '../../src/errors.ts';
-
-/** A backend that answers 200 and keeps every byte it was sent. */
-async function recordingBackend(t: Parameters<typeof startRawBackend>[0]) {
-  const received: string[] = [];
-  const raw = await startRawBackend(t, (socket) => {
-    let buffered = '';
-    socket.on('data', (d) => {
-      received.push(d.toString('latin1'));
-      buffered += d.toString('latin1');
-      if (buffered.includes('\r\n\r\n')) {
-        buffered = '';
-        socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
-      }
-    });
-  });
-  return { ...raw, received };
-}
 
 /** Opens a connection and reports whether the server closed it at once. */
 function closedAtAccept(port: number, host = '127.0.0.1'): Promise<boolean> {
@@ -81,7 +64,7 @@ test('firewall: behind a trusted proxy the X-Forwarded-For client is checked; IP
 });
 
 test('request limits: 431, 414, 413 (also instead of 100-continue), and a chunked body cut at the limit', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, {
     listeners: [{ host: '127.0.0.1', port: 0, limits: { max_headers: 10, max_header_bytes: 4096, max_url_bytes: 100, max_body_bytes: 1000 } }],
     pools: { web: { upstreams: [backend.url] } },
@@ -196,7 +179,7 @@ const badRequests: [string, string, RegExp][] = [
 ];
 
 test('strict parsing: every malformed request gets a 4xx and never reaches the backend', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, { pools: { web: { upstreams: [backend.url] } } });
   const table: string[] = [];
   for (const [name, bytes, expected] of badRequests) {
@@ -274,7 +257,7 @@ test('firewall lists change on reload, for the open listener, without a restart'
 });
 
 test('refusals close a connection whose body was not read; one answer per request; absolute-form authority checked', async (t) => {
-  const backend = await recordingBackend(t);
+  const backend = await startRecordingBackend(t);
   const lb = await startBalancer(t, {
     listeners: [{ host: '127.0.0.1', port: 0, limits: { max_body_bytes: 10 } }],
     pools: { web: { upstreams: [backend.url] } },
