@@ -3,7 +3,7 @@
  * layer over this; tests and embedders use it directly.
  */
 import './require-node.ts';
-import { configReload, requestRetry, upstreamState, type RequestRetryEvent, type UpstreamStateEvent } from './core/events.ts';
+import { configReload, poolPanic, requestRetry, upstreamState, type PoolPanicEvent, type RequestRetryEvent, type UpstreamStateEvent } from './core/events.ts';
 import { formatPath, validateConfig, type LoadedConfig } from './config/load.ts';
 import { ConfigError } from './errors.ts';
 import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
@@ -252,6 +252,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     );
   };
 
+  const onPanic = (message: unknown): void => {
+    const p = message as PoolPanicEvent;
+    if (pools.get(p.pool)?.upstreams !== p.upstreams) return;
+    const fields = { pool: p.pool, panic: p.panic, available: p.available, allowed: p.allowed, threshold: p.threshold };
+    if (p.panic) {
+      logger.warn(fields, `pool ${p.pool} in panic mode: ${p.available} of ${p.allowed} upstreams available (under panic_threshold_percent ${p.threshold}), so requests go to all ${p.allowed}, healthy or not`);
+    } else logger.info(fields, `pool ${p.pool} out of panic mode: ${p.available} of ${p.allowed} upstreams available`);
+  };
+
   const onRetry = (message: unknown): void => {
     const { ctx, upstream, reason } = message as RequestRetryEvent;
     logger.info({ request_id: ctx.requestIdForUpstream ?? ctx.id, upstream: upstream.id, attempt: ctx.attempts, reason }, `retrying ${ctx.req.method} ${ctx.upstreamPath} after ${upstream.id} failed (${reason})`);
@@ -422,6 +431,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       started = true;
       if (config.log.access_log) stopAccessLog = startAccessLog(logger);
       upstreamState.subscribe(onState);
+      poolPanic.subscribe(onPanic);
       requestRetry.subscribe(onRetry);
       const bound: ListenerAddress[] = [];
       let binding: { path: (string | number)[]; host: string; port: number } | null = null;
@@ -537,6 +547,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         stopAccessLog?.();
         metrics.close();
         upstreamState.unsubscribe(onState);
+        poolPanic.unsubscribe(onPanic);
         requestRetry.unsubscribe(onRetry);
         logger.flush();
       })();

@@ -84,6 +84,8 @@ export function formatStatus(s: StatusResponse): string {
       ...s.backends.map((b) => [b.pool, b.url, state(b), String(b.weight), String(b.current_connections), String(b.requests), String(b.failures), String(b.ejections), b.runtime_only ? 'runtime-only' : '']),
     ]),
   ];
+  const panicking = [...new Set(s.backends.filter((b) => b.panic).map((b) => b.pool))];
+  for (const pool of panicking) lines.push(`pool ${pool} is in panic mode: too few backends up (panic_threshold_percent), so every backend of it takes traffic, healthy or not`);
   for (const note of s.restart_needed ?? []) lines.push(`restart needed: ${note}`);
   if (s.runtime_changes.length > 0) {
     lines.push('', `runtime-only changes (lost on restart${s.persisted ? '' : '; set admin.persist to write them to the file'}):`);

@@ -31,6 +31,7 @@ const backendExample = {
   ejected: false,
   ejections: 0,
   circuit: 'closed',
+  panic: false,
   runtime_only: true,
 };
 
@@ -69,6 +70,7 @@ const liveBackendExample = {
   ejected: false,
   ejections: 0,
   circuit: 'closed',
+  panic: false,
   weight: 1,
   requests: 1204,
 };
@@ -591,7 +593,7 @@ export function openApiDocument(): Record<string, unknown> {
         BackendStatus: {
           type: 'object',
           description: 'One upstream as `/status` and `/backends` show it.',
-          required: ['url', 'id', 'pool', 'alive', 'healthy', 'current_connections', 'requests', 'failures', 'weight', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'runtime_only'],
+          required: ['url', 'id', 'pool', 'alive', 'healthy', 'current_connections', 'requests', 'failures', 'weight', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'panic', 'runtime_only'],
           properties: {
             url: { type: 'string', description: '`http://host:port` (the seeds\' key).', examples: ['http://localhost:8085'] },
             id: { type: 'string', description: '`host:port`: the id used in metrics, logs and the API.', examples: ['localhost:8085'] },
@@ -608,6 +610,7 @@ export function openApiDocument(): Record<string, unknown> {
             ejected: { type: 'boolean', description: 'Kept out by passive outlier detection.' },
             ejections: { type: 'integer', minimum: 0, description: 'Times it was ejected recently (multiplies the next ejection time).' },
             circuit: { type: 'string', enum: ['closed', 'open', 'half-open'] },
+            panic: { type: 'boolean', description: 'Its pool is in panic mode (fewer than panic_threshold_percent of its upstreams up): it takes traffic whatever its health.' },
             runtime_only: { type: 'boolean', description: 'True when it was added, re-weighted, drained or disabled through the API and the file does not say so.' },
           },
         },
@@ -778,7 +781,7 @@ export function openApiDocument(): Record<string, unknown> {
         LiveBackend: {
           type: 'object',
           description: 'One second of live numbers for one upstream.',
-          required: ['pool', 'id', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'in_flight', 'alive', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'weight', 'requests'],
+          required: ['pool', 'id', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'in_flight', 'alive', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'panic', 'weight', 'requests'],
           properties: {
             pool: { type: 'string' },
             id: { type: 'string' },
@@ -794,6 +797,7 @@ export function openApiDocument(): Record<string, unknown> {
             ejected: { type: 'boolean' },
             ejections: { type: 'integer', minimum: 0 },
             circuit: { type: 'string', enum: ['closed', 'open', 'half-open'] },
+            panic: { type: 'boolean' },
             weight: { type: 'number' },
             requests: { type: 'integer', minimum: 0 },
           },

@@ -17,6 +17,7 @@ export function upstreamState(u: Upstream): UpstreamState {
     ejected: u.ejected,
     ejections: u.ejections,
     circuit: u.circuit,
+    panic: u.panic,
     weight: u.weight,
     requests: u.served,
   };

@@ -15,6 +15,8 @@ export interface UpstreamState {
   /** Times it was ejected recently (multiplies the next ejection time). */
   ejections: number;
   circuit: 'closed' | 'open' | 'half-open';
+  /** Its pool is in panic mode (too few upstreams up): it takes traffic whatever its health. */
+  panic: boolean;
   weight: number;
   /** Requests it answered since it was added (carried over reloads). */
   requests: number;

@@ -31,5 +31,17 @@ export interface UpstreamResultEvent { upstream: Upstream; status: number; failu
 export interface RequestRetryEvent { ctx: RequestContext; upstream: Upstream; reason: string }
 /** Message of `fulcrum:upstream:state`. */
 export type UpstreamStateEvent = UpstreamChange & { pool: string };
+/** Message of `fulcrum:pool:panic`: a pool entered or left panic mode. */
+export interface PoolPanicEvent {
+  pool: string;
+  /** The pool's upstreams, so a balancer logs only its own pools (channels are process-wide). */
+  upstreams: readonly Upstream[];
+  panic: boolean;
+  available: number;
+  allowed: number;
+  threshold: number;
+}
+/** Published when a pool enters or leaves panic mode (Envoy's healthy_panic_threshold). */
+export const poolPanic = diagnosticsChannel.channel('fulcrum:pool:panic');
 /** Message of `fulcrum:config:reload`. */
 export interface ConfigReloadEvent { ok: boolean; source: string; error?: Error }

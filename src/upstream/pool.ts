@@ -6,7 +6,7 @@
 import type { PoolSettings } from '../config/schema.ts';
 import { findPolicy } from '../balancer/registry.ts';
 import type { PickContext, Policy, PolicyFactory } from '../balancer/policy.ts';
-import { upstreamState } from '../core/events.ts';
+import { poolPanic, upstreamState, type PoolPanicEvent } from '../core/events.ts';
 import { Upstream, upstreamIdOf, type UpstreamChange } from './upstream.ts';
 import type { HostRewrite } from '../proxy/headers.ts';
 import type { Transport } from '../proxy/transport.ts';
@@ -132,6 +132,9 @@ export class Pool {
     const allowed = this.upstreams.filter((u) => u.enabled && !u.draining);
     const threshold = this.settings.panic_threshold_percent;
     const panic = threshold > 0 && allowed.length > 0 && this.snapshot.length * 100 < threshold * allowed.length;
+    if (panic !== (this.panicPolicy !== null) && poolPanic.hasSubscribers) {
+      poolPanic.publish({ pool: this.name, upstreams: this.upstreams, panic, available: this.snapshot.length, allowed: allowed.length, threshold } satisfies PoolPanicEvent);
+    }
     for (const u of this.upstreams) u.panic = panic && u.enabled && !u.draining;
     this.panicPolicy = panic ? this.policyFactory.create(Object.freeze(allowed)) : null;
     return this.policyFactory.create(this.snapshot);

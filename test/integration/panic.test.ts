@@ -37,6 +37,15 @@ test('below the threshold every upstream takes a share; at 0 the healthy one tak
   assert.match((await lb.balancer.metrics.scrape()).body, /lb_pool_panic\{pool="web"\} 1\n/);
   assert.deepEqual([...(await bodies(`${off.url}/`, 6))], [['c', 6]]);
   assert.match((await off.balancer.metrics.scrape()).body, /lb_pool_panic\{pool="web"\} 0\n/);
+  // It is said, not only counted: a warning on entering, the status of each backend, news on leaving.
+  assert.ok(lb.logs.some((l) => /"level":40/.test(l) && /pool web in panic mode: 1 of 3 upstreams available/.test(l)), 'a warning when panic starts');
+  assert.ok(!off.logs.some((l) => /panic mode/.test(l)), 'no panic with the threshold at 0');
+  const [a, b] = lb.balancer.pools().get('web')!.upstreams;
+  assert.equal(a.panic, true);
+  a.setHealth('healthy', 'test');
+  b.setHealth('healthy', 'test');
+  assert.ok(lb.logs.some((l) => /pool web out of panic mode: 2 of 3 upstreams available/.test(l)), 'news when it ends');
+  assert.equal(a.panic, false);
 });
 
 test('at or above the threshold the healthy upstreams take everything', async (t) => {
