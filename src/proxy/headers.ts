@@ -108,7 +108,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
   out[1] = host.kind === 'preserve' ? (clientHost ?? '') : host.kind === 'fixed' ? host.value : '';
   out.push('x-forwarded-for', forwardedFor === undefined ? ctx.clientAddress : `${forwardedFor}, ${ctx.peerAddress}`);
   out.push('x-forwarded-proto', forwardedProto ?? settings.proto);
-  if (forwardedHost !== undefined || clientHost !== undefined) out.push('x-forwarded-host', forwardedHost ?? clientHost!);
+  // The host the request was routed on: an absolute-form target's authority wins over Host (RFC 9112 section 3.2.2).
+  const routedHost = ctx.authority ?? clientHost;
+  if (forwardedHost !== undefined || routedHost !== undefined) out.push('x-forwarded-host', forwardedHost ?? routedHost!);
   out.push('via', via === undefined ? settings.via : `${via}, ${settings.via}`);
   if (requestId !== undefined && requestId.length <= 200) ctx.requestIdForUpstream = requestId;
   out.push('x-request-id', ctx.requestIdForUpstream ?? ctx.id);

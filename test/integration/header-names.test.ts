@@ -123,3 +123,22 @@ test('header names: headers_with_underscores changes on reload, for the open lis
   assert.match(await rawExchange(lb.port, request), /^HTTP\/1\.1 400 /);
   assert.doesNotMatch(backend.text(), /_/);
 });
+
+test('an absolute-form target routes on its authority, and X-Forwarded-Host says that host, not the Host header', async (t) => {
+  const secret = await startRecordingBackend(t);
+  const open = await startRecordingBackend(t);
+  const lb = await startBalancer(t, {
+    pools: { secret: { upstreams: [secret.url] }, open: { upstreams: [open.url] } },
+    routes: [
+      { host: 'secret.local', pool: 'secret', firewall: { deny: ['127.0.0.1'] } },
+      { pool: 'open' },
+    ],
+  });
+  assert.match(await rawExchange(lb.port, 'GET /x HTTP/1.1\r\nHost: secret.local\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 403 /);
+  // The authority wins over Host (RFC 9112 section 3.2.2): routed to "public", so no backend may be told "secret.local".
+  assert.match(await rawExchange(lb.port, 'GET http://public/x HTTP/1.1\r\nHost: secret.local\r\nConnection: close\r\n\r\n'), /^HTTP\/1\.1 200 /);
+  await eventually(() => open.text().includes('GET /x'), { what: 'the request at the open backend' });
+  assert.match(open.text(), /\r\nx-forwarded-host: public\r\n/i);
+  assert.doesNotMatch(open.text(), /secret\.local/);
+  assert.equal(secret.received.length, 0);
+});
