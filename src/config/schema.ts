@@ -3,6 +3,7 @@
  * `fulcrum schema` prints all come from here; docs/configuration.md describes the same keys.
  * Keys are snake_case, as in the seeds' configs and most load balancers' files.
  */
+import { editDistance } from './did-you-mean.ts';
 import { z } from 'zod';
 import { BlockList, isIP } from 'node:net';
 import { parseDuration, unitlessDurationMessage } from './duration.ts';
@@ -87,21 +88,29 @@ export function upstreamUrlProblem(v: string): string | undefined {
   if (v.trim() === '') return `expected an upstream URL such as ${example}, got an empty string`;
   // The URL parser quietly drops tabs and newlines: refuse them rather than guess.
   if (/[\s\x00-\x1f\x7f]/.test(v)) return `${shown} contains a space or a control character; an upstream URL is http://host:port and nothing else`;
+  // YAML reads `- url:http://h:1` (no space after the colon) as one string.
+  if (/^url:/i.test(v)) return `${shown} is a key and its value without a space: write "url: ${v.slice(4)}" (YAML needs a space after the colon)`;
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(v)?.[1]?.toLowerCase();
   if (scheme === undefined) {
-    // `10.0.0.1:3000`, `localhost:3000`, `//host`, `http:/host`, `http:host`: what is after the scheme, if any.
-    const rest = v.replace(/^([A-Za-z][A-Za-z0-9+.-]*:(?!\d))?\/*/, '');
+    // `10.0.0.1:3000`, `localhost:3000`, `//host`, `http:/host`, `http:host`, `http//host`: what is after the scheme, if any.
+    const rest = v.replace(/^https?(?::\/*|\/+)/i, '').replace(/^([A-Za-z][A-Za-z0-9+.-]*:(?!\d))?\/*/, '');
     return `missing "http://": write http://${rest || '10.0.0.1:3000'}`;
   }
   if (scheme === 'https') return 'https upstreams are not supported yet: give the backend\'s plain HTTP address (http://host:port)';
-  if (scheme !== 'http') return `${scheme}:// upstreams are not supported: an upstream is http://host:port`;
+  if (scheme !== 'http') {
+    const fixed = `http://${v.slice(scheme.length + 3)}`;
+    return editDistance(scheme, 'http') <= 1 ? `${scheme}:// is not a scheme Fulcrum knows: did you mean ${fixed}?` : `${scheme}:// upstreams are not supported: an upstream is http://host:port`;
+  }
+  // An IPv6 address needs brackets: `http://::1:8080` is `http://[::1]:8080`.
+  const bare6 = /^http:\/\/([0-9A-Fa-f]*:[0-9A-Fa-f:.]*?)(?::(\d{1,5}))?\/?$/i.exec(v);
+  if (bare6 !== null && (bare6[1].match(/:/g)?.length ?? 0) >= 2) return `an IPv6 address goes in brackets: write http://[${bare6[1]}]${bare6[2] !== undefined ? `:${bare6[2]}` : ''}`;
   if (/^http:\/\/(:|\/|$)/i.test(v)) return `${shown} has no host: write ${example}`;
   let u: URL;
   try {
     u = new URL(v);
   } catch {
-    const port = /^http:\/\/(?:\[[^\]]*\]|[^/:]*):([^/]*)/i.exec(v)?.[1];
-    if (port !== undefined && !(/^\d+$/.test(port) && Number(port) <= 65535)) return `${JSON.stringify(port)} is not a port (1-65535): write ${example}`;
+    const parts = /^http:\/\/(\[[^\]]*\]|[^/:]*):([^/]*)/i.exec(v);
+    if (parts !== null && !(/^\d+$/.test(parts[2]) && Number(parts[2]) <= 65535)) return `${JSON.stringify(parts[2])} is not a port: write http://${parts[1] || '10.0.0.5'}:PORT with PORT from 1 to 65535`;
     return `${shown} is not a URL: write ${example}`;
   }
   if (u.hostname === '') return `${shown} has no host: write ${example}`;

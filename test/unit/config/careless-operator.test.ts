@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import { stringify } from 'yaml';
 import { loadConfigText, sizeInBytes, unitlessDurations, validateConfig } from '../../../src/config/load.ts';
-import { configJsonSchema, Duration, FulcrumConfigSchema, SeedConfigSchema } from '../../../src/config/schema.ts';
+import { configJsonSchema, Duration, FulcrumConfigSchema, SeedConfigSchema, upstreamUrlProblem } from '../../../src/config/schema.ts';
 import { unitlessDurationMessage } from '../../../src/config/duration.ts';
 import { ConfigError } from '../../../src/errors.ts';
 
@@ -210,4 +210,18 @@ test('every example in examples/ loads (their durations have units), seed shapes
   for (const f of files) assert.deepEqual(problemsOf(readFileSync(new URL(f, dir), 'utf8'), f), [], f);
   // A seed's "30s" is read in the seed's shape; widened to milliseconds it is not a bare number.
   assert.equal(loadConfigText('{"health_check_frequency": "30s", "backends": ["http://127.0.0.1:9001"]}', 'seed.json', {}).config.pools.default.health_check!.interval, 30_000);
+});
+
+test('upstream URL hints give the fix for the URL typed, not a stock example', () => {
+  const cases: [string, string][] = [
+    ['http//127.0.0.1:3', 'missing "http://": write http://127.0.0.1:3'],
+    ['http:127.0.0.1:2', 'missing "http://": write http://127.0.0.1:2'],
+    ['url:http://127.0.0.1:1', '"url:http://127.0.0.1:1" is a key and its value without a space: write "url: http://127.0.0.1:1" (YAML needs a space after the colon)'],
+    ['http://::1:8080', 'an IPv6 address goes in brackets: write http://[::1]:8080'],
+    ['http://127.0.0.1:99999', '"99999" is not a port: write http://127.0.0.1:PORT with PORT from 1 to 65535'],
+    ['htp://h:1', 'htp:// is not a scheme Fulcrum knows: did you mean http://h:1?'],
+    ['ftp://h:1', 'ftp:// upstreams are not supported: an upstream is http://host:port'],
+  ];
+  for (const [url, message] of cases) assert.equal(upstreamUrlProblem(url), message, url);
+  assert.equal(upstreamUrlProblem('http://[::1]:8080'), undefined);
 });
