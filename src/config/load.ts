@@ -364,9 +364,22 @@ function describe(issue: z.core.$ZodIssue): string {
       if (last.endsWith('_bytes') && size !== undefined) return `${last} is a number of bytes: write ${size} for ${received.trim()}`;
       if (/^\s*\d+(\.\d+)?\s*$/.test(received)) return `expected a number, got the string ${JSON.stringify(received)}: write ${received.trim()} without quotes`;
     }
+    // routes[].path is how the path is forwarded; `path: /admin` almost always meant the prefix.
+    if (expected === 'object' && typeof received === 'string' && issue.path.length === 3 && issue.path[0] === 'routes' && issue.path[2] === 'path') {
+      return `path is how the path is forwarded ({forward, encoded_slashes}); to match requests by path, write path_prefix: ${received}`;
+    }
     return `expected ${expected}, got ${received === null ? 'null' : Array.isArray(received) ? 'array' : typeof received} ${JSON.stringify(received)?.slice(0, 40) ?? ''}`.trim();
   }
   if (issue.code === 'invalid_value') return `expected one of: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+  // zod's own words for a bound ("Too small: expected number to be >0") in ours.
+  if (issue.code === 'too_small' && (issue as { origin?: string }).origin === 'number') {
+    const { minimum, inclusive } = issue as { minimum: number | bigint; inclusive?: boolean };
+    return `must be ${inclusive ? 'at least' : 'more than'} ${minimum}, got ${JSON.stringify((issue as { input?: unknown }).input)}`;
+  }
+  if (issue.code === 'too_big' && (issue as { origin?: string }).origin === 'number') {
+    const { maximum, inclusive } = issue as { maximum: number | bigint; inclusive?: boolean };
+    return `must be ${inclusive ? 'at most' : 'less than'} ${maximum}, got ${JSON.stringify((issue as { input?: unknown }).input)}`;
+  }
   return issue.message;
 }
 

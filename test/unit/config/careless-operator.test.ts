@@ -225,3 +225,11 @@ test('upstream URL hints give the fix for the URL typed, not a stock example', (
   for (const [url, message] of cases) assert.equal(upstreamUrlProblem(url), message, url);
   assert.equal(upstreamUrlProblem('http://[::1]:8080'), undefined);
 });
+
+test('routes[].path: /admin (the natural guess) points to path_prefix; a bound is said in words', () => {
+  const problems = problemsOf('pools:\n  web:\n    upstreams:\n      - url: http://127.0.0.1:9001\n        weight: 0\nroutes:\n  - path: /admin\n    pool: web\n', 'r.yaml');
+  assert.deepEqual(problems.map((p) => `${p.line}:${p.column}: ${p.path}: ${p.message}`), [
+    '5:17: pools.web.upstreams[0].weight: must be more than 0, got 0',
+    '7:11: routes[0].path: path is how the path is forwarded ({forward, encoded_slashes}); to match requests by path, write path_prefix: /admin',
+  ]);
+});

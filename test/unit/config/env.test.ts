@@ -118,7 +118,7 @@ test('env: a bad FULCRUM_PORT is reported as env FULCRUM_PORT', () => {
 
 test('env: an out-of-range FULCRUM_PORT is reported as env FULCRUM_PORT', () => {
   const err = configError(() => loadConfigText(full, 'full.yaml', { FULCRUM_PORT: '70000' }));
-  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: Too big: expected number to be <=65535 (value 70000)');
+  assert.equal(err.message, 'env FULCRUM_PORT: listeners[0].port: must be at most 65535, got 70000');
 });
 
 test('env: a bad FULCRUM_PORT on a seed config is reported as env FULCRUM_PORT', () => {
