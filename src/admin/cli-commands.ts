@@ -176,7 +176,12 @@ export async function adminCommand(command: string, args: string[], options: Adm
     return 0;
   } catch (err) {
     if (!(err instanceof AdminError)) throw err;
-    const hint = err.status === 401 ? ` (token from --token, FULCRUM_ADMIN_TOKEN or the config's admin.token; admin API ${url})` : '';
+    const hint =
+      err.status === 401
+        ? token === undefined
+          ? ` (no token given: with no admin.token in the file, the balancer made one at start and logged it at warn ("admin.token is not set: writes need this run's generated token: ..."); pass it with --token or FULCRUM_ADMIN_TOKEN, or set admin.token or admin.token_file; admin API ${url})`
+          : ` (token from --token, FULCRUM_ADMIN_TOKEN or the config's admin.token; admin API ${url})`
+        : '';
     process.stderr.write(`fulcrum: ${err.message}${hint}\n`);
     for (const p of err.problems) process.stderr.write(`  ${p.line > 0 ? `${p.file}:${p.line}:${p.column}` : p.file}: ${p.path ? `${p.path}: ` : ''}${p.message}\n`);
     return 1;
