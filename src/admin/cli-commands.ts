@@ -179,7 +179,7 @@ export async function adminCommand(command: string, args: string[], options: Adm
     const hint =
       err.status === 401
         ? token === undefined
-          ? ` (no token given: with no admin.token in the file, the balancer made one at start and logged it at warn ("admin.token is not set: writes need this run's generated token: ..."); pass it with --token or FULCRUM_ADMIN_TOKEN, or set admin.token or admin.token_file; admin API ${url})`
+          ? ` (no token given: pass it with --token or FULCRUM_ADMIN_TOKEN, or set admin.token or admin.token_file in the file given with -c; a balancer without admin.token made one at start and logged it at warn: "admin.token is not set: writes need this run's generated token: ..."; admin API ${url})`
           : ` (token from --token, FULCRUM_ADMIN_TOKEN or the config's admin.token; admin API ${url})`
         : '';
     process.stderr.write(`fulcrum: ${err.message}${hint}\n`);
