@@ -9,7 +9,8 @@
 import type { RequestContext } from '../core/context.ts';
 
 /** Headers that describe one connection, never forwarded (Go's net/http/httputil list). */
-const hopByHop = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
+/** Hop-by-hop header names (RFC 9110 section 7.6.1, plus the legacy ones): never relayed either way. */
+export const hopByHop: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
 
 /** How a pool sets the Host header: keep the client's, the upstream's, or a fixed value. */
 export type HostRewrite = { kind: 'preserve' } | { kind: 'upstream' } | { kind: 'fixed'; value: string };

@@ -15,7 +15,7 @@ import { retryAfterMs, retryReason, usesBudget, type RetryReason } from './retry
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Router } from '../router/router.ts';
 import type { Upstream } from '../upstream/upstream.ts';
-import { buildResponseHeaders, buildUpstreamHeaders, setUpstreamHost, type ForwardingSettings } from './headers.ts';
+import { buildResponseHeaders, buildUpstreamHeaders, hopByHop, setUpstreamHost, type ForwardingSettings } from './headers.ts';
 import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFailure } from './status.ts';
 import type { ExchangeSink } from './transport.ts';
 import { pipelineFor, pipelineWith } from '../router/router.ts';
@@ -291,12 +291,9 @@ export class HttpProxy implements ExchangeSink {
     let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone);
     // 1xx and 204 carry no framing headers (RFC 9110 sections 8.6, 15.3.5); 304 and HEAD keep Content-Length.
     if (status === 204) headers = withoutFraming(headers);
-    if (!bodyDone && status >= 300) {
-      // The upstream answered before the upload ended (413, 401, a redirect): stop sending the body;
-      // the upstream connection is dropped after this answer and the client's closed after it.
-      ctx.bodyAbandoned = true;
-      if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
-    }
+    // The upstream answered before the upload ended (413, 401, a redirect): stop sending the body;
+    // the upstream connection is dropped after this answer and the client's closed after it.
+    if (!bodyDone && status >= 300) stopUpload(ctx);
     try {
       // The reason phrase as sent (RFC 9112 section 4: HTAB, SP, VCHAR, obs-text), else the standard one.
       if (reason !== undefined && validReason(reason)) res.writeHead(status, reason, headers);
@@ -335,11 +332,8 @@ export class HttpProxy implements ExchangeSink {
         // Trailers are advisory; a bad one is dropped rather than failing a complete response.
       }
     }
-    if (!ctx.bodyAbandoned && ctx.bodyStream !== null && !requestBodyDone(ctx)) {
-      // A complete answer before the upload ended (a 2xx that did not read it all): the rest is not sent.
-      ctx.bodyAbandoned = true;
-      ctx.req.unpipe(ctx.bodyStream);
-    }
+    // A complete answer before the upload ended (a 2xx that did not read it all): the rest is not sent.
+    if (!ctx.bodyAbandoned && !requestBodyDone(ctx)) stopUpload(ctx);
     ctx.res.end();
     ctx.upstream!.served++;
     this.finish(ctx);
@@ -473,7 +467,7 @@ function informationalHead(status: number, reason: string, raw: readonly (Buffer
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1');
     const lower = name.toLowerCase();
-    if (lower === 'connection' || lower === 'keep-alive' || lower === 'transfer-encoding' || lower === 'content-length' || lower === 'upgrade') continue;
+    if (hopByHop.has(lower) || lower === 'content-length') continue;
     head += `${name}: ${raw[i + 1].toString('latin1')}\r\n`;
   }
   return head + '\r\n';
@@ -559,6 +553,12 @@ function onRequestTimeout(proxy: HttpProxy, ctx: RequestContext): void {
 /** True when the client's request body was read to its end (or there was none). */
 function requestBodyDone(ctx: RequestContext): boolean {
   return ctx.req.readableEnded || !hasBody(ctx.req);
+}
+
+/** The upstream answered before the client's body ended: nothing more of it is read or sent upstream. */
+function stopUpload(ctx: RequestContext): void {
+  ctx.bodyAbandoned = true;
+  if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
 }
 
 /** Stops counting the request against its upstream (once). */

@@ -96,6 +96,7 @@ test('a refused upstream with active checks returns as soon as its port answers 
  */
 async function startStaleClosingBackend(t: Parameters<typeof startRawBackend>[0], how: 'reset' | 'close' = 'reset') {
   let resets = 0;
+  let lastAnswer = 0;
   const requests: string[] = [];
   const raw = await startRawBackend(t, (socket) => {
     let last = 0;
@@ -115,11 +116,14 @@ async function startStaleClosingBackend(t: Parameters<typeof startRawBackend>[0]
         }
         requests.push(head.split('\r\n')[0]);
         last = Date.now();
+        lastAnswer = last;
         socket.write('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok');
       }
     });
   });
-  return { ...raw, resets: () => resets, requests };
+  /** Resolves once every socket the backend answered on is past its idle limit (the next request there meets the close). */
+  const stale = (): Promise<boolean> => eventually(() => Date.now() - lastAnswer >= 900, { timeout: 5000, interval: 20, what: 'the backend to count its sockets idle' });
+  return { ...raw, resets: () => resets, requests, stale };
 }
 
 for (const transport of ['undici', 'node-http'] as const) test(`waves of GETs every ~1 s on sockets the backend closes after 1 s: no failure, its only upstream never ejected (${transport})`, { timeout: 30_000 }, async (t) => {
@@ -129,8 +133,8 @@ for (const transport of ['undici', 'node-http'] as const) test(`waves of GETs ev
   const agent = new http.Agent({ keepAlive: true, maxSockets: 20 });
   t.after(() => agent.destroy());
   const statuses = new Map<number, number>();
-  for (const gap of [0, 1000, 1000, 1000, 1000]) {
-    await new Promise((r) => setTimeout(r, gap));
+  for (let wave = 0; wave < 5; wave++) {
+    if (wave > 0) await backend.stale();
     const results = await Promise.all(Array.from({ length: 20 }, () => get(`${lb.url}/`, { agent })));
     for (const r of results) statuses.set(r.status, (statuses.get(r.status) ?? 0) + 1);
   }
@@ -151,8 +155,8 @@ test('the same with a plain close (FIN) instead of a reset: no failure, no eject
   const agent = new http.Agent({ keepAlive: true, maxSockets: 10 });
   t.after(() => agent.destroy());
   const bad: number[] = [];
-  for (const gap of [0, 1000, 1000, 1000]) {
-    await new Promise((r) => setTimeout(r, gap));
+  for (let wave = 0; wave < 4; wave++) {
+    if (wave > 0) await backend.stale();
     const results = await Promise.all(Array.from({ length: 10 }, () => get(`${lb.url}/`, { agent })));
     for (const r of results) if (r.status !== 200) bad.push(r.status);
   }
@@ -167,13 +171,13 @@ test('a POST on a reused socket reset before any response byte: not sent again, 
   const lb = await startBalancer(t, { pools: { web: { upstreams: [backend.url] } } });
   const [upstream] = lb.balancer.pools().get('web')!.upstreams;
   assert.equal((await get(`${lb.url}/`)).status, 200);
-  await new Promise((r) => setTimeout(r, 1000));
+  await backend.stale();
   const plain = await get(`${lb.url}/`, { method: 'POST', body: 'x' });
   assert.equal(plain.status, 502, 'a plain POST is not sent twice');
   assert.equal(backend.requests.filter((l) => l.startsWith('POST')).length, 0);
   assert.equal(upstream.failures, 1, 'the 502 it caused shows in the counters');
   assert.equal((await get(`${lb.url}/`)).status, 200);
-  await new Promise((r) => setTimeout(r, 1000));
+  await backend.stale();
   const keyed = await get(`${lb.url}/`, { method: 'POST', body: 'x', headers: { 'idempotency-key': 'k-1' } });
   assert.equal(keyed.status, 200, 'a POST with Idempotency-Key goes again on a fresh connection');
   assert.equal(backend.requests.filter((l) => l.startsWith('POST')).length, 1);
