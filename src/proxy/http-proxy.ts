@@ -17,7 +17,7 @@ import type { Router } from '../router/router.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { buildResponseHeaders, buildUpstreamHeaders, hopByHop, setUpstreamHost, type ForwardingSettings } from './headers.ts';
 import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFailure } from './status.ts';
-import type { ExchangeSink } from './transport.ts';
+import type { ExchangeSink } from '../transport/transport.ts';
 import { pipelineFor, pipelineWith } from '../router/router.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
 import { validateRequest } from './request-validation.ts';
@@ -96,6 +96,12 @@ export class HttpProxy implements ExchangeSink {
   constructor(runtime: ProxyRuntime) {
     this.runtime = runtime;
   }
+
+  /**
+   * After a runtime was committed: exchanges that outlive a request (tunnels) whose upstream is in
+   * no pool of `pools` any more are closed once `graceMs` has passed; the others go on.
+   */
+  onCommit(_pools: ReadonlyMap<string, { readonly upstreams: readonly Upstream[] }>, _graceMs: number): void {}
 
   /** Phase accept: the listener hands over a request (`expectContinue`: the client waits for 100 Continue). */
   handle(req: IncomingMessage, res: ServerResponse, listener: ListenerInfo, expectContinue = false): void {

@@ -9,9 +9,9 @@ import type { PickContext, Policy, PolicyFactory } from '../balancer/policy.ts';
 import { poolPanic, upstreamState, type PoolPanicEvent } from '../core/events.ts';
 import { Upstream, upstreamIdOf, type UpstreamChange } from './upstream.ts';
 import type { HostRewrite } from '../proxy/headers.ts';
-import type { Transport } from '../proxy/transport.ts';
-import { UndiciTransport } from '../proxy/undici-transport.ts';
-import { NodeHttpTransport } from '../proxy/node-http-transport.ts';
+import type { Transport } from '../transport/transport.ts';
+import { UndiciTransport } from '../transport/undici.ts';
+import { NodeHttpTransport } from '../transport/node-http.ts';
 import { PassiveHealth } from '../health/passive-health.ts';
 import { ActiveChecker } from '../health/active-checker.ts';
 

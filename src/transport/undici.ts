@@ -12,7 +12,7 @@ import type { RequestContext } from '../core/context.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, socketReusableAfter, type ExchangeSink, type Transport } from './transport.ts';
 import type { Socket } from 'node:net';
-import { NodeHttpTransport } from './node-http-transport.ts';
+import { NodeHttpTransport } from './node-http.ts';
 
 /** The exchange whose request undici is writing now: its onConnect and `undici:client:sendHeaders` run in one synchronous step. */
 let writing: UndiciExchange | null = null;
