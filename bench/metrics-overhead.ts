@@ -9,10 +9,12 @@ import { Metrics } from '../src/observe/metrics.ts';
 import { LiveStats } from '../src/observe/live-stats.ts';
 import { requestEnd } from '../src/core/events.ts';
 import { Pool } from '../src/upstream/pool.ts';
+import { ConnectionPools } from '../src/transport/connection-pools.ts';
 import { PoolConfig } from '../src/config/schema.ts';
 import type { RateLimitStores } from '../src/middleware/rate-limit-stores.ts';
 
-const pool = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://127.0.0.1:3'] }));
+const pool = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://127.0.0.1:3'] }), new ConnectionPools());
+pool.adopt();
 const pools = new Map([['web', pool]]);
 // Mixed methods, statuses and latencies, as a real request-end stream has.
 const events = Array.from({ length: 300 }, (_, i) => ({

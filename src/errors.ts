@@ -46,6 +46,7 @@ export const ErrorCode = {
   UriTooLong: 'FUL_URI_TOO_LONG',
   HttpVersion: 'FUL_HTTP_VERSION',
   UpgradeNotSupported: 'FUL_UPGRADE_NOT_SUPPORTED',
+  TunnelLimit: 'FUL_TUNNEL_LIMIT',
   ClientTimeout: 'FUL_CLIENT_TIMEOUT',
   FirewallDenied: 'FUL_FIREWALL_DENIED',
   RateLimited: 'FUL_RATE_LIMITED',

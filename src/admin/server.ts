@@ -21,7 +21,7 @@ import { ConfigError, type ConfigProblem } from '../errors.ts';
 import type { ListenerAddress } from '../listeners/http-listener.ts';
 import type { LiveStats } from '../observe/live-stats.ts';
 import type { Logger } from '../observe/logger.ts';
-import type { Balancer } from '../index.ts';
+import type { AdminApi } from './commands.ts';
 import { AdminRequestError } from './errors.ts';
 import { openApiDocument } from './openapi.ts';
 
@@ -41,7 +41,7 @@ function hostOnly(host: string): string {
 }
 
 interface Deps {
-  balancer: Balancer;
+  balancer: AdminApi;
   live: LiveStats;
   logger: Logger;
 }

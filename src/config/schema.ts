@@ -142,7 +142,8 @@ export const TimeoutsConfig = z.strictObject({
   connect: PositiveDuration.default(5000).meta({ description: 'Connecting to an upstream (default 5s); over it: 504, and another upstream is tried.' }),
   response_headers: Duration.default(60_000).meta({ description: 'From request sent to response headers (default 60s); over it: 504.' }),
   idle_body: Duration.default(60_000).meta({ description: 'Longest pause between response body chunks (default 60s); over it the response is cut.' }),
-  request: Duration.default(0).meta({ description: 'The whole exchange, first byte in to last byte out; 0 is no limit (default 0).' }),
+  request: Duration.default(0).meta({ description: 'The whole exchange, first byte in to last byte out; 0 is no limit (default 0). For a WebSocket: the handshake only.' }),
+  tunnel_idle: Duration.default(3_600_000).meta({ description: 'A WebSocket tunnel with no byte either way (pings count) for this long is closed; 0 is no limit (default 1h).' }),
 });
 
 /** How upstream keep-alive sockets are reused. */
@@ -273,6 +274,8 @@ export const RequestLimitsConfig = z.strictObject({
   request_timeout: Duration.default(300_000).meta({ description: 'Time to receive the whole request, body included; over it: 408 and close (default 5m).' }),
   max_connections: z.number().int().min(0).default(0).meta({ description: 'Open client connections on this listener; 0 is no limit (default 0).' }),
   max_connections_per_ip: z.number().int().min(0).default(0).meta({ description: 'Open connections per client address; 0 is no limit (default 0).' }),
+  max_tunnels: z.number().int().min(0).default(0).meta({ description: 'Open WebSocket tunnels (and handshakes) on this listener; over it: 503; 0 is no limit beyond max_connections (default 0).' }),
+  max_tunnels_per_ip: z.number().int().min(0).default(0).meta({ description: 'Open WebSocket tunnels per client address; over it: 429; 0 is no limit (default 0).' }),
   over_connection_limit: z.enum(['refuse', 'queue']).default('refuse').meta({ description: '"refuse" closes a connection over the limit at once; "queue" holds it unread until a slot frees (default refuse).' }),
 });
 

@@ -1,14 +1,13 @@
 /**
- * RequestContext: one small object per request that every phase reads and writes. It is a
- * class with every field set in the constructor so V8 gives all contexts one shape.
+ * RequestContext: the small object every downstream builds per exchange (a request and its
+ * response, a tunnel, later a stream or a TCP connection) and every phase, guard and observer
+ * reads. It names no protocol and no proxy part: the route, pool and upstream are seen here
+ * only by name (the proxy's `Exchange` in src/proxy/exchange.ts narrows them to its own types).
+ * It is a class with every field set in the constructor so V8 gives all contexts one shape.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Readable, Transform } from 'node:stream';
+import type { IncomingMessage } from 'node:http';
+import type { Downstream } from './downstream.ts';
 import type { FulcrumError } from '../errors.ts';
-import type { Upstream } from '../upstream/upstream.ts';
-import type { Pool } from '../upstream/pool.ts';
-import type { CompiledRoute } from '../router/router.ts';
-import type { ForwardingSettings } from '../proxy/headers.ts';
 
 let sequence = 0;
 const prefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
@@ -19,11 +18,29 @@ export function nextRequestId(): string {
   return prefix + sequence.toString(36);
 }
 
-/** The state of one proxied request, from accept to the access log. */
+/** A route as the core and observers see it. */
+export interface RouteRef {
+  readonly name: string;
+}
+/** A pool as the core and observers see it. */
+export interface PoolRef {
+  readonly name: string;
+}
+/** An upstream as the core and observers see it (`host:port`). */
+export interface UpstreamRef {
+  readonly id: string;
+}
+
+/** What kind of exchange a context carries: one request and its answer, or a tunnel (WebSocket) that outlived its request. */
+export type ExchangeKind = 'request' | 'tunnel';
+
+/** The state of one exchange, from accept to the access log. */
 export class RequestContext {
   readonly id: string;
+  /** The request head as parsed (method, target, headers). */
   readonly req: IncomingMessage;
-  readonly res: ServerResponse;
+  /** The side that asked: how answers go back (src/core/downstream.ts). */
+  readonly downstream: Downstream;
   readonly listener: string;
   /** `performance.now()` at accept. */
   readonly start: number;
@@ -33,20 +50,13 @@ export class RequestContext {
   clientAddress: string;
   /** True when the peer is a trusted proxy, so its X-Forwarded-* headers are believed. */
   trustedPeer: boolean;
-  route: CompiledRoute | null = null;
-  pool: Pool | null = null;
+  /** 'tunnel' once a protocol switch (101) was relayed: the exchange then lasts as long as the tunnel. */
+  kind: ExchangeKind = 'request';
+  route: RouteRef | null = null;
+  pool: PoolRef | null = null;
   /** The upstream of the current (or last) attempt. */
-  upstream: Upstream | null = null;
-  /** True while this request counts in `upstream.inFlight`. */
-  holding = false;
-  /** Why the previous attempt failed, answered if no other upstream is left to try. */
-  retryCause: FulcrumError | null = null;
-  /** The listener's forwarding settings (Via token, scheme). */
-  forwarding: ForwardingSettings | null = null;
-  /** The proxy handling this request (for socket events that only see the response). */
-  proxy: { clientClosed(ctx: RequestContext): void } | null = null;
-  /** Upstreams tried so far, in order (only kept once a second attempt is needed). */
-  tried: Upstream[] | null = null;
+  upstream: UpstreamRef | null = null;
+  /** Attempts made so far (1 without retries). */
   attempts = 0;
   /** The request-target sent upstream, origin-form: as the client sent it unless the route says otherwise. */
   upstreamPath = '';
@@ -56,55 +66,27 @@ export class RequestContext {
   droppedHeaders: string[] | null = null;
   /** The authority of an absolute-form request-target, else null. */
   authority: string | null = null;
-  /** The client sent `Expect: 100-continue` and waits for it until the guards have passed. */
-  expectContinue = false;
   /** Extra headers for a refusal (Retry-After, RateLimit-*). */
   extraHeaders: string[] | null = null;
-  /** Headers sent upstream, flat `[name, value, ...]`. */
-  upstreamHeaders: string[] = [];
-  /** What the next attempt sends as body: the client's stream, a kept copy, or null. */
-  body: Readable | Buffer | null = null;
-  /** The client's body on its way through (null for requests without one). */
-  bodyStream: Transform | null = null;
-  /** The body's chunks while it fits in retry.max_body_bytes (null once it did not). */
-  bodyKept: Buffer[] | null = null;
-  bodyKeptBytes = 0;
-  /** True once the client's body was read to its end. */
-  bodyEnded = false;
-  /** Set when the upstream answered before the upload ended: the rest of the body is not sent, the upstream connection not reused. */
-  bodyAbandoned = false;
-  /** The pool whose active and retry counts this request is in (the routed one, even on backup). */
-  countedPool: Pool | null = null;
-  /** True once the request counts as a retry in its pool's budget. */
-  retrying = false;
-  /** Set while an upstream answer is read and dropped because the request goes elsewhere. */
-  discarding = false;
-  /** Wait before the retry that follows a discarded answer (its Retry-After). */
-  retryDelay = 0;
   status = 0;
+  /** Bytes of request body (for a tunnel: bytes the client sent through it). */
   bytesIn = 0;
+  /** Bytes of response body (for a tunnel: bytes the upstream sent through it). */
   bytesOut = 0;
   error: FulcrumError | null = null;
   /** Set when the client went away before the response was complete. */
   clientGone = false;
-  /** Set once the response is complete or abandoned; guards against finishing twice. */
+  /** Set once the exchange is complete or abandoned; guards against finishing twice. */
   done = false;
-  /** Cancels the upstream exchange in flight (set by the transport). */
-  abort: ((reason: Error) => void) | null = null;
-  timer: NodeJS.Timeout | null = null;
-  /** A retry waiting out a Retry-After. */
-  timerRetry: NodeJS.Timeout | null = null;
-  /** The status of the last upstream answer (also a discarded one). */
-  lastStatus = 0;
   /** The X-Request-Id a trusted proxy sent, kept end to end instead of ours. */
   requestIdForUpstream: string | undefined = undefined;
-  /** Milliseconds from accept to the end, set when done. */
+  /** Milliseconds from accept to the end, set when done (for a tunnel: until it closed). */
   duration = 0;
 
-  constructor(req: IncomingMessage, res: ServerResponse, listener: string, peerAddress: string) {
+  constructor(req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string) {
     this.id = nextRequestId();
     this.req = req;
-    this.res = res;
+    this.downstream = downstream;
     this.listener = listener;
     this.start = performance.now();
     this.peerAddress = peerAddress;

@@ -4,8 +4,7 @@
  * with no subscriber costs one property read, so the proxy never knows who listens.
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
-import type { RequestContext } from './context.ts';
-import type { Upstream, UpstreamChange } from '../upstream/upstream.ts';
+import type { RequestContext, UpstreamRef } from './context.ts';
 import type { FulcrumError } from '../errors.ts';
 
 /** Published once per finished request (served, failed or aborted). */
@@ -21,21 +20,35 @@ export const upstreamState = diagnosticsChannel.channel('fulcrum:upstream:state'
 /** Published after a configuration was (or failed to be) applied. */
 export const configReload = diagnosticsChannel.channel('fulcrum:config:reload');
 
+/** Published when an exchange became a tunnel (a relayed 101). */
+export const tunnelOpen = diagnosticsChannel.channel('fulcrum:tunnel:open');
+/** Published when a tunnel closed (both sockets), before its `fulcrum:request:end`. */
+export const tunnelClose = diagnosticsChannel.channel('fulcrum:tunnel:close');
+
+/** Message of `fulcrum:tunnel:open` and `fulcrum:tunnel:close` (`reason` on close: client, upstream, error, idle, drained, removed, shutdown). */
+export interface TunnelEvent { ctx: RequestContext; reason?: string }
 /** Message of `fulcrum:request:end`. */
 export interface RequestEndEvent { ctx: RequestContext }
 /** Message of `fulcrum:upstream:error`. */
-export interface UpstreamErrorEvent { ctx: RequestContext; upstream: Upstream; error: Error }
+export interface UpstreamErrorEvent<U extends UpstreamRef = UpstreamRef> { ctx: RequestContext; upstream: U; error: Error }
 /** Message of `fulcrum:upstream:result`: `failure` is set for connect errors, resets and timeouts. */
-export interface UpstreamResultEvent { upstream: Upstream; status: number; failure: FulcrumError | null }
+export interface UpstreamResultEvent<U extends UpstreamRef = UpstreamRef> { upstream: U; status: number; failure: FulcrumError | null }
 /** Message of `fulcrum:request:retry`. */
-export interface RequestRetryEvent { ctx: RequestContext; upstream: Upstream; reason: string }
+export interface RequestRetryEvent<U extends UpstreamRef = UpstreamRef> { ctx: RequestContext; upstream: U; reason: string }
 /** Message of `fulcrum:upstream:state`. */
-export type UpstreamStateEvent = UpstreamChange & { pool: string };
+export interface UpstreamStateEvent<U extends UpstreamRef = UpstreamRef> {
+  upstream: U;
+  field: 'health' | 'enabled' | 'draining' | 'ejected' | 'circuit';
+  from: string | boolean;
+  to: string | boolean;
+  reason: string;
+  pool: string;
+}
 /** Message of `fulcrum:pool:panic`: a pool entered or left panic mode. */
-export interface PoolPanicEvent {
+export interface PoolPanicEvent<U extends UpstreamRef = UpstreamRef> {
   pool: string;
   /** The pool's upstreams, so a balancer logs only its own pools (channels are process-wide). */
-  upstreams: readonly Upstream[];
+  upstreams: readonly U[];
   panic: boolean;
   available: number;
   allowed: number;

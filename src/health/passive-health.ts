@@ -45,14 +45,13 @@ export class PassiveHealth {
   private readonly settings: PoolSettings;
   private readonly upstreams: readonly Upstream[];
   private readonly records = new Map<Upstream, UpstreamRecord>();
-  private readonly onResult = (message: unknown): void => this.record(message as UpstreamResultEvent);
+  private readonly onResult = (message: unknown): void => this.record(message as UpstreamResultEvent<Upstream>);
   private started = false;
 
   constructor(settings: PoolSettings, upstreams: readonly Upstream[]) {
     this.settings = settings;
     this.upstreams = upstreams;
     for (const u of upstreams) {
-      u.halfOpenLimit = settings.circuit_breaker.half_open_requests;
       const r = new UpstreamRecord();
       // Ejections carried over a reload are forgiven on the usual clock, from now.
       if (u.ejections > 0 && !u.ejected) r.returnedAt = Date.now();
@@ -93,7 +92,7 @@ export class PassiveHealth {
   }
 
   /** One attempt's outcome. Public for tests; normally reached through the channel. */
-  record(event: UpstreamResultEvent): void {
+  record(event: UpstreamResultEvent<Upstream>): void {
     const r = this.records.get(event.upstream);
     if (r === undefined) return; // another pool's upstream
     const u = event.upstream;
@@ -105,7 +104,7 @@ export class PassiveHealth {
     if (this.settings.circuit_breaker.enabled) this.breaker(u, r, failed);
   }
 
-  private outlier(u: Upstream, r: UpstreamRecord, failed: boolean, event: UpstreamResultEvent): void {
+  private outlier(u: Upstream, r: UpstreamRecord, failed: boolean, event: UpstreamResultEvent<Upstream>): void {
     const o = this.settings.outlier_detection;
     if (!o.enabled) return;
     if (!failed) {

@@ -63,6 +63,8 @@ export class ClientConnection {
   /** Set once the connection is to close: nothing more is started or answered. */
   closing = false;
   private lingering = false;
+  /** Runs when the queue is empty (a handshake that came after pipelined requests). */
+  private afterQueue: (() => void) | null = null;
   /** Set once a refusal is queued: the parser stops there (or the queue is full), nothing after it is kept. */
   private refusalQueued = false;
   private readonly repause = (): void => {
@@ -84,6 +86,16 @@ export class ClientConnection {
   /** The connection state of a socket this module tracks, or undefined. */
   static of(socket: Socket): ClientConnection | undefined {
     return (socket as TrackedSocket)[kConnection];
+  }
+
+  /**
+   * Runs `start` once every request parsed before it is answered (a WebSocket handshake after
+   * pipelined requests); never, if the connection closes first.
+   */
+  whenIdle(start: () => void): void {
+    if (this.closing) return;
+    if (this.active === null && this.waiting.length === 0) return start();
+    this.afterQueue = start;
   }
 
   /** The answer in progress (null between requests). */
@@ -161,7 +173,12 @@ export class ClientConnection {
       socket.parser?.resume();
       socket.resume();
     }
-    if (item === undefined) return;
+    if (item === undefined) {
+      const after = this.afterQueue;
+      this.afterQueue = null;
+      after?.();
+      return;
+    }
     if (typeof item === 'string') this.writeRefusal(item);
     else this.begin(item.req, item.res, item.expectContinue);
   }

@@ -8,6 +8,9 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';
 import { compileCidrs } from '../config/schema.ts';
 import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
+import { Http1Downstream } from '../downstream/http1.ts';
+import { TunnelLimits } from '../downstream/tunnel.ts';
+import { asksWebSocket } from '../proxy/websocket.ts';
 import { Firewall, firewallGuard } from '../middleware/firewall.ts';
 import { requestLimitsGuard } from '../middleware/request-limits.ts';
 import { ConnectionLimiter } from './connection-limiter.ts';
@@ -61,7 +64,7 @@ export class HttpListener {
     this.logger = logger;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
     const limits = settings.limits;
-    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum', underscores: settings.headers_with_underscores }, guards: [], maxBodyBytes: 0 };
+    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum', underscores: settings.headers_with_underscores }, guards: [], maxBodyBytes: 0, tunnels: new TunnelLimits() };
     const info = this.info;
     const requestTimeout = limits.request_timeout;
     const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
@@ -69,7 +72,7 @@ export class HttpListener {
     const start: StartRequest = (req, res, expectContinue) => {
       // The optional public metrics path answers here, before routing: it is not proxied.
       if (this.metricsPath !== null && this.metrics !== null && req.url === this.metricsPath && (req.method === 'GET' || req.method === 'HEAD')) return void this.sendMetrics(res);
-      proxy.handle(req, res, info, expectContinue);
+      proxy.handle(req, new Http1Downstream(req, res, expectContinue), info);
     };
     this.proxy = proxy;
     this.server = http.createServer(
@@ -81,6 +84,8 @@ export class HttpListener {
         requestTimeout,
         // Node checks these timeouts on this tick (30 s by default): short enough that 408 comes on time.
         connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
+        // WebSocket handshakes leave the parser (the 'upgrade' event); other upgrade offers stay requests (501, or h2c ignored).
+        shouldUpgradeCallback: asksWebSocket,
       },
       (req, res) => dispatch(req, res, false),
     );
@@ -90,6 +95,7 @@ export class HttpListener {
       else start(req, res, expectContinue);
     };
     this.server.on('checkContinue', (req, res) => dispatch(req, res, true));
+    this.server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
     // CONNECT (a forward-proxy tunnel) is not served yet: a clear answer instead of Node's silent close.
     this.server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
@@ -121,6 +127,7 @@ export class HttpListener {
     info.trusted = settings.trusted_proxies.length > 0 ? compileCidrs(settings.trusted_proxies) : null;
     info.guards = firewall !== null ? [firewallGuard(firewall, `listener ${info.name}`), requestLimitsGuard(limits)] : [requestLimitsGuard(limits)];
     info.maxBodyBytes = limits.max_body_bytes;
+    info.tunnels.configure(limits.max_tunnels, limits.max_tunnels_per_ip);
     info.forwarding.underscores = settings.headers_with_underscores;
     const requestTimeout = limits.request_timeout;
     this.server.keepAliveTimeout = settings.keepalive_timeout;
@@ -214,6 +221,11 @@ export class HttpListener {
     this.server.close(() => {});
   }
 
+  /** Open WebSocket tunnels (and handshakes in progress) on this listener. */
+  get openTunnels(): number {
+    return this.info.tunnels.count;
+  }
+
   private onClientError(err: NodeJS.ErrnoException, socket: Socket): void {
     const connection = ClientConnection.of(socket);
     // Already closing (an answer with Connection: close went out): what follows is dropped unanswered.
@@ -231,13 +243,35 @@ export class HttpListener {
     const broken = requestBeingParsed(socket);
     if (active !== null && (active.req as http.IncomingMessage) === broken) {
       // The parser failed inside the body of the request in progress (or it timed out): that request is the broken one.
-      this.proxy.requestBroken(active, status, err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request not received in time' : `malformed request (${err.code ?? 'parse error'})`);
+      Http1Downstream.of(active)?.owner?.onRequestBroken(status, err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'request not received in time' : `malformed request (${err.code ?? 'parse error'})`);
       return;
     }
     const answer = closingAnswer(status, text, '');
     // After the answers to the requests before it, never ahead of them; a queued broken request is replaced by it.
     if (connection !== undefined) connection.refuse(answer, broken);
     else socket.end(answer, 'latin1');
+  }
+
+  /**
+   * A WebSocket handshake, handed over by Node's parser with the socket (the parser is done with
+   * it). It is answered on a response of its own that closes the connection unless the upstream
+   * switches protocols; it waits for the answers to requests pipelined before it.
+   */
+  private onUpgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
+    // Node took its own error listener off: a reset during the handshake must not be unhandled.
+    socket.on('error', destroyOnError);
+    // A client must wait for the 101 before it sends frames (RFC 6455 section 4.1); what came early is kept for the tunnel.
+    if (head.length > 0) socket.unshift(head);
+    const res = new http.ServerResponse(req);
+    res.shouldKeepAlive = false;
+    res.assignSocket(socket);
+    const start = (): void => {
+      if (socket.destroyed) return;
+      this.proxy.handle(req, new Http1Downstream(req, res, false, true), this.info);
+    };
+    const connection = ClientConnection.of(socket);
+    if (connection !== undefined) connection.whenIdle(start);
+    else start();
   }
 
   /** CONNECT: no tunnels on this listener yet (501), said clearly and logged, then a graceful close. */
@@ -256,4 +290,8 @@ export class HttpListener {
     if (connection !== undefined) connection.refuse(answer);
     else socket.end(answer, 'latin1');
   }
+}
+
+function destroyOnError(this: Socket): void {
+  this.destroy();
 }

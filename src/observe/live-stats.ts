@@ -128,7 +128,8 @@ export class LiveStats {
     }
     const failed = ctx.status >= 500 || (ctx.error !== null && ctx.error.source === 'upstream');
     this.total.record(ctx.duration, failed);
-    const u = ctx.upstream;
+    // The upstreams this balancer's pools hold (the context names them only as references).
+    const u = ctx.upstream as Upstream | null;
     if (u === null) return;
     let w = this.windows.get(u);
     if (w === undefined) {

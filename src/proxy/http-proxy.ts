@@ -5,23 +5,27 @@
  * Every path ends in `finish`, exactly once, which releases the upstream and publishes
  * `fulcrum:request:end` for the access log and, later, metrics.
  */
-import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import { STATUS_CODES, type IncomingMessage } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
-import type { BlockList } from 'node:net';
-import { RequestContext } from '../core/context.ts';
+import type { BlockList, Socket } from 'node:net';
 import { clientFromForwardedFor, isTrusted, normalizeAddress } from '../core/client-address.ts';
-import { requestEnd, requestRetry, upstreamError, upstreamResult } from '../core/events.ts';
+import { requestEnd, requestRetry, tunnelClose, tunnelOpen, upstreamError, upstreamResult, upstreamState, type UpstreamStateEvent } from '../core/events.ts';
+import type { Downstream } from '../core/downstream.ts';
 import { retryAfterMs, retryReason, usesBudget, type RetryReason } from './retry.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Router } from '../router/router.ts';
 import type { Upstream } from '../upstream/upstream.ts';
-import { buildResponseHeaders, buildUpstreamHeaders, hopByHop, setUpstreamHost, type ForwardingSettings } from './headers.ts';
+import { buildResponseHeaders, buildUpstreamHeaders, setUpstreamHost, type ForwardingSettings } from './headers.ts';
 import { clientBodyFailed, clientGone, noUpstream, requestTimedOut, upstreamFailure } from './status.ts';
-import type { ExchangeSink } from '../transport/transport.ts';
 import { pipelineFor, pipelineWith } from '../router/router.ts';
 import type { Refusal, RequestGuard } from '../core/pipeline.ts';
 import { validateRequest } from './request-validation.ts';
 import { encodedSlashRefusal, parseRequestTarget, upstreamTarget } from './request-target.ts';
+import { Exchange, type ExchangeCore } from './exchange.ts';
+import { Attempt, type AttemptHandler } from './attempt.ts';
+import { OpenTunnels } from './open-tunnels.ts';
+import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
+import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
 
 /** What the proxy needs from the listener a request came in on. */
 export interface ListenerInfo {
@@ -32,6 +36,8 @@ export interface ListenerInfo {
   guards: readonly RequestGuard[];
   /** Request bodies beyond this are cut with 413 (0: no limit). */
   maxBodyBytes: number;
+  /** The listener's tunnel limits (WebSocket). */
+  tunnels: TunnelLimits;
 }
 
 /** Runtime state shared by all requests of one configuration (swapped whole on reload). */
@@ -39,18 +45,15 @@ export interface ProxyRuntime {
   router: Router;
 }
 
-const kContext = Symbol('fulcrum.context');
-type TrackedResponse = ServerResponse & { [kContext]?: RequestContext };
-
 /**
  * The request body on its way upstream: counts bytes and keeps a copy while the body fits in
  * retry.max_body_bytes, so a retry can send it again. Beyond that it streams without keeping.
  */
 class CountingBody extends Transform {
-  private readonly ctx: RequestContext;
+  private readonly ctx: Exchange;
   private readonly keepLimit: number;
   private readonly maxBytes: number;
-  constructor(ctx: RequestContext, keepLimit: number, maxBytes: number) {
+  constructor(ctx: Exchange, keepLimit: number, maxBytes: number) {
     super();
     this.ctx = ctx;
     this.keepLimit = keepLimit;
@@ -87,66 +90,127 @@ function hasBody(req: IncomingMessage): boolean {
   return cl !== undefined && cl !== '0';
 }
 
-/** The reverse proxy for every HTTP listener of one balancer. */
-export class HttpProxy implements ExchangeSink {
+/**
+ * The exchange core for every HTTP listener of one balancer. It speaks to the client only
+ * through the exchange's `Downstream` and to upstreams only through `Attempt`s: no protocol is
+ * named here.
+ */
+export class HttpProxy implements AttemptHandler, ExchangeCore {
   runtime: ProxyRuntime;
   /** Set during graceful shutdown: responses carry `Connection: close`. */
   draining = false;
+  /** Open tunnels by upstream (drain, removal, shutdown act on them). */
+  readonly tunnels = new OpenTunnels();
+  /** How long a drained or removed upstream's tunnels may go on (shutdown.grace_period), set by each commit. */
+  private graceMs = 30_000;
+  private readonly onUpstreamState = (message: unknown): void => {
+    const c = message as UpstreamStateEvent;
+    const u = c.upstream as Upstream;
+    if (this.tunnels.countFor(u) === 0) return;
+    if ((c.field === 'draining' && c.to === true) || (c.field === 'enabled' && c.to === false)) this.tunnels.closeLater(u, this.graceMs, 'drained');
+    else if ((c.field === 'draining' || c.field === 'enabled') && !u.draining && u.enabled) this.tunnels.keep(u);
+  };
 
   constructor(runtime: ProxyRuntime) {
     this.runtime = runtime;
+    upstreamState.subscribe(this.onUpstreamState);
   }
 
   /**
-   * After a runtime was committed: exchanges that outlive a request (tunnels) whose upstream is in
-   * no pool of `pools` any more are closed once `graceMs` has passed; the others go on.
+   * After a runtime was committed: tunnels to upstreams that no pool of `pools` holds any more
+   * close once `graceMs` has passed; those to surviving upstreams go on (and a removal undone in
+   * time keeps them).
    */
-  onCommit(_pools: ReadonlyMap<string, { readonly upstreams: readonly Upstream[] }>, _graceMs: number): void {}
-
-  /** Phase accept: the listener hands over a request (`expectContinue`: the client waits for 100 Continue). */
-  handle(req: IncomingMessage, res: ServerResponse, listener: ListenerInfo, expectContinue = false): void {
-    const ctx = new RequestContext(req, res, listener.name, normalizeAddress(req.socket.remoteAddress));
-    if (listener.trusted !== null && isTrusted(listener.trusted, ctx.peerAddress)) {
-      ctx.trustedPeer = true;
-      ctx.clientAddress = clientFromForwardedFor(listener.trusted, ctx.peerAddress, headerValue(req.headers['x-forwarded-for']));
+  onCommit(pools: ReadonlyMap<string, { readonly upstreams: readonly Upstream[] }>, graceMs: number): void {
+    this.graceMs = graceMs;
+    const live = new Set<Upstream>();
+    for (const pool of pools.values()) for (const u of pool.upstreams) live.add(u);
+    for (const u of this.tunnels.upstreams()) {
+      if (!live.has(u)) this.tunnels.closeLater(u, graceMs, 'removed');
+      else if (!u.draining && u.enabled) this.tunnels.keep(u);
     }
-    ctx.forwarding = listener.forwarding;
-    ctx.proxy = this;
-    ctx.expectContinue = expectContinue;
-    (res as TrackedResponse)[kContext] = ctx;
-    res.on('close', onResponseClose);
+  }
+
+  /** Shutdown: tunnels still open are closed (the listeners' grace period is over). */
+  closeTunnels(): void {
+    this.tunnels.closeAll('shutdown');
+    upstreamState.unsubscribe(this.onUpstreamState);
+  }
+
+  /** Phase accept: a downstream hands over a request. */
+  handle(req: IncomingMessage, downstream: Downstream, listener: ListenerInfo): void {
+    const ctx = new Exchange(this, req, downstream, listener.name, normalizeAddress(req.socket.remoteAddress));
+    downstream.owner = ctx;
     try {
-      if (req.headers.upgrade !== undefined && upgradeAsked(req)) return this.refuseUpgrade(ctx);
+      if (listener.trusted !== null && isTrusted(listener.trusted, ctx.peerAddress)) {
+        ctx.trustedPeer = true;
+        ctx.clientAddress = clientFromForwardedFor(listener.trusted, ctx.peerAddress, headerValue(req.headers['x-forwarded-for']));
+      }
+      ctx.forwarding = listener.forwarding;
+      if (req.headers.upgrade !== undefined) {
+        const protocols = upgradeProtocols(req);
+        // h2c is ignored (RFC 9113 lets a server; curl --http2 asks on every http:// request): a plain request.
+        if (protocols !== null && !protocols.every((p) => p === 'h2c')) {
+          if (!protocols.includes('websocket')) return this.refuseUpgrade(ctx, protocols.join(', '));
+          if (!this.admitUpgrade(ctx, listener)) return;
+        }
+      }
       this.start(ctx, listener);
     } catch (err) {
       // A bug costs this one request (500, logged with its request id), never the process.
-      this.fail(ctx, new FulcrumError(ErrorCode.Internal, `internal error: ${(err as Error)?.message ?? err}`, 'internal', 500, false, err));
+      this.internalError(ctx, err);
+    }
+  }
+
+  /** A failure of Fulcrum's own code on an async path: a 500 (or 502 once an upstream was involved) for this exchange. */
+  internalError(ctx: Exchange, err: unknown, status = 500): void {
+    try {
+      this.fail(ctx, new FulcrumError(ErrorCode.Internal, `internal error: ${(err as Error)?.message ?? err}`, 'internal', status, false, err));
+    } catch {
+      // Even the error answer failed: the downstream is cut, the exchange ends.
+      ctx.done = true;
     }
   }
 
   /**
-   * A protocol upgrade (WebSocket, ...) is not relayed yet: 501 with a clear reason rather than a
-   * plain request the upstream would answer as if no upgrade was asked. `h2c` is the exception:
-   * RFC 9113 lets a server ignore it, and curl --http2 asks for it on every http:// request.
+   * A protocol upgrade Fulcrum does not relay (anything but WebSocket): 501 with a clear reason
+   * rather than a plain request the upstream would answer as if no upgrade was asked.
    */
-  private refuseUpgrade(ctx: RequestContext): void {
-    const protocol = ctx.req.headers.upgrade!.trim();
+  private refuseUpgrade(ctx: Exchange, protocol: string): void {
     ctx.extraHeaders = null;
-    this.fail(ctx, new FulcrumError(ErrorCode.UpgradeNotSupported, `protocol upgrade to "${protocol.slice(0, 40)}" is not supported yet`, 'client', 501, false));
+    this.fail(ctx, new FulcrumError(ErrorCode.UpgradeNotSupported, `protocol upgrade to "${protocol.slice(0, 40)}" is not supported (WebSocket is)`, 'client', 501, false));
   }
 
-  /**
-   * The client connection failed under the request in progress: its body was malformed
-   * (`status` 400) or did not arrive in time (408). Answered if nothing was sent yet, else cut.
-   */
-  requestBroken(res: ServerResponse, status: number, message: string): void {
-    const ctx = (res as TrackedResponse)[kContext];
-    if (ctx === undefined || ctx.done) return;
+  /** A WebSocket handshake: well-formed, and under the listener's tunnel limits. False when it was answered. */
+  private admitUpgrade(ctx: Exchange, listener: ListenerInfo): boolean {
+    const malformed = webSocketRefusal(ctx.req);
+    if (malformed !== null) {
+      this.refuse(ctx, malformed);
+      return false;
+    }
+    const slot = listener.tunnels.reserve(ctx.clientAddress);
+    if (slot === 'listener') {
+      this.fail(ctx, new FulcrumError(ErrorCode.TunnelLimit, `listener ${listener.name} has its most tunnels open (limits.max_tunnels ${listener.tunnels.max})`, 'client', 503, false));
+      return false;
+    }
+    if (slot === 'client') {
+      ctx.extraHeaders = ['retry-after', '1'];
+      this.fail(ctx, new FulcrumError(ErrorCode.TunnelLimit, `this client has its most tunnels open (limits.max_tunnels_per_ip ${listener.tunnels.perClient})`, 'client', 429, false));
+      return false;
+    }
+    ctx.tunnelSlot = slot;
+    ctx.upgrade = 'websocket';
+    return true;
+  }
+
+  /** The client's request failed under it (`status` 400: malformed body; 408: too slow). Answered if nothing was sent yet, else cut. */
+  requestBroken(ctx: Exchange, status: number, message: string): void {
+    if (ctx.done) return;
     this.fail(ctx, new FulcrumError(status === 408 ? ErrorCode.ClientTimeout : ErrorCode.BadRequest, message, 'client', status, false));
   }
 
   /** Phases validate and route, then the guards. */
-  private start(ctx: RequestContext, listener: ListenerInfo): void {
+  private start(ctx: Exchange, listener: ListenerInfo): void {
     const req = ctx.req;
     const invalid = validateRequest(req, listener.forwarding.underscores);
     if (invalid !== null) return this.refuse(ctx, invalid);
@@ -175,7 +239,7 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** Runs guards from `index` on; waits only for a guard that returned a promise. */
-  private runGuards(ctx: RequestContext, listener: ListenerInfo, guards: readonly RequestGuard[], index: number): void {
+  private runGuards(ctx: Exchange, listener: ListenerInfo, guards: readonly RequestGuard[], index: number): void {
     for (let i = index; i < guards.length; i++) {
       const verdict = guards[i].check(ctx);
       if (verdict === null) continue;
@@ -183,10 +247,14 @@ export class HttpProxy implements ExchangeSink {
         verdict.then(
           (answer) => {
             if (ctx.done) return;
-            if (answer !== null) this.refuse(ctx, answer);
-            else this.runGuards(ctx, listener, guards, i + 1);
+            try {
+              if (answer !== null) this.refuse(ctx, answer);
+              else this.runGuards(ctx, listener, guards, i + 1);
+            } catch (err) {
+              this.internalError(ctx, err);
+            }
           },
-          (err: unknown) => this.fail(ctx, new FulcrumError(ErrorCode.Internal, `guard failed: ${(err as Error)?.message ?? err}`, 'internal', 500, false, err)),
+          (err: unknown) => this.internalError(ctx, new Error(`guard failed: ${(err as Error)?.message ?? err}`, { cause: err })),
         );
         return;
       }
@@ -196,7 +264,7 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** Phase forward-headers, then the first attempt. */
-  private forward(ctx: RequestContext, listener: ListenerInfo): void {
+  private forward(ctx: Exchange, listener: ListenerInfo): void {
     const req = ctx.req;
     const pool = ctx.pool!;
     ctx.countedPool = pool;
@@ -205,6 +273,8 @@ export class HttpProxy implements ExchangeSink {
     if (headers === null) return this.fail(ctx, new FulcrumError(ErrorCode.BadRequest, 'more than one Host header', 'client', 400, false));
     // Absolute-form: the target's authority is the host (RFC 9112 section 3.2.2).
     if (ctx.authority !== null && pool.hostRewrite.kind === 'preserve') headers[1] = ctx.authority;
+    // The upgrade is asked again hop by hop (Connection and Upgrade are not forwarded as such).
+    if (ctx.upgrade !== null) headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade);
     ctx.upstreamHeaders = headers;
     if (hasBody(req)) {
       const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes, listener.maxBodyBytes);
@@ -216,10 +286,10 @@ export class HttpProxy implements ExchangeSink {
       ctx.body = body;
       ctx.bodyStream = body;
     }
-    if (ctx.expectContinue) {
+    if (ctx.downstream.expectsContinue) {
       // The upstream decides whether it wants the body: its 100 (or its final answer) is relayed.
       if (pool.transport.relaysContinue) headers.push('expect', '100-continue');
-      else ctx.res.writeContinue();
+      else ctx.downstream.sendContinue();
     }
     const limit = pool.settings.timeouts.request;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
@@ -227,18 +297,18 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** A guard's or the validator's answer: the status, its headers, nothing sent upstream. */
-  private refuse(ctx: RequestContext, refusal: Refusal): void {
+  private refuse(ctx: Exchange, refusal: Refusal): void {
     ctx.extraHeaders = refusal.headers ?? null;
     this.fail(ctx, new FulcrumError(refusal.code, refusal.message, 'client', refusal.status, false));
   }
 
   /** Phases pick and send: one attempt on one upstream. */
-  private attempt(ctx: RequestContext, sameAllowed = false): void {
+  private attempt(ctx: Exchange, sameAllowed = false): void {
     let pool = ctx.pool!;
     // Panic (Envoy's healthy_panic_threshold): too few upstreams up and no backup that can serve: every one the operator allows may be picked.
     let upstream: Upstream | undefined;
     if (pool.inPanic()) {
-      if (ctx.tried === null) panicked.add(ctx);
+      if (ctx.tried === null) ctx.panicked = true;
       upstream = pool.pickInPanic(ctx, ctx.tried);
     } else upstream = ctx.tried === null ? pool.pick(ctx) : pool.pickExcept(ctx, ctx.tried);
     // A stale keep-alive socket says nothing against its upstream: with no other, the same one may go again
@@ -259,29 +329,23 @@ export class HttpProxy implements ExchangeSink {
     ctx.attempts++;
     upstream.inFlight++;
     setUpstreamHost(ctx.upstreamHeaders, pool.hostRewrite, upstream.hostHeader);
-    pool.transport.forward(ctx, upstream, this);
+    const attempt = new Attempt(this, ctx, upstream);
+    ctx.attempt = attempt;
+    pool.transport.forward(attempt);
   }
 
-  /**
-   * An interim (1xx) answer from the upstream, relayed ahead of the final one (RFC 9110 section
-   * 15.2): never to an HTTP/1.0 client, 100 only to a client that asked for it, and only once.
-   */
-  onInformational(ctx: RequestContext, status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void {
-    const res = ctx.res as ServerResponse & { _writeRaw?: (data: string, encoding: BufferEncoding) => boolean; _sent100?: boolean };
-    if (ctx.done || ctx.discarding || res.headersSent || ctx.req.httpVersionMinor === 0 || status === 101) return;
-    if (status === 100) {
-      if (!ctx.expectContinue || res._sent100 === true) return;
-      res.writeContinue();
-      return;
-    }
-    if (typeof res._writeRaw !== 'function') return;
-    res._writeRaw(informationalHead(status, reason, rawHeaders), 'latin1');
+  /** An interim (1xx) answer from the upstream, relayed ahead of the final one where the downstream takes it. */
+  onInformational(attempt: Attempt, status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void {
+    const ctx = attempt.exchange;
+    if (ctx.done || ctx.discarding) return;
+    ctx.downstream.informational(status, reason, rawHeaders);
   }
 
   /** Phase respond: upstream headers to the client (or, for a status worth retrying, to the bin). */
-  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
+  onResponse(attempt: Attempt, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
+    const ctx = attempt.exchange;
     ctx.lastStatus = status;
-    if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: ctx.upstream!, status, failure: null });
+    if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: attempt.upstream, status, failure: null });
     if (status >= 500 && retryReason(ctx, null, status, true) === 'status' && hasAlternative(ctx)) {
       const wait = retryAfterMs(findHeader(rawHeaders, 'retry-after'));
       if (wait <= ctx.pool!.settings.retry.max_retry_after) {
@@ -291,70 +355,57 @@ export class HttpProxy implements ExchangeSink {
         return true;
       }
     }
-    const res = ctx.res;
     ctx.status = status;
     const bodyDone = requestBodyDone(ctx);
-    let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone);
+    let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone || ctx.upgrade !== null);
     // 1xx and 204 carry no framing headers (RFC 9110 sections 8.6, 15.3.5); 304 and HEAD keep Content-Length.
     if (status === 204) headers = withoutFraming(headers);
     // The upstream answered before the upload ended (413, 401, a redirect): stop sending the body;
     // the upstream connection is dropped after this answer and the client's closed after it.
     if (!bodyDone && status >= 300) stopUpload(ctx);
     try {
-      // The reason phrase as sent (RFC 9112 section 4: HTAB, SP, VCHAR, obs-text), else the standard one.
-      if (reason !== undefined && validReason(reason)) res.writeHead(status, reason, headers);
-      else res.writeHead(status, headers);
+      ctx.downstream.head(status, reason, headers);
     } catch (err) {
-      // writeHead keeps what it refused: the error answer must not trip over it again.
-      res.statusMessage = '';
-      // A header Node refuses to write (invalid characters): the response is unusable.
-      this.onError(ctx, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }), true);
+      // A header the downstream refuses to write (invalid characters): the response is unusable.
+      this.onError(attempt, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }));
       return false;
     }
     return true;
   }
 
-  onData(ctx: RequestContext, chunk: Buffer): boolean {
+  onData(attempt: Attempt, chunk: Buffer): boolean {
+    const ctx = attempt.exchange;
     if (ctx.discarding) return true;
     ctx.bytesOut += chunk.length;
-    return ctx.res.write(chunk);
+    return ctx.downstream.body(chunk);
   }
 
-  onEnd(ctx: RequestContext, trailers: readonly (Buffer | string)[] | null): void {
+  onEnd(attempt: Attempt, trailers: readonly (Buffer | string)[] | null): void {
+    const ctx = attempt.exchange;
+    attempt.retire();
     if (ctx.discarding) {
       ctx.discarding = false;
-      const upstream = ctx.upstream!;
       release(ctx);
-      ctx.abort = null;
-      this.retry(ctx, upstream, 'status', `status ${ctx.lastStatus}`, ctx.retryDelay);
+      this.retry(ctx, attempt.upstream, 'status', `status ${ctx.lastStatus}`, ctx.retryDelay);
       return;
-    }
-    if (trailers !== null && trailers.length > 0 && ctx.res.chunkedEncoding) {
-      const list: [string, string][] = [];
-      for (let i = 0; i < trailers.length; i += 2) list.push([trailers[i].toString(), trailers[i + 1].toString()]);
-      try {
-        ctx.res.addTrailers(list);
-      } catch {
-        // Trailers are advisory; a bad one is dropped rather than failing a complete response.
-      }
     }
     // A complete answer before the upload ended (a 2xx that did not read it all): the rest is not sent.
     if (!ctx.bodyAbandoned && !requestBodyDone(ctx)) stopUpload(ctx);
-    ctx.res.end();
-    ctx.upstream!.served++;
+    ctx.downstream.end(trailers);
+    attempt.upstream.served++;
     this.finish(ctx);
   }
 
-  /**
-   * Phase retry, or the error answer: one decision per failed attempt. `reused`: the attempt went
-   * out on a keep-alive socket that had carried an earlier exchange.
-   */
-  onError(ctx: RequestContext, err: unknown, sent: boolean, reused = false): void {
+  /** Phase retry, or the error answer: one decision per failed attempt. */
+  onError(attempt: Attempt, err: unknown): void {
+    const ctx = attempt.exchange;
+    attempt.retire();
     if (ctx.done) return;
-    const upstream = ctx.upstream!;
+    const upstream = attempt.upstream;
+    const sent = attempt.sent;
     const failure = upstreamFailure(err, sent);
     // A reused socket reset before any response byte: most likely closed by the upstream while idle (the keep-alive race).
-    const stale = reused && sent && !ctx.discarding && !ctx.res.headersSent && failure.code === ErrorCode.UpstreamReset;
+    const stale = attempt.reused && sent && !ctx.discarding && !ctx.downstream.headSent && failure.code === ErrorCode.UpstreamReset;
     const reason = retryReason(ctx, failure, 0, sent, stale);
     // A stale socket that is retried is no failure at all; the other cases below still show (a client got an error) but say nothing about health.
     if (failure.source === 'upstream' && reason !== 'stale-connection') {
@@ -365,7 +416,6 @@ export class HttpProxy implements ExchangeSink {
     }
     ctx.discarding = false;
     release(ctx);
-    ctx.abort = null;
     if (reason !== null) {
       ctx.retryCause = failure;
       this.retry(ctx, upstream, reason, failure.message, 0);
@@ -374,8 +424,62 @@ export class HttpProxy implements ExchangeSink {
     this.fail(ctx, panicAnswer(ctx, failure));
   }
 
+  /**
+   * The upstream switched protocols on an upgrade request: after checking its 101 completes the
+   * client's handshake, the 101 is relayed once and the exchange becomes a tunnel that counts as
+   * in flight on its upstream until it closes.
+   */
+  onSwitched(attempt: Attempt, status: number, reason: string, rawHeaders: readonly (Buffer | string)[], socket: Socket, head: Buffer): void {
+    const ctx = attempt.exchange;
+    if (ctx.done) {
+      socket.destroy();
+      return;
+    }
+    const problem = switchProblem(ctx.req, rawHeaders);
+    if (problem !== null) {
+      socket.destroy();
+      return this.onError(attempt, Object.assign(new Error(problem), { code: 'UND_ERR_INFO' }));
+    }
+    attempt.retire();
+    const headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, false);
+    headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade!);
+    const client = ctx.downstream.switchProtocols(status, reason, headers);
+    if (client === null) {
+      socket.destroy();
+      return this.fail(ctx, new FulcrumError(ErrorCode.UpstreamProtocol, 'the connection could not switch protocols', 'upstream', 502, false));
+    }
+    if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: attempt.upstream, status, failure: null });
+    ctx.status = status;
+    ctx.kind = 'tunnel';
+    ctx.lastStatus = status;
+    // The request timeout bounded the handshake; the tunnel has its own idle timeout.
+    if (ctx.timer !== null) {
+      clearTimeout(ctx.timer);
+      ctx.timer = null;
+    }
+    attempt.upstream.served++;
+    ctx.tunnel = new Tunnel(client, socket, head, ctx.pool!.settings.timeouts.tunnel_idle, {
+      relayed: (bytes, fromClient) => {
+        if (fromClient) ctx.bytesIn += bytes;
+        else ctx.bytesOut += bytes;
+      },
+      closed: (why) => this.tunnelClosed(ctx, why),
+    });
+    this.tunnels.add(ctx);
+    // A tunnel to an upstream that is draining already goes after the grace period too.
+    if (attempt.upstream.draining || !attempt.upstream.enabled) this.tunnels.closeLater(attempt.upstream, this.graceMs, 'drained');
+    if (tunnelOpen.hasSubscribers) tunnelOpen.publish({ ctx });
+  }
+
+  private tunnelClosed(ctx: Exchange, reason: TunnelCloseReason): void {
+    this.tunnels.delete(ctx);
+    if (tunnelClose.hasSubscribers) tunnelClose.publish({ ctx, reason });
+    this.finish(ctx);
+  }
+
   /** Phase retry: the next attempt, on another upstream when there is one. */
-  private retry(ctx: RequestContext, upstream: Upstream, reason: RetryReason, why: string, delay: number): void {
+  private retry(ctx: Exchange, upstream: Upstream, reason: RetryReason, why: string, delay: number): void {
+    ctx.attempt = null;
     (ctx.tried ??= []).push(upstream);
     if (!ctx.retrying && usesBudget(reason)) {
       ctx.retrying = true;
@@ -391,56 +495,55 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** Runs a delayed retry unless the request ended meanwhile. */
-  retryNow(ctx: RequestContext, sameAllowed: boolean): void {
+  retryNow(ctx: Exchange, sameAllowed: boolean): void {
     ctx.timerRetry = null;
-    if (!ctx.done) this.attempt(ctx, sameAllowed);
+    if (ctx.done) return;
+    try {
+      this.attempt(ctx, sameAllowed);
+    } catch (err) {
+      this.internalError(ctx, err);
+    }
   }
 
-  /** The error answer: a status and a short text body, or a cut connection once bytes were sent. */
-  fail(ctx: RequestContext, error: FulcrumError): void {
+  /** The error answer: a status and a short text body, or a cut exchange once bytes were sent. */
+  fail(ctx: Exchange, error: FulcrumError): void {
     if (ctx.done) return;
     ctx.error = error;
-    const res = ctx.res;
+    const downstream = ctx.downstream;
     if (ctx.clientGone || error.status === 499) {
       ctx.status = 499;
-    } else if (res.headersSent) {
-      // Never let a cut response look complete: destroy the client socket mid-body.
-      res.destroy();
+    } else if (downstream.headSent) {
+      downstream.fail(error.status, [], '', true);
     } else {
       ctx.status = error.status;
       const body = `${error.status} ${statusText(error.status)}: ${error.message}\nrequest id: ${ctx.requestIdForUpstream ?? ctx.id}\n`;
       const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(body)), 'x-request-id', ctx.requestIdForUpstream ?? ctx.id];
-      // A malformed request or an unread body leaves the connection in doubt: close it.
-      // After a refused upgrade the parser has stopped reading HTTP (what follows may be another protocol).
-      if (this.draining || error.status === 400 || error.status === 501 || !requestBodyDone(ctx)) headers.push('connection', 'close');
       if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
       else if (error.status === 503) headers.push('retry-after', '1');
-      try {
-        res.statusMessage = '';
-        res.writeHead(error.status, headers);
-        res.end(ctx.req.method === 'HEAD' ? undefined : body);
-      } catch {
-        // Never a crash for an answer that cannot be written: the connection is cut instead.
-        res.destroy();
-      }
+      // A malformed request or an unread body leaves the connection in doubt: close it.
+      // After a refused upgrade the parser has stopped reading HTTP (what follows may be another protocol).
+      const close = this.draining || error.status === 400 || error.status === 501 || ctx.upgrade !== null || !requestBodyDone(ctx);
+      downstream.fail(error.status, headers, body, close);
     }
     if (ctx.bodyStream !== null && !ctx.bodyStream.destroyed) {
       ctx.req.unpipe(ctx.bodyStream);
       ctx.bodyStream.destroy();
     }
-    // Finish first: aborting calls back into onError at once, which must find the request done.
-    const abort = ctx.abort;
-    ctx.abort = null;
+    // Finish first: cancelling calls back into the attempt at once, which must find it retired.
+    const attempt = ctx.attempt;
     this.finish(ctx);
-    if (abort !== null) abort(error);
+    attempt?.retire(error);
   }
 
-  /** Phase finish: exactly once per request. */
-  private finish(ctx: RequestContext): void {
+  /** Phase finish: exactly once per exchange. */
+  private finish(ctx: Exchange): void {
     if (ctx.done) return;
     ctx.done = true;
+    ctx.attempt?.retire();
+    ctx.attempt = null;
     if (ctx.timer !== null) clearTimeout(ctx.timer);
     if (ctx.timerRetry !== null) clearTimeout(ctx.timerRetry);
+    ctx.tunnelSlot?.release();
     release(ctx);
     const pool = ctx.countedPool;
     if (pool !== null) {
@@ -452,40 +555,11 @@ export class HttpProxy implements ExchangeSink {
   }
 
   /** The client went away before the response was complete. */
-  clientClosed(ctx: RequestContext): void {
-    if (ctx.done) return;
+  clientClosed(ctx: Exchange): void {
+    if (ctx.done || ctx.tunnel !== null) return;
     ctx.clientGone = true;
     this.fail(ctx, clientGone());
   }
-}
-
-/** True when the client asks to switch protocols (`Connection: upgrade` plus `Upgrade`), other than h2c. */
-function upgradeAsked(req: IncomingMessage): boolean {
-  const connection = req.headers.connection;
-  if (connection === undefined || !/(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)) return false;
-  const protocols = req.headers.upgrade!.split(',').map((p) => p.trim().toLowerCase());
-  return !protocols.every((p) => p === 'h2c');
-}
-
-/** The status line and headers of a relayed 1xx answer (hop-by-hop fields left out). */
-function informationalHead(status: number, reason: string, raw: readonly (Buffer | string)[]): string {
-  let head = `HTTP/1.1 ${status} ${reason}\r\n`;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i].toString('latin1');
-    const lower = name.toLowerCase();
-    if (hopByHop.has(lower) || lower === 'content-length') continue;
-    head += `${name}: ${raw[i + 1].toString('latin1')}\r\n`;
-  }
-  return head + '\r\n';
-}
-
-/** True for a reason phrase Node will write as is: HTAB, SP, VCHAR and obs-text (RFC 9112 section 4). */
-function validReason(reason: string): boolean {
-  for (let i = 0; i < reason.length; i++) {
-    const c = reason.charCodeAt(i);
-    if (c > 0xff || c === 0x7f || (c < 0x20 && c !== 0x09)) return false;
-  }
-  return true;
 }
 
 /** A flat header list without Content-Length and Transfer-Encoding. */
@@ -498,12 +572,7 @@ function withoutFraming(headers: string[]): string[] {
   return out;
 }
 
-function onResponseClose(this: TrackedResponse): void {
-  const ctx = this[kContext];
-  if (ctx !== undefined && !ctx.done && !this.writableFinished) ctx.proxy!.clientClosed(ctx);
-}
-
-function retryLater(proxy: HttpProxy, ctx: RequestContext, sameAllowed: boolean): void {
+function retryLater(proxy: HttpProxy, ctx: Exchange, sameAllowed: boolean): void {
   proxy.retryNow(ctx, sameAllowed);
 }
 
@@ -514,29 +583,26 @@ function retryLater(proxy: HttpProxy, ctx: RequestContext, sameAllowed: boolean)
  * while it is read), or no response headers in time while the client had not finished sending
  * the body.
  */
-function clientsDoing(ctx: RequestContext, failure: FulcrumError): boolean {
+function clientsDoing(ctx: Exchange, failure: FulcrumError): boolean {
   // It answered before the upload ended (bodyAbandoned): a reset while that answer is read comes from the same early close.
   if (ctx.bodyAbandoned) return failure.code === ErrorCode.UpstreamReset;
-  if (ctx.bodyStream === null || ctx.bodyEnded || ctx.discarding || ctx.res.headersSent) return false;
+  if (ctx.bodyStream === null || ctx.bodyEnded || ctx.discarding || ctx.downstream.headSent) return false;
   return failure.code === ErrorCode.UpstreamReset || failure.code === ErrorCode.HeadersTimeout;
 }
-
-/** Requests whose first pick was made in panic mode (rare: nothing is added outside panic). */
-const panicked = new WeakSet<RequestContext>();
 
 /**
  * The answer for a failure that ends a request. In panic mode upstreams known to be down are
  * tried too; when a request that came while the pool was in panic found none that even took
  * the connection, it gets what it would have had without panic: 503, nothing available.
  */
-function panicAnswer(ctx: RequestContext, failure: FulcrumError): FulcrumError {
-  if (failure.source !== 'upstream' || !failure.retryable || !panicked.has(ctx)) return failure;
+function panicAnswer(ctx: Exchange, failure: FulcrumError): FulcrumError {
+  if (failure.source !== 'upstream' || !failure.retryable || !ctx.panicked) return failure;
   const name = ctx.countedPool!.name;
   return new FulcrumError(ErrorCode.NoUpstream, `no available upstream in pool "${name}" (too few up: panic mode tried them anyway; last: ${failure.message})`, 'upstream', 503, false, failure);
 }
 
 /** True when an upstream not tried yet (or the backup pool) could take a retry: else the answer in hand is kept. */
-function hasAlternative(ctx: RequestContext): boolean {
+function hasAlternative(ctx: Exchange): boolean {
   const pool = ctx.pool!;
   for (const u of pool.eligible()) if (u !== ctx.upstream && u.available() && (ctx.tried === null || !ctx.tried.includes(u))) return true;
   return pool.backup !== null && pool.backup.eligible().some((u) => u.available());
@@ -551,24 +617,24 @@ function findHeader(raw: readonly (Buffer | string)[], lower: string): string | 
   return undefined;
 }
 
-function onRequestTimeout(proxy: HttpProxy, ctx: RequestContext): void {
+function onRequestTimeout(proxy: HttpProxy, ctx: Exchange): void {
   ctx.timer = null;
   proxy.fail(ctx, requestTimedOut(ctx.pool!.settings.timeouts.request));
 }
 
 /** True when the client's request body was read to its end (or there was none). */
-function requestBodyDone(ctx: RequestContext): boolean {
+function requestBodyDone(ctx: Exchange): boolean {
   return ctx.req.readableEnded || !hasBody(ctx.req);
 }
 
 /** The upstream answered before the client's body ended: nothing more of it is read or sent upstream. */
-function stopUpload(ctx: RequestContext): void {
+function stopUpload(ctx: Exchange): void {
   ctx.bodyAbandoned = true;
   if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
 }
 
 /** Stops counting the request against its upstream (once). */
-function release(ctx: RequestContext): void {
+function release(ctx: Exchange): void {
   if (ctx.holding) {
     ctx.holding = false;
     ctx.upstream!.inFlight--;

@@ -15,7 +15,7 @@
  * 502s for every request above min_retry_concurrency.
  */
 import { ErrorCode, type FulcrumError } from '../errors.ts';
-import type { RequestContext } from '../core/context.ts';
+import type { Exchange } from './exchange.ts';
 
 /** Why an attempt is tried again. */
 export type RetryReason = 'connect-failure' | 'stale-connection' | 'reset' | 'status';
@@ -38,10 +38,10 @@ export function isIdempotent(method: string | undefined): boolean {
  * null when the upstream answered `status`; `sent` is false when it never saw the request;
  * `stale` is true when a reused keep-alive socket failed before any response byte.
  */
-export function retryReason(ctx: RequestContext, failure: FulcrumError | null, status: number, sent: boolean, stale = false): RetryReason | null {
+export function retryReason(ctx: Exchange, failure: FulcrumError | null, status: number, sent: boolean, stale = false): RetryReason | null {
   const pool = ctx.pool!;
   const policy = pool.settings.retry;
-  if (ctx.res.headersSent || ctx.clientGone || ctx.done) return null;
+  if (ctx.downstream.headSent || ctx.clientGone || ctx.done) return null;
   if (ctx.attempts >= policy.max_attempts) return null;
   let reason: RetryReason;
   if (failure !== null) {
@@ -60,18 +60,18 @@ export function retryReason(ctx: RequestContext, failure: FulcrumError | null, s
 }
 
 /** The client declared the request safe to repeat (draft-ietf-httpapi-idempotency-key-header). */
-function hasIdempotencyKey(ctx: RequestContext): boolean {
+function hasIdempotencyKey(ctx: Exchange): boolean {
   const key = ctx.req.headers['idempotency-key'];
   return typeof key === 'string' && key.length > 0;
 }
 
 /** A sent body can go again only if it was small enough to keep and was read to its end. */
-function bodyReplayable(ctx: RequestContext): boolean {
+function bodyReplayable(ctx: Exchange): boolean {
   return ctx.bodyStream === null || (ctx.bodyKept !== null && ctx.bodyEnded);
 }
 
 /** Retries in flight stay under budget_percent of the pool's requests (at least min_retry_concurrency). */
-function withinBudget(ctx: RequestContext): boolean {
+function withinBudget(ctx: Exchange): boolean {
   const pool = ctx.countedPool!;
   const policy = pool.settings.retry;
   return pool.retrying < Math.max(policy.min_retry_concurrency, (pool.active * policy.budget_percent) / 100);

@@ -48,10 +48,10 @@ export class Router {
       const forwarding: PathForwarding = s.path === undefined ? forwardAsSent : { normalized: s.path.forward === 'normalized', encodedSlashes: s.path.encoded_slashes };
       return { name, hosts, suffixes, pathPrefix: compilePrefix(s.path_prefix), forwarding, pool: pools.get(s.pool)!, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
     });
-    // No routes: everything goes to the one pool that is not another's backup.
+    // No routes: everything goes to the one pool that is not another's backup (by name: backup links are set at commit).
     if (routes.length === 0) {
       const all = [...pools.values()];
-      const primaries = all.filter((p) => !all.some((o) => o !== p && o.backup === p));
+      const primaries = all.filter((p) => !all.some((o) => o !== p && o.settings.backup === p.name));
       if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', forwarding: forwardAsSent, pool: primaries[0], rank: 2, guards: [], pipelines: new Map() });
     }
     routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);

@@ -1,30 +1,120 @@
 /**
- * Upstream connection pools, kept by the balancer across configuration changes (placeholder
- * wiring: replaced by per-upstream clients keyed by upstream and protocol).
+ * Upstream connection pools, owned by the balancer rather than by a configuration: one client
+ * (keep-alive sockets) per upstream, protocol and connection settings. A reload, a weight
+ * change, a drain or a pool rebuilt through the admin API finds the same client for every
+ * surviving upstream, so its warm sockets are kept. Clients no committed pool uses any more are
+ * closed (idle sockets now, busy ones when their exchange ends); a closed client never opens a
+ * pooled socket again (a straggler, such as a retry still running on a replaced pool, gets a
+ * one-off connection that closes with its exchange).
+ *
+ * Keys are `protocol|host:port|settings`: the HTTP/2 and TLS clients of later issues get their
+ * own protocol names and plug in beside `http1-undici` and `http1-node`.
  */
 import type { PoolSettings } from '../config/schema.ts';
-import type { Upstream } from '../upstream/upstream.ts';
-import type { Transport } from './transport.ts';
-import { UndiciTransport } from './undici.ts';
-import { NodeHttpTransport } from './node-http.ts';
+import { upstreamIdOf, type Upstream } from '../upstream/upstream.ts';
+import type { ClientSettings, Transport, UpstreamAttempt, UpstreamClient } from './transport.ts';
+import { UndiciClient } from './undici.ts';
+import { NodeHttpClient } from './node-http.ts';
 
-/** Every upstream connection pool of one balancer; outlives runtimes (reloads, API writes). */
+/** A pool's view of what it may ask for: its settings and its upstreams. */
+export interface PoolConnections {
+  readonly settings: PoolSettings;
+  readonly upstreams: readonly Upstream[];
+}
+
+/** The client protocol a pool's settings ask for. */
+function protocolOf(settings: PoolSettings): string {
+  return settings.transport === 'node-http' ? 'http1-node' : 'http1-undici';
+}
+
+/** What a client toward `id` is built from, under `settings` (the upstream's own max_connections included). */
+function clientSettings(settings: PoolSettings, id: string): ClientSettings {
+  const entry = settings.upstreams.find((u) => upstreamIdOf(u.url) === id);
+  const maxConnections = entry !== undefined && entry.max_connections > 0 ? entry.max_connections : Infinity;
+  const limit = Math.min(settings.keepalive.max_sockets > 0 ? settings.keepalive.max_sockets : Infinity, maxConnections);
+  return { keepalive: settings.keepalive, timeouts: settings.timeouts, maxSockets: Number.isFinite(limit) ? limit : null };
+}
+
+function keyOf(protocol: string, id: string, s: ClientSettings): string {
+  const { keepalive: k, timeouts: t } = s;
+  return `${protocol}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
+}
+
+/** Every upstream client of one balancer; outlives runtimes (reloads, API writes). */
 export class ConnectionPools {
-  private readonly transports = new Set<Transport>();
+  private readonly clients = new Map<string, UpstreamClient>();
+  private closed = false;
 
-  /** The transport a pool with `settings` forwards through. */
+  /** The transport a pool with `settings` forwards through: it finds each upstream's client here. */
   transportFor(settings: PoolSettings): Transport {
-    const t = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
-    this.transports.add(t);
-    return t;
+    return new PoolTransport(this, settings);
   }
 
-  /** After a commit: connections no pool of `live` can use close once their exchanges end. */
-  retain(_live: Iterable<{ readonly settings: PoolSettings; readonly upstreams: readonly Upstream[] }>): void {}
+  /** The client for `upstream` under `settings`: the running one, or a new one. */
+  clientFor(upstream: Upstream, settings: PoolSettings): UpstreamClient {
+    const protocol = protocolOf(settings);
+    const s = clientSettings(settings, upstream.id);
+    const key = keyOf(protocol, upstream.id, s);
+    let client = this.clients.get(key);
+    if (client !== undefined) return client;
+    client = protocol === 'http1-node' ? new NodeHttpClient(upstream, s) : new UndiciClient(upstream, s);
+    // After shutdown nothing is kept: the client serves its one exchange and closes behind it.
+    if (this.closed) void client.close();
+    else this.clients.set(key, client);
+    return client;
+  }
+
+  /** Clients open now (for tests and status). */
+  get size(): number {
+    return this.clients.size;
+  }
+
+  /**
+   * After a commit: clients that no pool of `live` uses close (idle sockets now, busy ones when
+   * their exchange ends). The others, and their warm sockets, go on.
+   */
+  retain(live: Iterable<PoolConnections>): void {
+    const keep = new Set<string>();
+    for (const pool of live) {
+      const protocol = protocolOf(pool.settings);
+      for (const u of pool.upstreams) keep.add(keyOf(protocol, u.id, clientSettings(pool.settings, u.id)));
+    }
+    for (const [key, client] of this.clients) {
+      if (keep.has(key)) continue;
+      this.clients.delete(key);
+      void client.close();
+    }
+  }
 
   /** Shutdown: idle connections close now, busy ones when their exchange ends. */
   async close(): Promise<void> {
-    await Promise.all([...this.transports].map((t) => t.close()));
-    this.transports.clear();
+    this.closed = true;
+    const all = [...this.clients.values()];
+    this.clients.clear();
+    await Promise.all(all.map((c) => c.close()));
+  }
+}
+
+/** One pool's transport: each upstream's client, looked up once and then kept per Upstream. */
+class PoolTransport implements Transport {
+  private readonly connections: ConnectionPools;
+  private readonly settings: PoolSettings;
+  private readonly clients = new Map<Upstream, UpstreamClient>();
+  /** Both clients pass `Expect: 100-continue` on and relay the upstream's 100. */
+  readonly relaysContinue = true;
+
+  constructor(connections: ConnectionPools, settings: PoolSettings) {
+    this.connections = connections;
+    this.settings = settings;
+  }
+
+  forward(attempt: UpstreamAttempt): void {
+    const upstream = attempt.upstream;
+    let client = this.clients.get(upstream);
+    if (client === undefined) {
+      client = this.connections.clientFor(upstream, this.settings);
+      this.clients.set(upstream, client);
+    }
+    client.forward(attempt);
   }
 }

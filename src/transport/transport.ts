@@ -3,35 +3,74 @@
  * the response comes back. Two implementations (undici, node:http) are kept so `npm run bench`
  * can compare them on every machine; undici is the default because it measured faster.
  */
-import type { RequestContext } from '../core/context.ts';
+import type { Readable } from 'node:stream';
+import type { Socket } from 'node:net';
 import type { Upstream } from '../upstream/upstream.ts';
+import type { PoolSettings } from '../config/schema.ts';
 
-/** What a transport reports back to the proxy, once per event, for one attempt. */
-export interface ExchangeSink {
-  /** An interim 1xx answer (not 101) arrived before the final one; `reason` as the upstream sent it. */
-  onInformational(ctx: RequestContext, status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void;
-  /** Final response headers arrived (`reason`: the upstream's reason phrase). Returns false when they could not be written (attempt ends). */
-  onResponse(ctx: RequestContext, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean;
-  /** A body chunk; returns false when the client is slow (the transport pauses until `resume`). */
-  onData(ctx: RequestContext, chunk: Buffer): boolean;
+/**
+ * One attempt of one exchange on one upstream, as a transport sees it (src/proxy/attempt.ts is
+ * the proxy's side). The transport reads the request from it and reports into it, once per event;
+ * after the proxy has moved on (a retry, an error answer, the client gone) `live` is false and
+ * every report is ignored, so a late event from an old attempt can never touch the exchange.
+ */
+export interface UpstreamAttempt {
+  readonly upstream: Upstream;
+  readonly method: string;
+  /** The request-target, origin-form. */
+  readonly path: string;
+  /** Request headers, flat `[name, value, ...]`, Host first. */
+  readonly headers: string[];
+  /** The body to send: the client's stream, a kept copy, or null. */
+  readonly body: Readable | Buffer | null;
+  /** The client sent `Expect: 100-continue`: the transport passes it on and relays the upstream's 100. */
+  readonly expectContinue: boolean;
+  /** The client asked to switch protocols (`Connection: upgrade`; WebSocket): a 101 is expected, not an error. */
+  readonly upgrade: boolean;
+  /** False once the proxy has moved on from this attempt. */
+  readonly live: boolean;
+  /** How the proxy cancels the attempt (the transport destroys what it holds); called at most once. */
+  onCancel(cancel: (reason: Error) => void): void;
+  /** The request is being written to a socket (`reused`: one that carried an earlier exchange). */
+  sending(reused: boolean): void;
+  /** An interim 1xx (not 101) answer arrived; `reason` as the upstream sent it. */
+  informational(status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void;
+  /** Final response headers. Returns false when they could not be written (the attempt ends). */
+  response(status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean;
+  /** A body chunk; false when the client is slow: pause and wait for `whenWritable`. */
+  data(chunk: Buffer): boolean;
+  /** Calls `resume` once the client has taken what was written. */
+  whenWritable(resume: () => void): void;
   /** The response is complete. */
-  onEnd(ctx: RequestContext, trailers: readonly (Buffer | string)[] | null): void;
-  /** The attempt failed; `sent` is false when the upstream never saw the request. */
-  /**
-   * The attempt failed; `sent` is false when the upstream never saw the request, `reused` true
-   * when it went out on a keep-alive socket that had carried an earlier exchange.
-   */
-  onError(ctx: RequestContext, err: unknown, sent: boolean, reused?: boolean): void;
+  end(trailers: readonly (Buffer | string)[] | null): void;
+  /** The attempt failed (`sending` tells whether the upstream may have seen the request). */
+  error(err: unknown): void;
+  /** The upstream switched protocols (101) on an upgrade request: `socket` and the bytes already read past the head are the tunnel's. */
+  switched(status: number, reason: string, rawHeaders: readonly (Buffer | string)[], socket: Socket, head: Buffer): void;
+}
+
+/** What a client toward one upstream is built from (its key in ConnectionPools). */
+export interface ClientSettings {
+  keepalive: PoolSettings['keepalive'];
+  timeouts: PoolSettings['timeouts'];
+  /** Most sockets to the upstream (null: no limit): the smaller of keepalive.max_sockets and the upstream's max_connections. */
+  maxSockets: number | null;
+}
+
+/** A client toward one upstream over one protocol (keep-alive sockets), kept across configuration changes. */
+export interface UpstreamClient {
+  /** Sends the attempt's request; reports into the attempt. */
+  forward(attempt: UpstreamAttempt): void;
+  /** Idle sockets close now, busy ones when their exchange ends; a closed client never opens a socket again. */
+  close(): Promise<void>;
 }
 
 /** A client toward the upstreams of one pool. */
 export interface Transport {
   /** True when `Expect: 100-continue` goes to the upstream and its 100 comes back (else Fulcrum sends 100 itself). */
   readonly relaysContinue: boolean;
-  /** Sends ctx's request to the upstream; reports through the sink, for attempt `ctx.attempts`. */
-  forward(ctx: RequestContext, upstream: Upstream, sink: ExchangeSink): void;
-  /** Closes idle sockets now and the rest once their requests finish. */
-  close(): Promise<void>;
+  /** Sends the attempt's request to `attempt.upstream`; reports through the attempt. */
+  forward(attempt: UpstreamAttempt): void;
 }
 
 /** Keep-alive idle time actually used: the configured limit less the safety margin. */

@@ -3,40 +3,53 @@
  * a snapshot of eligible upstreams that is rebuilt only when an upstream's state changes
  * (Pingora's habit), so a pick never filters or allocates.
  */
-import type { PoolSettings } from '../config/schema.ts';
+import type { PoolSettings, UpstreamSettings } from '../config/schema.ts';
 import { findPolicy } from '../balancer/registry.ts';
 import type { PickContext, Policy, PolicyFactory } from '../balancer/policy.ts';
 import { poolPanic, upstreamState, type PoolPanicEvent } from '../core/events.ts';
-import { Upstream, upstreamIdOf, type UpstreamChange } from './upstream.ts';
+import { Upstream, upstreamIdOf, type UpstreamChange, type UpstreamOptions } from './upstream.ts';
 import type { HostRewrite } from '../proxy/headers.ts';
 import type { Transport } from '../transport/transport.ts';
-import { UndiciTransport } from '../transport/undici.ts';
-import { NodeHttpTransport } from '../transport/node-http.ts';
+import type { ConnectionPools } from '../transport/connection-pools.ts';
 import { PassiveHealth } from '../health/passive-health.ts';
 import { ActiveChecker } from '../health/active-checker.ts';
 
-/** A pool built from its settings; `previous` (the same pool before a reload) lends its upstreams. */
+/** An upstream's settings as its pool gives them (limits and breaker from the pool's). */
+function upstreamOptions(u: UpstreamSettings, settings: PoolSettings): UpstreamOptions {
+  return { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending, halfOpenLimit: settings.circuit_breaker.half_open_requests };
+}
+
+/**
+ * A pool built from its settings. Building it touches nothing shared (a runtime is built off to
+ * the side); `adopt()` puts it in charge of its upstreams and `start()` in service.
+ */
 export class Pool {
   readonly name: string;
   readonly settings: PoolSettings;
   readonly upstreams: readonly Upstream[];
   readonly policyFactory: PolicyFactory;
   readonly hostRewrite: HostRewrite;
-  /** The client toward this pool's upstreams (keep-alive sockets per upstream). */
+  /** The client toward this pool's upstreams, from the balancer's connection pools (which close it). */
   readonly transport: Transport;
-  /** Used only while no upstream of this pool is eligible (set once every pool is built). */
+  /** Used only while no upstream of this pool is eligible (linked when its runtime is committed). */
   backup: Pool | null = null;
   /** Requests in flight through this pool, and how many of them are retries (the retry budget). */
   active = 0;
   retrying = 0;
   private readonly passive: PassiveHealth;
   private readonly checker: ActiveChecker | null;
+  /** Over no upstream until `adopt()`. */
   private policy: Policy;
-  private snapshot: readonly Upstream[] = [];
+  private snapshot: readonly Upstream[] = Object.freeze([]);
   /** Below panic_threshold_percent: the policy over every upstream the operator allows, else null. */
   private panicPolicy: Policy | null = null;
 
-  constructor(name: string, settings: PoolSettings, previous?: ReadonlyMap<string, Upstream>) {
+  /**
+   * `kept` lends the Upstream objects of addresses that stay (the same pool before a reload, or
+   * a renamed one): health, ejection, breaker, counters and in-flight requests carry over; they
+   * take this pool's settings only at `adopt()`. Throws when an address is listed twice.
+   */
+  constructor(name: string, settings: PoolSettings, connections: ConnectionPools, kept?: ReadonlyMap<string, Upstream>) {
     // Two entries for one address would share one object; the schema cannot see that, the pool can.
     const ids = settings.upstreams.map((u) => upstreamIdOf(u.url));
     const twice = ids.find((id, i) => ids.indexOf(id) !== i);
@@ -46,32 +59,21 @@ export class Pool {
     this.policyFactory = findPolicy(settings.policy)!;
     this.hostRewrite =
       settings.host_header === 'preserve' ? { kind: 'preserve' } : settings.host_header === 'upstream' ? { kind: 'upstream' } : { kind: 'fixed', value: settings.host_header };
-    const onChange = (change: UpstreamChange): void => this.changed(change);
-    this.upstreams = settings.upstreams.map((u) => {
-      const options = { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending };
-      const old = previous?.get(upstreamIdOf(u.url));
-      // The same address keeps its object: health, ejection, breaker, counters and in-flight requests.
-      const upstream = old ?? new Upstream(options);
-      if (old) old.configure(options);
-      upstream.onChange = onChange;
-      return upstream;
-    });
-    this.policy = this.rebuild();
-    this.transport = settings.transport === 'node-http' ? new NodeHttpTransport(settings) : new UndiciTransport(settings);
+    this.upstreams = settings.upstreams.map((u, i) => kept?.get(ids[i]) ?? new Upstream(upstreamOptions(u, settings)));
+    this.policy = this.policyFactory.create(this.snapshot);
+    this.transport = connections.transportFor(settings);
     this.passive = new PassiveHealth(settings, this.upstreams);
     this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u)) : null;
   }
 
   /**
-   * Takes its upstreams back after a reload that failed half-way: a new pool built around the
-   * same Upstream objects may have re-pointed and re-configured them.
+   * Takes charge of its upstreams (a runtime's commit; never throws): gives them this pool's
+   * settings (weight, limits, breaker), has their state changes reported here, builds the policy.
    */
-  reclaim(): void {
+  adopt(): void {
     const onChange = (change: UpstreamChange): void => this.changed(change);
     for (const [i, u] of this.upstreams.entries()) {
-      const s = this.settings.upstreams[i];
-      u.configure({ url: s.url, weight: s.weight, maxConnections: s.max_connections, maxPending: this.settings.circuit_breaker.max_pending });
-      u.halfOpenLimit = this.settings.circuit_breaker.half_open_requests;
+      u.configure(upstreamOptions(this.settings.upstreams[i], this.settings));
       u.onChange = onChange;
     }
     this.policy = this.rebuild();
@@ -86,11 +88,10 @@ export class Pool {
     this.checker?.start();
   }
 
-  /** Stops health work and closes the pool's upstream sockets (idle now, busy ones when their request ends). */
+  /** Stops health work (passive and active checks); its connections belong to the balancer's connection pools. */
   async close(): Promise<void> {
     this.passive.stop();
     await this.checker?.stop();
-    await this.transport.close();
   }
 
   /** An available upstream chosen by the policy, or undefined (the caller answers 503). */

@@ -2,6 +2,7 @@
  * One backend address and its live state. Policies only ask `available()`; health checks and
  * the admin API change state through the setters, which report every change to the pool.
  */
+import type { UpstreamStateEvent } from '../core/events.ts';
 
 /** Health as set by active checks and outlier ejection (always healthy until they land). */
 export type HealthState = 'healthy' | 'unhealthy';
@@ -9,14 +10,8 @@ export type HealthState = 'healthy' | 'unhealthy';
 /** Circuit-breaker state: closed lets everything through, open nothing, half-open a few probes. */
 export type CircuitState = 'closed' | 'open' | 'half-open';
 
-/** What changed on an upstream, handed to the pool and published as an event. */
-export interface UpstreamChange {
-  upstream: Upstream;
-  field: 'health' | 'enabled' | 'draining' | 'ejected' | 'circuit';
-  from: string | boolean;
-  to: string | boolean;
-  reason: string;
-}
+/** What changed on an upstream, handed to the pool and published as an event (`fulcrum:upstream:state` adds the pool). */
+export type UpstreamChange = Omit<UpstreamStateEvent<Upstream>, 'pool'>;
 
 /**
  * `host:port` of an upstream URL, the port always spelled out (`http://10.0.0.2` is
@@ -35,6 +30,8 @@ export interface UpstreamOptions {
   maxConnections: number;
   /** Requests allowed to wait beyond maxConnections (only with a limit); beyond that: 503 at once. */
   maxPending?: number;
+  /** Requests let through while the circuit breaker is half-open (default 3). */
+  halfOpenLimit?: number;
 }
 
 /** An upstream: address, weight, counters and availability. */
@@ -100,6 +97,7 @@ export class Upstream {
     this.weight = options.weight;
     this.maxConnections = options.maxConnections > 0 ? options.maxConnections : Infinity;
     this.maxPending = options.maxPending ?? 0;
+    this.halfOpenLimit = options.halfOpenLimit ?? 3;
   }
 
   /** Eligible (or its pool in panic), below its connection (and queue) limit, and let through by its circuit breaker. */

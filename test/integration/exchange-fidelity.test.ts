@@ -347,8 +347,8 @@ for (const transport of ['undici', 'node-http'] as const) {
   });
 }
 
-describe('requests Fulcrum cannot relay yet get a clear answer', () => {
-  test('a WebSocket upgrade gets 501 (connection closed) and never reaches the backend as a plain request', async (t) => {
+describe('upgrades and tunnels Fulcrum does not relay get a clear answer', () => {
+  test('a WebSocket upgrade the backend does not take: its answer is relayed as is, then the connection closes', async (t) => {
     const backend = await startBackend(t, (_req, res) => res.end('plain'));
     const lb = await startBalancer(t, { pools: { app: { upstreams: [backend.url] } } });
     const raw = await rawExchange(
@@ -356,9 +356,22 @@ describe('requests Fulcrum cannot relay yet get a clear answer', () => {
       'GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\nGET /next HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n',
     );
     const lines = statusLines(raw);
-    assert.equal(lines[0], 'HTTP/1.1 501 Not Implemented');
-    assert.match(raw, /upgrade to "websocket" is not supported/);
+    assert.equal(lines[0], 'HTTP/1.1 200 OK');
+    assert.match(raw, /\r\n\r\nplain$/);
     assert.match(raw, /\r\nconnection: close\r\n/i, 'what follows an upgrade offer may be another protocol: the connection closes');
+    assert.equal(lines.length, 1, 'nothing after the handshake is read as HTTP');
+    assert.equal(backend.requests.length, 1);
+    assert.equal(backend.requests[0].url, '/ws');
+  });
+
+  test('an upgrade to a protocol other than WebSocket gets 501 (connection closed) and never reaches the backend', async (t) => {
+    const backend = await startBackend(t, (_req, res) => res.end('plain'));
+    const lb = await startBalancer(t, { pools: { app: { upstreams: [backend.url] } } });
+    const raw = await rawExchange(lb.port, 'GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: foo/2\r\n\r\nGET /next HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n');
+    const lines = statusLines(raw);
+    assert.equal(lines[0], 'HTTP/1.1 501 Not Implemented');
+    assert.match(raw, /upgrade to "foo\/2" is not supported/);
+    assert.match(raw, /\r\nconnection: close\r\n/i);
     assert.equal(lines.length, 1);
     assert.equal(backend.requests.length, 0);
     await eventually(() => lb.ended.some((c) => c.error?.code === 'FUL_UPGRADE_NOT_SUPPORTED'));

@@ -3,6 +3,7 @@
  * every policy shares picks by weight, and retries off a refusing upstream are spread over its
  * siblings by the pool's live policy instead of all landing on the first untried one.
  */
+import type { Upstream } from '../../src/upstream/upstream.ts';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Agent } from 'node:http';
@@ -75,8 +76,8 @@ test('round-robin, one of three refusing connections: its retries are spread ove
   });
   for (let i = 0; i < 300; i++) assert.equal((await get(lb.url)).status, 200);
   const retried = lb.ended.filter((ctx) => ctx.attempts > 1);
-  const onB = retried.filter((ctx) => ctx.upstream?.port === b.port).length;
-  const onC = retried.filter((ctx) => ctx.upstream?.port === c.port).length;
+  const onB = retried.filter((ctx) => (ctx.upstream as Upstream | null)?.port === b.port).length;
+  const onC = retried.filter((ctx) => (ctx.upstream as Upstream | null)?.port === c.port).length;
   t.diagnostic(`${retried.length} retried requests: ${onB} ended on b, ${onC} on c; b served ${b.requests.length}, c ${c.requests.length}`);
   assert.ok(retried.length >= 90 && retried.length <= 110, `${retried.length} of 300 requests were retried, expected about 100`);
   assert.equal(onB + onC, retried.length);

@@ -2,6 +2,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { PassiveHealth } from '../../../src/health/passive-health.ts';
 import { Pool } from '../../../src/upstream/pool.ts';
+import { ConnectionPools } from '../../../src/transport/connection-pools.ts';
 import { Upstream } from '../../../src/upstream/upstream.ts';
 import { PoolConfig } from '../../../src/config/schema.ts';
 import { upstreamResult, upstreamState, type UpstreamStateEvent } from '../../../src/core/events.ts';
@@ -23,6 +24,7 @@ interface Setup {
 }
 
 let pools = 0;
+const connections = new ConnectionPools();
 
 /** A pool of `n` upstreams (nothing listens: nothing is sent) and a PassiveHealth on them, stopped after the test. */
 function setup(t: TestContext, n: number, outlier: OutlierInput = {}, breaker: OutlierInput = {}): Setup {
@@ -32,7 +34,8 @@ function setup(t: TestContext, n: number, outlier: OutlierInput = {}, breaker: O
     outlier_detection: outlier,
     circuit_breaker: breaker,
   });
-  const pool = new Pool(name, settings);
+  const pool = new Pool(name, settings, connections);
+  pool.adopt();
   const passive = new PassiveHealth(settings, pool.upstreams);
   const events: Setup['events'] = [];
   const onState = (m: unknown): void => {
@@ -152,7 +155,8 @@ test('refused: nothing happens with outlier detection off', (t) => {
 test('refused: a connect probe brings it back once its port listens, and not before', async (t) => {
   const port = await closedPort();
   const settings = PoolConfig.parse({ upstreams: [`http://127.0.0.1:${port}`, 'http://127.0.0.1:10001'] });
-  const pool = new Pool(`passive-probe-${++pools}`, settings);
+  const pool = new Pool(`passive-probe-${++pools}`, settings, connections);
+  pool.adopt();
   const passive = new PassiveHealth(settings, pool.upstreams);
   t.after(async () => {
     passive.stop();
@@ -587,9 +591,11 @@ test('outlier: ejections carried over a reload are forgiven after base_ejection_
 }, (t) => {
   t.mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_000_000 });
   const settings = PoolConfig.parse({ upstreams: ['http://127.0.0.1:10001', 'http://127.0.0.1:10002'], outlier_detection: { consecutive_failures: 1, base_ejection_time: 100 }, circuit_breaker: noBreaker });
-  const before = new Pool('passive-reload-old', settings);
+  const before = new Pool('passive-reload-old', settings, connections);
+  before.adopt();
   before.upstreams[0].ejections = 2;
-  const after = new Pool('passive-reload-new', settings, new Map(before.upstreams.map((u) => [u.id, u])));
+  const after = new Pool('passive-reload-new', settings, connections, new Map(before.upstreams.map((u) => [u.id, u])));
+  after.adopt();
   const passive = new PassiveHealth(settings, after.upstreams);
   t.after(async () => {
     passive.stop();

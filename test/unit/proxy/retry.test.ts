@@ -4,7 +4,7 @@ import { isIdempotent, retryAfterMs, retryReason, usesBudget } from '../../../sr
 import { clientGone, noUpstream, requestTimedOut, upstreamFailure } from '../../../src/proxy/status.ts';
 import { PoolConfig, type PoolSettings } from '../../../src/config/schema.ts';
 import { ErrorCode, type FulcrumError } from '../../../src/errors.ts';
-import type { RequestContext } from '../../../src/core/context.ts';
+import type { Exchange as RequestContext } from '../../../src/proxy/exchange.ts';
 
 type RetryOverrides = Partial<PoolSettings['retry']>;
 
@@ -38,7 +38,7 @@ function fakeCtx(o: CtxOptions = {}): RequestContext {
   return {
     req: { method: o.method ?? 'GET', headers: {} },
     tried: null,
-    res: { headersSent: o.headersSent ?? false },
+    downstream: { headSent: o.headersSent ?? false },
     clientGone: o.clientGone ?? false,
     done: o.done ?? false,
     attempts: o.attempts ?? 1,

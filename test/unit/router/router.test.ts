@@ -4,9 +4,9 @@ import { Router, hostOnly, type RouteMatch } from '../../../src/router/router.ts
 import type { RouteSettings } from '../../../src/config/schema.ts';
 import type { Pool } from '../../../src/upstream/pool.ts';
 
-/** Stand-in pools: the router only passes them through. */
+/** Stand-in pools: the router passes them through and reads only their name and backup setting. */
 function pools(...names: string[]): Map<string, Pool> {
-  return new Map(names.map((name) => [name, { name } as unknown as Pool]));
+  return new Map(names.map((name) => [name, { name, settings: {} } as unknown as Pool]));
 }
 
 function route(pool: string, path_prefix = '/', host?: string | string[], name?: string): RouteSettings {

@@ -3,10 +3,13 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Pool } from '../../../src/upstream/pool.ts';
 import { PoolConfig } from '../../../src/config/schema.ts';
+import { ConnectionPools } from '../../../src/transport/connection-pools.ts';
 
+const connections = new ConnectionPools();
 let n = 0;
 function pool(size: number, extra: Record<string, unknown> = {}): Pool {
-  const p = new Pool(`panic-${++n}`, PoolConfig.parse({ upstreams: Array.from({ length: size }, (_, i) => `http://127.0.0.1:${20_001 + i}`), ...extra }));
+  const p = new Pool(`panic-${++n}`, PoolConfig.parse({ upstreams: Array.from({ length: size }, (_, i) => `http://127.0.0.1:${20_001 + i}`), ...extra }), connections);
+  p.adopt();
   return p;
 }
 const ctx = { clientAddress: '127.0.0.1' };
@@ -56,7 +59,8 @@ test('in panic every upstream not disabled or draining is picked, down ones incl
 });
 
 test('max_connections still holds in panic', () => {
-  const p = new Pool(`panic-${++n}`, PoolConfig.parse({ upstreams: [{ url: 'http://127.0.0.1:20001', max_connections: 1 }, 'http://127.0.0.1:20002'] }));
+  const p = new Pool(`panic-${++n}`, PoolConfig.parse({ upstreams: [{ url: 'http://127.0.0.1:20001', max_connections: 1 }, 'http://127.0.0.1:20002'] }), connections);
+  p.adopt();
   const [a, b] = p.upstreams;
   a.setHealth('unhealthy', 'test');
   b.setHealth('unhealthy', 'test');

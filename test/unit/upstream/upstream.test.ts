@@ -2,7 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Upstream, type UpstreamChange } from '../../../src/upstream/upstream.ts';
 import { Pool } from '../../../src/upstream/pool.ts';
+import { ConnectionPools } from '../../../src/transport/connection-pools.ts';
 import { PoolConfig } from '../../../src/config/schema.ts';
+
+const connections = new ConnectionPools();
 
 function upstream(maxConnections = 0, maxPending?: number): Upstream {
   return new Upstream({ url: 'http://10.0.0.5:8080', weight: 1, maxConnections, maxPending });
@@ -194,7 +197,8 @@ test('upstream: configure takes new settings and keeps every piece of live state
 test('pool: carries state of unchanged addresses from `previous` and rebuilds the snapshot on changes', async (t) => {
   // With health checks configured (not started) in both, so carrying health over is meaningful.
   const settings = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1', 'http://127.0.0.1:2', 'http://127.0.0.1:3'], health_check: {} });
-  const first = new Pool('web', settings);
+  const first = new Pool('web', settings, connections);
+  first.adopt();
   t.after(() => first.close());
   const [a, b, c] = first.upstreams;
   assert.deepEqual(first.eligible(), [a, b, c]);
@@ -209,7 +213,8 @@ test('pool: carries state of unchanged addresses from `previous` and rebuilds th
   assert.ok(Object.isFrozen(first.eligible()));
 
   const previous = new Map(first.upstreams.map((u) => [u.id, u]));
-  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:2', 'http://127.0.0.1:3', 'http://127.0.0.1:4'], health_check: {} }), previous);
+  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:2', 'http://127.0.0.1:3', 'http://127.0.0.1:4'], health_check: {} }), connections, previous);
+  second.adopt();
   t.after(() => second.close());
   const [b2, c2, d2] = second.upstreams;
   assert.equal(b2.health, 'unhealthy');
@@ -224,10 +229,12 @@ test('pool: carries state of unchanged addresses from `previous` and rebuilds th
 test('pool: a reload that drops health_check does not leave an upstream unhealthy for good', {
 }, async (t) => {
   const checked = PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'], health_check: {} });
-  const first = new Pool('web', checked);
+  const first = new Pool('web', checked, connections);
+  first.adopt();
   t.after(() => first.close());
   first.upstreams[0].setHealth('unhealthy', 'status 500 (3 consecutive checks failed)');
-  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'] }), new Map([[first.upstreams[0].id, first.upstreams[0]]]));
+  const second = new Pool('web', PoolConfig.parse({ upstreams: ['http://127.0.0.1:1'] }), connections, new Map([[first.upstreams[0].id, first.upstreams[0]]]));
+  second.adopt();
   t.after(() => second.close());
   assert.equal(second.upstreams[0].health, 'unhealthy', 'nothing changes before the pool is in service');
   second.start();

@@ -1,0 +1,171 @@
+/**
+ * The HTTP/1.1 downstream: answers one request on a node:http `ServerResponse` (the listener's
+ * parser made both). Everything HTTP/1-specific about answering lives here: interim answers
+ * and who may get them, reason phrases, trailers only on chunked answers, `Connection: close`,
+ * and the switch to a byte pipe after a relayed `101`.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
+import { hopByHop } from '../proxy/headers.ts';
+
+const kDownstream = Symbol('fulcrum.downstream');
+type Tracked = ServerResponse & { [kDownstream]?: Http1Downstream };
+/** Node internals used for interim answers (as `writeContinue` and `writeEarlyHints` do). */
+type Internals = ServerResponse & { _writeRaw?: (data: string, encoding: BufferEncoding) => boolean; _sent100?: boolean };
+
+/** One HTTP/1.x request's answering side. */
+export class Http1Downstream implements Downstream {
+  owner: DownstreamOwner | null = null;
+  readonly req: IncomingMessage;
+  readonly res: ServerResponse;
+  readonly expectsContinue: boolean;
+  /** True for a request that came through the server's upgrade path: its connection may switch protocols. */
+  private readonly upgradable: boolean;
+  /** Set once the connection switched protocols: this is no HTTP exchange any more. */
+  switched = false;
+
+  /**
+   * `expectsContinue`: the client sent `Expect: 100-continue`; `upgradable`: the request came
+   * through the listener's upgrade path (its socket is Fulcrum's, not the parser's, after the head).
+   */
+  constructor(req: IncomingMessage, res: ServerResponse, expectsContinue: boolean, upgradable = false) {
+    this.req = req;
+    this.res = res;
+    this.expectsContinue = expectsContinue;
+    this.upgradable = upgradable;
+    (res as Tracked)[kDownstream] = this;
+    res.on('close', onResponseClose);
+    // Node's server closes after an answer it made itself; this one (built for a handshake) closes here.
+    if (upgradable) res.once('finish', closeAfterAnswer);
+  }
+
+  /** The downstream answering `res`, if it is one of these. */
+  static of(res: ServerResponse): Http1Downstream | undefined {
+    return (res as Tracked)[kDownstream];
+  }
+
+  get headSent(): boolean {
+    return this.switched || this.res.headersSent;
+  }
+
+  sendContinue(): void {
+    this.res.writeContinue();
+  }
+
+  /** Never to an HTTP/1.0 client, 100 only to a client that asked for it and only once (RFC 9110 section 15.2). */
+  informational(status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void {
+    const res = this.res as Internals;
+    if (res.headersSent || this.switched || this.req.httpVersionMinor === 0 || status === 101) return;
+    if (status === 100) {
+      if (!this.expectsContinue || res._sent100 === true) return;
+      res.writeContinue();
+      return;
+    }
+    if (typeof res._writeRaw !== 'function') return;
+    res._writeRaw(headBytes(status, reason, rawHeaders, true), 'latin1');
+  }
+
+  head(status: number, reason: string | undefined, headers: string[]): void {
+    const res = this.res;
+    try {
+      // The reason phrase as sent (RFC 9112 section 4: HTAB, SP, VCHAR, obs-text), else the standard one.
+      if (reason !== undefined && validReason(reason)) res.writeHead(status, reason, headers);
+      else res.writeHead(status, headers);
+    } catch (err) {
+      // writeHead keeps what it refused: the error answer must not trip over it again.
+      res.statusMessage = '';
+      throw err;
+    }
+  }
+
+  body(chunk: Buffer): boolean {
+    return this.res.write(chunk);
+  }
+
+  whenWritable(resume: () => void): void {
+    this.res.once('drain', resume);
+  }
+
+  end(trailers: readonly (Buffer | string)[] | null): void {
+    const res = this.res;
+    // Trailers go only on a chunked answer (RFC 9112 section 7.1.2).
+    if (trailers !== null && trailers.length > 0 && res.chunkedEncoding) {
+      const list: [string, string][] = [];
+      for (let i = 0; i < trailers.length; i += 2) list.push([trailers[i].toString(), trailers[i + 1].toString()]);
+      try {
+        res.addTrailers(list);
+      } catch {
+        // Trailers are advisory; a bad one is dropped rather than failing a complete response.
+      }
+    }
+    res.end();
+  }
+
+  fail(status: number, headers: string[], body: string, close: boolean): void {
+    const res = this.res;
+    if (this.switched) return;
+    if (res.headersSent) {
+      // Never let a cut response look complete: destroy the client socket mid-body.
+      res.destroy();
+      return;
+    }
+    if (close) headers.push('connection', 'close');
+    try {
+      res.statusMessage = '';
+      res.writeHead(status, headers);
+      res.end(this.req.method === 'HEAD' ? undefined : body);
+    } catch {
+      // Never a crash for an answer that cannot be written: the connection is cut instead.
+      res.destroy();
+    }
+  }
+
+  /** Writes the `101` head on the raw socket and hands the socket over; null when this request cannot switch. */
+  switchProtocols(status: number, reason: string, headers: string[]): Duplex | null {
+    const res = this.res;
+    const socket = res.socket;
+    if (!this.upgradable || this.switched || res.headersSent || socket === null || socket.destroyed) return null;
+    this.switched = true;
+    res.detachSocket(socket);
+    socket.write(headBytes(status, validReason(reason) && reason !== '' ? reason : 'Switching Protocols', headers, false), 'latin1');
+    return socket;
+  }
+}
+
+function onResponseClose(this: Tracked): void {
+  const downstream = this[kDownstream];
+  if (downstream === undefined || downstream.switched || this.writableFinished) return;
+  downstream.owner?.onClientGone();
+}
+
+function closeAfterAnswer(this: ServerResponse): void {
+  const socket = this.socket;
+  if (socket === null) return;
+  this.detachSocket(socket);
+  // For a tracked client socket this is the listener's lingering close (src/listeners/client-connection.ts).
+  socket.destroySoon();
+}
+
+/** A status line and headers as raw text; `filter` leaves out hop-by-hop fields and Content-Length (a relayed 1xx). */
+function headBytes(status: number, reason: string, raw: readonly (Buffer | string)[], filter: boolean): string {
+  let head = `HTTP/1.1 ${status} ${reason}\r\n`;
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i].toString('latin1');
+    if (filter) {
+      const lower = name.toLowerCase();
+      if (hopByHop.has(lower) || lower === 'content-length') continue;
+    }
+    head += `${name}: ${raw[i + 1].toString('latin1')}\r\n`;
+  }
+  return head + '\r\n';
+}
+
+/** True for a reason phrase Node will write as is: HTAB, SP, VCHAR and obs-text (RFC 9112 section 4). */
+export function validReason(reason: string): boolean {
+  for (let i = 0; i < reason.length; i++) {
+    const c = reason.charCodeAt(i);
+    if (c > 0xff || c === 0x7f || (c < 0x20 && c !== 0x09)) return false;
+  }
+  return true;
+}
