@@ -80,6 +80,8 @@ export class RequestContext {
   done = false;
   /** The X-Request-Id a trusted proxy sent, kept end to end instead of ours. */
   requestIdForUpstream: string | undefined = undefined;
+  /** Why a tunnel ended (client, upstream, error, idle, drained, removed, shutdown); null for other exchanges. */
+  tunnelClose: string | null = null;
   /** Milliseconds from accept to the end, set when done (for a tunnel: until it closed). */
   duration = 0;
 

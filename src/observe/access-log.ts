@@ -1,5 +1,5 @@
 /**
- * The access log: one line per finished request, written by a subscriber of
+ * The access log: one line per finished request (a WebSocket tunnel: one line when it closes), written by a subscriber of
  * `fulcrum:request:end`, never by the proxy itself.
  */
 import { requestEnd, type RequestEndEvent } from '../core/events.ts';
@@ -30,8 +30,11 @@ export function startAccessLog(logger: Logger): () => void {
       attempts: ctx.attempts,
       error: ctx.error ? ctx.error.code : undefined,
       reason: ctx.error ? ctx.error.message : undefined,
+      // A WebSocket tunnel logs once, when it ends: how long it was open and why it closed.
+      tunnel_close: ctx.tunnelClose ?? undefined,
     };
-    log[level](line, `${ctx.req.method} ${ctx.req.url} ${ctx.status}`);
+    const text = ctx.tunnelClose === null ? `${ctx.req.method} ${ctx.req.url} ${ctx.status}` : `${ctx.req.method} ${ctx.req.url} ${ctx.status} tunnel closed (${ctx.tunnelClose}) after ${(ctx.duration / 1000).toFixed(1)}s`;
+    log[level](line, text);
   };
   requestEnd.subscribe(onEnd);
   return () => requestEnd.unsubscribe(onEnd);

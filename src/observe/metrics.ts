@@ -7,9 +7,10 @@
  * or from small fixed sets (method, status, error code): never a raw client value, so a
  * client cannot grow the number of series.
  */
-import { Counter, Gauge, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
-import { configReload, requestEnd, requestRetry, upstreamError, upstreamState } from '../core/events.ts';
-import type { ConfigReloadEvent, RequestEndEvent, RequestRetryEvent, UpstreamErrorEvent, UpstreamStateEvent } from '../core/events.ts';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics, type Metric } from 'prom-client';
+import { configReload, requestEnd, requestRetry, tunnelClose, tunnelOpen, upstreamError, upstreamState } from '../core/events.ts';
+import type { ConfigReloadEvent, RequestEndEvent, RequestRetryEvent, TunnelEvent, UpstreamErrorEvent, UpstreamStateEvent } from '../core/events.ts';
+import type { RequestContext } from '../core/context.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
 import type { RateLimitStores } from '../middleware/rate-limit-stores.ts';
@@ -28,6 +29,11 @@ const misnamedDefaults = ['nodejs_active_handles_total', 'nodejs_active_requests
 
 /** Seconds; from a cache hit to a slow report. */
 const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+
+/** Seconds; from a short-lived socket to a day-long session. */
+const tunnelBuckets = [1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600];
+/** Why tunnels close: the values of lb_tunnels_closed_total's reason label. */
+const tunnelReasons = ['client', 'upstream', 'error', 'idle', 'drained', 'removed', 'shutdown'];
 
 /** Methods kept as they are; anything else is counted as OTHER (a client picks the method). */
 const methods = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE', 'OTHER'];
@@ -110,6 +116,12 @@ export class Metrics {
   private readonly reloads: Counter<'result' | 'source'>;
   private readonly lastReloadOk: Gauge;
   private readonly lastReloadTime: Gauge;
+  private readonly tunnelsOpened: Counter<'pool' | 'backend'>;
+  private readonly tunnelsClosed: Counter<'pool' | 'reason'>;
+  private readonly tunnelBytes: Counter<'pool' | 'direction'>;
+  private readonly tunnelDuration: Histogram<'pool'>;
+  /** Open tunnels and the bytes of each already counted (bytes count while a tunnel is open, at each scrape). */
+  private readonly openTunnels = new Map<RequestContext, { in: number; out: number }>();
   private readonly subscriptions: [{ subscribe(f: (m: unknown) => void): void; unsubscribe(f: (m: unknown) => void): unknown }, (m: unknown) => void][] = [];
 
   constructor(sources: MetricsSources) {
@@ -320,6 +332,45 @@ export class Metrics {
       },
     });
 
+    const openTunnels = this.openTunnels;
+    new Gauge({
+      name: 'lb_tunnels_open', help: 'Open WebSocket tunnels, by backend.', labelNames: ['pool', 'backend'], registers,
+      collect() {
+        this.reset();
+        eachUpstream((pool, backend) => this.set({ pool, backend }, 0));
+        for (const ctx of openTunnels.keys()) this.inc({ pool: ctx.pool?.name ?? 'none', backend: ctx.upstream?.id ?? 'none' });
+      },
+    });
+    this.tunnelsOpened = new Counter({ name: 'lb_tunnels_opened_total', help: 'WebSocket tunnels opened (a 101 relayed), by backend.', labelNames: ['pool', 'backend'], registers });
+    this.tunnelsClosed = new Counter({ name: 'lb_tunnels_closed_total', help: `WebSocket tunnels closed, by pool and reason (${tunnelReasons.join(', ')}).`, labelNames: ['pool', 'reason'], registers });
+    const addBytes = (ctx: RequestContext, seen: { in: number; out: number }): void => {
+      const pool = ctx.pool?.name ?? 'none';
+      if (ctx.bytesIn > seen.in) this.tunnelBytes.inc({ pool, direction: 'upstream' }, ctx.bytesIn - seen.in);
+      if (ctx.bytesOut > seen.out) this.tunnelBytes.inc({ pool, direction: 'downstream' }, ctx.bytesOut - seen.out);
+      seen.in = ctx.bytesIn;
+      seen.out = ctx.bytesOut;
+    };
+    this.tunnelBytes = new Counter({
+      name: 'lb_tunnel_bytes_total', help: 'Bytes relayed through WebSocket tunnels, by pool and direction (upstream: client to backend; downstream: backend to client); open tunnels count at each scrape.', labelNames: ['pool', 'direction'], registers,
+      collect() { for (const [ctx, seen] of openTunnels) addBytes(ctx, seen); },
+    });
+    this.tunnelDuration = new Histogram({ name: 'lb_tunnel_duration_seconds', help: 'How long WebSocket tunnels were open, by pool (observed when they close).', labelNames: ['pool'], buckets: tunnelBuckets, registers });
+    this.on(tunnelOpen, (m) => {
+      const { ctx } = m as TunnelEvent;
+      openTunnels.set(ctx, { in: 0, out: 0 });
+      this.tunnelsOpened.inc({ pool: ctx.pool?.name ?? 'none', backend: ctx.upstream?.id ?? 'none' });
+    });
+    this.on(tunnelClose, (m) => {
+      const { ctx, reason } = m as TunnelEvent;
+      const seen = openTunnels.get(ctx);
+      if (seen === undefined) return;
+      openTunnels.delete(ctx);
+      addBytes(ctx, seen);
+      const pool = ctx.pool?.name ?? 'none';
+      this.tunnelsClosed.inc({ pool, reason: reason !== undefined && tunnelReasons.includes(reason) ? reason : 'error' });
+      this.tunnelDuration.observe({ pool }, (performance.now() - ctx.start) / 1000);
+    });
+
     this.on(requestEnd, (m) => this.onEnd(m as RequestEndEvent));
     this.on(requestRetry, (m) => {
       const { ctx, upstream } = m as RequestRetryEvent;
@@ -373,12 +424,22 @@ export class Metrics {
     // 0 means nothing was sent (the client left first): counted as 499, the usual "client closed".
     const code = m * 1000 + (ctx.status > 0 ? ctx.status % 1000 : 499);
     s.pending.set(code, (s.pending.get(code) ?? 0) + 1);
+    if (ctx.kind === 'tunnel') {
+      // A tunnel's life is in lb_tunnel_duration_seconds: it would swamp the request latencies.
+      this.afterEnd(ctx);
+      return;
+    }
     const seconds = ctx.duration / 1000;
     let i = 0;
     while (i < durationBuckets.length && seconds > durationBuckets[i]) i++;
     s.buckets[i]++;
     s.sum += seconds;
     s.count++;
+    this.afterEnd(ctx);
+  }
+
+  /** Header drops and error codes of a finished exchange. */
+  private afterEnd(ctx: RequestContext): void {
     if (ctx.droppedHeaders !== null) this.headersDropped.inc({ listener: ctx.listener, reason: 'underscore' }, ctx.droppedHeaders.length);
     const error = ctx.error;
     if (error !== null) {

@@ -4,6 +4,9 @@
  * moves on (a retry, an error answer, the client gone) it retires the attempt: every later
  * report from that transport is dropped here, so a stale attempt cannot reach the exchange by
  * construction, with no counters to compare.
+ *
+ * It is also where transport callbacks (socket and undici events) enter the core: a report
+ * that throws ends its exchange with a 502 and never reaches the event loop as an uncaught error.
  */
 import type { Socket } from 'node:net';
 import type { Readable } from 'node:stream';
@@ -19,6 +22,8 @@ export interface AttemptHandler {
   onEnd(attempt: Attempt, trailers: readonly (Buffer | string)[] | null): void;
   onError(attempt: Attempt, err: unknown): void;
   onSwitched(attempt: Attempt, status: number, reason: string, rawHeaders: readonly (Buffer | string)[], socket: Socket, head: Buffer): void;
+  /** A report that threw: the exchange ends with a 502 (or is cut) and the failure is logged; never the process. */
+  internalError(ex: Exchange, err: unknown, status: number): void;
 }
 
 export class Attempt implements UpstreamAttempt {
@@ -80,15 +85,32 @@ export class Attempt implements UpstreamAttempt {
   }
 
   informational(status: number, reason: string, rawHeaders: readonly (Buffer | string)[]): void {
-    if (this.live) this.handler.onInformational(this, status, reason, rawHeaders);
+    if (!this.live) return;
+    try {
+      this.handler.onInformational(this, status, reason, rawHeaders);
+    } catch (err) {
+      this.failed(err);
+    }
   }
 
   response(status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
-    return this.live && this.handler.onResponse(this, status, rawHeaders, reason);
+    if (!this.live) return false;
+    try {
+      return this.handler.onResponse(this, status, rawHeaders, reason);
+    } catch (err) {
+      this.failed(err);
+      return false;
+    }
   }
 
   data(chunk: Buffer): boolean {
-    return this.live && this.handler.onData(this, chunk);
+    if (!this.live) return false;
+    try {
+      return this.handler.onData(this, chunk);
+    } catch (err) {
+      this.failed(err);
+      return false;
+    }
   }
 
   whenWritable(resume: () => void): void {
@@ -96,15 +118,38 @@ export class Attempt implements UpstreamAttempt {
   }
 
   end(trailers: readonly (Buffer | string)[] | null): void {
-    if (this.live) this.handler.onEnd(this, trailers);
+    if (!this.live) return;
+    try {
+      this.handler.onEnd(this, trailers);
+    } catch (err) {
+      this.failed(err);
+    }
   }
 
   error(err: unknown): void {
-    if (this.live) this.handler.onError(this, err);
+    if (!this.live) return;
+    try {
+      this.handler.onError(this, err);
+    } catch (thrown) {
+      this.failed(thrown);
+    }
   }
 
   switched(status: number, reason: string, rawHeaders: readonly (Buffer | string)[], socket: Socket, head: Buffer): void {
-    if (this.live) this.handler.onSwitched(this, status, reason, rawHeaders, socket, head);
-    else socket.destroy();
+    if (!this.live) {
+      socket.destroy();
+      return;
+    }
+    try {
+      this.handler.onSwitched(this, status, reason, rawHeaders, socket, head);
+    } catch (err) {
+      socket.destroy();
+      this.failed(err);
+    }
+  }
+
+  /** A report threw: the exchange ends (502, or cut once the head went out). */
+  private failed(err: unknown): void {
+    this.handler.internalError(this.exchange, err, 502);
   }
 }

@@ -19,6 +19,7 @@ import type { Tunnel, TunnelSlot } from '../downstream/tunnel.ts';
 export interface ExchangeCore {
   clientClosed(ex: Exchange): void;
   requestBroken(ex: Exchange, status: number, message: string): void;
+  internalError(ex: Exchange, err: unknown, status: number): void;
 }
 
 /** One proxied exchange: a request and its answer, or a tunnel. */
@@ -77,11 +78,20 @@ export class Exchange extends RequestContext implements DownstreamOwner {
     this.core = core;
   }
 
+  // Downstream events enter the core here (socket events): a throw ends this exchange, not the process.
   onClientGone(): void {
-    this.core.clientClosed(this);
+    try {
+      this.core.clientClosed(this);
+    } catch (err) {
+      this.core.internalError(this, err, 502);
+    }
   }
 
   onRequestBroken(status: number, message: string): void {
-    this.core.requestBroken(this, status, message);
+    try {
+      this.core.requestBroken(this, status, message);
+    } catch (err) {
+      this.core.internalError(this, err, 502);
+    }
   }
 }

@@ -25,6 +25,7 @@ import { Exchange, type ExchangeCore } from './exchange.ts';
 import { Attempt, type AttemptHandler } from './attempt.ts';
 import { OpenTunnels } from './open-tunnels.ts';
 import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
+import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
 
 /** What the proxy needs from the listener a request came in on. */
@@ -111,8 +112,12 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     else if ((c.field === 'draining' || c.field === 'enabled') && !u.draining && u.enabled) this.tunnels.keep(u);
   };
 
-  constructor(runtime: ProxyRuntime) {
+  /** Where failures of Fulcrum's own code are logged (the balancer's logger). */
+  logger: Logger | null;
+
+  constructor(runtime: ProxyRuntime, logger: Logger | null = null) {
     this.runtime = runtime;
+    this.logger = logger;
     upstreamState.subscribe(this.onUpstreamState);
   }
 
@@ -164,6 +169,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
 
   /** A failure of Fulcrum's own code on an async path: a 500 (or 502 once an upstream was involved) for this exchange. */
   internalError(ctx: Exchange, err: unknown, status = 500): void {
+    this.logger?.error({ request_id: ctx.requestIdForUpstream ?? ctx.id, listener: ctx.listener, err }, `internal error on ${ctx.req.method} ${ctx.req.url}: ${(err as Error)?.message ?? err} (answered ${ctx.done ? 'already' : status})`);
     try {
       this.fail(ctx, new FulcrumError(ErrorCode.Internal, `internal error: ${(err as Error)?.message ?? err}`, 'internal', status, false, err));
     } catch {
@@ -281,7 +287,14 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       req.on('error', (err) => body.destroy(clientBodyFailed(err)));
       // The body's own failures (over max_body_bytes, the client gone) end the request here; a
       // transport may listen too, but an 'error' nobody hears would take the process down.
-      body.on('error', (err) => (req.socket.destroyed ? this.clientClosed(ctx) : this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err))));
+      body.on('error', (err) => {
+        try {
+          if (req.socket.destroyed) this.clientClosed(ctx);
+          else this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err));
+        } catch (thrown) {
+          this.internalError(ctx, thrown, 502);
+        }
+      });
       req.pipe(body);
       ctx.body = body;
       ctx.bodyStream = body;
@@ -463,7 +476,13 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         if (fromClient) ctx.bytesIn += bytes;
         else ctx.bytesOut += bytes;
       },
-      closed: (why) => this.tunnelClosed(ctx, why),
+      closed: (why) => {
+        try {
+          this.tunnelClosed(ctx, why);
+        } catch (err) {
+          this.internalError(ctx, err, 502);
+        }
+      },
     });
     this.tunnels.add(ctx);
     // A tunnel to an upstream that is draining already goes after the grace period too.
@@ -473,6 +492,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
 
   private tunnelClosed(ctx: Exchange, reason: TunnelCloseReason): void {
     this.tunnels.delete(ctx);
+    ctx.tunnelClose = reason;
     if (tunnelClose.hasSubscribers) tunnelClose.publish({ ctx, reason });
     this.finish(ctx);
   }
@@ -619,7 +639,11 @@ function findHeader(raw: readonly (Buffer | string)[], lower: string): string | 
 
 function onRequestTimeout(proxy: HttpProxy, ctx: Exchange): void {
   ctx.timer = null;
-  proxy.fail(ctx, requestTimedOut(ctx.pool!.settings.timeouts.request));
+  try {
+    proxy.fail(ctx, requestTimedOut(ctx.pool!.settings.timeouts.request));
+  } catch (err) {
+    proxy.internalError(ctx, err, 502);
+  }
 }
 
 /** True when the client's request body was read to its end (or there was none). */
