@@ -39,7 +39,9 @@ const pairs: ReadonlyArray<readonly [string, string]> = [
 export function computeRatios(results: readonly TargetResult[], tool: 'autocannon' | 'wrk'): Ratio[] {
   const byName = new Map(results.map((r) => [r.name, r[tool]]));
   const ratios: Ratio[] = [];
-  for (const [subject, baseline] of pairs) {
+  // With --baseline: each Fulcrum against the same target built from the other checkout (after / before).
+  const before = results.filter((r) => r.name.endsWith('@baseline')).map((r) => [r.name.slice(0, -'@baseline'.length), r.name] as const);
+  for (const [subject, baseline] of [...pairs, ...before]) {
     const a = byName.get(subject);
     const b = byName.get(baseline);
     if (!a || !b) continue;

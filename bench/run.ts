@@ -57,6 +57,8 @@ const usage = `usage: npm run bench -- [options]
   --duration S      seconds measured per target (default 10; 3 with --quick)
   --only a,b        targets to run: ${targets.map((t) => t.name).join(', ')}
   --rounds N        measure every target N times, rotating the order; report each one's median run (default 1)
+  --baseline DIR    also measure the Fulcrum targets of another checkout (e.g. a git worktree of the
+                    commit before a change), in the same run: ratios "after / before"
   --quick           3 s per target after a 1 s warm-up`;
 
 interface Settings {
@@ -76,6 +78,7 @@ function parseSettings(): Settings {
       only: { type: 'string' },
       rounds: { type: 'string' },
       quick: { type: 'boolean', default: false },
+      baseline: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
@@ -95,6 +98,16 @@ function parseSettings(): Settings {
     const unknown = names.filter((n) => !targets.some((t) => t.name === n));
     if (unknown.length > 0 || names.length === 0) throw new Error(`--only: unknown target ${unknown.join(', ') || '(none given)'}\n${usage}`);
     chosen = targets.filter((t) => names.includes(t.name));
+  }
+  if (values.baseline !== undefined) {
+    const dir = path.resolve(values.baseline);
+    const script = path.join(dir, 'bench', 'proxy-fulcrum.ts');
+    // Right after each Fulcrum target, so both see the same machine state.
+    chosen = chosen.flatMap((t) =>
+      t.name.startsWith('fulcrum-')
+        ? [t, { name: `${t.name}@baseline`, label: `${t.label} (baseline ${path.basename(dir)})`, start: (backend: string) => startServer(`${t.name}@baseline`, script, [backend, t.name.slice('fulcrum-'.length)], undefined, fulcrumNodeArgs) }]
+        : [t],
+    );
   }
   return {
     connections: positive(values.connections, 64, 'connections'),

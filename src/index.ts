@@ -89,7 +89,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   /** Upstream connections: the balancer's, so they outlive reloads and API writes. */
   const connections = new ConnectionPools();
   const store = new RuntimeStore(startConfig, connections, logger);
-  const proxy = new HttpProxy({ router: store.current.router });
+  const proxy = new HttpProxy({ router: store.current.router }, logger);
+  // The first runtime is committed by the store's constructor: the proxy learns its grace period here.
+  proxy.onCommit(store.current.pools, startConfig.shutdown.grace_period);
   const listeners = startConfig.listeners.map((l) => new HttpListener(l, proxy, logger));
   const metrics = new Metrics({
     pools: () => store.current.pools,
@@ -214,9 +216,11 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     close(graceMs = store.current.config.shutdown.grace_period) {
       closing ??= (async () => {
         commands.stop();
-        proxy.draining = true;
+        proxy.shutdown(graceMs);
         stopWatch?.();
         await Promise.all([...listeners.map((l) => l.drain(graceMs)), admin?.close()]);
+        // The grace period is over: tunnels the listeners did not already cut close now.
+        proxy.closeTunnels();
         live?.stop();
         await store.close();
         await connections.close();

@@ -113,6 +113,8 @@ export interface LiveBackend extends UpstreamState {
   p50_ms: number | null;
   p99_ms: number | null;
   in_flight: number;
+  /** WebSocket tunnels open to it now (`in_flight` counts them too). */
+  tunnels_open: number;
 }
 
 /** One tick of the live view: totals and every upstream. */
@@ -128,5 +130,7 @@ export interface LiveSample {
   rate_limited_total: number;
   requests_total: number;
   in_flight: number;
+  /** WebSocket tunnels open now, to every upstream (those a reload removed included, until they close). */
+  tunnels_open: number;
   backends: LiveBackend[];
 }

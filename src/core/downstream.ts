@@ -45,7 +45,8 @@ export interface Downstream {
   /**
    * Fulcrum's own answer (an error or a refusal): `status`, `headers` (flat) and a text `body`,
    * written whole when nothing was sent yet; `close` asks that the connection not be reused.
-   * Once the head went out it cuts the exchange instead, so a partial answer never looks complete.
+   * Once the head went out (or with `status` 0) it cuts the exchange instead, so a partial answer
+   * never looks complete.
    */
   fail(status: number, headers: string[], body: string, close: boolean): void;
   /**

@@ -61,6 +61,7 @@ export async function startDemo(options: { port?: number; backends?: number; pol
 /** The text printed when the demo is up. */
 export function demoBanner(demo: Demo): string {
   const u = demo.url;
+  const ws = u.replace(/^http/, 'ws');
   const lines = [
     '',
     `  Fulcrum demo is running: ${u}`,
@@ -73,6 +74,12 @@ export function demoBanner(demo: Demo): string {
     `    curl ${u}/bytes?n=10000000 -o /dev/null   # a streamed 10 MB download`,
     `    curl -X POST ${demo.backends[0].url}/control?fail=1   # backend 1 fails its health checks and leaves within ~3 s (fail=0: back)`,
     `    curl -X POST ${demo.backends[1].url}/control?delay=500  # make backend 2 slow`,
+    '',
+    '  WebSocket (/ws echoes each message with the name of the backend that holds the connection; Node 24 has WebSocket built in):',
+    `    node -e 'const ws = new WebSocket("${ws}/ws"); ws.onopen = () => ws.send("hello"); ws.onmessage = (e) => { console.log(e.data); ws.close(); }'`,
+    `    node -e 'const ws = new WebSocket("${ws}/ws"); ws.onmessage = (e) => console.log(e.data); ws.onclose = () => process.exit(); ws.onopen = () => require("readline").createInterface({ input: process.stdin }).on("line", (l) => ws.send(l)).on("close", () => ws.close())'`,
+    '        # the first says which backend answered (repeat to see them take turns); the second stays open:',
+    '        # type lines to have them echoed, see the tunnel on the dashboard (Tunnels), Ctrl-D closes it',
     '',
     `  dashboard:   ${demo.adminUrl}/dashboard/#token=${demo.adminToken}`,
     `  admin API:   ${demo.adminUrl}/status   (writes need: -H 'Authorization: Bearer ${demo.adminToken}')`,

@@ -5,9 +5,11 @@
  *   GET  /slow?ms=N   answers after N ms           GET /bytes?n=N streams N bytes
  *   POST /echo        echoes the body              GET /status/N  answers status N
  *   POST /control?fail=1&delay=300   switch failing on, add 300 ms to every answer
+ *   GET  /ws          a WebSocket echo: a text message comes back as "backend 1: <message>" (binary as sent)
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
+import { WebSocketServer } from 'ws';
 
 /** How a sample backend behaves. */
 export interface SampleBackendOptions {
@@ -34,13 +36,34 @@ const chunk = Buffer.alloc(64 * 1024, 'x');
 /** Starts a sample backend; resolves once it listens. */
 export function startSampleBackend(options: SampleBackendOptions): Promise<SampleBackend> {
   const state = { delay: options.delay ?? 0, fail: options.fail ?? false, served: 0 };
-  const server = http.createServer((req, res) => {
+  // Only WebSocket handshakes leave the request path (an `Upgrade: h2c` offer stays a plain request).
+  const server = http.createServer({ shouldUpgradeCallback: (req) => /\bwebsocket\b/i.test(req.headers.upgrade ?? '') }, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://backend');
     const answer = (): void => route(req, res, url, options.id, state);
     if (state.delay > 0 && url.pathname !== '/control') setTimeout(answer, state.delay);
     else answer();
   });
   server.keepAliveTimeout = 5000;
+  // WebSocket handshakes on /ws take the same delay and failing switch as every other answer.
+  const sockets = new WebSocketServer({ noServer: true });
+  sockets.on('connection', (ws) => {
+    ws.on('message', (data, isBinary) => ws.send(isBinary ? data : `backend ${options.id}: ${String(data)}`, { binary: isBinary }));
+  });
+  server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', () => socket.destroy());
+    const answer = (): void => {
+      const path = new URL(req.url ?? '/', 'http://backend').pathname;
+      if (path !== '/ws' || state.fail) {
+        const status = state.fail ? '500 Internal Server Error' : '404 Not Found';
+        socket.end(`HTTP/1.1 ${status}\r\nx-backend: ${options.id}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n`);
+        return;
+      }
+      state.served++;
+      sockets.handleUpgrade(req, socket, head, (ws) => sockets.emit('connection', ws, req));
+    };
+    if (state.delay > 0) setTimeout(answer, state.delay);
+    else answer();
+  });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(options.port, options.host ?? '127.0.0.1', () => {
@@ -54,6 +77,9 @@ export function startSampleBackend(options: SampleBackendOptions): Promise<Sampl
           new Promise<void>((done) => {
             server.close(() => done());
             server.closeAllConnections();
+            // Upgraded sockets are no longer the HTTP server's to close.
+            for (const ws of sockets.clients) ws.terminate();
+            sockets.close();
           }),
       });
     });

@@ -24,6 +24,7 @@ export class Http1Downstream implements Downstream {
   private readonly upgradable: boolean;
   /** Set once the connection switched protocols: this is no HTTP exchange any more. */
   switched = false;
+  private switchedSocket: Duplex | null = null;
 
   /**
    * `expectsContinue`: the client sent `Expect: 100-continue`; `upgradable`: the request came
@@ -104,8 +105,12 @@ export class Http1Downstream implements Downstream {
 
   fail(status: number, headers: string[], body: string, close: boolean): void {
     const res = this.res;
-    if (this.switched) return;
-    if (res.headersSent) {
+    if (this.switched) {
+      // After a 101 the connection is no HTTP any more: a failure closes it.
+      this.switchedSocket?.destroy();
+      return;
+    }
+    if (res.headersSent || status === 0) {
       // Never let a cut response look complete: destroy the client socket mid-body.
       res.destroy();
       return;
@@ -127,6 +132,7 @@ export class Http1Downstream implements Downstream {
     const socket = res.socket;
     if (!this.upgradable || this.switched || res.headersSent || socket === null || socket.destroyed) return null;
     this.switched = true;
+    this.switchedSocket = socket;
     res.detachSocket(socket);
     socket.write(headBytes(status, validReason(reason) && reason !== '' ? reason : 'Switching Protocols', headers, false), 'latin1');
     return socket;

@@ -262,11 +262,12 @@ export class HttpListener {
     socket.on('error', destroyOnError);
     // A client must wait for the 101 before it sends frames (RFC 6455 section 4.1); what came early is kept for the tunnel.
     if (head.length > 0) socket.unshift(head);
-    const res = new http.ServerResponse(req);
-    res.shouldKeepAlive = false;
-    res.assignSocket(socket);
     const start = (): void => {
       if (socket.destroyed) return;
+      // Only now: while an earlier answer is still being written the socket is that answer's.
+      const res = new http.ServerResponse(req);
+      res.shouldKeepAlive = false;
+      res.assignSocket(socket);
       this.proxy.handle(req, new Http1Downstream(req, res, false, true), this.info);
     };
     const connection = ClientConnection.of(socket);

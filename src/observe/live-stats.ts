@@ -2,9 +2,11 @@
  * Live numbers for the dashboard: per upstream requests per second, error rate and p50/p99
  * latency, sampled once a second from `fulcrum:request:end`. Prometheus gets its own cumulative
  * series (metrics.ts); this keeps only the last few seconds, in fixed arrays, so a dashboard
- * never costs more than a counter bump per request.
+ * never costs more than a counter bump per request. Open WebSocket tunnels are counted from
+ * `fulcrum:tunnel:open` and `fulcrum:tunnel:close`, off the request path.
  */
-import { requestEnd, type RequestEndEvent } from '../core/events.ts';
+import { requestEnd, tunnelClose, tunnelOpen, type RequestEndEvent, type TunnelEvent } from '../core/events.ts';
+import type { RequestContext } from '../core/context.ts';
 import { ErrorCode } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -39,6 +41,12 @@ class Window {
     this.requests++;
     if (failed) this.errors++;
     this.slots[this.slot][bucketOf(ms)]++;
+  }
+
+  /** A request counted without its latency (a tunnel: its life is no response time). */
+  count(failed: boolean): void {
+    this.requests++;
+    if (failed) this.errors++;
   }
 
   /** The q-quantile (0..1) over the window, as the upper bound of its bucket; null without data. */
@@ -87,6 +95,25 @@ export class LiveStats {
   private timer: NodeJS.Timeout | null = null;
   private last = 0;
   private readonly onEnd = (message: unknown): void => this.record((message as RequestEndEvent).ctx);
+  /** Open tunnels of this balancer's pools, and how many each upstream has (channels are process-wide). */
+  private readonly tunnels = new Set<RequestContext>();
+  private readonly tunnelsByUpstream = new Map<Upstream, number>();
+  private readonly onTunnelOpen = (message: unknown): void => {
+    const { ctx } = message as TunnelEvent;
+    const pool = ctx.pool === null ? undefined : this.pools().get(ctx.pool.name);
+    if (pool === undefined || pool !== ctx.pool || ctx.upstream === null) return;
+    const u = ctx.upstream as Upstream;
+    this.tunnels.add(ctx);
+    this.tunnelsByUpstream.set(u, (this.tunnelsByUpstream.get(u) ?? 0) + 1);
+  };
+  private readonly onTunnelClose = (message: unknown): void => {
+    const { ctx } = message as TunnelEvent;
+    if (!this.tunnels.delete(ctx)) return;
+    const u = ctx.upstream as Upstream;
+    const left = (this.tunnelsByUpstream.get(u) ?? 1) - 1;
+    if (left > 0) this.tunnelsByUpstream.set(u, left);
+    else this.tunnelsByUpstream.delete(u);
+  };
 
   constructor(pools: () => ReadonlyMap<string, Pool>, options: LiveStatsOptions = {}) {
     this.pools = pools;
@@ -97,6 +124,8 @@ export class LiveStats {
   start(): void {
     if (this.timer) return;
     requestEnd.subscribe(this.onEnd);
+    tunnelOpen.subscribe(this.onTunnelOpen);
+    tunnelClose.subscribe(this.onTunnelClose);
     this.last = performance.now();
     this.timer = setInterval(() => this.tick(), this.interval);
     this.timer.unref();
@@ -106,6 +135,10 @@ export class LiveStats {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
     requestEnd.unsubscribe(this.onEnd);
+    tunnelOpen.unsubscribe(this.onTunnelOpen);
+    tunnelClose.unsubscribe(this.onTunnelClose);
+    this.tunnels.clear();
+    this.tunnelsByUpstream.clear();
     this.listeners.clear();
   }
 
@@ -127,7 +160,10 @@ export class LiveStats {
       this.rateLimitedTotal++;
     }
     const failed = ctx.status >= 500 || (ctx.error !== null && ctx.error.source === 'upstream');
-    this.total.record(ctx.duration, failed);
+    // A tunnel ends after minutes or hours: counted as one request (its 101), kept out of the latencies.
+    const tunnel = ctx.kind === 'tunnel';
+    if (tunnel) this.total.count(failed);
+    else this.total.record(ctx.duration, failed);
     // The upstreams this balancer's pools hold (the context names them only as references).
     const u = ctx.upstream as Upstream | null;
     if (u === null) return;
@@ -136,7 +172,8 @@ export class LiveStats {
       w = new Window();
       this.windows.set(u, w);
     }
-    w.record(ctx.duration, failed);
+    if (tunnel) w.count(failed);
+    else w.record(ctx.duration, failed);
   }
 
   /** Builds one sample from the second that just ended, then starts the next. */
@@ -161,6 +198,7 @@ export class LiveStats {
           p50_ms: w ? w.quantile(0.5) : null,
           p99_ms: w ? w.quantile(0.99) : null,
           in_flight: u.inFlight,
+          tunnels_open: this.tunnelsByUpstream.get(u) ?? 0,
           ...upstreamState(u),
         });
       }
@@ -176,6 +214,7 @@ export class LiveStats {
       rate_limited_total: this.rateLimitedTotal,
       requests_total: this.requestsTotal,
       in_flight: inFlight,
+      tunnels_open: this.tunnels.size,
       backends,
     };
     t.rotate();

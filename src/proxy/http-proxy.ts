@@ -104,6 +104,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   readonly tunnels = new OpenTunnels();
   /** How long a drained or removed upstream's tunnels may go on (shutdown.grace_period), set by each commit. */
   private graceMs = 30_000;
+  private shutdownTimer: NodeJS.Timeout | null = null;
   private readonly onUpstreamState = (message: unknown): void => {
     const c = message as UpstreamStateEvent;
     const u = c.upstream as Upstream;
@@ -136,8 +137,18 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     }
   }
 
-  /** Shutdown: tunnels still open are closed (the listeners' grace period is over). */
+  /**
+   * Graceful shutdown starts: answers carry `Connection: close`, and tunnels still open when
+   * `graceMs` is over are closed (just before the listeners cut what is left).
+   */
+  shutdown(graceMs: number): void {
+    this.draining = true;
+    this.shutdownTimer ??= setTimeout(() => this.tunnels.closeAll('shutdown'), graceMs);
+  }
+
+  /** Shutdown is complete: tunnels left are closed now and the proxy stops listening to upstream state. */
   closeTunnels(): void {
+    if (this.shutdownTimer !== null) clearTimeout(this.shutdownTimer);
     this.tunnels.closeAll('shutdown');
     upstreamState.unsubscribe(this.onUpstreamState);
   }
@@ -173,8 +184,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     try {
       this.fail(ctx, new FulcrumError(ErrorCode.Internal, `internal error: ${(err as Error)?.message ?? err}`, 'internal', status, false, err));
     } catch {
-      // Even the error answer failed: the downstream is cut, the exchange ends.
-      ctx.done = true;
+      // Even the error path failed: the exchange still ends (its upstream released, its counts undone).
+      this.finish(ctx);
     }
   }
 
@@ -187,13 +198,22 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     this.fail(ctx, new FulcrumError(ErrorCode.UpgradeNotSupported, `protocol upgrade to "${protocol.slice(0, 40)}" is not supported (WebSocket is)`, 'client', 501, false));
   }
 
-  /** A WebSocket handshake: well-formed, and under the listener's tunnel limits. False when it was answered. */
+  /** A WebSocket handshake: well-formed (else 400 before anything else runs). False when it was answered. */
   private admitUpgrade(ctx: Exchange, listener: ListenerInfo): boolean {
     const malformed = webSocketRefusal(ctx.req);
     if (malformed !== null) {
       this.refuse(ctx, malformed);
       return false;
     }
+    ctx.upgrade = 'websocket';
+    return true;
+  }
+
+  /**
+   * A place under the listener's tunnel limits for a handshake that passed the guards (so a
+   * firewalled or rate-limited client gets that answer, not this one). False when it was answered.
+   */
+  private reserveTunnel(ctx: Exchange, listener: ListenerInfo): boolean {
     const slot = listener.tunnels.reserve(ctx.clientAddress);
     if (slot === 'listener') {
       this.fail(ctx, new FulcrumError(ErrorCode.TunnelLimit, `listener ${listener.name} has its most tunnels open (limits.max_tunnels ${listener.tunnels.max})`, 'client', 503, false));
@@ -205,7 +225,6 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       return false;
     }
     ctx.tunnelSlot = slot;
-    ctx.upgrade = 'websocket';
     return true;
   }
 
@@ -272,6 +291,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   /** Phase forward-headers, then the first attempt. */
   private forward(ctx: Exchange, listener: ListenerInfo): void {
     const req = ctx.req;
+    if (ctx.upgrade !== null && !this.reserveTunnel(ctx, listener)) return;
     const pool = ctx.pool!;
     ctx.countedPool = pool;
     pool.active++;
@@ -380,7 +400,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       ctx.downstream.head(status, reason, headers);
     } catch (err) {
       // A header the downstream refuses to write (invalid characters): the response is unusable.
-      this.onError(attempt, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }));
+      this.onError(attempt, Object.assign(new Error(`invalid response header: ${(err as Error).message}`), { code: 'ERR_INVALID_CHAR' }), true);
       return false;
     }
     return true;
@@ -409,10 +429,13 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     this.finish(ctx);
   }
 
-  /** Phase retry, or the error answer: one decision per failed attempt. */
-  onError(attempt: Attempt, err: unknown): void {
+  /**
+   * Phase retry, or the error answer: one decision per failed attempt. `cancel`: the failure was
+   * found on this side (the transport still holds the upstream request, which is dropped).
+   */
+  onError(attempt: Attempt, err: unknown, cancel = false): void {
     const ctx = attempt.exchange;
-    attempt.retire();
+    attempt.retire(cancel ? (err as Error) : undefined);
     if (ctx.done) return;
     const upstream = attempt.upstream;
     const sent = attempt.sent;
@@ -451,7 +474,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const problem = switchProblem(ctx.req, rawHeaders);
     if (problem !== null) {
       socket.destroy();
-      return this.onError(attempt, Object.assign(new Error(problem), { code: 'UND_ERR_INFO' }));
+      return this.onError(attempt, Object.assign(new Error(problem), { code: 'UND_ERR_INFO' }), true);
     }
     attempt.retire();
     const headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, false);
@@ -471,6 +494,11 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       ctx.timer = null;
     }
     attempt.upstream.served++;
+    // The retry budget is a share of requests in flight: a long-lived tunnel is not one of them.
+    const counted = ctx.countedPool!;
+    counted.active--;
+    if (ctx.retrying) counted.retrying--;
+    ctx.countedPool = null;
     ctx.tunnel = new Tunnel(client, socket, head, ctx.pool!.settings.timeouts.tunnel_idle, {
       relayed: (bytes, fromClient) => {
         if (fromClient) ctx.bytesIn += bytes;
@@ -533,7 +561,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     if (ctx.clientGone || error.status === 499) {
       ctx.status = 499;
     } else if (downstream.headSent) {
-      downstream.fail(error.status, [], '', true);
+      cutDownstream(downstream);
     } else {
       ctx.status = error.status;
       const body = `${error.status} ${statusText(error.status)}: ${error.message}\nrequest id: ${ctx.requestIdForUpstream ?? ctx.id}\n`;
@@ -543,23 +571,27 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       // A malformed request or an unread body leaves the connection in doubt: close it.
       // After a refused upgrade the parser has stopped reading HTTP (what follows may be another protocol).
       const close = this.draining || error.status === 400 || error.status === 501 || ctx.upgrade !== null || !requestBodyDone(ctx);
-      downstream.fail(error.status, headers, body, close);
+      try {
+        downstream.fail(error.status, headers, body, close);
+      } catch {
+        cutDownstream(downstream);
+      }
     }
     if (ctx.bodyStream !== null && !ctx.bodyStream.destroyed) {
       ctx.req.unpipe(ctx.bodyStream);
       ctx.bodyStream.destroy();
     }
-    // Finish first: cancelling calls back into the attempt at once, which must find it retired.
-    const attempt = ctx.attempt;
-    this.finish(ctx);
-    attempt?.retire(error);
+    this.finish(ctx, error);
   }
 
-  /** Phase finish: exactly once per exchange. */
-  private finish(ctx: Exchange): void {
+  /**
+   * Phase finish: exactly once per exchange. An attempt still in flight is cancelled with
+   * `reason` (its transport drops the upstream request) after the exchange is marked done.
+   */
+  private finish(ctx: Exchange, reason?: Error): void {
     if (ctx.done) return;
     ctx.done = true;
-    ctx.attempt?.retire();
+    const attempt = ctx.attempt;
     ctx.attempt = null;
     if (ctx.timer !== null) clearTimeout(ctx.timer);
     if (ctx.timerRetry !== null) clearTimeout(ctx.timerRetry);
@@ -571,6 +603,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       if (ctx.retrying) pool.retrying--;
     }
     ctx.duration = performance.now() - ctx.start;
+    if (attempt !== null && attempt.live) attempt.retire(reason ?? new Error('the exchange ended'));
     if (requestEnd.hasSubscribers) requestEnd.publish({ ctx });
   }
 
@@ -579,6 +612,15 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     if (ctx.done || ctx.tunnel !== null) return;
     ctx.clientGone = true;
     this.fail(ctx, clientGone());
+  }
+}
+
+/** Cuts the exchange on the client's side (the head went out, or the answer could not be written). */
+function cutDownstream(downstream: Downstream): void {
+  try {
+    downstream.fail(0, [], '', true);
+  } catch {
+    // Nothing more can be done for this client; the exchange still finishes.
   }
 }
 

@@ -85,6 +85,11 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
       this.attempt.end(null);
       return;
     }
+    // A 101 nobody asked for: undici calls it a socket error; it is the upstream breaking the protocol (502, no retry).
+    if ((err as NodeJS.ErrnoException).code === 'UND_ERR_SOCKET' && err.message === 'bad upgrade') {
+      this.attempt.error(Object.assign(new Error('upstream switched protocols without being asked'), { code: 'UND_ERR_INFO' }));
+      return;
+    }
     this.attempt.error(err);
   }
 

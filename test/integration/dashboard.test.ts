@@ -1,7 +1,7 @@
 /**
  * The live dashboard in a real browser (Debian's Chromium driven by playwright-core): it loads,
- * follows live traffic, drains and enables backends through the admin API (and the balancer
- * agrees), and refuses a write with a wrong token. `DASHBOARD_SCREENSHOT=1` also writes
+ * follows live traffic, counts an open WebSocket tunnel, drains and enables backends through
+ * the admin API (and the balancer agrees), and refuses a write with a wrong token. `DASHBOARD_SCREENSHOT=1` also writes
  * docs/dashboard.png (1280x800, under load).
  */
 import { test } from 'node:test';
@@ -11,6 +11,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { chromium, type Browser, type Page } from 'playwright-core';
+import { WebSocketServer } from 'ws';
 import { startBackend, startBalancer } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 
@@ -60,7 +61,7 @@ const number = (text: string | null): number => {
 const row = (page: Page, id: string) => page.locator(`[data-testid="backend-row"][data-backend="${id}"]`);
 const cellText = (page: Page, id: string, cell: string) => row(page, id).locator(`[data-testid="${cell}"]`).textContent();
 
-test('the dashboard follows live traffic and drains and enables backends', { timeout: 60_000 }, async (t) => {
+test('the dashboard follows live traffic and open tunnels, and drains and enables backends', { timeout: 60_000 }, async (t) => {
   assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: this test drives a real browser; install it with "apt-get install chromium"`);
 
   // Three backends with different latencies; the third answers 500 now and then.
@@ -76,6 +77,15 @@ test('the dashboard follows live traffic and drains and enables backends', { tim
       }),
     ),
   );
+  // Each backend also echoes WebSocket messages, saying which backend it is.
+  backends.forEach((backend, i) => {
+    const sockets = new WebSocketServer({ server: backend.server });
+    sockets.on('connection', (ws) => ws.on('message', (data) => ws.send(`backend ${i}: ${String(data)}`)));
+    t.after(() => {
+      for (const ws of sockets.clients) ws.terminate();
+      sockets.close();
+    });
+  });
   const lb = await startBalancer(t, {
     pools: { web: { upstreams: backends.map((b) => b.url) } },
     routes: [
@@ -127,6 +137,31 @@ test('the dashboard follows live traffic and drains and enables backends', { tim
   const before = number(await cellText(page, a, 'requests'));
   await eventually(async () => number(await cellText(page, a, 'requests')) > before, { timeout: 4000, what: `the request count of ${a} to grow on the page` });
   await eventually(async () => number(await page.getByTestId('rate-limited-total').textContent()) > 0, { timeout: 4000, what: 'rate-limited requests counted on the page' });
+
+  // --- A WebSocket tunnel: counted in the totals and on its backend's row while open, then back to 0
+  assert.equal(await page.getByTestId('tunnels-open').textContent(), '0');
+  const ws = new WebSocket(`${lb.url.replace(/^http/, 'ws')}/socket`);
+  t.after(() => ws.close());
+  const echoed = new Promise<string>((resolve, reject) => {
+    ws.onmessage = (event) => resolve(String(event.data));
+    ws.onerror = () => reject(new Error('the WebSocket through the balancer failed'));
+  });
+  await new Promise<void>((resolve, reject) => {
+    ws.onopen = () => resolve();
+    ws.onclose = () => reject(new Error('the WebSocket closed before it opened'));
+  });
+  ws.send('which');
+  const answer = await echoed;
+  const held = ids[Number(/^backend (\d): which$/.exec(answer)?.[1] ?? NaN)];
+  assert.ok(held !== undefined, `an echo from a backend: ${answer}`);
+  await eventually(async () => (await page.getByTestId('tunnels-open').textContent()) === '1', { timeout: 4000, what: 'one open tunnel in the totals' });
+  await eventually(async () => (await cellText(page, held, 'tunnels')) === '1', { timeout: 4000, what: `one open tunnel on the row of ${held}` });
+  for (const id of ids) if (id !== held) assert.equal(await cellText(page, id, 'tunnels'), '0', `no tunnel on ${id}`);
+  const closed = new Promise<void>((resolve) => (ws.onclose = () => resolve()));
+  ws.close();
+  await closed;
+  await eventually(async () => (await page.getByTestId('tunnels-open').textContent()) === '0', { timeout: 4000, what: 'the tunnel count back to 0 in the totals' });
+  await eventually(async () => (await cellText(page, held, 'tunnels')) === '0', { timeout: 4000, what: `the tunnel count of ${held} back to 0` });
 
   // --- Drain: the page, the balancer and the traffic agree
   await row(page, a).getByTestId('drain').click();

@@ -37,6 +37,7 @@
     p50: byId('p50'),
     p99: byId('p99'),
     inFlight: byId('in-flight'),
+    tunnels: byId('tunnels-open'),
     rateLimited: byId('rate-limited'),
     rateLimitedTotal: byId('rate-limited-total'),
     tbody: byId('backend-rows'),
@@ -390,6 +391,8 @@
     setText(el.p50, fmtMs(s.p50_ms));
     setText(el.p99, fmtMs(s.p99_ms));
     setText(el.inFlight, integer.format(s.in_flight));
+    // Samples from a balancer without tunnel counts (an older version) show a dash.
+    setText(el.tunnels, s.tunnels_open == null ? dash : integer.format(s.tunnels_open));
     setText(el.rateLimited, fmtRate(s.rate_limited_per_s));
     el.rateLimited.classList.toggle('warn', s.rate_limited_per_s > 0);
     setText(el.rateLimitedTotal, `${integer.format(s.rate_limited_total)} in total`);
@@ -438,7 +441,7 @@
       cells: {
         id: cell('backend-id'), pool: cell('pool'), state: cell('state'), health: cell('health'), weight: cell('weight'),
         rps: cell('rps'), p50: cell('p50'), p99: cell('p99'), errors: cell('errors'), inFlight: cell('in-flight'),
-        ejections: cell('ejections'), requests: cell('requests'),
+        tunnels: cell('tunnels'), ejections: cell('ejections'), requests: cell('requests'),
       },
       drain: cell('drain'),
       enable: cell('enable'),
@@ -470,6 +473,7 @@
     setText(c.errors, fmtPct(b.error_rate));
     c.errors.classList.toggle('bad-text', b.error_rate >= 0.05);
     setText(c.inFlight, integer.format(b.in_flight));
+    setText(c.tunnels, b.tunnels_open == null ? dash : integer.format(b.tunnels_open));
     setText(c.ejections, integer.format(b.ejections));
     setText(c.requests, integer.format(b.requests));
     const out = b.draining || !b.enabled;
