@@ -98,6 +98,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     stores: () => store.current.stores,
     listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed })),
     routes: () => store.current.router.routes.map((r) => r.name),
+    carrier: proxy,
   });
   for (const l of listeners) l.serveMetrics(metrics);
   let live: LiveStats | null = null;
@@ -109,6 +110,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
 
   const onState = (message: unknown): void => {
     const c = message as UpstreamStateEvent;
+    // Channels are process-wide: only this balancer's upstreams are logged here.
+    if (![...store.current.pools.values()].some((p) => p.upstreams.some((u) => u === c.upstream))) return;
     // Losing an upstream is a warning an operator should see; getting it back is news.
     const worse = (c.field === 'health' && c.to === 'unhealthy') || (c.field === 'ejected' && c.to === true) || (c.field === 'circuit' && c.to === 'open');
     logger[worse ? 'warn' : 'info'](
@@ -128,6 +131,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
 
   const onRetry = (message: unknown): void => {
     const { ctx, upstream, reason } = message as RequestRetryEvent;
+    if (ctx.carrier !== proxy) return;
     logger.info({ request_id: ctx.requestIdForUpstream ?? ctx.id, upstream: upstream.id, attempt: ctx.attempts, reason }, `retrying ${ctx.req.method} ${ctx.upstreamPath} after ${upstream.id} failed (${reason})`);
   };
 
@@ -159,7 +163,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     // Log level and the access log switch at once; the format (a different stream) needs a restart.
     // An embedder's own logger is theirs to configure.
     if (options.logger === undefined && logger.level !== next.log.level) logger.level = next.log.level;
-    if (next.log.access_log && stopAccessLog === null && started) stopAccessLog = startAccessLog(logger);
+    if (next.log.access_log && stopAccessLog === null && started) stopAccessLog = startAccessLog(logger, proxy);
     if (!next.log.access_log && stopAccessLog !== null) {
       stopAccessLog();
       stopAccessLog = null;
@@ -173,7 +177,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     async start() {
       started = true;
       const config = store.current.config;
-      if (config.log.access_log) stopAccessLog = startAccessLog(logger);
+      if (config.log.access_log) stopAccessLog = startAccessLog(logger, proxy);
       upstreamState.subscribe(onState);
       poolPanic.subscribe(onPanic);
       requestRetry.subscribe(onRetry);

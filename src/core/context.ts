@@ -41,6 +41,11 @@ export class RequestContext {
   readonly req: IncomingMessage;
   /** The side that asked: how answers go back (src/core/downstream.ts). */
   readonly downstream: Downstream;
+  /**
+   * What carries this exchange (its balancer's proxy). Event channels are process-wide: a
+   * subscriber of one balancer (access log, metrics) keeps only the exchanges whose carrier is its own.
+   */
+  readonly carrier: object | null;
   readonly listener: string;
   /** `performance.now()` at accept. */
   readonly start: number;
@@ -85,10 +90,11 @@ export class RequestContext {
   /** Milliseconds from accept to the end, set when done (for a tunnel: until it closed). */
   duration = 0;
 
-  constructor(req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string) {
+  constructor(req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string, carrier: object | null = null) {
     this.id = nextRequestId();
     this.req = req;
     this.downstream = downstream;
+    this.carrier = carrier;
     this.listener = listener;
     this.start = performance.now();
     this.peerAddress = peerAddress;

@@ -5,11 +5,15 @@
 import { requestEnd, type RequestEndEvent } from '../core/events.ts';
 import type { Logger } from './logger.ts';
 
-/** Subscribes the access log; returns the function that unsubscribes it. */
-export function startAccessLog(logger: Logger): () => void {
+/**
+ * Subscribes the access log for the exchanges `carrier` carries (null: every exchange in the
+ * process); returns the function that unsubscribes it.
+ */
+export function startAccessLog(logger: Logger, carrier: object | null = null): () => void {
   const log = logger.child({ log: 'access' });
   const onEnd = (message: unknown): void => {
     const { ctx } = message as RequestEndEvent;
+    if (carrier !== null && ctx.carrier !== carrier) return;
     if (ctx.droppedHeaders !== null && log.isLevelEnabled('debug')) {
       log.debug({ request_id: ctx.requestIdForUpstream ?? ctx.id, listener: ctx.listener, headers: ctx.droppedHeaders }, `dropped request header(s) with "_" in the name: ${ctx.droppedHeaders.join(', ')}`);
     }

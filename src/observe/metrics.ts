@@ -22,6 +22,8 @@ export interface MetricsSources {
   listeners(): { name: string; open: number; refused: number; malformed: number }[];
   /** Route names (series of per-route counters start at 0). */
   routes(): string[];
+  /** The balancer's proxy: exchanges it does not carry (another balancer in the process) are not counted. */
+  carrier?: object;
 }
 
 /** prom-client default gauges named like counters (promtool rejects them); the same numbers are in nodejs_active_handles etc. by type. */
@@ -355,8 +357,10 @@ export class Metrics {
       collect() { for (const [ctx, seen] of openTunnels) addBytes(ctx, seen); },
     });
     this.tunnelDuration = new Histogram({ name: 'lb_tunnel_duration_seconds', help: 'How long WebSocket tunnels were open, by pool (observed when they close).', labelNames: ['pool'], buckets: tunnelBuckets, registers });
+    const mine = (ctx: RequestContext): boolean => sources.carrier === undefined || ctx.carrier === sources.carrier;
     this.on(tunnelOpen, (m) => {
       const { ctx } = m as TunnelEvent;
+      if (!mine(ctx)) return;
       openTunnels.set(ctx, { in: 0, out: 0 });
       this.tunnelsOpened.inc({ pool: ctx.pool?.name ?? 'none', backend: ctx.upstream?.id ?? 'none' });
     });
@@ -371,20 +375,26 @@ export class Metrics {
       this.tunnelDuration.observe({ pool }, (performance.now() - ctx.start) / 1000);
     });
 
-    this.on(requestEnd, (m) => this.onEnd(m as RequestEndEvent));
+    this.on(requestEnd, (m) => {
+      if (mine((m as RequestEndEvent).ctx)) this.onEnd(m as RequestEndEvent);
+    });
     this.on(requestRetry, (m) => {
       const { ctx, upstream } = m as RequestRetryEvent;
+      if (!mine(ctx)) return;
       const pool = ctx.pool?.name ?? 'none';
       this.retriedSeries.add(`${pool}\n${upstream.id}`);
       this.retries.inc({ pool, backend: upstream.id });
     });
     this.on(upstreamError, (m) => {
       const { ctx, upstream, error } = m as UpstreamErrorEvent;
+      if (!mine(ctx)) return;
       const code = error instanceof FulcrumError && knownCodes.has(error.code) ? error.code : 'other';
       this.attemptFailures.inc({ pool: ctx.pool?.name ?? 'none', backend: upstream.id, code });
     });
     this.on(upstreamState, (m) => {
       const c = m as UpstreamStateEvent;
+      // Upstream objects are this balancer's when one of its pools holds them (state changes are rare: a scan is fine).
+      if (sources.carrier !== undefined && ![...sources.pools().values()].some((p) => p.upstreams.includes(c.upstream as Pool['upstreams'][number]))) return;
       this.stateChanges.inc({ pool: c.pool, backend: c.upstream.id, field: c.field, to: String(c.to), cause: causeOf(c.field, c.to, c.reason) });
       if (c.field === 'ejected' && c.to === true) {
         this.ejectedSeries.add(`${c.pool}\n${c.upstream.id}`);

@@ -74,7 +74,7 @@ export class Exchange extends RequestContext implements DownstreamOwner {
   panicked = false;
 
   constructor(core: ExchangeCore, req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string) {
-    super(req, downstream, listener, peerAddress);
+    super(req, downstream, listener, peerAddress, core);
     this.core = core;
   }
 
