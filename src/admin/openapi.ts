@@ -63,6 +63,7 @@ const liveBackendExample = {
   p50_ms: 2.1,
   p99_ms: 9.5,
   in_flight: 1,
+  tunnels_open: 0,
   alive: true,
   health: 'healthy',
   enabled: true,
@@ -85,6 +86,7 @@ const liveExample = {
   rate_limited_total: 3,
   requests_total: 2701,
   in_flight: 1,
+  tunnels_open: 0,
   backends: [liveBackendExample],
 };
 
@@ -781,7 +783,7 @@ export function openApiDocument(): Record<string, unknown> {
         LiveBackend: {
           type: 'object',
           description: 'One second of live numbers for one upstream.',
-          required: ['pool', 'id', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'in_flight', 'alive', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'panic', 'weight', 'requests'],
+          required: ['pool', 'id', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'in_flight', 'tunnels_open', 'alive', 'health', 'enabled', 'draining', 'ejected', 'ejections', 'circuit', 'panic', 'weight', 'requests'],
           properties: {
             pool: { type: 'string' },
             id: { type: 'string' },
@@ -789,7 +791,8 @@ export function openApiDocument(): Record<string, unknown> {
             error_rate: { type: 'number', minimum: 0, maximum: 1, description: 'Share of answers that were 5xx or failed attempts.' },
             p50_ms: { type: ['number', 'null'], description: 'Over the last 5 seconds; null without traffic.' },
             p99_ms: { type: ['number', 'null'], description: 'Over the last 5 seconds; null without traffic.' },
-            in_flight: { type: 'integer', minimum: 0 },
+            in_flight: { type: 'integer', minimum: 0, description: 'Requests and WebSocket tunnels in flight to the upstream.' },
+            tunnels_open: { type: 'integer', minimum: 0, description: 'WebSocket tunnels open to the upstream.' },
             alive: { type: 'boolean' },
             health: { type: 'string', enum: ['healthy', 'unhealthy'] },
             enabled: { type: 'boolean' },
@@ -806,7 +809,7 @@ export function openApiDocument(): Record<string, unknown> {
         LiveSample: {
           type: 'object',
           description: 'One tick of the live view: totals and every upstream.',
-          required: ['t', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'rate_limited_per_s', 'rate_limited_total', 'requests_total', 'in_flight', 'backends'],
+          required: ['t', 'rps', 'error_rate', 'p50_ms', 'p99_ms', 'rate_limited_per_s', 'rate_limited_total', 'requests_total', 'in_flight', 'tunnels_open', 'backends'],
           properties: {
             t: { type: 'integer', description: 'Epoch milliseconds.' },
             rps: { type: 'number', minimum: 0 },
@@ -817,6 +820,7 @@ export function openApiDocument(): Record<string, unknown> {
             rate_limited_total: { type: 'integer', minimum: 0, description: 'Requests refused by a rate limit since start.' },
             requests_total: { type: 'integer', minimum: 0 },
             in_flight: { type: 'integer', minimum: 0 },
+            tunnels_open: { type: 'integer', minimum: 0, description: 'WebSocket tunnels open now.' },
             backends: { type: 'array', items: ref('LiveBackend') },
           },
           example: liveExample,
