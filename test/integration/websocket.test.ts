@@ -252,6 +252,35 @@ describe('websocket relay', () => {
     assert.equal(backend.requests.length, 0);
   });
 
+  test('handshakes pass the same guards and routes as any request: firewall, rate limit, no route; a refusal holds no tunnel slot', async (t) => {
+    const backend = await startWsBackend(t);
+    const name = `websocket-test-${++balancers}`;
+    const lb: WsBalancer = {
+      ...(await startBalancer(t, {
+        listeners: [{ name, host: '127.0.0.1', port: 0, limits: { max_tunnels: 1 } }],
+        routes: [
+          { path_prefix: '/ws', pool: 'ws', rate_limits: [{ rate: 1, per: '1m', burst: 1 }] },
+          { path_prefix: '/private', pool: 'ws', firewall: { deny: ['127.0.0.0/8'] } },
+        ],
+        pools: { ws: { upstreams: [backend.url] } },
+      })),
+      name,
+    };
+    const denied = await wsRefused(`ws://127.0.0.1:${lb.port}/private`);
+    assert.equal(denied.status, 403);
+    const unrouted = await wsRefused(`ws://127.0.0.1:${lb.port}/elsewhere`);
+    assert.equal(unrouted.status, 404);
+    // Refused handshakes held no slot: with max_tunnels 1 the next one still opens.
+    const ws = await wsOpen(t, `ws://127.0.0.1:${lb.port}/ws`);
+    ws.close();
+    await endedTunnel(lb);
+    const limited = await wsRefused(`ws://127.0.0.1:${lb.port}/ws`);
+    assert.equal(limited.status, 429);
+    assert.equal(limited.headers['retry-after'] !== undefined, true);
+    assert.deepEqual(ends(lb).map((c) => c.error?.code ?? c.status), ['FUL_FIREWALL_DENIED', 'FUL_NO_ROUTE', 101, 'FUL_RATE_LIMITED']);
+    assert.equal(backend.upgrades.length, 1, 'only the handshake the guards let through reached the backend');
+  });
+
   test('Upgrade: h2c is answered as a plain request; Upgrade: foo gets 501', async (t) => {
     const backend = await startWsBackend(t);
     const lb = await startWsBalancer(t, { ws: { upstreams: [backend.url] } });
