@@ -258,8 +258,7 @@ export class HttpListener {
    * switches protocols; it waits for the answers to requests pipelined before it.
    */
   private onUpgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
-    // Node took its own error listener off: a reset during the handshake must not be unhandled.
-    socket.on('error', destroyOnError);
+    tendHandedOver(socket);
     // A client must wait for the 101 before it sends frames (RFC 6455 section 4.1); what came early is kept for the tunnel.
     if (head.length > 0) socket.unshift(head);
     const start = (): void => {
@@ -277,13 +276,7 @@ export class HttpListener {
 
   /** CONNECT: no tunnels on this listener yet (501), said clearly and logged, then a graceful close. */
   private refuseTunnel(req: http.IncomingMessage, socket: Socket): void {
-    // Node took its own error, drain and timeout listeners off this socket when it handed it over.
-    socket.on('error', () => socket.destroy());
-    socket.on('drain', () => {
-      // The answer ahead of the CONNECT still waits for drains to go on writing.
-      const message = (socket as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
-      if (message && !message.writableFinished) message.emit('drain');
-    });
+    tendHandedOver(socket);
     this.malformed++;
     this.logger.debug({ listener: this.info.name, method: req.method, target: req.url }, 'refused a CONNECT request');
     const answer = closingAnswer(501, 'Not Implemented', 'CONNECT tunnels are not supported on this listener (see docs/errors.md)');
@@ -293,6 +286,21 @@ export class HttpListener {
   }
 }
 
+/**
+ * A socket Node's server handed over (CONNECT, an upgrade) loses Node's own error, drain and
+ * timeout listeners. An error must still be handled, and an answer still being written ahead of
+ * the handover (a pipelined request before it) still needs the socket's drains to go on.
+ */
+function tendHandedOver(socket: Socket): void {
+  socket.on('error', destroyOnError);
+  socket.on('drain', drainAnswerAhead);
+}
+
 function destroyOnError(this: Socket): void {
   this.destroy();
+}
+
+function drainAnswerAhead(this: Socket): void {
+  const message = (this as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
+  if (message && !message.writableFinished) message.emit('drain');
 }

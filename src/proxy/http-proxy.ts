@@ -104,6 +104,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   readonly tunnels = new OpenTunnels();
   /** How long a drained or removed upstream's tunnels may go on (shutdown.grace_period), set by each commit. */
   private graceMs = 30_000;
+  /** The upstreams of the committed pools (null before the first commit): a handshake that completes on another is for a removed upstream. */
+  private liveUpstreams: ReadonlySet<Upstream> | null = null;
   private shutdownTimer: NodeJS.Timeout | null = null;
   private readonly onUpstreamState = (message: unknown): void => {
     const c = message as UpstreamStateEvent;
@@ -131,6 +133,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     this.graceMs = graceMs;
     const live = new Set<Upstream>();
     for (const pool of pools.values()) for (const u of pool.upstreams) live.add(u);
+    this.liveUpstreams = live;
     for (const u of this.tunnels.upstreams()) {
       if (!live.has(u)) this.tunnels.closeLater(u, graceMs, 'removed');
       else if (!u.draining && u.enabled) this.tunnels.keep(u);
@@ -377,6 +380,11 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   /** Phase respond: upstream headers to the client (or, for a status worth retrying, to the bin). */
   onResponse(attempt: Attempt, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
     const ctx = attempt.exchange;
+    if (status < 200) {
+      // A 1xx as the final answer (a 101 without Upgrade, that node:http hands over as a response) breaks the protocol.
+      this.onError(attempt, Object.assign(new Error(`upstream sent ${status} as its final answer`), { code: 'UND_ERR_INFO' }), true);
+      return false;
+    }
     ctx.lastStatus = status;
     if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: attempt.upstream, status, failure: null });
     if (status >= 500 && retryReason(ctx, null, status, true) === 'status' && hasAlternative(ctx)) {
@@ -513,8 +521,10 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       },
     });
     this.tunnels.add(ctx);
-    // A tunnel to an upstream that is draining already goes after the grace period too.
-    if (attempt.upstream.draining || !attempt.upstream.enabled) this.tunnels.closeLater(attempt.upstream, this.graceMs, 'drained');
+    // A tunnel to an upstream that is draining already, or that a reload removed while the handshake ran, goes after the grace period too.
+    const u = attempt.upstream;
+    if (this.liveUpstreams !== null && !this.liveUpstreams.has(u)) this.tunnels.closeLater(u, this.graceMs, 'removed');
+    else if (u.draining || !u.enabled) this.tunnels.closeLater(u, this.graceMs, 'drained');
     if (tunnelOpen.hasSubscribers) tunnelOpen.publish({ ctx });
   }
 

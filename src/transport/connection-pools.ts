@@ -44,6 +44,8 @@ function keyOf(protocol: string, id: string, s: ClientSettings): string {
 export class ConnectionPools {
   private readonly clients = new Map<string, UpstreamClient>();
   private closed = false;
+  /** Keys the committed pools use (null before the first commit: every key may be kept). */
+  private liveKeys: ReadonlySet<string> | null = null;
 
   /** The transport a pool with `settings` forwards through: it finds each upstream's client here. */
   transportFor(settings: PoolSettings): Transport {
@@ -58,8 +60,9 @@ export class ConnectionPools {
     let client = this.clients.get(key);
     if (client !== undefined) return client;
     client = protocol === 'http1-node' ? new NodeHttpClient(upstream, s) : new UndiciClient(upstream, s);
-    // After shutdown nothing is kept: the client serves its one exchange and closes behind it.
-    if (this.closed) void client.close();
+    // After shutdown, or for a key no committed pool uses (a retry on a replaced pool), nothing is
+    // kept: the client serves its one exchange and closes behind it.
+    if (this.closed || (this.liveKeys !== null && !this.liveKeys.has(key))) void client.close();
     else this.clients.set(key, client);
     return client;
   }
@@ -79,6 +82,7 @@ export class ConnectionPools {
       const protocol = protocolOf(pool.settings);
       for (const u of pool.upstreams) keep.add(keyOf(protocol, u.id, clientSettings(pool.settings, u.id)));
     }
+    this.liveKeys = keep;
     for (const [key, client] of this.clients) {
       if (keep.has(key)) continue;
       this.clients.delete(key);

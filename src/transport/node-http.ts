@@ -70,7 +70,17 @@ export class NodeHttpClient implements UpstreamClient {
       headers: attempt.headers as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     });
-    attempt.onCancel(fail);
+    // Cancelled by the proxy: the exchange is over, whatever the upstream still sends (a complete
+    // answer waiting for a slow client too): the socket goes, it is never handed back half-read.
+    attempt.onCancel((reason) => {
+      if (failed) return;
+      if (ires !== null && ires.complete) {
+        failed = true;
+        creq.destroy();
+        return;
+      }
+      fail(reason);
+    });
     creq.on('error', fail);
     // Interim answers (100 Continue, 103 Early Hints, ...): relayed ahead of the final one.
     creq.on('information', (info: http.InformationEvent) => attempt.informational(info.statusCode, info.statusMessage, info.rawHeaders));
@@ -112,6 +122,13 @@ export class NodeHttpClient implements UpstreamClient {
     creq.on('response', (response: http.IncomingMessage) => {
       ires = response;
       if (!attempt.live) return fail(new Error('request already finished'));
+      if (response.statusCode! < 200) {
+        // A 101 without Upgrade comes here, not as 'upgrade': the connection switched to something else, never reuse it.
+        creq.shouldKeepAlive = false;
+        ires = null;
+        creq.socket?.destroy();
+        return fail(Object.assign(new Error(`upstream answered ${response.statusCode} without switching protocols`), { code: 'UND_ERR_INFO' }));
+      }
       waitingForHeaders = false;
       creq.setTimeout(timeouts.idle_body);
       // Node then closes the socket after this answer instead of handing it back to the agent.
@@ -150,8 +167,9 @@ export class NodeHttpClient implements UpstreamClient {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    // Idle sockets go now; busy ones when their request ends, so a reload cuts nothing.
+    // Idle sockets go now; busy ones when their request ends (requests queued behind max_sockets
+    // still get them: with keepAlive off the agent itself closes a socket nobody waits for).
+    (this.agent as http.Agent & { keepAlive: boolean }).keepAlive = false;
     for (const list of Object.values(this.agent.freeSockets)) for (const socket of list ?? []) socket.destroy();
-    this.agent.on('free', (socket: Socket) => socket.destroy());
   }
 }

@@ -1,0 +1,91 @@
+/**
+ * WebSocket edge cases a review found: an answer pipelined ahead of a handshake, a handshake
+ * that completes after a reload removed its upstream, a 101 without Upgrade.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import http from 'node:http';
+import { startBalancer, startRawBackend } from '../helpers/servers.ts';
+import { acceptFor, handshakeRequest } from '../helpers/websocket.ts';
+import { eventually } from '../helpers/eventually.ts';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A raw client that records what it gets. */
+function connect(t: { after(fn: () => void): void }, port: number, text: string) {
+  const socket = net.connect(port, '127.0.0.1');
+  const chunks: Buffer[] = [];
+  let closed = false;
+  socket.on('data', (c: Buffer) => chunks.push(c));
+  socket.on('error', () => {});
+  socket.on('close', () => (closed = true));
+  socket.write(text, 'latin1');
+  t.after(() => socket.destroy());
+  return { socket, bytes: () => Buffer.concat(chunks), closed: () => closed };
+}
+
+test('a large answer pipelined ahead of a WebSocket handshake is delivered whole, then the 101', async (t) => {
+  const SIZE = 8 * 1024 * 1024;
+  const big = Buffer.alloc(SIZE, 0x61);
+  const backend = http.createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': SIZE });
+    res.end(big);
+  });
+  await new Promise<void>((r) => backend.listen(0, '127.0.0.1', r));
+  t.after(() => {
+    backend.closeAllConnections();
+    backend.close();
+  });
+  const lb = await startBalancer(t, { pools: { p: { upstreams: [`http://127.0.0.1:${(backend.address() as net.AddressInfo).port}`] } } });
+  const c = connect(t, lb.port, 'GET /big HTTP/1.1\r\nHost: x\r\n\r\n' + handshakeRequest('/ws').text);
+  await eventually(() => (c.bytes().length > SIZE ? true : null), { timeout: 5000, what: 'the whole pipelined answer' }).catch(() => {
+    assert.fail(`only ${c.bytes().length} of ${SIZE}+ bytes arrived: the answer ahead of the handshake waits for a 'drain' nobody emits`);
+  });
+});
+
+test('a tunnel whose handshake completes after a reload removed its upstream is closed after the grace period', async (t) => {
+  const { text, key } = handshakeRequest('/ws');
+  const slow = await startRawBackend(t, (s) => {
+    s.once('data', () => setTimeout(() => s.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${acceptFor(key)}\r\n\r\n`), 400));
+  });
+  const other = await startRawBackend(t, () => {});
+  const config = (url: string) => ({ listeners: [{ host: '127.0.0.1', port: 0 }], shutdown: { grace_period: 200 }, pools: { p: { upstreams: [url] } } });
+  const lb = await startBalancer(t, config(slow.url));
+  const c = connect(t, lb.port, text);
+  await sleep(100);
+  await lb.balancer.reload(config(other.url));
+  await eventually(() => (c.bytes().includes(' 101 ') ? true : null), { what: 'the 101' });
+  // The grace period is 200 ms: well past it the tunnel to the removed upstream must be gone.
+  await sleep(1500);
+  assert.equal(c.closed(), true, 'the tunnel to the removed upstream is still open 1.5 s after its 101 (grace period 200 ms)');
+});
+
+for (const transport of ['node-http', 'undici'] as const) {
+  test(`${transport}: a bare 101 (no Upgrade header) to a request that asked for no upgrade is a 502, and its socket is not reused`, async (t) => {
+    // Answers its first request on each connection with a bare 101, then speaks "another protocol".
+    const backend = await startRawBackend(t, (s) => {
+      s.once('data', () => {
+        s.write('HTTP/1.1 101 Switching Protocols\r\n\r\n');
+        s.on('data', () => s.write('HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nNOT-HTTP!'));
+      });
+    });
+    const lb = await startBalancer(t, { pools: { p: { transport, upstreams: [backend.url] } } });
+    // Over undici the fallback client (node:http) carries Expect: 100-continue.
+    const headers = transport === 'undici' ? { expect: '100-continue', 'content-length': '0' } : {};
+    const ask = () =>
+      new Promise<number>((resolve, reject) => {
+        const req = http.request(`${lb.url}/`, { agent: false, headers }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode!));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    const first = await ask();
+    const second = await ask();
+    t.diagnostic(`first ${first}, second ${second}, backend connections ${backend.sockets.length}`);
+    assert.equal(first, 502, 'the unasked 101 was relayed to the client');
+    assert.equal(backend.sockets.length, 2, 'the switched upstream socket went back to the keep-alive pool and served another request');
+  });
+}
