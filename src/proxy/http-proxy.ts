@@ -121,7 +121,6 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   constructor(runtime: ProxyRuntime, logger: Logger | null = null) {
     this.runtime = runtime;
     this.logger = logger;
-    upstreamState.subscribe(this.onUpstreamState);
   }
 
   /**
@@ -521,6 +520,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       },
     });
     this.tunnels.add(ctx);
+    // Drains and disables matter only while tunnels are open: listened to only then.
+    if (this.tunnels.size === 1) upstreamState.subscribe(this.onUpstreamState);
     // A tunnel to an upstream that is draining already, or that a reload removed while the handshake ran, goes after the grace period too.
     const u = attempt.upstream;
     if (this.liveUpstreams !== null && !this.liveUpstreams.has(u)) this.tunnels.closeLater(u, this.graceMs, 'removed');
@@ -530,6 +531,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
 
   private tunnelClosed(ctx: Exchange, reason: TunnelCloseReason): void {
     this.tunnels.delete(ctx);
+    if (this.tunnels.size === 0) upstreamState.unsubscribe(this.onUpstreamState);
     ctx.tunnelClose = reason;
     if (tunnelClose.hasSubscribers) tunnelClose.publish({ ctx, reason });
     this.finish(ctx);
