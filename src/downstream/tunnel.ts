@@ -10,12 +10,32 @@
  */
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { FrameBoundaries, closeFrame } from './websocket-frames.ts';
 
 /** Why a tunnel ended (a label of lb_tunnels_closed_total and the access log's `tunnel_close`). */
 export type TunnelCloseReason = 'client' | 'upstream' | 'error' | 'idle' | 'drained' | 'removed' | 'shutdown';
 
 /** After one side closed, how long the other may take to close before it is destroyed. */
 const CLOSE_LINGER_MS = 5000;
+/** When Fulcrum closes a WebSocket mid-frame, how long it waits for the frame to end before it ends the connection without a Close frame. */
+const FRAME_END_WAIT_MS = 1000;
+
+/** What each Fulcrum-made close says to both peers (code 1001 Going Away, RFC 6455 section 7.4.1). */
+const closeText: Partial<Record<TunnelCloseReason, string>> = {
+  idle: 'idle timeout',
+  drained: 'upstream drained',
+  removed: 'upstream removed',
+  shutdown: 'proxy shutting down',
+};
+
+/** One direction of a tunnel that follows WebSocket frames, so Fulcrum can close it between two. */
+interface Direction {
+  frames: FrameBoundaries;
+  /** Set once Fulcrum closes: the Close frame goes at the next frame boundary, nothing after it. */
+  closing: Buffer | null;
+  /** The Close frame went out (or the direction ended): what still comes is dropped. */
+  done: boolean;
+}
 
 /** What a tunnel reports to the exchange it carries. */
 export interface TunnelOwner {
@@ -35,22 +55,32 @@ export class Tunnel {
   private open = 2;
   private lastActivity = performance.now();
   private lingerTimer: NodeJS.Timeout | null = null;
+  /** Client to upstream, upstream to client; null for tunnels whose frames are not WebSocket's. */
+  private readonly directions: [Direction, Direction] | null;
   /** `performance.now()` when the tunnel opened. */
   readonly openedAt = performance.now();
 
   /**
    * Starts relaying. `upstreamHead` (bytes the upstream sent right after its 101) goes to the
    * client first. `idleMs`: with no byte either way for this long the tunnel closes (0: never).
+   * `websocket`: the bytes are WebSocket frames (a close by Fulcrum sends Close frames).
    */
-  constructor(client: Duplex, upstream: Socket, upstreamHead: Buffer, idleMs: number, owner: TunnelOwner) {
+  constructor(client: Duplex, upstream: Socket, upstreamHead: Buffer, idleMs: number, owner: TunnelOwner, websocket = true) {
     this.client = client;
     this.upstream = upstream;
     this.owner = owner;
     this.idleMs = idleMs;
+    this.directions = websocket
+      ? [
+          { frames: new FrameBoundaries(), closing: null, done: false },
+          { frames: new FrameBoundaries(), closing: null, done: false },
+        ]
+      : null;
     upstream.setTimeout(0);
     upstream.setNoDelay(true);
     if (upstreamHead.length > 0) {
       owner.relayed(upstreamHead.length, false);
+      this.directions?.[1].frames.scan(upstreamHead, false);
       client.write(upstreamHead);
     }
     this.pump(client, upstream, true);
@@ -70,8 +100,14 @@ export class Tunnel {
   }
 
   private pump(from: Duplex, to: Duplex, fromClient: boolean): void {
+    const direction = this.directions?.[fromClient ? 0 : 1] ?? null;
     from.on('data', (chunk: Buffer) => {
       this.lastActivity = performance.now();
+      if (direction !== null) {
+        if (direction.done) return;
+        if (direction.closing !== null) return this.endAtBoundary(direction, chunk, to, fromClient);
+        direction.frames.scan(chunk, false);
+      }
       this.owner.relayed(chunk.length, fromClient);
       if (!to.write(chunk)) from.pause();
     });
@@ -118,15 +154,53 @@ export class Tunnel {
     this.close('idle');
   }
 
-  /** Closes both sides (FIN), destroying whatever has not closed CLOSE_LINGER_MS later. */
+  /**
+   * Closes both sides, destroying whatever has not closed CLOSE_LINGER_MS later. A WebSocket
+   * gets a Close frame (1001) each way first, between two frames: at once where a direction is
+   * between frames, else when its frame ends (at most FRAME_END_WAIT_MS, then a plain FIN).
+   */
   close(reason: TunnelCloseReason): void {
     if (this.open === 0) return;
     this.reason ??= reason;
-    this.client.end();
-    this.upstream.end();
-    this.lingerThen(this.client);
     const upstream = this.upstream;
     setTimeout(() => upstream.destroy(), CLOSE_LINGER_MS).unref();
+    this.lingerThen(this.client);
+    if (this.directions === null) {
+      this.client.end();
+      upstream.end();
+      return;
+    }
+    const text = closeText[reason] ?? 'closing';
+    const [toUpstream, toClient] = this.directions;
+    this.closeDirection(toUpstream, closeFrame(1001, text, true), upstream, true);
+    this.closeDirection(toClient, closeFrame(1001, text, false), this.client, false);
+    setTimeout(() => {
+      for (const [d, side] of [[toUpstream, upstream], [toClient, this.client]] as const) {
+        if (d.done) continue;
+        d.done = true;
+        side.end();
+      }
+    }, FRAME_END_WAIT_MS).unref();
+  }
+
+  /** Sends `frame` and ends `to` now if the direction is between frames, else at the next boundary. */
+  private closeDirection(d: Direction, frame: Buffer, to: Duplex, fromClient: boolean): void {
+    if (d.done || d.closing !== null) return;
+    d.closing = frame;
+    if (d.frames.atBoundary) this.endAtBoundary(d, Buffer.alloc(0), to, fromClient);
+  }
+
+  /** Relays `chunk` up to the first frame boundary, then the Close frame, then ends `to`. */
+  private endAtBoundary(d: Direction, chunk: Buffer, to: Duplex, fromClient: boolean): void {
+    const at = d.frames.scan(chunk, true);
+    const upTo = at === -1 ? chunk.length : at;
+    if (upTo > 0) {
+      this.owner.relayed(upTo, fromClient);
+      if (!to.destroyed) to.write(upTo === chunk.length ? chunk : chunk.subarray(0, upTo));
+    }
+    if (at === -1) return;
+    d.done = true;
+    if (!to.destroyed) to.end(d.closing!);
   }
 
   /** Destroys both sides now. */

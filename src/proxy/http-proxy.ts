@@ -518,7 +518,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
           this.internalError(ctx, err, 502);
         }
       },
-    });
+    }, ctx.upgrade === 'websocket');
     this.tunnels.add(ctx);
     // Drains and disables matter only while tunnels are open: listened to only then.
     if (this.tunnels.size === 1) upstreamState.subscribe(this.onUpstreamState);

@@ -1,13 +1,15 @@
 /**
- * WebSocket edge cases a review found: an answer pipelined ahead of a handshake, a handshake
- * that completes after a reload removed its upstream, a 101 without Upgrade.
+ * WebSocket edge cases: an answer pipelined ahead of a handshake, a handshake that completes
+ * after a reload removed its upstream, a 101 without Upgrade, and Fulcrum's own closes (drain,
+ * shutdown) in the middle of traffic: a Close frame between two frames, never a cut frame.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
 import { startBalancer, startRawBackend } from '../helpers/servers.ts';
-import { acceptFor, handshakeRequest } from '../helpers/websocket.ts';
+import { acceptFor, handshakeRequest, startWsBackend, wsOpen } from '../helpers/websocket.ts';
+import type { WebSocket } from 'ws';
 import { eventually } from '../helpers/eventually.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -89,3 +91,60 @@ for (const transport of ['node-http', 'undici'] as const) {
     assert.equal(backend.sockets.length, 2, 'the switched upstream socket went back to the keep-alive pool and served another request');
   });
 }
+
+for (const how of ['drain', 'shutdown'] as const) {
+  test(`a ${how} in the middle of traffic: every frame arrives whole, then both peers get Close 1001`, async (t) => {
+    const backend = await startWsBackend(t);
+    const lb = await startBalancer(t, { shutdown: { grace_period: '300ms' }, pools: { ws: { upstreams: [backend.url] } } });
+    const ws = await wsOpen(t, lb.url);
+    const errors: Error[] = [];
+    ws.on('error', (err) => errors.push(err));
+    await eventually(() => backend.sockets.length === 1, { what: 'the backend side' });
+    const closes: { side: string; code: number; reason: string }[] = [];
+    const onClose = (side: string, socket: WebSocket): void => void socket.on('close', (code, reason) => closes.push({ side, code, reason: reason.toString() }));
+    onClose('client', ws);
+    onClose('backend', backend.sockets[0]);
+    backend.sockets[0].on('error', (err) => errors.push(err));
+    // Large messages both ways without pause, so the close lands while frames are in flight.
+    const payload = Buffer.alloc(256 * 1024, 7);
+    let echoed = 0;
+    ws.on('message', (data: Buffer) => {
+      assert.ok(data.equals(payload), 'an echoed message is whole');
+      echoed++;
+    });
+    const pump = setInterval(() => {
+      if (ws.readyState === ws.OPEN && ws.bufferedAmount < 4 * payload.length) ws.send(payload);
+    }, 1);
+    t.after(() => clearInterval(pump));
+    await eventually(() => echoed >= 5, { what: 'traffic to flow' });
+    if (how === 'drain') await lb.balancer.updateBackend({ url: backend.url, draining: true });
+    else void lb.balancer.close(300);
+    await eventually(() => closes.length === 2, { what: 'both peers to see the close', timeout: 8000 });
+    clearInterval(pump);
+    const reason = how === 'drain' ? 'upstream drained' : 'proxy shutting down';
+    assert.deepEqual(closes.map((c) => [c.code, c.reason]), [[1001, reason], [1001, reason]]);
+    assert.deepEqual(errors, [], 'no peer saw a broken frame');
+    assert.ok(echoed >= 5);
+  });
+}
+
+test('a drain while a 16 MiB message is mid-way to the client: the message arrives whole, then Close 1001', async (t) => {
+  const big = Buffer.alloc(16 * 1024 * 1024, 3);
+  const backend = await startWsBackend(t, { onSocket: (socket) => socket.on('message', () => socket.send(big)) });
+  const lb = await startBalancer(t, { shutdown: { grace_period: '10ms' }, pools: { ws: { upstreams: [backend.url] } } });
+  const ws = await wsOpen(t, lb.url);
+  const socket = (ws as unknown as { _socket: net.Socket })._socket;
+  let message: Buffer | null = null;
+  let close: [number, string] | null = null;
+  ws.on('message', (data: Buffer) => (message = data));
+  ws.on('close', (code, reason) => (close = [code, reason.toString()]));
+  ws.on('error', () => {});
+  ws.send('send the big one');
+  // Part of the message is through: the tunnel is inside its frame when the drain closes it.
+  await eventually(() => socket.bytesRead > 1024 * 1024, { what: 'the first megabyte' });
+  assert.equal(message, null);
+  await lb.balancer.updateBackend({ url: backend.url, draining: true });
+  await eventually(() => close !== null, { what: 'the close', timeout: 8000 });
+  assert.deepEqual(close, [1001, 'upstream drained']);
+  assert.ok(message !== null && (message as Buffer).equals(big), 'the message in flight arrived whole before the Close frame');
+});
