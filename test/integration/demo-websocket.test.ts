@@ -43,8 +43,14 @@ test('the demo banner\'s WebSocket commands reach each backend\'s echo through t
   await eventually(() => /^backend \d: first line\nbackend \d: second line\n$/.test(out), { what: `both lines echoed (got ${JSON.stringify(out)})` });
   const lastSample = async (): Promise<LiveSample | undefined> => ((await (await fetch(`${demo.adminUrl}/live`)).json()) as LiveSample[]).at(-1);
   const holder = `127.0.0.1:${demo.backends[Number(out.slice(8, 9)) - 1].port}`;
-  await eventually(async () => (await lastSample())?.tunnels_open === 1, { timeout: 4000, what: 'one open tunnel in the live samples' });
-  assert.equal((await lastSample())!.backends.find((b) => b.id === holder)?.tunnels_open, 1);
+  // Samples are taken once a second: wait for one taken while only this tunnel was open (the one-shot ones closed).
+  await eventually(
+    async () => {
+      const sample = await lastSample();
+      return sample?.tunnels_open === 1 && sample.backends.find((b) => b.id === holder)?.tunnels_open === 1;
+    },
+    { timeout: 4000, what: 'one open tunnel in the live samples, on the backend that echoed' },
+  );
   child.stdin.end();
   const code = await new Promise((resolve) => child.once('exit', resolve));
   assert.equal(code, 0, out);
