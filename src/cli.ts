@@ -15,9 +15,6 @@ import { configJsonSchema } from './config/schema.ts';
 import { diffConfigs, formatChanges, restartNotes } from './config/diff.ts';
 import { policies } from './balancer/registry.ts';
 import { createBalancer, type Balancer } from './index.ts';
-import { startDemo, demoBanner } from './demo/demo.ts';
-import { startSampleBackend } from './demo/sample-backend.ts';
-import { adminCommand } from './admin/cli-commands.ts';
 import { version } from './version.ts';
 
 const help = `fulcrum ${version}: an HTTP load balancer and reverse proxy
@@ -276,6 +273,8 @@ async function main(argv: string[]): Promise<void> {
     case 'backends':
     case 'reload': {
       const file = values.config ?? process.env.FULCRUM_CONFIG ?? (existsSync('fulcrum.yaml') ? 'fulcrum.yaml' : undefined);
+      // Loaded by the commands that use them, so `fulcrum start` does not carry the demo, its backends (ws) or the admin client.
+      const { adminCommand } = await import('./admin/cli-commands.ts');
       const code = await adminCommand(command, rest, { admin: values.admin, token: values.token, pool: values.pool, weight: values.weight, json: values.json ?? false, configFile: file });
       process.exitCode = code;
       return;
@@ -283,6 +282,7 @@ async function main(argv: string[]): Promise<void> {
     case 'schema':
       return void process.stdout.write(JSON.stringify(configJsonSchema(), null, 2) + '\n');
     case 'demo': {
+      const { startDemo, demoBanner } = await import('./demo/demo.ts');
       const demo = await startDemo({ port, host: values.host, policy: values.policy }).catch((err: Error) => fail(`demo failed to start: ${err.message}`, 1));
       process.stdout.write(demoBanner(demo) + '\n');
       handleSignals(() => demo.close());
@@ -292,6 +292,7 @@ async function main(argv: string[]): Promise<void> {
       // --delay is milliseconds (the help says MS), or a duration with its unit; anything else is an error, not 0.
       const delay = values.delay === undefined ? 0 : /^\s*\d+\s*$/.test(values.delay) ? Number(values.delay) : parseDuration(values.delay);
       if (Number.isNaN(delay)) fail(`--delay must be milliseconds or a duration such as 500ms or 2s, got "${values.delay}"`);
+      const { startSampleBackend } = await import('./demo/sample-backend.ts');
       const backend = await startSampleBackend({ id: values.id ?? String(port ?? 9001), port: port ?? 9001, host: values.host, delay, fail: values.fail }).catch(
         (err: Error) => fail(`backend failed to start: ${err.message}`, 1),
       );
