@@ -224,7 +224,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         stopWatch?.();
         await Promise.all([...listeners.map((l) => l.drain(graceMs)), admin?.close()]);
         // The grace period is over: tunnels the listeners did not already cut close now.
-        proxy.closeTunnels();
+        await proxy.closeTunnels();
         live?.stop();
         await store.close();
         await connections.close();

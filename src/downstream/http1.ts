@@ -10,6 +10,8 @@ import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import { hopByHop } from '../proxy/headers.ts';
 
 const kDownstream = Symbol('fulcrum.downstream');
+/** Client sockets that switched protocols (tunnels), so shutdown can tell them from HTTP connections. */
+const switchedSockets = new WeakSet<object>();
 type Tracked = ServerResponse & { [kDownstream]?: Http1Downstream };
 /** Node internals used for interim answers (as `writeContinue` and `writeEarlyHints` do). */
 type Internals = ServerResponse & { _writeRaw?: (data: string, encoding: BufferEncoding) => boolean; _sent100?: boolean };
@@ -39,6 +41,11 @@ export class Http1Downstream implements Downstream {
     res.on('close', onResponseClose);
     // Node's server closes after an answer it made itself; this one (built for a handshake) closes here.
     if (upgradable) res.once('finish', closeAfterAnswer);
+  }
+
+  /** True for a client socket that became a tunnel. */
+  static isTunnel(socket: object): boolean {
+    return switchedSockets.has(socket);
   }
 
   /** The downstream answering `res`, if it is one of these. */
@@ -133,6 +140,7 @@ export class Http1Downstream implements Downstream {
     if (!this.upgradable || this.switched || res.headersSent || socket === null || socket.destroyed) return null;
     this.switched = true;
     this.switchedSocket = socket;
+    switchedSockets.add(socket);
     res.detachSocket(socket);
     socket.write(headBytes(status, validReason(reason) && reason !== '' ? reason : 'Switching Protocols', headers, false), 'latin1');
     return socket;

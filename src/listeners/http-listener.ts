@@ -17,6 +17,9 @@ import { ConnectionLimiter } from './connection-limiter.ts';
 import { ClientConnection, requestBeingParsed, type StartRequest } from './client-connection.ts';
 import type { Logger } from '../observe/logger.ts';
 
+/** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
+const TUNNEL_CLOSE_WAIT_MS = 1500;
+
 /** A bound listener's address as users type it. */
 export interface ListenerAddress {
   name: string;
@@ -213,7 +216,18 @@ export class HttpListener {
     if (how === 'grace') {
       this.logger.warn({ listener: this.info.name }, 'grace period over: closing the connections still open');
       this.server.closeAllConnections();
-      // Node's list misses sockets it handed over (CONNECT) or no longer parses.
+      // Node's list misses sockets it handed over (CONNECT) or no longer parses. Tunnels were just
+      // sent their Close frames (HttpProxy.shutdown): a frame in flight may end first, briefly.
+      let tunnels = 0;
+      for (const socket of this.open) {
+        if (Http1Downstream.isTunnel(socket)) tunnels++;
+        else socket.destroy();
+      }
+      if (tunnels > 0) {
+        let wait: NodeJS.Timeout | undefined;
+        await Promise.race([closed, new Promise<void>((resolve) => (wait = setTimeout(resolve, TUNNEL_CLOSE_WAIT_MS)))]);
+        clearTimeout(wait);
+      }
       for (const socket of this.open) socket.destroy();
       await closed;
     }

@@ -148,10 +148,14 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     this.shutdownTimer ??= setTimeout(() => this.tunnels.closeAll('shutdown'), graceMs);
   }
 
-  /** Shutdown is complete: tunnels left are closed now and the proxy stops listening to upstream state. */
-  closeTunnels(): void {
+  /**
+   * Shutdown's end: tunnels left are closed now; resolves once every tunnel has ended (both
+   * sides closed and its exchange finished; a side that does not close is destroyed within 5 s).
+   */
+  async closeTunnels(): Promise<void> {
     if (this.shutdownTimer !== null) clearTimeout(this.shutdownTimer);
     this.tunnels.closeAll('shutdown');
+    await this.tunnels.whenEmpty();
     upstreamState.unsubscribe(this.onUpstreamState);
   }
 

@@ -12,6 +12,8 @@ export class OpenTunnels {
   /** Closings scheduled per upstream (drain or removal), with their reason. */
   private readonly closing = new Map<Upstream, NodeJS.Timeout>();
   size = 0;
+  /** Called when the last tunnel is gone (shutdown waits for it). */
+  private onEmpty: (() => void) | null = null;
 
   add(ex: Exchange): void {
     const u = ex.upstream!;
@@ -26,6 +28,11 @@ export class OpenTunnels {
     const set = this.byUpstream.get(u);
     if (set === undefined || !set.delete(ex)) return;
     this.size--;
+    if (this.size === 0 && this.onEmpty !== null) {
+      const resolve = this.onEmpty;
+      this.onEmpty = null;
+      resolve();
+    }
     if (set.size === 0) {
       this.byUpstream.delete(u);
       const timer = this.closing.get(u);
@@ -63,6 +70,18 @@ export class OpenTunnels {
   /** Upstreams with open tunnels. */
   upstreams(): Upstream[] {
     return [...this.byUpstream.keys()];
+  }
+
+  /** Resolves once no tunnel is open (at once if none is). */
+  whenEmpty(): Promise<void> {
+    if (this.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const before = this.onEmpty;
+      this.onEmpty = () => {
+        before?.();
+        resolve();
+      };
+    });
   }
 
   /** Closes every tunnel now. */

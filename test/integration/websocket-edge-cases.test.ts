@@ -8,24 +8,12 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import http from 'node:http';
 import { startBalancer, startRawBackend } from '../helpers/servers.ts';
-import { acceptFor, handshakeRequest, startWsBackend, wsOpen } from '../helpers/websocket.ts';
+import { acceptFor, handshakeRequest, rawClient, startWsBackend, wsOpen } from '../helpers/websocket.ts';
 import type { WebSocket } from 'ws';
 import { eventually } from '../helpers/eventually.ts';
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** A raw client that records what it gets. */
-function connect(t: { after(fn: () => void): void }, port: number, text: string) {
-  const socket = net.connect(port, '127.0.0.1');
-  const chunks: Buffer[] = [];
-  let closed = false;
-  socket.on('data', (c: Buffer) => chunks.push(c));
-  socket.on('error', () => {});
-  socket.on('close', () => (closed = true));
-  socket.write(text, 'latin1');
-  t.after(() => socket.destroy());
-  return { socket, bytes: () => Buffer.concat(chunks), closed: () => closed };
-}
 
 test('a large answer pipelined ahead of a WebSocket handshake is delivered whole, then the 101', async (t) => {
   const SIZE = 8 * 1024 * 1024;
@@ -40,9 +28,9 @@ test('a large answer pipelined ahead of a WebSocket handshake is delivered whole
     backend.close();
   });
   const lb = await startBalancer(t, { pools: { p: { upstreams: [`http://127.0.0.1:${(backend.address() as net.AddressInfo).port}`] } } });
-  const c = connect(t, lb.port, 'GET /big HTTP/1.1\r\nHost: x\r\n\r\n' + handshakeRequest('/ws').text);
-  await eventually(() => (c.bytes().length > SIZE ? true : null), { timeout: 5000, what: 'the whole pipelined answer' }).catch(() => {
-    assert.fail(`only ${c.bytes().length} of ${SIZE}+ bytes arrived: the answer ahead of the handshake waits for a 'drain' nobody emits`);
+  const c = rawClient(t, lb.port, 'GET /big HTTP/1.1\r\nHost: x\r\n\r\n' + handshakeRequest('/ws').text);
+  await eventually(() => (c.received().length > SIZE ? true : null), { timeout: 5000, what: 'the whole pipelined answer' }).catch(() => {
+    assert.fail(`only ${c.received().length} of ${SIZE}+ bytes arrived: the answer ahead of the handshake waits for a 'drain' nobody emits`);
   });
 });
 
@@ -54,10 +42,10 @@ test('a tunnel whose handshake completes after a reload removed its upstream is 
   const other = await startRawBackend(t, () => {});
   const config = (url: string) => ({ listeners: [{ host: '127.0.0.1', port: 0 }], shutdown: { grace_period: 200 }, pools: { p: { upstreams: [url] } } });
   const lb = await startBalancer(t, config(slow.url));
-  const c = connect(t, lb.port, text);
+  const c = rawClient(t, lb.port, text);
   await sleep(100);
   await lb.balancer.reload(config(other.url));
-  await eventually(() => (c.bytes().includes(' 101 ') ? true : null), { what: 'the 101' });
+  await eventually(() => (c.received().includes(' 101 ') ? true : null), { what: 'the 101' });
   // The grace period is 200 ms: well past it the tunnel to the removed upstream must be gone.
   await sleep(1500);
   assert.equal(c.closed(), true, 'the tunnel to the removed upstream is still open 1.5 s after its 101 (grace period 200 ms)');
