@@ -9,8 +9,22 @@ import net from 'node:net';
 import http from 'node:http';
 import { startBalancer } from '../helpers/servers.ts';
 import { requestEnd, type RequestEndEvent } from '../../src/core/events.ts';
+import { eventually } from '../helpers/eventually.ts';
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Resolves once `read()` gave the same value on 3 polls in a row, 100 ms apart (a transfer that stalled). */
+async function settled(read: () => number, what: string): Promise<void> {
+  let last = -1;
+  let same = 0;
+  await eventually(
+    () => {
+      const now = read();
+      same = now === last ? same + 1 : 0;
+      last = now;
+      return same >= 2;
+    },
+    { interval: 100, timeout: 10_000, what },
+  );
+}
 
 function post(port: number, path: string): Promise<string> {
   return new Promise((resolve) => {
@@ -37,9 +51,10 @@ test('a reload that replaces a node-http client: the request queued behind max_s
   const config = (connect: number) => ({ pools: { p: { transport: 'node-http' as const, upstreams: [url], keepalive: { max_sockets: 1 }, timeouts: { connect } } } });
   const lb = await startBalancer(t, config(1000));
   const first = post(lb.port, '/one');
-  await sleep(50);
+  await eventually(() => seen === 1, { what: 'the first request at the backend' });
   const second = post(lb.port, '/two'); // waits in the agent for the one socket
-  await sleep(100);
+  const upstream = lb.balancer.pools().get('p')!.upstreams[0];
+  await eventually(() => upstream.inFlight === 2, { what: 'the second request queued behind max_sockets' });
   await lb.balancer.reload({ listeners: [{ host: '127.0.0.1', port: 0 }], ...config(2000) }); // another client key: the old client closes
   const answers = [await first, await second];
   t.diagnostic(`${answers.join(' | ')}; backend saw ${seen}`);
@@ -53,7 +68,9 @@ test('a client that leaves while a complete upstream answer waits for drain free
   t.after(() => requestEnd.unsubscribe(onEnd));
   async function run(size: number): Promise<string> {
     ends = [];
+    let written: () => number = () => 0;
     const backend = http.createServer({ keepAliveTimeout: 60_000 }, (_req, res) => {
+      written = () => res.socket?.bytesWritten ?? Infinity;
       res.writeHead(200, { 'content-length': size });
       res.end(Buffer.alloc(size, 0x61));
     });
@@ -65,9 +82,10 @@ test('a client that leaves while a complete upstream answer waits for drain free
     c.on('error', () => {});
     c.pause(); // never reads
     c.write('GET / HTTP/1.1\r\nHost: x\r\n\r\n');
-    await sleep(600);
+    // The relay fills the client's buffers and stops: the backend's writes stall (or end, when the answer fit).
+    await settled(() => written(), 'the upstream answer to stop moving');
     c.resetAndDestroy();
-    await sleep(300);
+    await eventually(() => ends.length === 1, { what: 'the request to end after the client left' });
     delivered = ends[0] ?? 0;
     const next = await new Promise<string>((resolve) => {
       const r = http.get(`${lb.url}/`, { agent: false }, (res) => {
