@@ -103,16 +103,7 @@ export class AdminCommands {
 
   /** Validates `input` (unless loaded already) and applies it with the runtime changes on top (default source: api). */
   reload(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, source: ReloadSource = 'api'): Promise<ReloadResult> {
-    return this.serial(() => {
-      let nextBase: FulcrumConfig;
-      try {
-        nextBase = toConfig(input);
-      } catch (err) {
-        this.refused(source, err as Error);
-        throw err;
-      }
-      return this.applyBase(nextBase, source);
-    });
+    return this.serial(() => this.applyBase(this.orRefused(source, () => toConfig(input)), source));
   }
 
   /** Reads the configuration file again and applies it (default source: file); 409 without a file. */
@@ -120,13 +111,7 @@ export class AdminCommands {
     return this.serial(() => {
       const file = this.context.configFile;
       if (file === null) throw new AdminRequestError(409, 'this balancer was started without a configuration file (demo or embedded): there is nothing to reload from');
-      let loaded: LoadedConfig;
-      try {
-        loaded = loadConfigFile(file);
-      } catch (err) {
-        this.refused(source, err as Error);
-        throw err;
-      }
+      const loaded = this.orRefused(source, () => loadConfigFile(file));
       for (const w of loaded.warnings) this.context.logger.warn(`${file}: ${w}`);
       return this.applyBase(loaded.config, source);
     });
@@ -232,6 +217,16 @@ export class AdminCommands {
   }
 
   /** A configuration that could not be applied: said in the log and counted; the running one stays. */
+  /** What `load` returns; when it throws (an invalid configuration), the refusal is said and counted, and the error thrown on. */
+  private orRefused<T>(source: ReloadSource, load: () => T): T {
+    try {
+      return load();
+    } catch (err) {
+      this.refused(source, err as Error);
+      throw err;
+    }
+  }
+
   private refused(source: ReloadSource, err: Error): void {
     if (configReload.hasSubscribers) configReload.publish({ ok: false, source, error: err });
     this.context.logger.error({ source, err: err.message }, `reload refused (${source}); the running configuration stays:\n${err.message}`);

@@ -22,10 +22,8 @@ export interface Downstream {
   owner: DownstreamOwner | null;
   /** True once the final response head went out: after that an error can only cut the exchange. */
   readonly headSent: boolean;
-  /** True when the client waits for `100 Continue` before it sends the body. */
+  /** True when the client waits for `100 Continue` before it sends the body (the upstream is asked and its 100 relayed). */
   readonly expectsContinue: boolean;
-  /** `100 Continue` from Fulcrum itself (when the upstream is not asked). */
-  sendContinue(): void;
   /**
    * An interim (1xx, not 101) answer from the upstream: relayed where the protocol and the
    * client take it (RFC 9110 section 15.2), else dropped. `rawHeaders` flat `[name, value, ...]`.
@@ -45,10 +43,11 @@ export interface Downstream {
   /**
    * Fulcrum's own answer (an error or a refusal): `status`, `headers` (flat) and a text `body`,
    * written whole when nothing was sent yet; `close` asks that the connection not be reused.
-   * Once the head went out (or with `status` 0) it cuts the exchange instead, so a partial answer
-   * never looks complete.
+   * Once the head went out it cuts the exchange instead (`cut`).
    */
   fail(status: number, headers: string[], body: string, close: boolean): void;
+  /** Ends the exchange on the client's side so that a partial answer never looks complete. */
+  cut(): void;
   /**
    * Switches protocols (HTTP/1.1 `101`): writes the head, hands back the client's byte stream
    * and stops being an HTTP exchange. Null when this downstream cannot switch.

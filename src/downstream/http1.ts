@@ -24,8 +24,7 @@ export class Http1Downstream implements Downstream {
   readonly expectsContinue: boolean;
   /** True for a request that came through the server's upgrade path: its connection may switch protocols. */
   private readonly upgradable: boolean;
-  /** Set once the connection switched protocols: this is no HTTP exchange any more. */
-  switched = false;
+  /** The client socket once the connection switched protocols (no HTTP exchange any more), else null. */
   private switchedSocket: Duplex | null = null;
 
   /**
@@ -53,12 +52,13 @@ export class Http1Downstream implements Downstream {
     return (res as Tracked)[kDownstream];
   }
 
-  get headSent(): boolean {
-    return this.switched || this.res.headersSent;
+  /** True once the connection switched protocols. */
+  get switched(): boolean {
+    return this.switchedSocket !== null;
   }
 
-  sendContinue(): void {
-    this.res.writeContinue();
+  get headSent(): boolean {
+    return this.switched || this.res.headersSent;
   }
 
   /** Never to an HTTP/1.0 client, 100 only to a client that asked for it and only once (RFC 9110 section 15.2). */
@@ -112,16 +112,7 @@ export class Http1Downstream implements Downstream {
 
   fail(status: number, headers: string[], body: string, close: boolean): void {
     const res = this.res;
-    if (this.switched) {
-      // After a 101 the connection is no HTTP any more: a failure closes it.
-      this.switchedSocket?.destroy();
-      return;
-    }
-    if (res.headersSent || status === 0) {
-      // Never let a cut response look complete: destroy the client socket mid-body.
-      res.destroy();
-      return;
-    }
+    if (this.headSent) return this.cut();
     if (close) headers.push('connection', 'close');
     try {
       res.statusMessage = '';
@@ -133,12 +124,17 @@ export class Http1Downstream implements Downstream {
     }
   }
 
+  /** Never lets a cut answer look complete: the client socket goes mid-body (after a 101: the tunnel's socket). */
+  cut(): void {
+    if (this.switchedSocket !== null) this.switchedSocket.destroy();
+    else this.res.destroy();
+  }
+
   /** Writes the `101` head on the raw socket and hands the socket over; null when this request cannot switch. */
   switchProtocols(status: number, reason: string, headers: string[]): Duplex | null {
     const res = this.res;
     const socket = res.socket;
     if (!this.upgradable || this.switched || res.headersSent || socket === null || socket.destroyed) return null;
-    this.switched = true;
     this.switchedSocket = socket;
     switchedSockets.add(socket);
     res.detachSocket(socket);

@@ -200,7 +200,6 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
    * rather than a plain request the upstream would answer as if no upgrade was asked.
    */
   private refuseUpgrade(ctx: Exchange, protocol: string): void {
-    ctx.extraHeaders = null;
     this.fail(ctx, new FulcrumError(ErrorCode.UpgradeNotSupported, `protocol upgrade to "${protocol.slice(0, 40)}" is not supported (WebSocket is)`, 'client', 501, false));
   }
 
@@ -325,11 +324,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       ctx.body = body;
       ctx.bodyStream = body;
     }
-    if (ctx.downstream.expectsContinue) {
-      // The upstream decides whether it wants the body: its 100 (or its final answer) is relayed.
-      if (pool.transport.relaysContinue) headers.push('expect', '100-continue');
-      else ctx.downstream.sendContinue();
-    }
+    // The upstream decides whether it wants the body: its 100 (or its final answer) is relayed.
+    if (ctx.downstream.expectsContinue) headers.push('expect', '100-continue');
     const limit = pool.settings.timeouts.request;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
     this.attempt(ctx);
@@ -383,11 +379,6 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   /** Phase respond: upstream headers to the client (or, for a status worth retrying, to the bin). */
   onResponse(attempt: Attempt, status: number, rawHeaders: readonly (Buffer | string)[], reason?: string): boolean {
     const ctx = attempt.exchange;
-    if (status < 200) {
-      // A 1xx as the final answer (a 101 without Upgrade, that node:http hands over as a response) breaks the protocol.
-      this.onError(attempt, Object.assign(new Error(`upstream sent ${status} as its final answer`), { code: 'UND_ERR_INFO' }), true);
-      return false;
-    }
     ctx.lastStatus = status;
     if (upstreamResult.hasSubscribers) upstreamResult.publish({ upstream: attempt.upstream, status, failure: null });
     if (status >= 500 && retryReason(ctx, null, status, true) === 'status' && hasAlternative(ctx)) {
@@ -634,7 +625,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
 /** Cuts the exchange on the client's side (the head went out, or the answer could not be written). */
 function cutDownstream(downstream: Downstream): void {
   try {
-    downstream.fail(0, [], '', true);
+    downstream.cut();
   } catch {
     // Nothing more can be done for this client; the exchange still finishes.
   }

@@ -104,8 +104,6 @@ class PoolTransport implements Transport {
   private readonly connections: ConnectionPools;
   private readonly settings: PoolSettings;
   private readonly clients = new Map<Upstream, UpstreamClient>();
-  /** Both clients pass `Expect: 100-continue` on and relay the upstream's 100. */
-  readonly relaysContinue = true;
 
   constructor(connections: ConnectionPools, settings: PoolSettings) {
     this.connections = connections;

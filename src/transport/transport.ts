@@ -67,8 +67,6 @@ export interface UpstreamClient {
 
 /** A client toward the upstreams of one pool. */
 export interface Transport {
-  /** True when `Expect: 100-continue` goes to the upstream and its 100 comes back (else Fulcrum sends 100 itself). */
-  readonly relaysContinue: boolean;
   /** Sends the attempt's request to `attempt.upstream`; reports through the attempt. */
   forward(attempt: UpstreamAttempt): void;
 }
