@@ -5,12 +5,13 @@
  * (src/runtime/) that the admin commands (src/admin/commands.ts) change by build-then-commit.
  */
 import './require-node.ts';
+import { isDeepStrictEqual } from 'node:util';
 import { poolPanic, requestRetry, upstreamState, type PoolPanicEvent, type RequestRetryEvent, type UpstreamStateEvent } from './core/events.ts';
 import { formatPath, type LoadedConfig } from './config/load.ts';
 import { ConfigError } from './errors.ts';
-import type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
+import { accessLogSettings, type FulcrumConfig, type FulcrumConfigInput } from './config/schema.ts';
 import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts';
-import { startAccessLog } from './observe/access-log.ts';
+import { startAccessLog, type AccessLog } from './observe/access-log.ts';
 import { createLogger, type Logger } from './observe/logger.ts';
 import { HttpProxy } from './proxy/http-proxy.ts';
 import type { Pool } from './upstream/pool.ts';
@@ -78,6 +79,14 @@ function listenError(err: NodeJS.ErrnoException, at: { path: (string | number)[]
   return Object.assign(new ConfigError([{ ...place, message: `${problem[1]}${unset}` }]), { cause: err });
 }
 
+/** An access-log file that cannot be opened, as a ConfigError naming `log.access_log.path` and where it was written. */
+function accessLogError(err: NodeJS.ErrnoException, placeOf: LoadedConfig['placeOf']): Error {
+  if (typeof err.code !== 'string' || err.syscall !== 'open') return err;
+  const path = ['log', 'access_log', 'path'];
+  const place = placeOf?.(path) ?? { file: '<inline>', line: 0, column: 0, path: formatPath(path), message: '' };
+  return Object.assign(new ConfigError([{ ...place, message: `cannot open the access log file: ${err.message}` }]), { cause: err });
+}
+
 /** Builds a balancer from a configuration (validated here if it is not already; throws ConfigError). */
 export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | LoadedConfig, options: BalancerOptions = {}): Balancer {
   /** The configuration the process started with: what listeners, the admin listener and the log stream really use. */
@@ -99,12 +108,33 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed })),
     routes: () => store.current.router.routes.map((r) => r.name),
     carrier: proxy,
+    accessLogDropped: () => accessLogDropped,
   });
   for (const l of listeners) l.serveMetrics(metrics);
   let live: LiveStats | null = null;
   let admin: AdminServer | null = null;
   let stopWatch: (() => void) | null = null;
-  let stopAccessLog: (() => void) | null = null;
+  let accessLog: AccessLog | null = null;
+  /** Access-log lines dropped by every access log this balancer ran (lb_access_log_dropped_total). */
+  let accessLogDropped = 0;
+  let reopenOnSignal = false;
+  const reopenAccessLog = (): void => accessLog?.reopen();
+  /**
+   * Starts, switches (format, file, batching) or stops the access log: a reload applies it at
+   * once. The new one is opened before the old one stops, so a file that cannot be opened
+   * throws and leaves the access log as it was. SIGUSR1 reopens a file (logrotate).
+   */
+  const applyAccessLog = (value: FulcrumConfig['log']['access_log']): void => {
+    const settings = accessLogSettings(value);
+    if (settings === null || accessLog === null || !isDeepStrictEqual(settings, accessLog.settings)) {
+      const next = settings === null ? null : startAccessLog(logger, settings, { carrier: proxy, onDrop: (lines) => (accessLogDropped += lines) });
+      void accessLog?.stop();
+      accessLog = next;
+    }
+    const wantSignal = accessLog?.settings.path !== undefined;
+    if (wantSignal !== reopenOnSignal) process[wantSignal ? 'on' : 'off']('SIGUSR1', reopenAccessLog);
+    reopenOnSignal = wantSignal;
+  };
   let started = false;
   let closing: Promise<void> | null = null;
 
@@ -160,13 +190,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       if (j >= 0) listeners[j].update(next.listeners[i]);
     });
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
-    // Log level and the access log switch at once; the format (a different stream) needs a restart.
-    // An embedder's own logger is theirs to configure.
+    // Log level and the access log (on, off, its format, file and batching) switch at once; log.format
+    // (a different stream) needs a restart. An embedder's own logger is theirs to configure.
     if (options.logger === undefined && logger.level !== next.log.level) logger.level = next.log.level;
-    if (next.log.access_log && stopAccessLog === null && started) stopAccessLog = startAccessLog(logger, proxy);
-    if (!next.log.access_log && stopAccessLog !== null) {
-      stopAccessLog();
-      stopAccessLog = null;
+    if (started && !closing) {
+      try {
+        applyAccessLog(next.log.access_log);
+      } catch (err) {
+        logger.error({ error: (err as NodeJS.ErrnoException).code }, `access log: ${(err as Error).message}; the access log stays as it was`);
+      }
     }
   });
 
@@ -177,7 +209,11 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     async start() {
       started = true;
       const config = store.current.config;
-      if (config.log.access_log) stopAccessLog = startAccessLog(logger, proxy);
+      try {
+        applyAccessLog(config.log.access_log);
+      } catch (err) {
+        throw accessLogError(err as NodeJS.ErrnoException, placeOf);
+      }
       upstreamState.subscribe(onState);
       poolPanic.subscribe(onPanic);
       requestRetry.subscribe(onRetry);
@@ -197,6 +233,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       } catch (err) {
         await Promise.all(listeners.map((l) => l.drain(0)));
         await admin?.close();
+        applyAccessLog(false);
         throw binding ? listenError(err as NodeJS.ErrnoException, binding, placeOf) : err;
       }
       live?.start();
@@ -228,7 +265,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         live?.stop();
         await store.close();
         await connections.close();
-        stopAccessLog?.();
+        const lastAccessLog = accessLog;
+        applyAccessLog(false);
+        await lastAccessLog?.stop();
         metrics.close();
         upstreamState.unsubscribe(onState);
         poolPanic.unsubscribe(onPanic);

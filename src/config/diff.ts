@@ -376,7 +376,9 @@ export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?
       notes.push(`listener ${bindKey(l)} is new or moved: it starts listening on restart (the running listeners keep their addresses)`);
       return;
     }
-    if (old.limits.max_header_bytes !== l.limits.max_header_bytes) notes.push(`listener ${bindKey(l)}: limits.max_header_bytes takes effect on restart`);
+    if (old.engine !== l.engine) notes.push(`listener ${bindKey(l)}: engine takes effect on restart`);
+    // Fulcrum's own parser reads the limit per request; node:http fixes it per server.
+    else if (l.engine === 'node' && old.limits.max_header_bytes !== l.limits.max_header_bytes) notes.push(`listener ${bindKey(l)}: limits.max_header_bytes takes effect on restart`);
     if (old.name !== l.name) notes.push(`listener ${bindKey(l)}: name takes effect on restart`);
   });
   before.listeners.forEach((l, i) => {

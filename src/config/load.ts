@@ -162,6 +162,11 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   if (config.admin?.token_file !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
     config.admin.token_file = path.resolve(path.dirname(file), config.admin.token_file);
   }
+  // So is a relative access log file.
+  const accessLog = config.log.access_log;
+  if (typeof accessLog === 'object' && accessLog.path !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
+    accessLog.path = path.resolve(path.dirname(file), accessLog.path);
+  }
   return { config, warnings, source: file, placeOf };
 }
 

@@ -10,6 +10,7 @@ import { parseDuration, unitlessDurationMessage } from './duration.ts';
 import { policies, policyNames, findPolicy } from '../balancer/registry.ts';
 import { closest } from './did-you-mean.ts';
 import { normalizePath } from '../proxy/request-target.ts';
+import { accessLogFormatNames } from '../observe/access-log-formats.ts';
 
 const durationMessage = 'expected a duration such as "250ms", "5s" or "2m"';
 
@@ -227,7 +228,10 @@ export const PoolConfig = z.strictObject({
     .refine((v) => !/[\r\n\0]/.test(v), { message: 'must not contain CR, LF or NUL (header injection)' })
     .default('preserve')
     .meta({ description: '"preserve" keeps the client\'s Host (default), "upstream" sends the upstream\'s host:port, anything else is sent as is.' }),
-  transport: z.enum(['undici', 'node-http']).default('undici').meta({ description: 'HTTP client toward upstreams (default undici, the faster in `npm run bench`).' }),
+  transport: z
+    .enum(['http1', 'undici', 'node-http'])
+    .default('http1')
+    .meta({ description: 'HTTP client toward upstreams: "http1", Fulcrum\'s own on raw keep-alive sockets (default); "undici"; or "node-http", node:http\'s agent.' }),
   timeouts: TimeoutsConfig.prefault({}),
   keepalive: KeepAliveConfig.prefault({}),
   retry: RetryConfig.prefault({}),
@@ -285,6 +289,10 @@ export const ListenerConfig = z.strictObject({
   host: z.string().min(1).default('0.0.0.0').meta({ description: 'Address to bind (default 0.0.0.0; "::" for IPv6 too).' }),
   port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
   protocol: z.enum(['http']).default('http').meta({ description: 'Only "http" for now; https, http2 and tcp come later.' }),
+  engine: z
+    .enum(['fulcrum', 'node'])
+    .default('fulcrum')
+    .meta({ description: 'The HTTP/1.1 server: "fulcrum", its own on raw sockets (default), or "node", node:http (kept while the own one proves itself). Takes a restart to change.' }),
   trusted_proxies: z.array(Cidr).default([]).meta({ description: 'CIDRs whose X-Forwarded-* headers are believed (default none).' }),
   headers_with_underscores: z
     .enum(['drop', 'allow', 'reject'])
@@ -365,11 +373,28 @@ export const RouteConfig = z.strictObject({
   rate_limits: z.array(RateLimitConfig).default([]).meta({ description: 'Token buckets; a request passes only if every one has a token.' }),
 });
 
+/** How the access log is written: nginx's `access_log PATH FORMAT buffer=64k flush=1s`. */
+export const AccessLogConfig = z.strictObject({
+  format: z.enum(accessLogFormatNames).default('json').meta({ description: '"json": JSON lines like the rest of the log (default); "combined": the Apache/nginx combined log format.' }),
+  buffer_bytes: z
+    .number()
+    .int()
+    .min(1024)
+    .max(16 * 1024 * 1024)
+    .default(64 * 1024)
+    .meta({ description: 'Lines are gathered and written in batches of up to this many bytes; up to 8 times this may wait for a slow destination before lines are dropped (default 65536).' }),
+  flush: PositiveDuration.default(1000).meta({ description: 'Longest a line waits in the buffer before it is written (default 1s).' }),
+  path: z.string().min(1).optional().meta({ description: 'A file to append to (created if missing, reopened on SIGUSR1) instead of stdout (default: stdout, with the rest of the log).' }),
+});
+
 /** Logging. */
 export const LogConfig = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
   format: z.enum(['auto', 'json', 'pretty']).default('auto').meta({ description: '"auto": readable on a terminal, JSON otherwise (default).' }),
-  access_log: z.boolean().default(true).meta({ description: 'One line per request (default true).' }),
+  access_log: z
+    .union([z.boolean(), AccessLogConfig], { error: 'expected true, false or a mapping {format, buffer_bytes, flush, path}' })
+    .default(true)
+    .meta({ description: 'One line per request: true (JSON lines to stdout, in 64 KiB batches at most 1s late), false, or how (default true).' }),
 });
 
 /** The whole configuration file. */
@@ -415,8 +440,15 @@ export type PoolSettings = z.output<typeof PoolConfig>;
 export type ListenerSettings = z.output<typeof ListenerConfig>;
 export type RouteSettings = z.output<typeof RouteConfig>;
 export type LogSettings = z.output<typeof LogConfig>;
+export type AccessLogSettings = z.output<typeof AccessLogConfig>;
 export type AdminSettings = z.output<typeof AdminConfig>;
 export type UpstreamSettings = z.output<typeof UpstreamConfig>;
+
+/** The access log's settings with the defaults filled in (`true` is every default), or null when it is off. */
+export function accessLogSettings(value: LogSettings['access_log']): AccessLogSettings | null {
+  if (value === false) return null;
+  return value === true ? AccessLogConfig.parse({}) : value;
+}
 
 /**
  * The small shapes of the seed projects, read as one pool: `{port, strategy, backends}`

@@ -5,7 +5,7 @@
  * only by name (the proxy's `Exchange` in src/proxy/exchange.ts narrows them to its own types).
  * It is a class with every field set in the constructor so V8 gives all contexts one shape.
  */
-import type { IncomingMessage } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import type { Downstream } from './downstream.ts';
 import type { FulcrumError } from '../errors.ts';
 
@@ -16,6 +16,24 @@ const prefix = `${process.pid.toString(36)}-${Date.now().toString(36)}-`;
 export function nextRequestId(): string {
   sequence = (sequence + 1) >>> 0;
   return prefix + sequence.toString(36);
+}
+
+/**
+ * A request head as parsed, whatever parsed it: Fulcrum's own HTTP/1.1 parser
+ * (src/http1/request-head.ts) or node:http's `IncomingMessage` (the `engine: node` listener).
+ */
+export interface RequestHead {
+  readonly method: string;
+  /** The request-target as sent. */
+  readonly url: string;
+  /** `'1.1'` or `'1.0'`. */
+  readonly httpVersion: string;
+  readonly httpVersionMajor: number;
+  readonly httpVersionMinor: number;
+  /** Lower-cased names; duplicates joined by node:http's rules. */
+  readonly headers: IncomingHttpHeaders;
+  /** Flat `[name, value, ...]` as sent. */
+  readonly rawHeaders: string[];
 }
 
 /** A route as the core and observers see it. */
@@ -38,7 +56,7 @@ export type ExchangeKind = 'request' | 'tunnel';
 export class RequestContext {
   readonly id: string;
   /** The request head as parsed (method, target, headers). */
-  readonly req: IncomingMessage;
+  readonly req: RequestHead;
   /** The side that asked: how answers go back (src/core/downstream.ts). */
   readonly downstream: Downstream;
   /**
@@ -90,7 +108,7 @@ export class RequestContext {
   /** Milliseconds from accept to the end, set when done (for a tunnel: until it closed). */
   duration = 0;
 
-  constructor(req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string, carrier: object | null = null) {
+  constructor(req: RequestHead, downstream: Downstream, listener: string, peerAddress: string, carrier: object | null = null) {
     this.id = nextRequestId();
     this.req = req;
     this.downstream = downstream;

@@ -6,7 +6,7 @@
  * relayed 101 (src/downstream/tunnel.ts); HTTP/2 streams and TCP connections come next.
  * The split follows Pingora's `ProxyHttp` phases and Caddy's reverseproxy.go / streaming.go.
  */
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 
 /** What a downstream tells the exchange it carries. */
 export interface DownstreamOwner {
@@ -18,6 +18,15 @@ export interface DownstreamOwner {
 
 /** The side that asked, as the exchange core sees it. */
 export interface Downstream {
+  /** The peer's address as the socket reports it (undefined once the socket is gone). */
+  readonly remoteAddress: string | undefined;
+  /**
+   * The request body as a stream (the client's bytes, de-chunked), or null for a request without
+   * one (RFC 9112 section 6.3). It ends when the body is complete; a client going away destroys it.
+   */
+  readonly requestBody: Readable | null;
+  /** False once the client's connection is gone. */
+  readonly connected: boolean;
   /** Told of the client's failures; set once by the core when the exchange starts. */
   owner: DownstreamOwner | null;
   /** True once the final response head went out: after that an error can only cut the exchange. */

@@ -5,7 +5,7 @@
  * and the switch to a byte pipe after a relayed `101`.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import { hopByHop } from '../proxy/headers.ts';
 
@@ -40,6 +40,19 @@ export class Http1Downstream implements Downstream {
     res.on('close', onResponseClose);
     // Node's server closes after an answer it made itself; this one (built for a handshake) closes here.
     if (upgradable) res.once('finish', closeAfterAnswer);
+  }
+
+  get remoteAddress(): string | undefined {
+    return this.req.socket.remoteAddress;
+  }
+
+  get requestBody(): Readable | null {
+    const req = this.req;
+    return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') ? req : null;
+  }
+
+  get connected(): boolean {
+    return !this.req.socket.destroyed;
   }
 
   /** True for a client socket that became a tunnel. */
@@ -158,7 +171,7 @@ function closeAfterAnswer(this: ServerResponse): void {
 }
 
 /** A status line and headers as raw text; `filter` leaves out hop-by-hop fields and Content-Length (a relayed 1xx). */
-function headBytes(status: number, reason: string, raw: readonly (Buffer | string)[], filter: boolean): string {
+export function headBytes(status: number, reason: string, raw: readonly (Buffer | string)[], filter: boolean): string {
   let head = `HTTP/1.1 ${status} ${reason}\r\n`;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i].toString('latin1');

@@ -15,7 +15,9 @@ import { Firewall, firewallGuard } from '../middleware/firewall.ts';
 import { requestLimitsGuard } from '../middleware/request-limits.ts';
 import { ConnectionLimiter } from './connection-limiter.ts';
 import { ClientConnection, requestBeingParsed, type StartRequest } from './client-connection.ts';
+import { closingAnswer, Http1Server, type Http1Settings } from '../downstream/http1-connection.ts';
 import type { Logger } from '../observe/logger.ts';
+import type { RequestHead } from '../core/context.ts';
 
 /** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
 const TUNNEL_CLOSE_WAIT_MS = 1500;
@@ -33,22 +35,36 @@ const parserStatus: Record<string, [number, string]> = {
   ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout'],
 };
 
-/** A complete HTTP/1.1 answer that closes the connection, as raw text. */
-function closingAnswer(status: number, text: string, detail: string): string {
-  const body = `${status} ${text}${detail ? `: ${detail}` : ''}\n`;
-  return `HTTP/1.1 ${status} ${text}\r\nContent-Type: text/plain\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`;
-}
-
 /** What a listener needs to answer its metrics path. */
 export interface MetricsSource {
   scrape(): Promise<{ contentType: string; body: string }>;
 }
 
+/** The HTTP/1.1 server settings of a listener's limits. */
+function http1Settings(settings: ListenerSettings): Http1Settings {
+  const limits = settings.limits;
+  const requestTimeout = limits.request_timeout;
+  return {
+    keepAliveMs: settings.keepalive_timeout,
+    headersTimeoutMs: requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout,
+    requestTimeoutMs: requestTimeout,
+    // One over max_headers is the request-limits guard's (431, logged); beyond it the parser refuses (431).
+    limits: { maxHeadBytes: limits.max_header_bytes, maxHeaders: limits.max_headers + 1 },
+  };
+}
+
+/** A status, headers (flat) and a body written whole: the listener's own answers (the metrics path). */
+type Answer = (status: number, headers: string[], body: string) => void;
+
 /** One HTTP listener of the balancer. */
 export class HttpListener {
   settings: ListenerSettings;
-  /** Parses HTTP on the connections the acceptor admits; it never listens itself. */
-  readonly server: http.Server;
+  /**
+   * Parses HTTP on the connections the acceptor admits (it never listens itself): Fulcrum's own
+   * HTTP/1.1 server (`engine: fulcrum`, the default) or node:http's (`engine: node`); one of them is null.
+   */
+  readonly http1: Http1Server | null;
+  readonly server: http.Server | null;
   /** Accepts TCP connections, paused until admitted (firewall, connection limits). */
   private readonly acceptor: net.Server;
   readonly info: ListenerInfo;
@@ -72,12 +88,45 @@ export class HttpListener {
     const requestTimeout = limits.request_timeout;
     const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
     // One request at a time per connection, in order (client-connection.ts): pipelining is answered as sent.
+    this.proxy = proxy;
+    if (settings.engine === 'fulcrum') {
+      this.server = null;
+      const http1 = new Http1Server(http1Settings(settings), {
+        request: (head, response) => {
+          // The optional public metrics path answers here, before routing: it is not proxied.
+          if (this.isMetricsRequest(head)) return this.sendMetrics((status, headers, body) => response.fail(status, headers, body, false));
+          proxy.handle(head, response, info);
+        },
+        refused: (status, code, reason) => {
+          this.malformed++;
+          this.logger.debug({ listener: name, code, status, reason }, code === 'CONNECT' ? 'refused a CONNECT request' : 'rejected a malformed request');
+        },
+      });
+      this.http1 = http1;
+      const open = this.open;
+      this.connections = new ConnectionLimiter(logger, name, (socket) => {
+        http1.accept(socket);
+        open.add(socket);
+        socket.once('close', () => open.delete(socket));
+        socket.resume();
+      });
+      this.update(settings);
+      // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
+      // Half-open: a client that shuts its side after a request still gets the answer.
+      this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.connections.accept(socket));
+      return;
+    }
+    this.http1 = null;
     const start: StartRequest = (req, res, expectContinue) => {
       // The optional public metrics path answers here, before routing: it is not proxied.
-      if (this.metricsPath !== null && this.metrics !== null && req.url === this.metricsPath && (req.method === 'GET' || req.method === 'HEAD')) return void this.sendMetrics(res);
-      proxy.handle(req, new Http1Downstream(req, res, expectContinue), info);
+      if (this.isMetricsRequest(req as RequestHead)) {
+        return void this.sendMetrics((status, headers, body) => {
+          res.writeHead(status, headers);
+          res.end(body);
+        });
+      }
+      proxy.handle(req as RequestHead, new Http1Downstream(req, res, expectContinue), info);
     };
-    this.proxy = proxy;
     this.server = http.createServer(
       {
         keepAliveTimeout: settings.keepalive_timeout,
@@ -88,7 +137,7 @@ export class HttpListener {
         // Node checks these timeouts on this tick (30 s by default): short enough that 408 comes on time.
         connectionsCheckingInterval: Math.max(50, Math.min(1000, Math.floor(headersTimeout / 4))),
         // WebSocket handshakes leave the parser (the 'upgrade' event); other upgrade offers stay requests (501, or h2c ignored).
-        shouldUpgradeCallback: asksWebSocket,
+        shouldUpgradeCallback: (req) => asksWebSocket(req as RequestHead),
       },
       (req, res) => dispatch(req, res, false),
     );
@@ -132,12 +181,15 @@ export class HttpListener {
     info.maxBodyBytes = limits.max_body_bytes;
     info.tunnels.configure(limits.max_tunnels, limits.max_tunnels_per_ip);
     info.forwarding.underscores = settings.headers_with_underscores;
-    const requestTimeout = limits.request_timeout;
-    this.server.keepAliveTimeout = settings.keepalive_timeout;
-    this.server.requestTimeout = requestTimeout;
-    this.server.headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
-    // Node answers 431 itself beyond this count; at exactly one over, the request-limits guard does.
-    this.server.maxHeadersCount = limits.max_headers + 1;
+    if (this.http1 !== null) this.http1.configure(http1Settings(settings));
+    if (this.server !== null) {
+      const requestTimeout = limits.request_timeout;
+      this.server.keepAliveTimeout = settings.keepalive_timeout;
+      this.server.requestTimeout = requestTimeout;
+      this.server.headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
+      // Node answers 431 itself beyond this count; at exactly one over, the request-limits guard does.
+      this.server.maxHeadersCount = limits.max_headers + 1;
+    }
     this.connections.configure(limits, info.trusted, firewall);
   }
 
@@ -156,16 +208,17 @@ export class HttpListener {
     return this.connections.refused;
   }
 
-  private sendMetrics(res: http.ServerResponse): void {
+  private isMetricsRequest(head: RequestHead): boolean {
+    return this.metricsPath !== null && this.metrics !== null && head.url === this.metricsPath && (head.method === 'GET' || head.method === 'HEAD');
+  }
+
+  private sendMetrics(answer: Answer): void {
     this.metrics!.scrape().then(
-      ({ contentType, body }) => {
-        res.writeHead(200, { 'content-type': contentType, 'content-length': Buffer.byteLength(body), 'cache-control': 'no-store' });
-        res.end(body);
-      },
+      ({ contentType, body }) => answer(200, ['content-type', contentType, 'content-length', String(Buffer.byteLength(body)), 'cache-control', 'no-store'], body),
       (err: Error) => {
         this.logger.error({ err: err.message }, 'metrics scrape failed');
-        res.writeHead(500, { 'content-type': 'text/plain' });
-        res.end('metrics scrape failed\n');
+        const text = 'metrics scrape failed\n';
+        answer(500, ['content-type', 'text/plain', 'content-length', String(text.length)], text);
       },
     );
   }
@@ -181,7 +234,7 @@ export class HttpListener {
         this.acceptor.on('error', (err) => this.logger.error({ err, listener: this.info.name }, 'accept failed'));
         // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
         // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
-        this.server.emit('listening');
+        this.server?.emit('listening');
         resolve(this.address()!);
       });
     });
@@ -205,9 +258,10 @@ export class HttpListener {
     const closed = new Promise<void>((resolve) => this.acceptor.close(() => resolve()));
     this.connections.dropWaiting();
     // Connections that only linger (answered, closing) have nothing left to deliver.
-    for (const socket of this.open) if (ClientConnection.of(socket)?.isLingering === true) socket.destroy();
-    this.server.closeIdleConnections();
-    const sweep = setInterval(() => this.server.closeIdleConnections(), 25);
+    for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true) socket.destroy();
+    if (this.http1 !== null) this.http1.draining = true;
+    this.closeIdle();
+    const sweep = setInterval(() => this.closeIdle(), 25);
     let timer: NodeJS.Timeout | undefined;
     const graceOver = new Promise<'grace'>((resolve) => (timer = setTimeout(resolve, graceMs, 'grace')));
     const how = await Promise.race([closed, graceOver]);
@@ -215,12 +269,13 @@ export class HttpListener {
     clearTimeout(timer);
     if (how === 'grace') {
       this.logger.warn({ listener: this.info.name }, 'grace period over: closing the connections still open');
-      this.server.closeAllConnections();
+      this.server?.closeAllConnections();
+      this.http1?.closeAll();
       // Node's list misses sockets it handed over (CONNECT) or no longer parses. Tunnels were just
       // sent their Close frames (HttpProxy.shutdown): a frame in flight may end first, briefly.
       let tunnels = 0;
       for (const socket of this.open) {
-        if (Http1Downstream.isTunnel(socket)) tunnels++;
+        if (Http1Downstream.isTunnel(socket) || Http1Server.of(socket)?.isSwitched === true) tunnels++;
         else socket.destroy();
       }
       if (tunnels > 0) {
@@ -232,7 +287,14 @@ export class HttpListener {
       await closed;
     }
     // Stops the HTTP server's timeout timer (it reports "not running": it never bound a socket).
-    this.server.close(() => {});
+    this.server?.close(() => {});
+    this.http1?.stop();
+  }
+
+  /** Closes the connections between requests (node:http's closeIdleConnections). */
+  private closeIdle(): void {
+    if (this.server !== null) this.server.closeIdleConnections();
+    else this.http1!.closeIdle();
   }
 
   /** Open WebSocket tunnels (and handshakes in progress) on this listener. */
@@ -281,7 +343,7 @@ export class HttpListener {
       const res = new http.ServerResponse(req);
       res.shouldKeepAlive = false;
       res.assignSocket(socket);
-      this.proxy.handle(req, new Http1Downstream(req, res, false, true), this.info);
+      this.proxy.handle(req as RequestHead, new Http1Downstream(req, res, false, true), this.info);
     };
     const connection = ClientConnection.of(socket);
     if (connection !== undefined) connection.whenIdle(start);

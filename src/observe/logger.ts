@@ -21,16 +21,33 @@ export interface LoggerOptions {
   destination?: NodeJS.WritableStream;
 }
 
+/** Where a logger of createLogger writes: a file descriptor or the stream given, and whether its lines are JSON. */
+export interface LogDestination {
+  target: number | NodeJS.WritableStream;
+  json: boolean;
+}
+
+const destinations = new WeakMap<Logger, LogDestination>();
+
+/** Where `logger` writes, if createLogger made it (the access log writes there itself); undefined for any other logger. */
+export function destinationOf(logger: Logger): LogDestination | undefined {
+  return destinations.get(logger);
+}
+
 /** A pino logger for the `log` settings; `flush()` before exit writes what is buffered. */
 export function createLogger(settings: Pick<LogSettings, 'level' | 'format'>, options: LoggerOptions = {}): Logger {
   const toTerminal = options.destination === undefined && process.stdout.isTTY === true;
   const prettyOutput = settings.format === 'pretty' || (settings.format === 'auto' && toTerminal);
   const base = { level: settings.level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime };
+  const made = (logger: Logger, json: boolean): Logger => {
+    destinations.set(logger, { target: options.destination ?? 1, json });
+    return logger;
+  };
   if (prettyOutput) {
     const stream = loadPretty()({ colorize: toTerminal, translateTime: 'HH:MM:ss.l', ignore: 'pid,hostname', sync: true, destination: options.destination ?? 1 });
-    return pino(base, stream);
+    return made(pino(base, stream), false);
   }
-  if (options.destination) return pino(base, options.destination);
+  if (options.destination) return made(pino(base, options.destination), true);
   // Asynchronous writes keep logging off the request path; the balancer flushes on close.
-  return pino(base, pino.destination({ dest: 1, sync: false }));
+  return made(pino(base, pino.destination({ dest: 1, sync: false })), true);
 }

@@ -24,6 +24,8 @@ export interface MetricsSources {
   routes(): string[];
   /** The balancer's proxy: exchanges it does not carry (another balancer in the process) are not counted. */
   carrier?: object;
+  /** Access-log lines dropped so far (a destination that did not keep up, or failed). */
+  accessLogDropped?(): number;
 }
 
 /** prom-client default gauges named like counters (promtool rejects them); the same numbers are in nodejs_active_handles etc. by type. */
@@ -301,6 +303,15 @@ export class Metrics {
         },
       });
     };
+    let droppedSeen = 0;
+    new Counter({
+      name: 'lb_access_log_dropped_total', help: 'Access-log lines dropped because the destination did not keep up (more than 8 buffers waiting) or a write failed.', registers,
+      collect() {
+        const dropped = sources.accessLogDropped?.() ?? 0;
+        this.inc(Math.max(0, dropped - droppedSeen));
+        droppedSeen = dropped;
+      },
+    });
     listenerCounter('lb_client_connections_refused_total', 'Client connections closed at accept by the firewall or a connection limit, by listener.', 'refused');
     listenerCounter('lb_malformed_requests_total', 'Requests the HTTP parser rejected (400, 408, 431, ...) before they could be routed, by listener.', 'malformed');
     // Rate-limit stores are rebuilt by a reload: these counters add what each store counted since the last scrape.

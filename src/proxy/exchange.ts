@@ -3,9 +3,8 @@
  * (src/core/context.ts) that guards and observers see. It is the downstream's owner: the client
  * going away or its body breaking reaches the proxy through it.
  */
-import type { IncomingMessage } from 'node:http';
 import type { Readable, Transform } from 'node:stream';
-import { RequestContext } from '../core/context.ts';
+import { RequestContext, type RequestHead } from '../core/context.ts';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -73,7 +72,7 @@ export class Exchange extends RequestContext implements DownstreamOwner {
   /** The first pick was made in panic mode. */
   panicked = false;
 
-  constructor(core: ExchangeCore, req: IncomingMessage, downstream: Downstream, listener: string, peerAddress: string) {
+  constructor(core: ExchangeCore, req: RequestHead, downstream: Downstream, listener: string, peerAddress: string) {
     super(req, downstream, listener, peerAddress, core);
     this.core = core;
   }

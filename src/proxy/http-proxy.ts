@@ -5,9 +5,10 @@
  * Every path ends in `finish`, exactly once, which releases the upstream and publishes
  * `fulcrum:request:end` for the access log and, later, metrics.
  */
-import { STATUS_CODES, type IncomingMessage } from 'node:http';
+import { STATUS_CODES } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { BlockList, Socket } from 'node:net';
+import type { RequestHead } from '../core/context.ts';
 import { clientFromForwardedFor, isTrusted, normalizeAddress } from '../core/client-address.ts';
 import { requestEnd, requestRetry, tunnelClose, tunnelOpen, upstreamError, upstreamResult, upstreamState, type UpstreamStateEvent } from '../core/events.ts';
 import type { Downstream } from '../core/downstream.ts';
@@ -83,14 +84,6 @@ class CountingBody extends Transform {
   }
 }
 
-/** True when the request has a body to stream (RFC 9112 section 6.3). */
-function hasBody(req: IncomingMessage): boolean {
-  const te = req.headers['transfer-encoding'];
-  if (te !== undefined) return true;
-  const cl = req.headers['content-length'];
-  return cl !== undefined && cl !== '0';
-}
-
 /**
  * The exchange core for every HTTP listener of one balancer. It speaks to the client only
  * through the exchange's `Downstream` and to upstreams only through `Attempt`s: no protocol is
@@ -160,8 +153,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   }
 
   /** Phase accept: a downstream hands over a request. */
-  handle(req: IncomingMessage, downstream: Downstream, listener: ListenerInfo): void {
-    const ctx = new Exchange(this, req, downstream, listener.name, normalizeAddress(req.socket.remoteAddress));
+  handle(req: RequestHead, downstream: Downstream, listener: ListenerInfo): void {
+    const ctx = new Exchange(this, req, downstream, listener.name, normalizeAddress(downstream.remoteAddress));
     downstream.owner = ctx;
     try {
       if (listener.trusted !== null && isTrusted(listener.trusted, ctx.peerAddress)) {
@@ -307,20 +300,21 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     // The upgrade is asked again hop by hop (Connection and Upgrade are not forwarded as such).
     if (ctx.upgrade !== null) headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade);
     ctx.upstreamHeaders = headers;
-    if (hasBody(req)) {
+    const requestBody = ctx.downstream.requestBody;
+    if (requestBody !== null) {
       const body = new CountingBody(ctx, pool.settings.retry.max_body_bytes, listener.maxBodyBytes);
-      req.on('error', (err) => body.destroy(clientBodyFailed(err)));
+      requestBody.on('error', (err) => body.destroy(clientBodyFailed(err)));
       // The body's own failures (over max_body_bytes, the client gone) end the request here; a
       // transport may listen too, but an 'error' nobody hears would take the process down.
       body.on('error', (err) => {
         try {
-          if (req.socket.destroyed) this.clientClosed(ctx);
+          if (!ctx.downstream.connected) this.clientClosed(ctx);
           else this.fail(ctx, err instanceof FulcrumError ? err : clientBodyFailed(err));
         } catch (thrown) {
           this.internalError(ctx, thrown, 502);
         }
       });
-      req.pipe(body);
+      requestBody.pipe(body);
       ctx.body = body;
       ctx.bodyStream = body;
     }
@@ -585,7 +579,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       }
     }
     if (ctx.bodyStream !== null && !ctx.bodyStream.destroyed) {
-      ctx.req.unpipe(ctx.bodyStream);
+      ctx.downstream.requestBody?.unpipe(ctx.bodyStream);
       ctx.bodyStream.destroy();
     }
     this.finish(ctx, error);
@@ -697,13 +691,14 @@ function onRequestTimeout(proxy: HttpProxy, ctx: Exchange): void {
 
 /** True when the client's request body was read to its end (or there was none). */
 function requestBodyDone(ctx: Exchange): boolean {
-  return ctx.req.readableEnded || !hasBody(ctx.req);
+  const body = ctx.downstream.requestBody;
+  return body === null || body.readableEnded;
 }
 
 /** The upstream answered before the client's body ended: nothing more of it is read or sent upstream. */
 function stopUpload(ctx: Exchange): void {
   ctx.bodyAbandoned = true;
-  if (ctx.bodyStream !== null) ctx.req.unpipe(ctx.bodyStream);
+  if (ctx.bodyStream !== null) ctx.downstream.requestBody?.unpipe(ctx.bodyStream);
 }
 
 /** Stops counting the request against its upstream (once). */

@@ -6,7 +6,7 @@
  * included), obs-fold, bare CR/LF, NUL and bad header names, a space before the colon
  * included (test/integration/header-names.test.ts, test/integration/protection.test.ts).
  */
-import type { IncomingMessage } from 'node:http';
+import type { RequestHead } from '../core/context.ts';
 import type { Refusal } from '../core/pipeline.ts';
 import { ErrorCode } from '../errors.ts';
 import type { UnderscoreAction } from './headers.ts';
@@ -21,7 +21,7 @@ const refusals = {
 } satisfies Record<string, Refusal>;
 
 /** A refusal for a request that must not be proxied, or null. */
-export function validateRequest(req: IncomingMessage, underscores: UnderscoreAction = 'drop'): Refusal | null {
+export function validateRequest(req: RequestHead, underscores: UnderscoreAction = 'drop'): Refusal | null {
   if (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) return refusals.version;
   const te = req.headers['transfer-encoding'];
   if (te !== undefined) {

@@ -3,7 +3,7 @@
  * request before it goes anywhere, and the upstream's 101 before it is relayed.
  */
 import { createHash } from 'node:crypto';
-import type { IncomingMessage } from 'node:http';
+import type { RequestHead } from '../core/context.ts';
 import { ErrorCode } from '../errors.ts';
 import type { Refusal } from '../core/pipeline.ts';
 
@@ -11,7 +11,7 @@ import type { Refusal } from '../core/pipeline.ts';
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
 
 /** The protocols a request asks to switch to (`Connection: upgrade` plus `Upgrade`), lowercase; null when it does not ask. */
-export function upgradeProtocols(req: IncomingMessage): string[] | null {
+export function upgradeProtocols(req: RequestHead): string[] | null {
   const upgrade = req.headers.upgrade;
   const connection = req.headers.connection;
   if (upgrade === undefined || connection === undefined || !/(?:^|,)\s*upgrade\s*(?:,|$)/i.test(connection)) return null;
@@ -22,7 +22,7 @@ export function upgradeProtocols(req: IncomingMessage): string[] | null {
 }
 
 /** True when the request asks for a WebSocket (what the listener sends down its upgrade path). */
-export function asksWebSocket(req: IncomingMessage): boolean {
+export function asksWebSocket(req: RequestHead): boolean {
   return upgradeProtocols(req)?.includes('websocket') === true;
 }
 
@@ -33,7 +33,7 @@ const bad = (message: string, headers?: string[]): Refusal => ({ status: 400, co
  * HTTP/1.1, no body, a `Sec-WebSocket-Key` of 16 bytes in base64, `Sec-WebSocket-Version: 13`
  * (anything else gets 400 with `Sec-WebSocket-Version: 13`, the version Fulcrum relays).
  */
-export function webSocketRefusal(req: IncomingMessage): Refusal | null {
+export function webSocketRefusal(req: RequestHead): Refusal | null {
   if (req.method !== 'GET') return bad(`a WebSocket handshake must be GET, not ${req.method}`);
   if (req.httpVersion !== '1.1') return bad(`a WebSocket handshake needs HTTP/1.1, not HTTP/${req.httpVersion}`);
   const te = req.headers['transfer-encoding'];
@@ -59,7 +59,7 @@ export function acceptFor(key: string): string {
  * `Upgrade: websocket` and the right `Sec-WebSocket-Accept` (a 101 for another protocol, or for
  * another key, would leave the client talking past the upstream).
  */
-export function switchProblem(req: IncomingMessage, rawHeaders: readonly (Buffer | string)[]): string | null {
+export function switchProblem(req: RequestHead, rawHeaders: readonly (Buffer | string)[]): string | null {
   let upgrade: string | undefined;
   let accept: string | undefined;
   for (let i = 0; i < rawHeaders.length; i += 2) {

@@ -8,11 +8,12 @@
  * one-off connection that closes with its exchange).
  *
  * Keys are `protocol|host:port|settings`: the HTTP/2 and TLS clients of later issues get their
- * own protocol names and plug in beside `http1-undici` and `http1-node`.
+ * own protocol names and plug in beside `http1` (Fulcrum's own), `http1-undici` and `http1-node`.
  */
 import type { PoolSettings } from '../config/schema.ts';
 import { upstreamIdOf, type Upstream } from '../upstream/upstream.ts';
 import type { ClientSettings, Transport, UpstreamAttempt, UpstreamClient } from './transport.ts';
+import { Http1Client } from './http1.ts';
 import { UndiciClient } from './undici.ts';
 import { NodeHttpClient } from './node-http.ts';
 
@@ -24,7 +25,14 @@ export interface PoolConnections {
 
 /** The client protocol a pool's settings ask for. */
 function protocolOf(settings: PoolSettings): string {
-  return settings.transport === 'node-http' ? 'http1-node' : 'http1-undici';
+  return settings.transport === 'node-http' ? 'http1-node' : settings.transport === 'undici' ? 'http1-undici' : 'http1';
+}
+
+/** A new client of `protocol` toward `upstream` (undici itself loads only when an undici client is made). */
+function newClient(protocol: string, upstream: Upstream, s: ClientSettings): UpstreamClient {
+  if (protocol === 'http1-node') return new NodeHttpClient(upstream, s);
+  if (protocol === 'http1-undici') return new UndiciClient(upstream, s);
+  return new Http1Client(upstream, s);
 }
 
 /** What a client toward `id` is built from, under `settings` (the upstream's own max_connections included). */
@@ -59,7 +67,7 @@ export class ConnectionPools {
     const key = keyOf(protocol, upstream.id, s);
     let client = this.clients.get(key);
     if (client !== undefined) return client;
-    client = protocol === 'http1-node' ? new NodeHttpClient(upstream, s) : new UndiciClient(upstream, s);
+    client = newClient(protocol, upstream, s);
     // After shutdown, or for a key no committed pool uses (a retry on a replaced pool), nothing is
     // kept: the client serves its one exchange and closes behind it.
     if (this.closed || (this.liveKeys !== null && !this.liveKeys.has(key))) void client.close();

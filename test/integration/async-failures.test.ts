@@ -94,7 +94,7 @@ test('a throw in a delayed retry (after Retry-After) ends that request with 500'
 });
 
 test('a throw while relaying the response body (a transport callback) cuts that response, nothing else', async (t) => {
-  for (const transport of ['undici', 'node-http'] as const) {
+  for (const transport of ['http1', 'undici', 'node-http'] as const) {
     await t.test(transport, async (t) => {
       const uncaught = watchUncaught(t);
       const backend = await startBackend(t, (_req, res) => {

@@ -11,7 +11,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import { get, startBalancer } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 
-const transports = ['undici', 'node-http'] as const;
+const transports = ['http1', 'undici', 'node-http'] as const;
 
 /** A backend that counts the connections it accepted and knows which are open; `/slow` answers once `release` is called. */
 async function countingBackend(t: import('node:test').TestContext): Promise<{ url: string; accepted: () => number; open: () => number; release: () => void }> {

@@ -150,7 +150,7 @@ describe('pipelined requests on one client connection (RFC 9112 section 9.3)', (
   });
 });
 
-for (const transport of ['undici', 'node-http'] as const) {
+for (const transport of ['http1', 'undici', 'node-http'] as const) {
   describe(`responses relayed as sent, over ${transport}`, () => {
     test('304 with Content-Length and no body: relayed, Content-Length kept, the connection still usable', async (t) => {
       const upstream = await startRawBackend(t, (socket) => {

@@ -126,7 +126,7 @@ async function startStaleClosingBackend(t: Parameters<typeof startRawBackend>[0]
   return { ...raw, resets: () => resets, requests, stale };
 }
 
-for (const transport of ['undici', 'node-http'] as const) test(`waves of GETs every ~1 s on sockets the backend closes after 1 s: no failure, its only upstream never ejected (${transport})`, { timeout: 30_000 }, async (t) => {
+for (const transport of ['http1', 'undici', 'node-http'] as const) test(`waves of GETs every ~1 s on sockets the backend closes after 1 s: no failure, its only upstream never ejected (${transport})`, { timeout: 30_000 }, async (t) => {
   const backend = await startStaleClosingBackend(t);
   const lb = await startBalancer(t, { pools: { web: { transport, upstreams: [backend.url] } } });
   const [upstream] = lb.balancer.pools().get('web')!.upstreams;
@@ -208,7 +208,7 @@ test("an upstream's own 4xx is never a failure: no ejection, breaker closed, no 
 });
 
 test('an upstream that answers 413 early and closes before reading a large body is not ejected for it', { timeout: 20_000 }, async (t) => {
-  for (const transport of ['undici', 'node-http'] as const) {
+  for (const transport of ['http1', 'undici', 'node-http'] as const) {
     // Node closes with the body unread: the kernel resets the connection and the 413 may be lost on the way back.
     const early = await startBackend(t, (_req, res) => res.writeHead(413, { connection: 'close' }).end('too big'));
     const lb = await startBalancer(t, { pools: { web: { transport, upstreams: [early.url], outlier_detection: { consecutive_failures: 2 }, circuit_breaker: { min_requests: 2, error_rate: 0.5 } } } });

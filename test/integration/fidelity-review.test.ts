@@ -182,7 +182,7 @@ describe('graceful shutdown', () => {
   });
 });
 
-for (const transport of ['undici', 'node-http'] as const) {
+for (const transport of ['http1', 'undici', 'node-http'] as const) {
   describe(`stray bytes after a bodiless answer arriving late, over ${transport}`, () => {
     const cases: [string, string, string][] = [
       ['204 with Transfer-Encoding: chunked', 'HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\n\r\n', '0\r\n\r\n'],

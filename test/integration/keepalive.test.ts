@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { get, startBalancer, startIdleClosingBackend } from '../helpers/servers.ts';
 
-const transports = ['undici', 'node-http'] as const;
+const transports = ['http1', 'undici', 'node-http'] as const;
 const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 test("a backend with Node's default 5 s keep-alive never causes a 502", async (t) => {

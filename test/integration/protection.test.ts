@@ -199,10 +199,29 @@ test('strict parsing: an invalid chunk size after the headers were sent aborts t
     socket.on('close', () => (upstreamClosed = true));
   });
   const lb = await startBalancer(t, { pools: { web: { upstreams: [raw.url] } } });
-  const answer = await rawExchange(lb.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nmore\r\n0\r\n\r\n', 2000);
+  // The bad chunk comes once the request head went upstream (sent in the same packet as the head, Fulcrum's own
+  // server finds it before connecting: see the next test).
+  const client = net.connect(lb.port, '127.0.0.1');
+  t.after(() => client.destroy());
+  let answer = '';
+  client.on('data', (c: Buffer) => (answer += c.toString('latin1')));
+  client.write('POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n');
+  await eventually(() => received.join('').includes('\r\n\r\n'), { what: 'the request head to reach the upstream' });
+  client.write('zz\r\nmore\r\n0\r\n\r\n');
+  await eventually(() => answer.length > 0);
   assert.match(answer, /^HTTP\/1\.1 400 /);
   await eventually(() => upstreamClosed, { what: 'the upstream socket to be destroyed' });
   assert.doesNotMatch(received.join(''), /more/, 'nothing after the bad chunk was forwarded');
+});
+
+test('strict parsing: an invalid chunk size in the packet that brought the head: answered 400, nothing reaches an upstream (own server)', async (t) => {
+  let upstreamBytes = 0;
+  const raw = await startRawBackend(t, (socket) => socket.on('data', (d: Buffer) => (upstreamBytes += d.length)));
+  const lb = await startBalancer(t, { listeners: [{ host: '127.0.0.1', port: 0, engine: 'fulcrum' }], pools: { web: { upstreams: [raw.url] } } });
+  const answer = await rawExchange(lb.port, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nmore\r\n0\r\n\r\n', 2000);
+  assert.match(answer, /^HTTP\/1\.1 400 /);
+  await eventually(() => lb.ended.length === 1);
+  assert.equal(upstreamBytes, 0);
 });
 
 test('paths are normalised before routing; the target is forwarded as sent (test/integration/request-target.test.ts)', async (t) => {
@@ -273,7 +292,7 @@ test('refusals close a connection whose body was not read; one answer per reques
 });
 
 test('a chunked body over max_body_bytes is a 413 on both transports, and the process lives', async (t) => {
-  for (const transport of ['undici', 'node-http'] as const) {
+  for (const transport of ['http1', 'undici', 'node-http'] as const) {
     const backend = await startBackend(t, (req, res) => req.resume().on('end', () => res.end('ok')));
     const lb = await startBalancer(t, {
       listeners: [{ host: '127.0.0.1', port: 0, limits: { max_body_bytes: 1000 } }],

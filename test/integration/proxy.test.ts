@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { get, rawExchange, startBackend, startBalancer, closedPort } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 
-for (const transport of ['undici', 'node-http'] as const) {
+for (const transport of ['http1', 'undici', 'node-http'] as const) {
   describe(`proxy over ${transport}`, () => {
     test('spreads GETs round-robin and says which backend answered', async (t) => {
       const backends = await Promise.all(['a', 'b', 'c'].map((id) => startBackend(t, (_req, res) => res.end(id))));

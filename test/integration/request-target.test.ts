@@ -49,7 +49,7 @@ const asSent = [
 ];
 
 test('request-target: the backend gets the target byte for byte, on both transports', async (t) => {
-  for (const transport of ['undici', 'node-http'] as const) {
+  for (const transport of ['http1', 'undici', 'node-http'] as const) {
     const backend = await lineRecorder(t);
     const lb = await startBalancer(t, { pools: { web: { transport, upstreams: [backend.url] } } });
     for (const target of asSent) assert.equal(await send(lb.port, target), 'HTTP/1.1 200 OK', `${transport} ${target}`);

@@ -66,7 +66,7 @@ test('512 MiB up and 512 MiB down through Fulcrum add less than 50 MB of RSS', {
     res.writeHead(200, { 'content-length': String(n) });
     pump(res, n, () => res.end());
   });
-  for (const transport of ['undici', 'node-http']) {
+  for (const transport of ['http1', 'undici', 'node-http']) {
     const fulcrum = await startFulcrumProcess(
       t,
       `listeners: [{host: 127.0.0.1, port: 0}]\nlog: {level: info, access_log: false}\npools:\n  web:\n    transport: ${transport}\n    upstreams: ["${backend.url}"]\n`,

@@ -9,7 +9,7 @@ import { get, startBackend, startBalancer } from '../helpers/servers.ts';
 import { startBlackhole } from '../helpers/blackhole.ts';
 import { eventually } from '../helpers/eventually.ts';
 
-for (const transport of ['undici', 'node-http'] as const) {
+for (const transport of ['http1', 'undici', 'node-http'] as const) {
   describe(`timeouts over ${transport}`, () => {
     test('connect timeout: 504 when the only upstream never completes the handshake', async (t) => {
       const port = await startBlackhole(t);

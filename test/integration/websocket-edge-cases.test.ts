@@ -52,7 +52,7 @@ test('a tunnel whose handshake completes after a reload removed its upstream is 
   await eventually(() => c.closed(), { timeout: 1500, what: 'the tunnel to the removed upstream to close (grace period 200 ms)' });
 });
 
-for (const transport of ['node-http', 'undici'] as const) {
+for (const transport of ['http1', 'node-http', 'undici'] as const) {
   test(`${transport}: a bare 101 (no Upgrade header) to a request that asked for no upgrade is a 502, and its socket is not reused`, async (t) => {
     // Answers its first request on each connection with a bare 101, then speaks "another protocol".
     const backend = await startRawBackend(t, (s) => {

@@ -301,7 +301,7 @@ describe('websocket relay', () => {
     assert.equal(backend.upgrades.length, 0);
   });
 
-  for (const transport of ['undici', 'node-http'] as const) {
+  for (const transport of ['http1', 'undici', 'node-http'] as const) {
     test(`a 101 to a request that asked for no upgrade is a 502 (${transport})`, async (t) => {
       const backend = await startRawBackend(t, (socket) => {
         socket.once('data', () => socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'));
@@ -506,8 +506,8 @@ describe('websocket relay', () => {
     ws.on('message', (data) => received.push(sha1(data as Buffer)));
     await eventually(() => tunnel !== null && sender !== null);
     const ctx = tunnel!;
-    const clientSide = ctx.req.socket;
-    // Test-only look at the tunnel's upstream socket (a private field).
+    // Test-only look at the tunnel's sockets (private fields).
+    const clientSide = (ctx.tunnel as unknown as { client: Socket }).client;
     const upstreamSide = (ctx.tunnel as unknown as { upstream: Socket }).upstream;
     const rssBefore = process.memoryUsage().rss;
     ws.pause();

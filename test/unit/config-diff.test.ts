@@ -195,9 +195,13 @@ test('restartNotes: what a reload leaves for a restart', () => {
     'admin: 127.0.0.1:9902 takes effect on restart; the admin API stays on 127.0.0.1:9901 until then',
     'log.format takes effect on restart',
   ]);
-  // max_header_bytes on a listener that stays.
+  // max_header_bytes on a listener that stays: live with Fulcrum's own HTTP/1.1 server, fixed per server with node:http.
   const limits = load('listeners: [{host: 127.0.0.1, port: 8080, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
-  assert.deepEqual(restartNotes(before, limits), ['listener 127.0.0.1:8080: limits.max_header_bytes takes effect on restart']);
+  assert.deepEqual(restartNotes(before, limits), []);
+  const nodeBefore = load('listeners: [{host: 127.0.0.1, port: 8080, engine: node}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  const nodeLimits = load('listeners: [{host: 127.0.0.1, port: 8080, engine: node, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  assert.deepEqual(restartNotes(nodeBefore, nodeLimits), ['listener 127.0.0.1:8080: limits.max_header_bytes takes effect on restart']);
+  assert.deepEqual(restartNotes(before, nodeBefore), ['listener 127.0.0.1:8080: engine takes effect on restart']);
 });
 
 test('restartNotes: the admin address as really bound, IPv6 in brackets', () => {

@@ -104,7 +104,7 @@ test('env: FULCRUM_HOST on a file without listeners makes the first listener', (
   const { config } = loadConfigText('pools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n', 'x.yaml', { FULCRUM_HOST: '127.0.0.1' });
   assert.equal(config.listeners.length, 1);
   const { limits, ...listener } = config.listeners[0];
-  assert.deepEqual(listener, { host: '127.0.0.1', port: 8080, protocol: 'http', trusted_proxies: [], headers_with_underscores: 'drop', keepalive_timeout: 5000 });
+  assert.deepEqual(listener, { host: '127.0.0.1', port: 8080, protocol: 'http', engine: 'fulcrum', trusted_proxies: [], headers_with_underscores: 'drop', keepalive_timeout: 5000 });
   assert.equal(limits.max_header_bytes, 16_384, 'limits get their defaults');
 });
 
@@ -151,7 +151,7 @@ test('env: a bad FULCRUM_POLICY is reported once per pool, with a did-you-mean',
 
 test('env: a bad FULCRUM_ACCESS_LOG is reported as env FULCRUM_ACCESS_LOG', () => {
   const err = configError(() => loadConfigText(full, 'full.yaml', { FULCRUM_ACCESS_LOG: 'maybe' }));
-  assert.equal(err.message, 'env FULCRUM_ACCESS_LOG: log.access_log: expected boolean, got string "maybe"');
+  assert.equal(err.message, 'env FULCRUM_ACCESS_LOG: log.access_log: expected true, false or a mapping {format, buffer_bytes, flush, path}, got string "maybe"');
 });
 
 test('env: env problems come before file problems, which keep their line:column', () => {

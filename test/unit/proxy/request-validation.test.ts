@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { IncomingMessage } from 'node:http';
+import type { RequestHead } from '../../../src/core/context.ts';
 import { validateRequest, validHost } from '../../../src/proxy/request-validation.ts';
 
 test('validHost: ports 1-65535 in at most five digits; an empty port is allowed, as nginx does', () => {
@@ -10,10 +10,10 @@ test('validHost: ports 1-65535 in at most five digits; an empty port is allowed,
   for (const h of invalid) assert.equal(validHost(h), false, h);
 });
 
-function request(rawHeaders: string[], minor = 1): IncomingMessage {
+function request(rawHeaders: string[], minor = 1): RequestHead {
   const headers: Record<string, string> = {};
   for (let i = 0; i < rawHeaders.length; i += 2) headers[rawHeaders[i].toLowerCase()] ??= rawHeaders[i + 1];
-  return { httpVersionMajor: 1, httpVersionMinor: minor, rawHeaders, headers } as unknown as IncomingMessage;
+  return { httpVersionMajor: 1, httpVersionMinor: minor, rawHeaders, headers } as unknown as RequestHead;
 }
 
 test('validateRequest: Host with a port outside 1-65535 is a 400', () => {

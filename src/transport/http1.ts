@@ -1,0 +1,678 @@
+/**
+ * Fulcrum's own HTTP/1.1 client toward one upstream, on raw keep-alive sockets (the default
+ * transport, `transport: http1`). It writes each request head (and a small body) in one write,
+ * parses answers with the strict parsers of src/http1/, hands body bytes to the attempt as they
+ * come in (the first ones in the same tick as the head) and keeps sockets for reuse only when
+ * the exchange left them clean.
+ *
+ * Sockets: idle ones are reused most recently used first (LIFO), so surplus sockets age out;
+ * each is kept `keepalive.idle_timeout - safety_margin`, or less when the upstream advertised
+ * `Keep-Alive: timeout=N` (N s less the margin; nothing left: not reused), checked when a socket
+ * is taken. Beyond `maxSockets` attempts wait in a bounded FIFO queue. Timeouts (connect,
+ * response headers, idle body) are deadlines on each connection checked by one sweep timer per
+ * client on a coarse clock (undici's FastTimer idea, lib/util/timers.js): no timer per socket
+ * or request; a deadline fires between its time and a quarter of it (at most 250 ms) later.
+ *
+ * Errors reach the attempt with the codes src/proxy/status.ts maps: Node's socket codes
+ * (ECONNREFUSED, ECONNRESET, ...), llhttp's `HPE_*` for a malformed answer, and undici's names
+ * for the timeouts and request-side refusals, so every transport reads the same in logs.
+ */
+import net, { type Socket } from 'node:net';
+import { maxHeaderSize } from 'node:http';
+import type { Readable } from 'node:stream';
+import { ChunkedDecoder } from '../http1/chunked.ts';
+import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
+import { ErrorCode, FulcrumError } from '../errors.ts';
+import type { Upstream } from '../upstream/upstream.ts';
+import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
+import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
+
+// Phases of a connection.
+/** Connecting; `attempt` waits for the socket. */
+const CONNECTING = 0;
+/** In the idle list, waiting for the next request. */
+const IDLE = 1;
+/** The request was written (or is being written); no final answer head yet. */
+const WAITING = 2;
+/** The final head was relayed; its body is read. */
+const BODY = 3;
+/** Destroyed, or handed over after a 101: nothing more happens here. */
+const CLOSED = 4;
+
+// How the answer's body is delimited (RFC 9112 section 6.3).
+const NO_BODY = 0;
+const LENGTH = 1;
+const CHUNKED = 2;
+const UNTIL_CLOSE = 3;
+
+/** Attempts that may wait for a socket beyond maxSockets; past it the request goes elsewhere (503 when nowhere). */
+const maxQueued = 4096;
+/** Buffer bodies up to this size go out in the head's write (one copy); larger ones in a second write of the same batch. */
+const coalesceBytes = 16 * 1024;
+/** Bytes a header value may not hold (RFC 9110 section 5.5; Node's and undici's check), and a request-target. */
+const invalidValue = /[^\t\x20-\x7e\x80-\xff]/;
+const invalidTarget = /[^\x21-\x7e\x80-\xff]/;
+const LF = 10;
+const empty = Buffer.alloc(0);
+const noop = (): void => {};
+
+const kConnection = Symbol('fulcrum.http1.connection');
+type OwnedSocket = Socket & { [kConnection]: Connection };
+
+function codeError(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** Methods whose request without a body still says `Content-Length: 0` (RFC 9110 section 8.6; what undici and Node send). */
+function expectsPayload(method: string): boolean {
+  return method === 'POST' || method === 'PUT' || method === 'PATCH';
+}
+
+/** One socket to the upstream and the exchange it carries. */
+class Connection {
+  readonly client: Http1Client;
+  readonly socket: Socket;
+  /** Closes after its exchange (a straggler on a closed client). */
+  readonly oneOff: boolean;
+  phase = CONNECTING;
+  /** The attempt this socket serves now (null when idle, and once its outcome was reported). */
+  attempt: UpstreamAttempt | null = null;
+  /** Exchanges completed on this socket (more than 0: a reused socket). */
+  served = 0;
+  /** While idle: when it stops being reusable (epoch ms). */
+  expires = 0;
+  /** In the client's idle list. */
+  inIdle = false;
+  /** When the running timeout fires (client clock, ms; 0: none). */
+  deadline = 0;
+  // The answer.
+  readonly head = new ResponseHead();
+  /** A head not complete yet. */
+  private pending: Buffer | null = null;
+  private framing = NO_BODY;
+  private remaining = 0;
+  private decoder: ChunkedDecoder | null = null;
+  /** The answer allows reuse (persistent, delimited, not in doubt). */
+  private keep = false;
+  /** How long the socket may stay idle after this answer. */
+  keepMs = 0;
+  /** Reading stopped while the client is slow. */
+  private paused = false;
+  // The request.
+  private body: Readable | null = null;
+  /** Body bytes still due under the request's Content-Length; -1: chunked. */
+  private bodyLeft = -1;
+  /** The whole request was handed to the socket. */
+  private requestSent = false;
+  /** The body is paused until the socket drains. */
+  private bodyPaused = false;
+  /** Body bytes were written since the headers deadline was last checked. */
+  private bodyMoved = false;
+
+  /** The proxy gave up on the attempt: whatever the socket holds is dropped with it. */
+  readonly cancel = (): void => {
+    this.attempt = null;
+    this.destroy();
+  };
+  readonly onChunk = (chunk: Buffer): void => this.deliver(chunk);
+  private readonly onBodyData = (chunk: Buffer): void => this.bodyData(chunk);
+  private readonly onBodyEnd = (): void => this.bodyEnd();
+  private readonly onBodyError = (err: Error): void => {
+    this.detachBody();
+    this.fail(err);
+  };
+
+  constructor(client: Http1Client, socket: Socket, oneOff: boolean) {
+    this.client = client;
+    this.socket = socket;
+    this.oneOff = oneOff;
+    (socket as OwnedSocket)[kConnection] = this;
+    socket.on('connect', onSocketConnect);
+    socket.on('data', onSocketData);
+    socket.on('end', onSocketEnd);
+    socket.on('error', onSocketError);
+    socket.on('close', onSocketClose);
+    socket.on('drain', onSocketDrain);
+  }
+
+  /** Writes the attempt's request: head, framing and (a small) body in one write. */
+  send(attempt: UpstreamAttempt): void {
+    const client = this.client;
+    this.attempt = attempt;
+    this.phase = WAITING;
+    this.deadline = 0;
+    this.pending = null;
+    this.requestSent = false;
+    this.bodyMoved = false;
+    attempt.onCancel(this.cancel);
+    const method = attempt.method;
+    const path = attempt.path;
+    if (invalidTarget.test(path)) return this.refuse('UND_ERR_INVALID_ARG', 'invalid request-target');
+    const headers = attempt.headers;
+    let head = `${method} ${path} HTTP/1.1\r\n`;
+    let declared = -1;
+    for (let i = 0; i < headers.length; i += 2) {
+      const name = headers[i];
+      const value = headers[i + 1];
+      if (invalidValue.test(value)) return this.refuse('UND_ERR_INVALID_ARG', `invalid ${name} header value`);
+      if (name.length === 14 && name.toLowerCase() === 'content-length') declared = Number(value);
+      head += `${name}: ${value}\r\n`;
+    }
+    const body = attempt.body;
+    const socket = this.socket;
+    if (body === null) {
+      head += declared === -1 && expectsPayload(method) ? 'content-length: 0\r\n\r\n' : '\r\n';
+      attempt.sending(this.served > 0);
+      this.requestSent = true;
+      socket.write(head, 'latin1');
+    } else if (Buffer.isBuffer(body)) {
+      if (declared === -1) head += `content-length: ${body.length}\r\n`;
+      else if (declared !== body.length) return this.refuse('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body length does not match its Content-Length');
+      head += '\r\n';
+      attempt.sending(this.served > 0);
+      this.requestSent = true;
+      if (body.length <= coalesceBytes) {
+        const out = Buffer.allocUnsafe(head.length + body.length);
+        out.write(head, 0, head.length, 'latin1');
+        body.copy(out, head.length);
+        socket.write(out);
+      } else {
+        socket.cork();
+        socket.write(head, 'latin1');
+        socket.write(body);
+        socket.uncork();
+      }
+    } else {
+      this.bodyLeft = declared;
+      head += declared === -1 ? 'transfer-encoding: chunked\r\n\r\n' : '\r\n';
+      attempt.sending(this.served > 0);
+      // A connect failure never gets here: the body stays unread and can go to another upstream.
+      this.body = body;
+      this.bodyPaused = !socket.write(head, 'latin1');
+      body.on('data', this.onBodyData);
+      body.on('end', this.onBodyEnd);
+      body.on('error', this.onBodyError);
+      if (this.bodyPaused) body.pause();
+      else body.resume();
+      if (declared === 0) this.requestSent = true;
+    }
+    this.deadline = client.headersMs > 0 ? client.now + client.headersMs + client.tick : 0;
+  }
+
+  /** The request cannot be written as asked (nothing was sent): the socket stays clean for the next one. */
+  private refuse(code: string, message: string): void {
+    const attempt = this.attempt!;
+    this.attempt = null;
+    attempt.onCancel(noop);
+    this.client.release(this);
+    attempt.error(codeError(code, message));
+  }
+
+  private bodyData(chunk: Buffer): void {
+    if (this.phase === CLOSED || this.body === null || chunk.length === 0) return;
+    const socket = this.socket;
+    let ok: boolean;
+    if (this.bodyLeft >= 0) {
+      if (chunk.length > this.bodyLeft) {
+        this.detachBody();
+        return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body longer than its Content-Length'));
+      }
+      this.bodyLeft -= chunk.length;
+      ok = socket.write(chunk);
+      // Complete on the wire with its last byte, whenever the stream says it ended.
+      if (this.bodyLeft === 0) this.requestSent = true;
+    } else {
+      socket.cork();
+      socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+      socket.write(chunk);
+      ok = socket.write('\r\n', 'latin1');
+      socket.uncork();
+    }
+    this.bodyMoved = true;
+    if (!ok) {
+      this.bodyPaused = true;
+      this.body.pause();
+    }
+  }
+
+  private bodyEnd(): void {
+    if (this.phase === CLOSED || this.body === null) return;
+    if (this.bodyLeft > 0) {
+      this.detachBody();
+      return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body shorter than its Content-Length'));
+    }
+    if (this.bodyLeft === -1) this.socket.write('0\r\n\r\n', 'latin1');
+    this.detachBody();
+    this.requestSent = true;
+    // The wait for the answer starts when the request is all out.
+    const client = this.client;
+    if (this.phase === WAITING && client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
+  }
+
+  /** The socket drained: a paused upload goes on. */
+  drained(): void {
+    if (!this.bodyPaused || this.body === null) return;
+    this.bodyPaused = false;
+    this.bodyMoved = true;
+    this.body.resume();
+  }
+
+  private detachBody(): void {
+    const body = this.body;
+    if (body === null) return;
+    this.body = null;
+    body.off('data', this.onBodyData);
+    body.off('end', this.onBodyEnd);
+    body.off('error', this.onBodyError);
+    // Unread bytes stay in the stream, not lost on the floor of a flowing stream without listeners.
+    if (!body.readableEnded) body.pause();
+  }
+
+  /** Bytes from the upstream. */
+  read(chunk: Buffer): void {
+    if (this.phase === BODY) this.bodyBytes(chunk, 0);
+    else if (this.phase === WAITING) this.headBytes(chunk);
+    // Bytes while idle (nobody asked): the socket can no longer be trusted.
+    else this.destroy();
+  }
+
+  private headBytes(chunk: Buffer): void {
+    let buf = chunk;
+    if (this.pending !== null) {
+      buf = Buffer.concat([this.pending, chunk]);
+      this.pending = null;
+      // A head split over reads is parsed again only once a line may have ended.
+      if (chunk.indexOf(LF) === -1 && buf.length <= maxHeaderSize) {
+        this.pending = buf;
+        return;
+      }
+    }
+    const head = this.head;
+    let start = 0;
+    for (;;) {
+      const n = parseResponseHead(buf, start, buf.length, maxHeaderSize, head);
+      if (n === 0) {
+        this.pending = buf.subarray(start);
+        return;
+      }
+      if (n < 0) return this.fail(codeError(head.error!, `${head.message} (${head.error})`));
+      start += n;
+      const status = head.status;
+      if (status >= 200) return this.startBody(buf, start);
+      if (status === 101) return this.switchProtocols(buf, start);
+      // An interim answer (100 Continue, 103 Early Hints, ...): relayed; the final one follows.
+      this.attempt!.informational(status, head.reason, head.rawHeaders);
+      if (this.phase !== WAITING || start === buf.length) return;
+    }
+  }
+
+  private startBody(buf: Buffer, start: number): void {
+    const attempt = this.attempt!;
+    const client = this.client;
+    const head = this.head;
+    const status = head.status;
+    this.phase = BODY;
+    this.deadline = 0;
+    let framing: number;
+    if (status === 204 || status === 304 || attempt.method === 'HEAD') framing = NO_BODY;
+    else if (head.chunked) {
+      framing = CHUNKED;
+      (this.decoder ??= new ChunkedDecoder()).reset();
+    } else if (head.contentLength !== -1) {
+      framing = LENGTH;
+      this.remaining = head.contentLength;
+    } else framing = UNTIL_CLOSE;
+    this.framing = framing;
+    let keepMs = client.idleMs;
+    if (head.keepAliveTimeout !== -1) keepMs = Math.min(keepMs, head.keepAliveTimeout * 1000 - client.margin);
+    this.keepMs = keepMs;
+    this.keep = keepMs > 0 && framing !== UNTIL_CLOSE && head.persistent && (status !== 204 && status !== 304 ? true : socketReusableAfter(status, head.rawHeaders));
+    if (!attempt.response(status, head.rawHeaders, head.reason)) {
+      if (this.phase === BODY) this.cancel();
+      return;
+    }
+    if (this.phase !== BODY) return;
+    if (framing === NO_BODY || (framing === LENGTH && this.remaining === 0)) return this.complete(buf, start);
+    if (client.bodyMs > 0) this.deadline = client.now + client.bodyMs + client.tick;
+    // The first body bytes of the same read go out in this tick, behind the head.
+    if (start < buf.length) this.bodyBytes(buf, start);
+  }
+
+  private bodyBytes(buf: Buffer, start: number): void {
+    switch (this.framing) {
+      case LENGTH: {
+        const n = Math.min(this.remaining, buf.length - start);
+        this.remaining -= n;
+        this.deliver(start === 0 && n === buf.length ? buf : buf.subarray(start, start + n));
+        if (this.phase === BODY && this.remaining === 0) this.complete(buf, start + n);
+        return;
+      }
+      case CHUNKED: {
+        const decoder = this.decoder!;
+        const n = decoder.feed(buf, start, buf.length, this.onChunk);
+        if (this.phase !== BODY) return;
+        if (n < 0) return this.fail(codeError(decoder.error!, `${decoder.message} (${decoder.error})`));
+        if (decoder.done) this.complete(buf, start + n);
+        return;
+      }
+      default:
+        this.deliver(start === 0 ? buf : buf.subarray(start));
+    }
+  }
+
+  /** A body chunk to the attempt; reading stops while the client is slow. */
+  private deliver(chunk: Buffer): void {
+    if (this.phase !== BODY) return;
+    const attempt = this.attempt!;
+    const client = this.client;
+    if (client.bodyMs > 0) this.deadline = client.now + client.bodyMs + client.tick;
+    if (attempt.data(chunk) || this.paused || this.phase !== BODY || !attempt.live) return;
+    this.paused = true;
+    this.deadline = 0;
+    this.socket.pause();
+    // Bound to this exchange: a late resume after the socket moved on is ignored.
+    attempt.whenWritable(() => this.resumeFor(attempt));
+  }
+
+  private resumeFor(attempt: UpstreamAttempt): void {
+    if (this.attempt !== attempt || !this.paused || this.phase !== BODY) return;
+    this.paused = false;
+    const client = this.client;
+    // While the client was slow the upstream was not idle: the body timer starts again.
+    if (client.bodyMs > 0) this.deadline = client.now + client.bodyMs + client.tick;
+    this.socket.resume();
+  }
+
+  /** The answer is complete: the socket goes back to the pool when nothing about it is in doubt. */
+  private complete(buf: Buffer, next: number): void {
+    const attempt = this.attempt!;
+    const trailers = this.framing === CHUNKED ? this.decoder!.trailers : null;
+    this.attempt = null;
+    this.deadline = 0;
+    this.served++;
+    attempt.onCancel(noop);
+    if (this.paused) {
+      this.paused = false;
+      this.socket.resume();
+    }
+    // Not reused: an upload cut short (the upstream answered first), bytes past the answer, a failed write.
+    const reuse = this.keep && this.requestSent && next === buf.length && !this.oneOff && heldWriteError(this.socket) === undefined;
+    this.detachBody();
+    if (reuse) this.client.release(this);
+    else this.destroy();
+    attempt.end(trailers);
+  }
+
+  /** A 101 to an upgrade request: the socket and the bytes past the head are the tunnel's. */
+  private switchProtocols(buf: Buffer, start: number): void {
+    const attempt = this.attempt!;
+    if (!attempt.upgrade) return this.fail(codeError('UND_ERR_INFO', 'upstream switched protocols without being asked'));
+    const socket = this.socket;
+    const head = this.head;
+    this.attempt = null;
+    this.phase = CLOSED;
+    this.deadline = 0;
+    this.detachBody();
+    socket.pause();
+    socket.off('connect', onSocketConnect);
+    socket.off('data', onSocketData);
+    socket.off('end', onSocketEnd);
+    socket.off('error', onSocketError);
+    socket.off('close', onSocketClose);
+    socket.off('drain', onSocketDrain);
+    attempt.onCancel(noop);
+    this.client.forget(this);
+    attempt.switched(head.status, head.reason, head.rawHeaders, socket, buf.subarray(start));
+  }
+
+  /** The upstream closed its side. */
+  ended(): void {
+    if (this.phase === BODY) {
+      // A body delimited by the close is complete now.
+      if (this.framing === UNTIL_CLOSE) return this.complete(empty, 0);
+      return this.fail(codeError('ECONNRESET', 'upstream closed the connection mid-body'));
+    }
+    if (this.phase === WAITING || this.phase === CONNECTING) return this.fail(codeError('ECONNRESET', this.pending === null ? 'upstream closed the connection' : 'upstream closed the connection mid-head'));
+    this.destroy();
+  }
+
+  /** A deadline passed (`now` on the client clock). */
+  timedOut(now: number): void {
+    const client = this.client;
+    if (this.phase === CONNECTING) return this.fail(codeError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${client.connectMs}ms`));
+    if (this.phase === WAITING) {
+      // An upload still moving is the client's pace, not the upstream's silence (undici's rule).
+      if (this.bodyMoved && !this.socket.writableNeedDrain) {
+        this.bodyMoved = false;
+        this.deadline = now + client.headersMs;
+        return;
+      }
+      return this.fail(codeError('UND_ERR_HEADERS_TIMEOUT', `no response headers within ${client.headersMs}ms`));
+    }
+    if (this.phase === BODY && !this.paused) this.fail(codeError('UND_ERR_BODY_TIMEOUT', `no response body bytes for ${client.bodyMs}ms`));
+  }
+
+  /** The exchange failed: reported once, the socket destroyed. */
+  fail(err: Error): void {
+    const attempt = this.attempt;
+    this.attempt = null;
+    this.destroy();
+    if (attempt !== null) {
+      attempt.onCancel(noop);
+      attempt.error(err);
+    }
+  }
+
+  destroy(): void {
+    if (this.phase === CLOSED) return;
+    this.phase = CLOSED;
+    this.deadline = 0;
+    this.detachBody();
+    this.socket.destroy();
+  }
+
+  /** The socket closed: the client forgets it; an exchange still on it failed. */
+  closed(): void {
+    this.phase = CLOSED;
+    this.detachBody();
+    this.client.forget(this);
+    if (this.attempt !== null) this.fail(codeError('ECONNRESET', 'upstream closed the connection'));
+  }
+}
+
+// Socket listeners, shared by every connection (`this` is the socket).
+function onSocketConnect(this: OwnedSocket): void {
+  const c = this[kConnection];
+  if (c.phase === CONNECTING && c.attempt !== null) c.send(c.attempt);
+}
+function onSocketData(this: OwnedSocket, chunk: Buffer): void {
+  this[kConnection].read(chunk);
+}
+function onSocketEnd(this: OwnedSocket): void {
+  this[kConnection].ended();
+}
+function onSocketError(this: OwnedSocket, err: Error): void {
+  this[kConnection].fail(err);
+}
+function onSocketClose(this: OwnedSocket): void {
+  this[kConnection].closed();
+}
+function onSocketDrain(this: OwnedSocket): void {
+  this[kConnection].drained();
+}
+
+function sweep(client: Http1Client): void {
+  client.sweep();
+}
+
+/** Keep-alive sockets toward one upstream, Fulcrum's own HTTP/1.1 (see the file comment). */
+export class Http1Client implements UpstreamClient {
+  private readonly upstream: Upstream;
+  /** Where to connect: the upstream's host without IPv6 brackets, and its port. */
+  private readonly host: string;
+  private readonly port: number;
+  /** Most sockets at once (Infinity: no limit). */
+  private readonly maxSockets: number;
+  readonly idleMs: number;
+  readonly margin: number;
+  readonly connectMs: number;
+  readonly headersMs: number;
+  readonly bodyMs: number;
+  /** The sweep's period; deadlines are set one tick late so they never fire early. */
+  readonly tick: number;
+  /** The coarse clock (epoch ms): set by each sweep and whenever a socket is taken. */
+  now = 0;
+  /** Idle sockets, the most recently used last. */
+  private idle: Connection[] = [];
+  /** Every open socket: connecting, busy and idle. */
+  private readonly connections = new Set<Connection>();
+  /** Attempts waiting for a socket, oldest first. */
+  private readonly queue: UpstreamAttempt[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  private closed = false;
+  private closeWaiters: (() => void)[] = [];
+
+  constructor(upstream: Upstream, settings: ClientSettings) {
+    const { keepalive, timeouts } = settings;
+    this.upstream = upstream;
+    const host = upstream.hostname;
+    this.host = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+    this.port = upstream.port;
+    this.maxSockets = settings.maxSockets ?? Infinity;
+    this.idleMs = effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin);
+    this.margin = keepalive.safety_margin;
+    this.connectMs = timeouts.connect;
+    this.headersMs = timeouts.response_headers;
+    this.bodyMs = timeouts.idle_body;
+    let shortest = 1000;
+    for (const ms of [timeouts.connect, timeouts.response_headers, timeouts.idle_body]) if (ms > 0 && ms < shortest * 4) shortest = ms / 4;
+    this.tick = Math.max(10, Math.min(250, Math.floor(shortest)));
+  }
+
+  forward(attempt: UpstreamAttempt): void {
+    if (!attempt.live) return;
+    // A closed client opens no pooled socket: a straggler gets one that closes with its exchange.
+    if (this.closed) return this.open(attempt, true);
+    const idle = this.take();
+    if (idle !== null) return idle.send(attempt);
+    if (this.connections.size < this.maxSockets) return this.open(attempt, false);
+    if (this.queue.length >= maxQueued) {
+      attempt.error(new FulcrumError(ErrorCode.NoUpstream, `${this.queue.length} requests already wait for a connection to ${this.upstream.id} (max_sockets ${this.maxSockets})`, 'internal', 503, true));
+      return;
+    }
+    this.queue.push(attempt);
+    attempt.onCancel(() => {
+      const i = this.queue.indexOf(attempt);
+      if (i !== -1) this.queue.splice(i, 1);
+    });
+  }
+
+  /** The most recently used idle socket that is still reusable, or null. */
+  private take(): Connection | null {
+    const idle = this.idle;
+    if (idle.length === 0) return null;
+    const now = (this.now = Date.now());
+    while (idle.length > 0) {
+      const c = idle.pop()!;
+      c.inIdle = false;
+      if (c.expires > now && c.phase === IDLE && !c.socket.destroyed) return c;
+      c.destroy();
+    }
+    return null;
+  }
+
+  private open(attempt: UpstreamAttempt, oneOff: boolean): void {
+    let socket: Socket;
+    try {
+      socket = net.connect({ host: this.host, port: this.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+    } catch (err) {
+      attempt.error(err);
+      return;
+    }
+    // An answer sent before the upload ended is still read after our writes fail (upstream-socket.ts).
+    keepReadingAfterWriteError(socket);
+    const c = new Connection(this, socket, oneOff);
+    this.connections.add(c);
+    this.startSweep();
+    c.attempt = attempt;
+    attempt.onCancel(c.cancel);
+    if (this.connectMs > 0) c.deadline = this.now + this.connectMs + this.tick;
+  }
+
+  /** A socket whose exchange ended cleanly: to the oldest waiting attempt, else to the idle list. */
+  release(c: Connection): void {
+    const queue = this.queue;
+    while (queue.length > 0) {
+      const next = queue.shift()!;
+      if (next.live) return c.send(next);
+    }
+    if (this.closed) return c.destroy();
+    c.phase = IDLE;
+    c.expires = Date.now() + c.keepMs;
+    c.inIdle = true;
+    this.idle.push(c);
+  }
+
+  /** A socket closed or was handed over: its slot may serve a waiting attempt. */
+  forget(c: Connection): void {
+    if (!this.connections.delete(c)) return;
+    if (c.inIdle) {
+      c.inIdle = false;
+      const i = this.idle.lastIndexOf(c);
+      if (i !== -1) this.idle.splice(i, 1);
+    }
+    const queue = this.queue;
+    while (queue.length > 0 && this.connections.size < this.maxSockets) {
+      const next = queue.shift()!;
+      if (next.live) this.open(next, this.closed);
+    }
+    if (this.closed && this.connections.size === 0) {
+      for (const resolve of this.closeWaiters.splice(0)) resolve();
+    }
+  }
+
+  private startSweep(): void {
+    if (this.timer !== null) return;
+    this.now = Date.now();
+    this.timer = setInterval(sweep, this.tick, this);
+    this.timer.unref();
+  }
+
+  /** One tick: the clock advances, deadlines that passed fire, expired idle sockets close. */
+  sweep(): void {
+    const now = (this.now = Date.now());
+    if (this.connections.size === 0) {
+      clearInterval(this.timer!);
+      this.timer = null;
+      return;
+    }
+    // The oldest idle sockets are at the bottom of the list.
+    const idle = this.idle;
+    let expired = 0;
+    while (expired < idle.length && idle[expired].expires <= now) expired++;
+    if (expired > 0) {
+      for (const c of idle.splice(0, expired)) {
+        c.inIdle = false;
+        c.destroy();
+      }
+    }
+    for (const c of this.connections) {
+      if (c.deadline !== 0 && c.deadline <= now) c.timedOut(now);
+    }
+  }
+
+  close(): Promise<void> {
+    if (!this.closed) {
+      this.closed = true;
+      // Idle sockets go now; busy ones when their exchange ends (release destroys them).
+      const idle = this.idle;
+      this.idle = [];
+      for (const c of idle) {
+        c.inIdle = false;
+        c.destroy();
+      }
+    }
+    if (this.connections.size === 0) return Promise.resolve();
+    return new Promise((resolve) => this.closeWaiters.push(resolve));
+  }
+}
