@@ -8,7 +8,8 @@
  * carry tokens and say nothing secret); the dashboard's static files too (the data they fetch is
  * protected like the rest).
  */
-import http from 'node:http';
+import type * as http from 'node:http';
+import { http as nodeHttp } from '../node-http.ts';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -113,7 +114,7 @@ export class AdminServer {
     this.generated = token === null ? randomBytes(24).toString('base64url') : null;
     this.tokenDigest = sha(token ?? this.generated!);
     this.routes = this.buildRoutes();
-    this.server = http.createServer({ headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5000 }, (req, res) => void this.handle(req, res));
+    this.server = nodeHttp.createServer({ headersTimeout: 10_000, requestTimeout: 30_000, keepAliveTimeout: 5000 }, (req, res) => void this.handle(req, res));
     this.server.on('clientError', (_err, socket) => {
       if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       socket.destroy();

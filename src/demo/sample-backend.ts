@@ -7,7 +7,8 @@
  *   POST /control?fail=1&delay=300   switch failing on, add 300 ms to every answer
  *   GET  /ws          a WebSocket echo: a text message comes back as "backend 1: <message>" (binary as sent)
  */
-import http from 'node:http';
+import type * as http from 'node:http';
+import { http as nodeHttp } from '../node-http.ts';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 
@@ -37,7 +38,7 @@ const chunk = Buffer.alloc(64 * 1024, 'x');
 export function startSampleBackend(options: SampleBackendOptions): Promise<SampleBackend> {
   const state = { delay: options.delay ?? 0, fail: options.fail ?? false, served: 0 };
   // Only WebSocket handshakes leave the request path (an `Upgrade: h2c` offer stays a plain request).
-  const server = http.createServer({ shouldUpgradeCallback: (req) => /\bwebsocket\b/i.test(req.headers.upgrade ?? '') }, (req, res) => {
+  const server = nodeHttp.createServer({ shouldUpgradeCallback: (req) => /\bwebsocket\b/i.test(req.headers.upgrade ?? '') }, (req, res) => {
     const url = new URL(req.url ?? '/', 'http://backend');
     const answer = (): void => route(req, res, url, options.id, state);
     if (state.delay > 0 && url.pathname !== '/control') setTimeout(answer, state.delay);

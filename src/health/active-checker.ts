@@ -5,8 +5,9 @@
  * upstream is between states the faster interval is used. Checks only write health through
  * the HealthSink; they never pick.
  */
+import type * as http from 'node:http';
+import { http as nodeHttp } from '../node-http.ts';
 import net from 'node:net';
-import { Agent, request } from 'undici';
 import { statusRanges, type PoolSettings } from '../config/schema.ts';
 import { formatDuration } from '../config/duration.ts';
 import type { HealthState, Upstream } from '../upstream/upstream.ts';
@@ -31,8 +32,8 @@ export class ActiveChecker {
   private readonly ranges: [number, number][];
   private readonly timers = new Map<Upstream, NodeJS.Timeout>();
   private readonly streak = new Map<Upstream, { ok: number; bad: number }>();
-  /** Probes use their own connections, closed after each probe, never the request pools. */
-  private readonly agent: Agent;
+  /** Probes in flight (destroyed on stop); each has its own connection, closed after it, never the request pools'. */
+  private readonly inFlight = new Set<http.ClientRequest>();
   private stopped = false;
 
   constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink, onPass: ((upstream: Upstream) => void) | null = null) {
@@ -41,7 +42,6 @@ export class ActiveChecker {
     this.sink = sink;
     this.onPass = onPass;
     this.ranges = statusRanges(settings.expected_status);
-    this.agent = new Agent({ connect: { timeout: settings.timeout }, pipelining: 0 });
   }
 
   /** Starts probing: the first probe of each upstream within one jitter of now. */
@@ -58,7 +58,8 @@ export class ActiveChecker {
     this.stopped = true;
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
-    await this.agent.close().catch(() => {});
+    for (const req of this.inFlight) req.destroy();
+    this.inFlight.clear();
   }
 
   private schedule(u: Upstream, delay: number): void {
@@ -89,33 +90,53 @@ export class ActiveChecker {
     this.schedule(u, base * (1 + (Math.random() * 2 - 1) * this.settings.jitter));
   }
 
-  private async http(u: Upstream): Promise<Verdict> {
+  /**
+   * One HTTP probe over node:http's client (built into Node: no client library loaded for it),
+   * on a connection of its own (`Connection: close`); the whole probe, connect to last body byte,
+   * is bounded by `timeout`.
+   */
+  private http(u: Upstream): Promise<Verdict> {
     const { timeout, path, method, host, body_contains } = this.settings;
-    try {
-      const res = await request(`${u.origin}${path}`, {
+    return new Promise((resolve) => {
+      let settled = false;
+      const done = (verdict: Verdict): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this.inFlight.delete(req);
+        req.destroy();
+        resolve(verdict);
+      };
+      const req = nodeHttp.request({
+        host: u.hostname,
+        port: u.port,
+        path,
         method,
-        dispatcher: this.agent,
+        agent: false,
         headers: { host: host ?? u.hostHeader, 'user-agent': 'fulcrum-health-check', connection: 'close' },
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-        signal: AbortSignal.timeout(timeout),
       });
-      let body = '';
-      if (body_contains !== undefined) {
+      this.inFlight.add(req);
+      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}`), timeout);
+      req.on('error', (err) => done(describeFailure(err, timeout)));
+      req.on('response', (res) => {
+        const status = res.statusCode ?? 0;
         // One decoder across chunks, so a character split between two chunks survives.
-        const decoder = new TextDecoder();
-        for await (const chunk of res.body) {
-          body += decoder.decode(chunk as Buffer, { stream: true });
-          if (body.length > maxBody) break;
-        }
-        body += decoder.decode();
-      } else await res.body.dump();
-      if (!this.ranges.some(([lo, hi]) => res.statusCode >= lo && res.statusCode <= hi)) return `status ${res.statusCode}`;
-      if (body_contains !== undefined && !body.includes(body_contains)) return `body does not contain ${JSON.stringify(body_contains)}`;
-      return null;
-    } catch (err) {
-      return describeFailure(err, timeout);
-    }
+        const decoder = body_contains !== undefined ? new TextDecoder() : null;
+        let body = '';
+        res.on('data', (chunk: Buffer) => {
+          if (decoder === null || body.length > maxBody) return;
+          body += decoder.decode(chunk, { stream: true });
+        });
+        res.on('error', (err) => done(describeFailure(err, timeout)));
+        res.on('end', () => {
+          if (decoder !== null) body += decoder.decode();
+          if (!this.ranges.some(([lo, hi]) => status >= lo && status <= hi)) return done(`status ${status}`);
+          if (body_contains !== undefined && !body.includes(body_contains)) return done(`body does not contain ${JSON.stringify(body_contains)}`);
+          done(null);
+        });
+      });
+      req.end();
+    });
   }
 
   private tcp(u: Upstream): Promise<Verdict> {
@@ -139,8 +160,8 @@ function describeFailure(err: unknown, timeout: number): string {
   const e = err as NodeJS.ErrnoException & { name?: string };
   const code = e.code ?? '';
   if (code === 'ECONNREFUSED') return 'connection refused';
-  if (code === 'ECONNRESET' || code === 'UND_ERR_SOCKET') return 'connection reset';
-  if (code === 'UND_ERR_CONNECT_TIMEOUT' || code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_BODY_TIMEOUT' || e.name === 'TimeoutError' || code === 'ETIMEDOUT') {
+  if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset';
+  if (e.name === 'TimeoutError' || code === 'ETIMEDOUT') {
     return `timeout after ${formatDuration(timeout)}`;
   }
   if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return 'host not found';

@@ -11,7 +11,7 @@
  * Refused: a version other than HTTP/1.0 or HTTP/1.1; a status that is not three digits from
  * 100; a byte the grammar does not allow (a CTL in the reason phrase or a value, a non-token
  * byte in a name, whitespace before the colon, an obs-fold line); a bare LF or a CR without
- * LF; a head over `maxBytes`; a Content-Length that is not digits, or two that differ; a
+ * LF; a head over `maxBytes`; a Content-Length that is not digits, or more than one; a
  * Transfer-Encoding other than `chunked` alone; Content-Length together with Transfer-Encoding
  * (RFC 9112 section 6.3: a sign of smuggling). No exception is thrown for any input.
  * Header names and values are kept as sent, one char per byte (latin1).
@@ -178,7 +178,8 @@ function framing(buf: Buffer, nameStart: number, nameEnd: number, valueStart: nu
       n = n * 10 + c - 0x30;
       if (n > Number.MAX_SAFE_INTEGER) return refuse(head, 'HPE_INVALID_CONTENT_LENGTH', 'a Content-Length too large');
     }
-    if (head.contentLength !== -1 && head.contentLength !== n) return refuse(head, 'HPE_UNEXPECTED_CONTENT_LENGTH', 'two different Content-Length values');
+    // Even two equal ones (RFC 9110 section 8.6 lets a recipient merge them; llhttp refuses, and so do we).
+    if (head.contentLength !== -1) return refuse(head, 'HPE_UNEXPECTED_CONTENT_LENGTH', 'two Content-Length fields');
     head.contentLength = n;
   } else if (length === 17 && sameName(buf, nameStart, nameEnd, 'transfer-encoding')) {
     // Only `chunked`, once: another coding would reach the client undecoded under a dropped hop-by-hop header.

@@ -2,7 +2,8 @@
  * An HTTP/1.1 listener: a node:http server handing requests to the proxy, answering requests
  * Node's parser rejects with the right 4xx, and draining its connections on shutdown.
  */
-import http from 'node:http';
+import type * as http from 'node:http';
+import { http as nodeHttp } from '../node-http.ts';
 import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';
@@ -127,7 +128,7 @@ export class HttpListener {
       }
       proxy.handle(req as RequestHead, new Http1Downstream(req, res, expectContinue), info);
     };
-    this.server = http.createServer(
+    this.server = nodeHttp.createServer(
       {
         keepAliveTimeout: settings.keepalive_timeout,
         requireHostHeader: false, // request-validation answers 400 itself, so it is logged and counted
@@ -340,7 +341,7 @@ export class HttpListener {
     const start = (): void => {
       if (socket.destroyed) return;
       // Only now: while an earlier answer is still being written the socket is that answer's.
-      const res = new http.ServerResponse(req);
+      const res = new nodeHttp.ServerResponse(req);
       res.shouldKeepAlive = false;
       res.assignSocket(socket);
       this.proxy.handle(req as RequestHead, new Http1Downstream(req, res, false, true), this.info);

@@ -28,8 +28,6 @@ export interface AccessLog {
   readonly settings: AccessLogSettings;
   /** Lines dropped so far. */
   readonly dropped: number;
-  /** Write calls made so far (batches); 0 when lines go through pino or to a stream. */
-  readonly writes: number;
   /** Opens `path` again (after logrotate moved it); pending lines go to the old file. No-op without a path. */
   reopen(): void;
   /** Unsubscribes and writes what is pending. */
@@ -90,9 +88,6 @@ export function startAccessLog(logger: Logger, settings: AccessLogSettings = Acc
     settings,
     get dropped() {
       return dropped;
-    },
-    get writes() {
-      return writer instanceof FdWriter ? writer.writes : 0;
     },
     reopen() {
       if (settings.path === undefined || stopped !== null) return;

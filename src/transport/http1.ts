@@ -18,7 +18,7 @@
  * for the timeouts and request-side refusals, so every transport reads the same in logs.
  */
 import net, { type Socket } from 'node:net';
-import { maxHeaderSize } from 'node:http';
+import { http } from '../node-http.ts';
 import type { Readable } from 'node:stream';
 import { ChunkedDecoder } from '../http1/chunked.ts';
 import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
@@ -58,6 +58,10 @@ const noop = (): void => {};
 
 const kConnection = Symbol('fulcrum.http1.connection');
 type OwnedSocket = Socket & { [kConnection]: Connection };
+
+function uncork(socket: Socket): void {
+  socket.uncork();
+}
 
 function codeError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
@@ -126,6 +130,7 @@ class Connection {
     this.client = client;
     this.socket = socket;
     this.oneOff = oneOff;
+    this.keepMs = client.idleMs;
     (socket as OwnedSocket)[kConnection] = this;
     socket.on('connect', onSocketConnect);
     socket.on('data', onSocketData);
@@ -188,7 +193,10 @@ class Connection {
       attempt.sending(this.served > 0);
       // A connect failure never gets here: the body stays unread and can go to another upstream.
       this.body = body;
+      // Held until the end of this tick: body bytes the client sent with its head go out in the same write.
+      socket.cork();
       this.bodyPaused = !socket.write(head, 'latin1');
+      process.nextTick(uncork, socket);
       body.on('data', this.onBodyData);
       body.on('end', this.onBodyEnd);
       body.on('error', this.onBodyError);
@@ -282,7 +290,7 @@ class Connection {
       buf = Buffer.concat([this.pending, chunk]);
       this.pending = null;
       // A head split over reads is parsed again only once a line may have ended.
-      if (chunk.indexOf(LF) === -1 && buf.length <= maxHeaderSize) {
+      if (chunk.indexOf(LF) === -1 && buf.length <= http.maxHeaderSize) {
         this.pending = buf;
         return;
       }
@@ -290,7 +298,7 @@ class Connection {
     const head = this.head;
     let start = 0;
     for (;;) {
-      const n = parseResponseHead(buf, start, buf.length, maxHeaderSize, head);
+      const n = parseResponseHead(buf, start, buf.length, http.maxHeaderSize, head);
       if (n === 0) {
         this.pending = buf.subarray(start);
         return;
@@ -432,7 +440,9 @@ class Connection {
       if (this.framing === UNTIL_CLOSE) return this.complete(empty, 0);
       return this.fail(codeError('ECONNRESET', 'upstream closed the connection mid-body'));
     }
-    if (this.phase === WAITING || this.phase === CONNECTING) return this.fail(codeError('ECONNRESET', this.pending === null ? 'upstream closed the connection' : 'upstream closed the connection mid-head'));
+    // Before any byte of an answer: a reset (on a reused socket, most likely its idle close, retried);
+    // after part of a head, a broken answer (the upstream did see the request).
+    if (this.phase === WAITING || this.phase === CONNECTING) return this.fail(this.pending === null ? codeError('ECONNRESET', 'upstream closed the connection') : codeError('HPE_INVALID_EOF_STATE', 'upstream closed the connection mid-head'));
     this.destroy();
   }
 
@@ -480,16 +490,31 @@ class Connection {
   }
 }
 
-// Socket listeners, shared by every connection (`this` is the socket).
+// Socket listeners, shared by every connection (`this` is the socket). A throw in this file's
+// own code ends that exchange (a 502) and the socket, never the process.
 function onSocketConnect(this: OwnedSocket): void {
   const c = this[kConnection];
-  if (c.phase === CONNECTING && c.attempt !== null) c.send(c.attempt);
+  try {
+    if (c.phase === CONNECTING && c.attempt !== null) c.send(c.attempt);
+  } catch (err) {
+    c.fail(err as Error);
+  }
 }
 function onSocketData(this: OwnedSocket, chunk: Buffer): void {
-  this[kConnection].read(chunk);
+  const c = this[kConnection];
+  try {
+    c.read(chunk);
+  } catch (err) {
+    c.fail(err as Error);
+  }
 }
 function onSocketEnd(this: OwnedSocket): void {
-  this[kConnection].ended();
+  const c = this[kConnection];
+  try {
+    c.ended();
+  } catch (err) {
+    c.fail(err as Error);
+  }
 }
 function onSocketError(this: OwnedSocket, err: Error): void {
   this[kConnection].fail(err);
@@ -498,7 +523,12 @@ function onSocketClose(this: OwnedSocket): void {
   this[kConnection].closed();
 }
 function onSocketDrain(this: OwnedSocket): void {
-  this[kConnection].drained();
+  const c = this[kConnection];
+  try {
+    c.drained();
+  } catch (err) {
+    c.fail(err as Error);
+  }
 }
 
 function sweep(client: Http1Client): void {

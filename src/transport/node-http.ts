@@ -1,12 +1,13 @@
 /**
- * The node:http client toward one upstream: one keep-alive `http.Agent`. Kept beside undici so
- * the benchmark can compare the two on each machine (undici measured faster and is the
- * default); it also carries what undici cannot: `Expect: 100-continue`, HEAD without closing the
+ * The node:http client toward one upstream: one keep-alive `http.Agent`. Kept beside http1
+ * (the default) and undici so the benchmark can compare them on each machine; it also carries
+ * what undici cannot: `Expect: 100-continue`, HEAD without closing the
  * socket, and protocol upgrades (WebSocket), whose socket leaves the agent after the 101.
  * The request body is piped only once the socket is connected, so a connect failure leaves it
  * unread and another upstream can be tried.
  */
-import http from 'node:http';
+import type * as http from 'node:http';
+import { http as nodeHttp } from '../node-http.ts';
 import net, { type Socket } from 'node:net';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -32,7 +33,7 @@ export class NodeHttpClient implements UpstreamClient {
     this.upstream = upstream;
     this.settings = settings;
     const { keepalive } = settings;
-    this.agent = new http.Agent({
+    this.agent = new nodeHttp.Agent({
       keepAlive: true,
       // Most recently used first, so surplus idle sockets age out instead of being kept warm.
       scheduling: 'lifo',
@@ -60,7 +61,7 @@ export class NodeHttpClient implements UpstreamClient {
       creq.destroy();
       attempt.error(err);
     };
-    const creq = http.request({
+    const creq = nodeHttp.request({
       // A closed client never opens a pooled socket again: a straggler (a retry on a replaced pool) gets a one-off connection.
       ...(this.closed ? { agent: false, createConnection: createConnection as unknown as http.RequestOptions["createConnection"] } : { agent: this.agent }),
       host: upstream.hostname,

@@ -1,7 +1,7 @@
 /**
  * The transport interface: how a request reaches an upstream over a keep-alive pool and how
- * the response comes back. Two implementations (undici, node:http) are kept so `npm run bench`
- * can compare them on every machine; undici is the default because it measured faster.
+ * the response comes back. Fulcrum's own HTTP/1.1 client (http1.ts) is the default; undici and
+ * node:http are kept as options so `npm run bench` can compare them on every machine.
  */
 import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
