@@ -14,6 +14,9 @@
  * LF; a head over `maxBytes`; a Content-Length that is not digits, or more than one; a
  * Transfer-Encoding other than `chunked` alone; Content-Length together with Transfer-Encoding
  * (RFC 9112 section 6.3: a sign of smuggling). No exception is thrown for any input.
+ * Stricter than llhttp, Node's client parser, in: the version, a status below 100, a control
+ * byte in the reason phrase, a Content-Length over 2^53 and codings other than `chunked`
+ * alone; test/unit/http1/response-head.test.ts compares the two and keeps that list.
  * Header names and values are kept as sent, one char per byte (latin1).
  */
 import { CLASS, DIGIT, FIELD, SPACE, TOKEN, latin1, sameName } from './chars.ts';

@@ -119,8 +119,20 @@ class Connection {
     this.destroy();
   };
   readonly onChunk = (chunk: Buffer): void => this.deliver(chunk);
-  private readonly onBodyData = (chunk: Buffer): void => this.bodyData(chunk);
-  private readonly onBodyEnd = (): void => this.bodyEnd();
+  private readonly onBodyData = (chunk: Buffer): void => {
+    try {
+      this.bodyData(chunk);
+    } catch (err) {
+      this.fail(err as Error);
+    }
+  };
+  private readonly onBodyEnd = (): void => {
+    try {
+      this.bodyEnd();
+    } catch (err) {
+      this.fail(err as Error);
+    }
+  };
   private readonly onBodyError = (err: Error): void => {
     this.detachBody();
     this.fail(err);
@@ -252,6 +264,7 @@ class Connection {
     if (this.bodyLeft === -1) this.socket.write('0\r\n\r\n', 'latin1');
     this.detachBody();
     this.requestSent = true;
+    this.bodyMoved = false;
     // The wait for the answer starts when the request is all out.
     const client = this.client;
     if (this.phase === WAITING && client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
@@ -687,7 +700,12 @@ export class Http1Client implements UpstreamClient {
       }
     }
     for (const c of this.connections) {
-      if (c.deadline !== 0 && c.deadline <= now) c.timedOut(now);
+      if (c.deadline === 0 || c.deadline > now) continue;
+      try {
+        c.timedOut(now);
+      } catch (err) {
+        c.fail(err as Error);
+      }
     }
   }
 

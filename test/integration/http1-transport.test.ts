@@ -269,3 +269,36 @@ test('random bytes from the upstream never crash the process', async (t) => {
   await eventually(() => lb.balancer.pools().get('web')!.upstreams[0].inFlight === 0, { what: 'nothing held' });
   assert.deepEqual(uncaught, []);
 });
+
+test('response_headers runs from the end of the upload: a slow upload that moves is not cut; a silent upstream is', async (t) => {
+  const backend = await scriptedBackend(t, (req) => {
+    if (req.path !== '/never') ok(req);
+  });
+  const lb = await startBalancer(t, { pools: { web: { transport: 'http1', upstreams: [backend.url], timeouts: { response_headers: '300ms' }, retry: { max_attempts: 1 } } } });
+  // 10 pieces 100 ms apart: a second of upload against a 300 ms limit.
+  const slow = await new Promise<number>((resolve, reject) => {
+    const req = http.request(`${lb.url}/slow`, { method: 'POST', agent: false, headers: { 'content-length': 10 } }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode!));
+    });
+    req.on('error', reject);
+    let sent = 0;
+    const timer = setInterval(() => {
+      req.write('x');
+      if (++sent === 10) {
+        clearInterval(timer);
+        req.end();
+      }
+    }, 100);
+  });
+  assert.equal(slow, 200);
+  assert.equal(backend.requests[0].body, 'x'.repeat(10));
+  // Expect: 100-continue to an upstream that never answers: the client waits, the upload never moves.
+  const started = performance.now();
+  const raw = await rawExchange(lb.port, 'POST /never HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', 3000);
+  assert.match(raw, /^HTTP\/1\.1 504 /);
+  const took = performance.now() - started;
+  assert.ok(took >= 280 && took < 1500, `504 after ${Math.round(took)} ms`);
+  await eventually(() => lb.ended.length === 2);
+  assert.equal(lb.ended[1].error?.code, 'FUL_UPSTREAM_HEADERS_TIMEOUT');
+});
