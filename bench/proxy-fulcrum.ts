@@ -1,6 +1,6 @@
 /**
  * Fulcrum under test, run as its own process by bench/run.ts:
- *   node bench/proxy-fulcrum.ts <backend-url> <undici|node-http>
+ *   node bench/proxy-fulcrum.ts <backend-url> <http1|undici|node-http>
  * A realistic configuration with logging on: level info, JSON access log line per request.
  * The parent points our stdout at /dev/null, so the cost of building and writing every line is
  * paid without a terminal or a disk in the way.
@@ -8,8 +8,8 @@
 import { createBalancer } from '../src/index.ts';
 
 const [backendUrl, transport] = process.argv.slice(2);
-if (!backendUrl || (transport !== 'undici' && transport !== 'node-http')) {
-  console.error('usage: node bench/proxy-fulcrum.ts <backend-url> <undici|node-http>');
+if (!backendUrl || (transport !== 'http1' && transport !== 'undici' && transport !== 'node-http')) {
+  console.error('usage: node bench/proxy-fulcrum.ts <backend-url> <http1|undici|node-http>');
   process.exit(2);
 }
 

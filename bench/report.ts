@@ -27,12 +27,15 @@ export interface Ratio {
 
 /** The pairs the benchmark is about: every proxy against direct, then the proxies head to head. */
 const pairs: ReadonlyArray<readonly [string, string]> = [
+  ['fulcrum', 'direct'],
   ['fulcrum-undici', 'direct'],
   ['fulcrum-node-http', 'direct'],
   ['http-proxy', 'direct'],
   ['fulcrum-undici', 'http-proxy'],
   ['fulcrum-node-http', 'http-proxy'],
   ['fulcrum-undici', 'fulcrum-node-http'],
+  ['fulcrum', 'fulcrum-undici'],
+  ['fulcrum', 'http-proxy'],
 ];
 
 /** The ratios for every pair where both sides were measured by `tool`. */

@@ -1,6 +1,7 @@
 /**
  * `npm run bench`: one run that measures, side by side,
  *   direct             the backend alone,
+ *   fulcrum            Fulcrum as configured by default (its own HTTP/1.1 server and transport http1),
  *   fulcrum-undici     Fulcrum with transport undici,
  *   fulcrum-node-http  Fulcrum with transport node-http,
  *   http-proxy         a plain http-proxy server with a keep-alive agent (the peer),
@@ -35,6 +36,11 @@ interface Target {
 
 const targets: readonly Target[] = [
   { name: 'direct', label: 'direct', start: () => null },
+  {
+    name: 'fulcrum',
+    label: 'fulcrum (own server, http1)',
+    start: (backend) => startServer('fulcrum', path.join(benchDir, 'proxy-fulcrum.ts'), [backend, 'http1'], undefined, fulcrumNodeArgs),
+  },
   {
     name: 'fulcrum-undici',
     label: 'fulcrum-undici',

@@ -396,6 +396,8 @@ export class Http1Connection implements ResponseConnection {
       this.state = State.Answering;
       this.setTiming(Timing.None);
       if (this.pending !== null) this.requestStart = performance.now();
+      // Paused for a slow body consumer: nothing more goes to it, and reading on notices the client leaving.
+      if (this.socket.isPaused()) this.socket.resume();
     }
     return true;
   }
