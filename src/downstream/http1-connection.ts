@@ -32,6 +32,16 @@ export const PIPELINE_BUFFER = 64 * 1024;
 export const LINGER_IDLE_MS = 5000;
 /** The most a closing connection is kept for reading and dropping (nginx's lingering_time). */
 export const LINGER_MAX_MS = 30_000;
+/**
+ * An answer the client takes nothing of for this long is cut (nginx's send_timeout: the time
+ * between two successful writes, not the whole answer). The clocks that end a connection (keep-alive,
+ * lingering) wait while an answer is still leaving and moving.
+ */
+export const SEND_TIMEOUT_MS = 60_000;
+/** How often a connection whose answer is being sent checks that it moves. */
+const SEND_CHECK_MS = 1000;
+/** The keep-alive timeout announced to clients is this much shorter than the one kept (Node 24's keepAliveTimeoutBuffer), so a client never reuses a connection as it closes. */
+const KEEPALIVE_MARGIN_MS = 1000;
 
 /** A complete HTTP/1.1 answer that closes the connection, as raw text. */
 export function closingAnswer(status: number, text: string, detail: string): string {
@@ -72,8 +82,8 @@ const State = {
 } as const;
 type State = (typeof State)[keyof typeof State];
 
-/** Which deadline a connection has. */
-const Timing = { None: 0, Idle: 1, Head: 2, Body: 3, Linger: 4 } as const;
+/** Which deadline a connection has: Send while an answer is in progress (it must keep moving). */
+const Timing = { None: 0, Idle: 1, Head: 2, Body: 3, Linger: 4, Send: 5 } as const;
 type Timing = (typeof Timing)[keyof typeof Timing];
 
 const kConnection = Symbol('fulcrum.http1');
@@ -189,6 +199,11 @@ export class Http1Connection implements ResponseConnection {
   private requestStart = 0;
   /** When lingering ends at the latest. */
   private lingerEnd = 0;
+  /** Bytes the kernel took from this socket at the last send check, and when they last grew. */
+  private sentMark = 0;
+  private sendProgress = 0;
+  /** The request body is no longer wanted (the exchange unpiped it): what comes of it is read and dropped. */
+  private discarding = false;
   timing: Timing = Timing.Head;
   deadline = 0;
 
@@ -207,11 +222,12 @@ export class Http1Connection implements ResponseConnection {
   }
 
   get keepAliveSeconds(): number {
-    return Math.max(1, Math.floor(this.server.settings.keepAliveMs / 1000));
+    return Math.floor(this.server.settings.keepAliveMs / 1000);
   }
 
+  /** `keepalive_timeout: 0` turns keep-alive off (nginx's meaning): every answer closes its connection. */
   keepAlive(): boolean {
-    return this.keepAliveAsked && !this.server.draining && !this.readEnded;
+    return this.keepAliveAsked && !this.server.draining && !this.readEnded && this.server.settings.keepAliveMs > 0;
   }
 
   /** True while the connection only reads and drops (an answer that closed it was sent). */
@@ -229,12 +245,23 @@ export class Http1Connection implements ResponseConnection {
     const s = this.server.settings;
     switch (timing) {
       case Timing.Idle:
-        this.deadline = performance.now() + s.keepAliveMs;
+        this.deadline = performance.now() + s.keepAliveMs + KEEPALIVE_MARGIN_MS;
         break;
-      case Timing.Head:
-        if (s.headersTimeoutMs > 0) this.deadline = this.requestStart + s.headersTimeoutMs;
+      case Timing.Head: {
+        // Without a headers timeout the whole-request one still bounds the head.
+        const limit = s.headersTimeoutMs > 0 ? s.headersTimeoutMs : s.requestTimeoutMs;
+        if (limit > 0) this.deadline = this.requestStart + limit;
         else this.timing = Timing.None;
         break;
+      }
+      case Timing.Send: {
+        const now = performance.now();
+        this.deadline = now + SEND_CHECK_MS;
+        // Unknown until the first check (which then counts as progress): no socket getter per request.
+        this.sentMark = -1;
+        this.sendProgress = now;
+        break;
+      }
       case Timing.Body:
         if (s.requestTimeoutMs > 0) this.deadline = this.requestStart + s.requestTimeoutMs;
         else this.timing = Timing.None;
@@ -264,7 +291,7 @@ export class Http1Connection implements ResponseConnection {
         // A pipelined request's clock starts with its first byte, as node:http's does, not when its turn comes.
         this.requestStart = performance.now();
       }
-    } else this.pending = Buffer.concat([this.pending, chunk]);
+    } else this.pending = append(this.pending, chunk);
     this.process();
   }
 
@@ -332,7 +359,7 @@ export class Http1Connection implements ResponseConnection {
     if (upgradable) {
       // The bytes after a handshake's head belong to the tunnel (a client may send frames early): not parsed.
       this.state = State.Answering;
-      this.setTiming(Timing.None);
+      this.setTiming(Timing.Send);
     } else if (head.chunked || head.contentLength > 0) {
       // A pipelined request that waited its turn past request_timeout with its body still incomplete never starts.
       const timeout = this.server.settings.requestTimeoutMs;
@@ -348,7 +375,7 @@ export class Http1Connection implements ResponseConnection {
       this.setTiming(Timing.Body);
     } else {
       this.state = State.Answering;
-      this.setTiming(Timing.None);
+      this.setTiming(Timing.Send);
     }
     const response = new Http1Response(this, head, body, upgradable);
     this.response = response;
@@ -394,7 +421,7 @@ export class Http1Connection implements ResponseConnection {
     body.push(null);
     if (this.state === State.Body) {
       this.state = State.Answering;
-      this.setTiming(Timing.None);
+      this.setTiming(Timing.Send);
       if (this.pending !== null) this.requestStart = performance.now();
       // Paused for a slow body consumer: nothing more goes to it, and reading on notices the client leaving.
       if (this.socket.isPaused()) this.socket.resume();
@@ -412,7 +439,7 @@ export class Http1Connection implements ResponseConnection {
     const response = this.response;
     if (response !== null && response.owner !== null && !response.finished) {
       this.state = State.Answering;
-      this.setTiming(Timing.None);
+      this.setTiming(Timing.Send);
       response.owner.onRequestBroken(status, message);
     } else this.refuse(status, status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'HPE_INVALID_CHUNK_SIZE', message);
     body?.destroy();
@@ -482,19 +509,39 @@ export class Http1Connection implements ResponseConnection {
     body?.destroy();
     const socket = this.socket;
     if (socket.destroyed) return;
+    // Bounded in every case: lingering ends by its clock, and an answer still leaving must keep moving.
+    this.lingerEnd = performance.now() + LINGER_MAX_MS;
+    this.setTiming(Timing.Linger);
     if (this.readEnded || !socket.writable) {
       socket.end();
       socket.destroySoon();
       return;
     }
     socket.end();
-    this.lingerEnd = performance.now() + LINGER_MAX_MS;
-    this.setTiming(Timing.Linger);
     if (socket.isPaused()) socket.resume();
   }
 
   /** A deadline passed. */
   timedOut(now: number): void {
+    const socket = this.socket;
+    if (this.timing === Timing.Send || ((this.timing === Timing.Idle || this.timing === Timing.Linger) && socket.writableLength > 0)) {
+      // An answer in progress, or one still leaving a slow reader: it must move (nginx's send_timeout),
+      // and the keep-alive and lingering clocks start only once it has left.
+      const sent = socket.bytesWritten - socket.writableLength;
+      if (socket.writableLength === 0 || sent > this.sentMark) {
+        this.sentMark = sent;
+        this.sendProgress = now;
+      } else if (now - this.sendProgress >= SEND_TIMEOUT_MS) {
+        socket.destroy();
+        return;
+      }
+      if (this.timing === Timing.Send) this.deadline = now + SEND_CHECK_MS;
+      else if (socket.writableLength > 0) {
+        this.deadline = now + SEND_CHECK_MS;
+        this.lingerEnd = Math.max(this.lingerEnd, now + LINGER_IDLE_MS);
+      } else this.setTiming(this.timing);
+      return;
+    }
     switch (this.timing) {
       case Timing.Idle:
         this.timing = Timing.None;
@@ -523,7 +570,8 @@ export class Http1Connection implements ResponseConnection {
     this.readEnded = true;
     switch (this.state) {
       case State.Closing:
-        this.socket.destroy();
+        // Once the answer has left; until then the lingering clock bounds it.
+        if (this.socket.writableLength === 0) this.socket.destroy();
         return;
       case State.Head:
         // A partial head cut by the client's FIN is malformed (llhttp: HPE_INVALID_EOF_STATE); none at all is a plain close.
@@ -559,6 +607,30 @@ function processLater(connection: Http1Connection): void {
   connection.process();
 }
 
+/**
+ * `pending` followed by `chunk`, in a buffer with room to spare: a head or body trickling in a
+ * byte per read is copied a few times over, not once per read (which would be quadratic).
+ */
+function append(pending: Buffer, chunk: Buffer): Buffer {
+  const length = pending.length + chunk.length;
+  const store = pending.buffer as ArrayBuffer;
+  const end = pending.byteOffset + pending.length;
+  // `pending` ends where free room of its own store begins (a store this function made): copy into it.
+  if (spare.get(store) === end && end + chunk.length <= store.byteLength) {
+    chunk.copy(Buffer.from(store, end, chunk.length));
+    spare.set(store, end + chunk.length);
+    return Buffer.from(store, pending.byteOffset, length);
+  }
+  const grown = Buffer.allocUnsafeSlow(Math.max(length * 2, 4096));
+  pending.copy(grown, 0);
+  chunk.copy(grown, pending.length);
+  spare.set(grown.buffer as ArrayBuffer, length);
+  return grown.subarray(0, length);
+}
+
+/** For stores made by `append`: where their free room begins. */
+const spare = new WeakMap<ArrayBuffer, number>();
+
 function onSocketData(this: TrackedSocket, chunk: Buffer): void {
   this[kConnection]?.onData(chunk);
 }
@@ -579,14 +651,31 @@ function onSocketClose(this: TrackedSocket): void {
 /** The request body as the exchange reads it: bytes pushed by the connection, reading paused while the stream is full. */
 class RequestBody extends Readable {
   private readonly connection: Http1Connection;
+  /** Set once the exchange stopped reading the body (unpiped it): the rest is read and dropped, never paused on. */
+  private unwanted = false;
   /** Pushes one chunk; a full stream pauses the socket until `_read`. */
   readonly onChunk = (chunk: Buffer): void => {
-    if (chunk.length > 0 && !this.push(chunk)) this.connection.socket.pause();
+    if (chunk.length === 0 || this.unwanted) return;
+    // A small view would keep its whole read buffer alive while it waits (chunk extensions can make many): copied.
+    if (chunk.length < 1024 && chunk.buffer.byteLength > 8 * chunk.length) chunk = Buffer.from(chunk);
+    if (!this.push(chunk)) this.connection.socket.pause();
   };
 
   constructor(connection: Http1Connection) {
     super();
     this.connection = connection;
+  }
+
+  /**
+   * The exchange stopped reading the body (an upstream that answered before the upload ended, a
+   * body over the limit): a client that writes its whole body before it reads must not block on a
+   * paused socket while the answer waits behind it.
+   */
+  override unpipe(destination?: NodeJS.WritableStream): this {
+    super.unpipe(destination);
+    this.unwanted = true;
+    this.connection.bodyWanted();
+    return this;
   }
 
   override _read(): void {

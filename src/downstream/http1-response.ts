@@ -23,7 +23,7 @@ export interface ResponseConnection {
   readonly socket: Socket;
   /** The client's connection allows another request after this one (keep-alive asked, not draining). */
   keepAlive(): boolean;
-  /** The keep-alive timeout announced in `Keep-Alive: timeout=N` (seconds). */
+  /** The keep-alive timeout announced in `Keep-Alive: timeout=N` (whole seconds; 0: not announced). */
   readonly keepAliveSeconds: number;
   /** The answer is complete (`close`: the connection closes after it); or it was cut (`cut`). */
   responseDone(response: Http1Response, close: boolean, cut: boolean): void;
@@ -183,7 +183,10 @@ export class Http1Response implements Downstream {
     if (!closing && !this.connection.keepAlive()) closing = true;
     this.closeAfter = closing;
     if (closing) text += 'connection: close\r\n';
-    else text += `connection: keep-alive\r\nkeep-alive: timeout=${this.connection.keepAliveSeconds}\r\n`;
+    else {
+      const seconds = this.connection.keepAliveSeconds;
+      text += seconds > 0 ? `connection: keep-alive\r\nkeep-alive: timeout=${seconds}\r\n` : 'connection: keep-alive\r\n';
+    }
     return text + '\r\n';
   }
 

@@ -113,7 +113,8 @@ export class HttpListener {
       });
       this.update(settings);
       // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
-      // Half-open: a client that shuts its side after a request still gets the answer.
+      // Half-open: the connection decides what a client's FIN means (mid-request the client gave up, as
+      // node:http and nginx take it; while closing, the answer still leaving is let go first).
       this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.connections.accept(socket));
       return;
     }
@@ -259,7 +260,8 @@ export class HttpListener {
     const closed = new Promise<void>((resolve) => this.acceptor.close(() => resolve()));
     this.connections.dropWaiting();
     // Connections that only linger (answered, closing) have nothing left to deliver.
-    for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true) socket.destroy();
+    // (An answer still leaving a slow client is let go: its connection's clock bounds it.)
+    for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true && socket.writableLength === 0) socket.destroy();
     if (this.http1 !== null) this.http1.draining = true;
     this.closeIdle();
     const sweep = setInterval(() => this.closeIdle(), 25);
