@@ -21,6 +21,7 @@ import net, { type Socket } from 'node:net';
 import { http } from '../node-http.ts';
 import type { Readable } from 'node:stream';
 import { ChunkedDecoder } from '../http1/chunked.ts';
+import { append } from '../http1/bytes.ts';
 import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
@@ -300,7 +301,7 @@ class Connection {
   private headBytes(chunk: Buffer): void {
     let buf = chunk;
     if (this.pending !== null) {
-      buf = Buffer.concat([this.pending, chunk]);
+      buf = append(this.pending, chunk);
       this.pending = null;
       // A head split over reads is parsed again only once a line may have ended.
       if (chunk.indexOf(LF) === -1 && buf.length <= http.maxHeaderSize) {
