@@ -1,6 +1,8 @@
 /**
- * An HTTP/1.1 listener: a node:http server handing requests to the proxy, answering requests
- * Node's parser rejects with the right 4xx, and draining its connections on shutdown.
+ * An HTTP/1.1 listener: an acceptor that admits connections (firewall, limits), an HTTP/1.1
+ * server that parses them and hands requests to the proxy (Fulcrum's own, src/downstream/
+ * http1-connection.ts, or node:http's with `engine: node`), answers to what the parser refuses
+ * (400, 408, 431, ...), and the drain of its connections on shutdown.
  */
 import type * as http from 'node:http';
 import { http as nodeHttp } from '../node-http.ts';
@@ -82,56 +84,52 @@ export class HttpListener {
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
     this.settings = settings;
     this.logger = logger;
+    this.proxy = proxy;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
-    const limits = settings.limits;
     this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum', underscores: settings.headers_with_underscores }, guards: [], maxBodyBytes: 0, tunnels: new TunnelLimits() };
+    // One request at a time per connection, in order: pipelining is answered as sent (either engine).
+    const own = settings.engine === 'fulcrum';
+    this.http1 = own ? this.ownServer() : null;
+    this.server = own ? null : this.nodeServer();
+    const serve = own ? (socket: Socket) => void this.http1!.accept(socket) : this.nodeAdmit(this.server!);
+    const open = this.open;
+    this.connections = new ConnectionLimiter(logger, name, (socket) => {
+      serve(socket);
+      open.add(socket);
+      socket.once('close', () => open.delete(socket));
+      socket.resume();
+    });
+    this.update(settings);
+    // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
+    // Half-open with the own server: the connection decides what a client's FIN means (mid-request the
+    // client gave up, as node:http and nginx take it; while closing, the answer still leaving goes first).
+    this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: own }, (socket) => this.connections.accept(socket));
+  }
+
+  /** Fulcrum's own HTTP/1.1 server (`engine: fulcrum`). */
+  private ownServer(): Http1Server {
     const info = this.info;
+    return new Http1Server(http1Settings(this.settings), {
+      request: (head, response) => {
+        // The optional public metrics path answers here, before routing: it is not proxied.
+        if (this.isMetricsRequest(head)) return this.sendMetrics((status, headers, body) => response.fail(status, headers, body, false));
+        this.proxy.handle(head, response, info);
+      },
+      refused: (status, code, reason) => {
+        this.malformed++;
+        this.logger.debug({ listener: info.name, code, status, reason }, code === 'CONNECT' ? 'refused a CONNECT request' : 'rejected a malformed request');
+      },
+    });
+  }
+
+  /** node:http's server (`engine: node`): it never binds, the acceptor hands it admitted sockets. */
+  private nodeServer(): http.Server {
+    const limits = this.settings.limits;
     const requestTimeout = limits.request_timeout;
     const headersTimeout = requestTimeout > 0 ? Math.min(limits.headers_timeout, requestTimeout) : limits.headers_timeout;
-    // One request at a time per connection, in order (client-connection.ts): pipelining is answered as sent.
-    this.proxy = proxy;
-    if (settings.engine === 'fulcrum') {
-      this.server = null;
-      const http1 = new Http1Server(http1Settings(settings), {
-        request: (head, response) => {
-          // The optional public metrics path answers here, before routing: it is not proxied.
-          if (this.isMetricsRequest(head)) return this.sendMetrics((status, headers, body) => response.fail(status, headers, body, false));
-          proxy.handle(head, response, info);
-        },
-        refused: (status, code, reason) => {
-          this.malformed++;
-          this.logger.debug({ listener: name, code, status, reason }, code === 'CONNECT' ? 'refused a CONNECT request' : 'rejected a malformed request');
-        },
-      });
-      this.http1 = http1;
-      const open = this.open;
-      this.connections = new ConnectionLimiter(logger, name, (socket) => {
-        http1.accept(socket);
-        open.add(socket);
-        socket.once('close', () => open.delete(socket));
-        socket.resume();
-      });
-      this.update(settings);
-      // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
-      // Half-open: the connection decides what a client's FIN means (mid-request the client gave up, as
-      // node:http and nginx take it; while closing, the answer still leaving is let go first).
-      this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: true }, (socket) => this.connections.accept(socket));
-      return;
-    }
-    this.http1 = null;
-    const start: StartRequest = (req, res, expectContinue) => {
-      // The optional public metrics path answers here, before routing: it is not proxied.
-      if (this.isMetricsRequest(req as RequestHead)) {
-        return void this.sendMetrics((status, headers, body) => {
-          res.writeHead(status, headers);
-          res.end(body);
-        });
-      }
-      proxy.handle(req as RequestHead, new Http1Downstream(req, res, expectContinue), info);
-    };
-    this.server = nodeHttp.createServer(
+    const server = nodeHttp.createServer(
       {
-        keepAliveTimeout: settings.keepalive_timeout,
+        keepAliveTimeout: this.settings.keepalive_timeout,
         requireHostHeader: false, // request-validation answers 400 itself, so it is logged and counted
         maxHeaderSize: limits.max_header_bytes,
         headersTimeout,
@@ -141,30 +139,40 @@ export class HttpListener {
         // WebSocket handshakes leave the parser (the 'upgrade' event); other upgrade offers stay requests (501, or h2c ignored).
         shouldUpgradeCallback: (req) => asksWebSocket(req as RequestHead),
       },
-      (req, res) => dispatch(req, res, false),
+      (req, res) => this.nodeDispatch(req, res, false),
     );
-    const dispatch = (req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void => {
-      const connection = ClientConnection.of(req.socket);
-      if (connection !== undefined) connection.request(req, res, expectContinue);
-      else start(req, res, expectContinue);
-    };
-    this.server.on('checkContinue', (req, res) => dispatch(req, res, true));
-    this.server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
-    this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
+    server.on('checkContinue', (req, res) => this.nodeDispatch(req, res, true));
+    server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
+    server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
     // CONNECT (a forward-proxy tunnel) is not served yet: a clear answer instead of Node's silent close.
-    this.server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
-    const server = this.server;
-    const open = this.open;
-    this.connections = new ConnectionLimiter(logger, name, (socket) => {
-      new ClientConnection(socket, start);
-      open.add(socket);
-      socket.once('close', () => open.delete(socket));
+    server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
+    return server;
+  }
+
+  /** Starts one request node:http parsed (`ClientConnection` keeps them in order). */
+  private readonly nodeStart: StartRequest = (req, res, expectContinue) => {
+    // The optional public metrics path answers here, before routing: it is not proxied.
+    if (this.isMetricsRequest(req as RequestHead)) {
+      return void this.sendMetrics((status, headers, body) => {
+        res.writeHead(status, headers);
+        res.end(body);
+      });
+    }
+    this.proxy.handle(req as RequestHead, new Http1Downstream(req, res, expectContinue), this.info);
+  };
+
+  private nodeDispatch(req: http.IncomingMessage, res: http.ServerResponse, expectContinue: boolean): void {
+    const connection = ClientConnection.of(req.socket);
+    if (connection !== undefined) connection.request(req, res, expectContinue);
+    else this.nodeStart(req, res, expectContinue);
+  }
+
+  /** How node:http's server takes an admitted socket. */
+  private nodeAdmit(server: http.Server): (socket: Socket) => void {
+    return (socket) => {
+      new ClientConnection(socket, this.nodeStart);
       server.emit('connection', socket);
-      socket.resume();
-    });
-    this.update(settings);
-    // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
-    this.acceptor = net.createServer({ pauseOnConnect: true }, (socket) => this.connections.accept(socket));
+    };
   }
 
   /**
