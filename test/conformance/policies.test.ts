@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { policies } from '../../src/balancer/registry.ts';
 import type { PolicyFactory } from '../../src/balancer/policy.ts';
 import { Upstream } from '../../src/upstream/upstream.ts';
+import { mulberry32 } from '../helpers/random.ts';
 
 const ctx = { clientAddress: '127.0.0.1' };
 
@@ -54,17 +55,7 @@ function countPicks(factory: PolicyFactory, pool: Upstream[], n: number, hold = 
   return counts;
 }
 
-/** Deterministic PRNG (mulberry32) so availability flips are the same on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = mulberry32;
 
 /** Ways to make an upstream unavailable, each undone by a fresh Upstream. */
 const makeUnavailable: Record<string, (u: Upstream) => void> = {

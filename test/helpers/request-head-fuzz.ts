@@ -7,18 +7,13 @@ import { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { headEnd, headErrors, isHeadError, maxRawHeadBytes, parseRequestHead, skipEmptyLines, type HeadError, type HeadLimits } from '../../src/http1/request-head.ts';
 import { llhttpParse } from './llhttp-oracle.ts';
+import { mulberry32 } from './random.ts';
 
-/** mulberry32: a small seeded PRNG (public domain, Tommy Ettinger). */
+/** A seeded generator (mulberry32, test/helpers/random.ts) with the picks the fuzzer needs. */
 export class Random {
-  private state: number;
+  readonly next: () => number;
   constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    this.next = mulberry32(seed);
   }
   int(n: number): number {
     return Math.floor(this.next() * n);

@@ -14,19 +14,11 @@ import { acceptFor, decodeFrames, encodeFrame, handshakeRequest, headerValues, p
 import { tunnelOpen, type TunnelEvent } from '../../src/core/events.ts';
 import type { Exchange } from '../../src/proxy/exchange.ts';
 import type { FulcrumConfigInput } from '../../src/config/schema.ts';
+import { mulberry32 } from '../helpers/random.ts';
 
 const MiB = 1024 * 1024;
 
-/** mulberry32: a small seeded generator, so a failing run can be replayed. */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = Math.imul(a ^ (a >>> 15), 1 | a);
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x;
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const seeded = mulberry32;
 
 const sha1 = (data: Buffer | string): string => createHash('sha1').update(data).digest('hex');
 

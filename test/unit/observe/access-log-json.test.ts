@@ -10,18 +10,9 @@ import type { Downstream } from '../../../src/core/downstream.ts';
 import { FulcrumError } from '../../../src/errors.ts';
 import { accessFields, accessMessage, isoTime, jsonFormat, jsonString } from '../../../src/observe/access-log-json.ts';
 import { createLogger } from '../../../src/observe/logger.ts';
+import { mulberry32 } from '../../helpers/random.ts';
 
-/** mulberry32: a small seeded generator, so a failure can be replayed from its seed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const random = mulberry32;
 
 /** Characters that JSON escaping gets wrong most often, and plain ones. */
 const awkward = ['"', '\\', '/', '\b', '\f', '\n', '\r', '\t', '\u0000', '\u0001', '\u001f', '\u007f', '\u0080', '\u00e9', '\u2028', '\u2029', '\ud83d\ude00', '\ud800', '\udfff', '\ufeff', '\uffff', '€', '中'];
