@@ -41,7 +41,8 @@ function line(i: number, length = 100): string {
 function runChild(script: string, options: { readStdout?: boolean } = {}): { done: Promise<{ stdout: string; stderr: string; code: number | null }>; child: ReturnType<typeof spawn> } {
   const file = join(mkdtempSync(join(tmpdir(), 'fulcrum-batch-child-')), 'child.ts');
   writeFileSync(file, script);
-  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  // Bounded in time whatever the script does (a child that hangs is killed, and the test then fails on its exit code).
+  const child = spawn(process.execPath, [file], { stdio: ['ignore', 'pipe', 'pipe'], timeout: 60_000 });
   let stdout = '';
   let stderr = '';
   if (options.readStdout !== false) child.stdout!.on('data', (d) => (stdout += d));
@@ -87,7 +88,7 @@ test('a slow reader: every line arrives whole and in order, across partial write
       w.write('line ' + i + ' ' + 'z'.repeat(i % 300) + '\\n');
       if (i % 1000 === 999) await new Promise((r) => setImmediate(r));
     }
-    while (w.pendingBytes > 0) await new Promise((r) => setTimeout(r, 5));
+    for (let i = 0; i < 6000 && w.pendingBytes > 0; i++) await new Promise((r) => setTimeout(r, 5));
     process.stderr.write(JSON.stringify({ dropped: w.dropped, writes: w.writes }) + '\\n');
     process.exit(0);
   `);
