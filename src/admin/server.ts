@@ -9,7 +9,7 @@
  * protected like the rest).
  */
 import type * as http from 'node:http';
-import { http as nodeHttp } from '../node-http.ts';
+import { http as nodeHttp } from '../node-builtins.ts';
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';

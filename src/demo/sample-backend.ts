@@ -8,7 +8,7 @@
  *   GET  /ws          a WebSocket echo: a text message comes back as "backend 1: <message>" (binary as sent)
  */
 import type * as http from 'node:http';
-import { http as nodeHttp } from '../node-http.ts';
+import { http as nodeHttp } from '../node-builtins.ts';
 import type { AddressInfo, Socket } from 'node:net';
 import { WebSocketServer } from 'ws';
 

@@ -18,7 +18,7 @@
  * - A WebSocket handshake leaves the parser: the bytes after its head are the tunnel's, and its
  *   connection closes after any answer but a relayed 101 (then the socket is the tunnel's).
  */
-import { STATUS_CODES } from '../node-http.ts';
+import { STATUS_CODES } from '../node-builtins.ts';
 import { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
 import { headEnd, isHeadError, maxRawHeadBytes, parseRequestHead, skipEmptyLines, type HeadLimits, type RequestHead } from '../http1/request-head.ts';

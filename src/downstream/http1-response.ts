@@ -11,7 +11,7 @@
  * answers carry no body. Header names and values are checked as node:http checks them (a refused
  * one throws with `code` ERR_INVALID_HTTP_TOKEN / ERR_INVALID_CHAR and nothing is written).
  */
-import { STATUS_CODES } from '../node-http.ts';
+import { STATUS_CODES } from '../node-builtins.ts';
 import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';

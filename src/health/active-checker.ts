@@ -6,7 +6,7 @@
  * the HealthSink; they never pick.
  */
 import type * as http from 'node:http';
-import { http as nodeHttp } from '../node-http.ts';
+import { http as nodeHttp } from '../node-builtins.ts';
 import net from 'node:net';
 import { statusRanges, type PoolSettings } from '../config/schema.ts';
 import { formatDuration } from '../config/duration.ts';

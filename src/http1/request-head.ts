@@ -26,6 +26,7 @@
  */
 import type { IncomingHttpHeaders } from 'node:http';
 import type { Socket } from 'node:net';
+import { CLASS, FIELD, SPACE, TOKEN, latin1, sameName } from './chars.ts';
 
 /** Limits for one head: bytes from the first byte of the request line through the final CRLF, and header lines. */
 export interface HeadLimits {
@@ -69,10 +70,6 @@ function table(chars: string, ranges: [number, number][] = []): Uint8Array {
   for (const [a, b] of ranges) for (let c = a; c <= b; c++) t[c] = 1;
   return t;
 }
-/** tchar (RFC 9110 section 5.6.2). */
-const TCHAR = table("!#$%&'*+-.^_`|~", [[48, 57], [65, 90], [97, 122]]);
-/** A field-value byte: field-vchar, obs-text, SP, HTAB (RFC 9110 section 5.5). */
-const VALUE_CHAR = table('\t', [[0x20, 0x7e], [0x80, 0xff]]);
 /** A request-target byte (visible ASCII, as llhttp's strict URL table in the path and query). */
 const TARGET_CHAR = table('', [[0x21, 0x7e]]);
 /** An authority byte (RFC 3986 unreserved, sub-delims, `:`, `@`, `[`, `]`, `%`), the subset of llhttp's server chars. */
@@ -197,10 +194,6 @@ export function skipEmptyLines(buf: Buffer, start: number, end: number): number 
   return i;
 }
 
-/** Buffer's undocumented latin1Slice (what toString('latin1', a, b) calls, without its argument checks). */
-interface Latin1Buffer extends Buffer {
-  latin1Slice(start: number, end: number): string;
-}
 
 function refusal(status: number, code: string, reason: string): HeadError {
   return Object.freeze({ status, code, reason });
@@ -237,11 +230,6 @@ const E = {
 /** The refusals parseRequestHead answers, by name, for tests and logs. */
 export const headErrors: Readonly<Record<keyof typeof E, HeadError>> = E;
 
-/** True when buf[a, a + name.length) is `name` (lower-case letters and `-`) in any case; no other byte but CR can match. */
-function nameIs(buf: Buffer, a: number, name: string): boolean {
-  for (let i = 0; i < name.length; i++) if ((buf[a + i] | 0x20) !== name.charCodeAt(i)) return false;
-  return true;
-}
 
 /** Flags from a Connection value's comma-separated tokens. */
 const CONN_CLOSE = 1;
@@ -256,10 +244,9 @@ function connectionTokens(buf: Buffer, a: number, b: number): number {
     while (i < b && buf[i] !== 44) i++;
     let e = i;
     while (e > t && (buf[e - 1] === SP || buf[e - 1] === HTAB)) e--;
-    const n = e - t;
-    if (n === 5 && nameIs(buf, t, 'close')) flags |= CONN_CLOSE;
-    else if (n === 10 && nameIs(buf, t, 'keep-alive')) flags |= CONN_KEEP_ALIVE;
-    else if (n === 7 && nameIs(buf, t, 'upgrade')) flags |= CONN_UPGRADE;
+    if (sameName(buf, t, e, 'close')) flags |= CONN_CLOSE;
+    else if (sameName(buf, t, e, 'keep-alive')) flags |= CONN_KEEP_ALIVE;
+    else if (sameName(buf, t, e, 'upgrade')) flags |= CONN_UPGRADE;
   }
   return flags;
 }
@@ -279,9 +266,9 @@ function codings(buf: Buffer, a: number, b: number, state: number): number {
   for (;;) {
     while (i < b && (buf[i] === SP || buf[i] === HTAB)) i++;
     const t = i;
-    while (i < b && TCHAR[buf[i]] === 1) i++;
+    while (i < b && (CLASS[buf[i]] & TOKEN) !== 0) i++;
     if (i === t || state === TE_CHUNKED) return TE_BAD;
-    state = i - t === 7 && nameIs(buf, t, 'chunked') ? TE_CHUNKED : TE_OTHER;
+    state = sameName(buf, t, i, 'chunked') ? TE_CHUNKED : TE_OTHER;
     while (i < b && buf[i] === SP) i++;
     if (i === b) return state;
     if (buf[i] !== 44) return TE_BAD;
@@ -290,15 +277,14 @@ function codings(buf: Buffer, a: number, b: number, state: number): number {
 }
 
 /** Parses buf[start, end) (a complete head as headEnd found it). */
-export function parseRequestHead(buffer: Buffer, start: number, end: number, limits: HeadLimits): RequestHead | HeadError {
-  const buf = buffer as Latin1Buffer;
-  // One native decode of the whole head, then JS substrings: far cheaper than a latin1Slice per field.
-  const text = buf.latin1Slice(start, end);
+export function parseRequestHead(buf: Buffer, start: number, end: number, limits: HeadLimits): RequestHead | HeadError {
+  // One native decode of the whole head, then JS substrings: far cheaper than a decode per field.
+  const text = latin1(buf, start, end);
   const max = limits.maxHeadBytes;
   // Method: a known token, then exactly one SP.
   let i = start;
   const methodEnd = Math.min(end, start + MAX_METHOD + 1);
-  while (i < methodEnd && TCHAR[buf[i]] === 1) i++;
+  while (i < methodEnd && (CLASS[buf[i]] & TOKEN) !== 0) i++;
   if (buf[i] !== SP || i === start) {
     if (i === start && (buf[i] === CR || buf[i] === LF)) return E.strayLineEnd;
     return i < methodEnd && i > start ? E.methodSpace : E.method;
@@ -367,7 +353,7 @@ export function parseRequestHead(buffer: Buffer, start: number, end: number, lim
     if (b0 === LF) return E.bareLf;
     if (b0 === SP || b0 === HTAB) return E.fold;
     const n = i;
-    while (i < end && TCHAR[buf[i]] === 1) i++;
+    while (i < end && (CLASS[buf[i]] & TOKEN) !== 0) i++;
     if (i === n || i >= end || buf[i] !== COLON) return E.name;
     const nameLength = i - n;
     counted += nameLength;
@@ -375,14 +361,14 @@ export function parseRequestHead(buffer: Buffer, start: number, end: number, lim
     i++;
     while (i < end && (buf[i] === SP || buf[i] === HTAB)) i++;
     const v = i;
-    while (i < end && VALUE_CHAR[buf[i]] === 1) i++;
+    while (i < end && (CLASS[buf[i]] & (FIELD | SPACE)) !== 0) i++;
     if (i >= end) return E.incomplete;
     const stop = buf[i];
     const lineEnd = i;
     let ve = i;
     while (ve > v && (buf[ve - 1] === SP || buf[ve - 1] === HTAB)) ve--;
     // Framing fields are checked as llhttp reads them, byte by byte, before it counts the value.
-    if (stop === CR && nameLength === 14 && nameIs(buf, n, 'content-length')) {
+    if (stop === CR && sameName(buf, n, n + nameLength, 'content-length')) {
       if (contentLength !== -1) return E.duplicateLength;
       if (coding !== TE_NONE) return E.lengthAndCoding;
       if (ve === v) return E.contentLength;
@@ -394,7 +380,7 @@ export function parseRequestHead(buffer: Buffer, start: number, end: number, lim
         if (length > Number.MAX_SAFE_INTEGER) return E.contentLength;
       }
       contentLength = length;
-    } else if (stop === CR && nameLength === 17 && nameIs(buf, n, 'transfer-encoding')) {
+    } else if (stop === CR && sameName(buf, n, n + nameLength, 'transfer-encoding')) {
       if (contentLength !== -1) return E.lengthAndCoding;
       coding = codings(buf, v, lineEnd, coding);
       if (coding === TE_BAD) return E.coding;
@@ -408,14 +394,14 @@ export function parseRequestHead(buffer: Buffer, start: number, end: number, lim
     // Fields about the connection: compared without building a lower-cased string.
     switch (nameLength) {
       case 6:
-        if (nameIs(buf, n, 'expect') && CONTINUE.test(text.slice(v - start, ve - start))) expectContinue = true;
+        if (sameName(buf, n, n + 6, 'expect') && CONTINUE.test(text.slice(v - start, ve - start))) expectContinue = true;
         break;
       case 7:
         // llhttp notes Upgrade only with a value.
-        if (ve > v && nameIs(buf, n, 'upgrade')) upgradeHeader = true;
+        if (ve > v && sameName(buf, n, n + 7, 'upgrade')) upgradeHeader = true;
         break;
       case 10:
-        if (nameIs(buf, n, 'connection')) connection |= connectionTokens(buf, v, ve);
+        if (sameName(buf, n, n + 10, 'connection')) connection |= connectionTokens(buf, v, ve);
         break;
     }
     rawHeaders.push(text.slice(n - start, n - start + nameLength), text.slice(v - start, ve - start));

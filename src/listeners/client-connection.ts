@@ -12,11 +12,9 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+// The same lingering close as Fulcrum's own server (nginx's lingering_timeout and lingering_time).
+import { LINGER_IDLE_MS, LINGER_MAX_MS } from '../downstream/http1-connection.ts';
 
-/** How long a closing connection drops what the client still sends after the last byte (nginx's lingering_timeout). */
-export const LINGER_IDLE_MS = 5000;
-/** The most a closing connection is kept for reading and dropping (nginx's lingering_time). */
-export const LINGER_MAX_MS = 30_000;
 /** Pipelined requests waiting behind the one in progress before the connection stops reading. */
 export const MAX_WAITING = 32;
 /**

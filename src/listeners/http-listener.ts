@@ -5,7 +5,7 @@
  * (400, 408, 431, ...), and the drain of its connections on shutdown.
  */
 import type * as http from 'node:http';
-import { http as nodeHttp } from '../node-http.ts';
+import { http as nodeHttp } from '../node-builtins.ts';
 import net from 'node:net';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';

@@ -5,7 +5,7 @@
  * Every path ends in `finish`, exactly once, which releases the upstream and publishes
  * `fulcrum:request:end` for the access log and, later, metrics.
  */
-import { STATUS_CODES } from '../node-http.ts';
+import { STATUS_CODES } from '../node-builtins.ts';
 import { Transform, type TransformCallback } from 'node:stream';
 import type { BlockList, Socket } from 'node:net';
 import type { RequestHead } from '../core/context.ts';

@@ -18,7 +18,7 @@
  * for the timeouts and request-side refusals, so every transport reads the same in logs.
  */
 import net, { type Socket } from 'node:net';
-import { http } from '../node-http.ts';
+import { http } from '../node-builtins.ts';
 import type { Readable } from 'node:stream';
 import { ChunkedDecoder } from '../http1/chunked.ts';
 import { append } from '../http1/bytes.ts';
@@ -145,12 +145,7 @@ class Connection {
     this.oneOff = oneOff;
     this.keepMs = client.idleMs;
     (socket as OwnedSocket)[kConnection] = this;
-    socket.on('connect', onSocketConnect);
-    socket.on('data', onSocketData);
-    socket.on('end', onSocketEnd);
-    socket.on('error', onSocketError);
-    socket.on('close', onSocketClose);
-    socket.on('drain', onSocketDrain);
+    for (const [event, listener] of socketListeners) socket.on(event, listener);
   }
 
   /** Writes the attempt's request: head, framing and (a small) body in one write. */
@@ -436,12 +431,7 @@ class Connection {
     this.deadline = 0;
     this.detachBody();
     socket.pause();
-    socket.off('connect', onSocketConnect);
-    socket.off('data', onSocketData);
-    socket.off('end', onSocketEnd);
-    socket.off('error', onSocketError);
-    socket.off('close', onSocketClose);
-    socket.off('drain', onSocketDrain);
+    for (const [event, listener] of socketListeners) socket.off(event, listener);
     attempt.onCancel(noop);
     this.client.forget(this);
     attempt.switched(head.status, head.reason, head.rawHeaders, socket, buf.subarray(start));
@@ -544,6 +534,16 @@ function onSocketDrain(this: OwnedSocket): void {
     c.fail(err as Error);
   }
 }
+
+/** The socket listeners every connection adds, and a socket handed to a tunnel loses (typed as EventEmitter types listeners). */
+const socketListeners: readonly (readonly [string, (...args: any[]) => void])[] = [
+  ['connect', onSocketConnect],
+  ['data', onSocketData],
+  ['end', onSocketEnd],
+  ['error', onSocketError],
+  ['close', onSocketClose],
+  ['drain', onSocketDrain],
+];
 
 function sweep(client: Http1Client): void {
   client.sweep();

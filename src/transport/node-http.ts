@@ -7,7 +7,7 @@
  * unread and another upstream can be tried.
  */
 import type * as http from 'node:http';
-import { http as nodeHttp } from '../node-http.ts';
+import { http as nodeHttp } from '../node-builtins.ts';
 import net, { type Socket } from 'node:net';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { Upstream } from '../upstream/upstream.ts';
