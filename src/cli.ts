@@ -120,8 +120,9 @@ async function start(file: string, watch: boolean): Promise<void> {
       balancer.logger.flush();
     },
     async () => {
-      // reloadFile logs what changed, or why the file was refused (the running configuration stays).
-      await balancer.reloadFile('signal').catch(() => {});
+      // reloadFile logs what changed, or why the file was refused (the running configuration stays);
+      // a reload reads the certificate files again, and so does a refused one (renewed certificates are not config).
+      await balancer.reloadFile('signal').catch(() => balancer.reloadCertificates());
     },
   );
 }

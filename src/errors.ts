@@ -39,6 +39,7 @@ export const ErrorCode = {
   RequestTimeout: 'FUL_REQUEST_TIMEOUT',
   UpstreamReset: 'FUL_UPSTREAM_RESET',
   UpstreamProtocol: 'FUL_UPSTREAM_PROTOCOL_ERROR',
+  UpstreamTls: 'FUL_UPSTREAM_TLS',
   ClientAborted: 'FUL_CLIENT_ABORTED',
   ClientBody: 'FUL_CLIENT_BODY_ERROR',
   BodyTooLarge: 'FUL_BODY_TOO_LARGE',

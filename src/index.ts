@@ -23,6 +23,9 @@ import { Metrics } from './observe/metrics.ts';
 import { LiveStats } from './observe/live-stats.ts';
 import { AdminCommands, toConfig, type AdminApi, type ReloadResult, type ReloadSource } from './admin/commands.ts';
 import { AdminServer } from './admin/server.ts';
+import { assertTlsFiles } from './tls/check-files.ts';
+import { AdminRequestError } from './admin/errors.ts';
+import type { AcmeManager } from './tls/acme.ts';
 
 export { loadConfigFile, loadConfigText, validateConfig } from './config/load.ts';
 export type { FulcrumConfig, FulcrumConfigInput } from './config/schema.ts';
@@ -101,6 +104,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   const proxy = new HttpProxy({ router: store.current.router }, logger);
   // The first runtime is committed by the store's constructor: the proxy learns its grace period here.
   proxy.onCommit(store.current.pools, startConfig.shutdown.grace_period);
+  // Certificates and other TLS files are read before anything starts: an unusable one is a config error naming its key.
+  assertTlsFiles(startConfig, placeOf);
   const listeners = startConfig.listeners.map((l) => new HttpListener(l, proxy, logger));
   const metrics = new Metrics({
     pools: () => store.current.pools,
@@ -109,8 +114,48 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     routes: () => store.current.router.routes.map((r) => r.name),
     carrier: proxy,
     accessLogDropped: () => accessLogDropped,
+    tls: () =>
+      listeners.flatMap((l) =>
+        l.tls === null
+          ? []
+          : [{ listener: l.info.name, certificates: l.tls.certificates().map((c) => ({ names: c.names, source: c.source, notAfter: Date.parse(c.not_after) })), handshakes: l.tls.versions, failures: l.tls.failures }],
+      ),
   });
   for (const l of listeners) l.serveMetrics(metrics);
+  /** ACME HTTP-01 key authorizations by token, answered on every http listener. */
+  const acmeTokens = new Map<string, string>();
+  for (const l of listeners) if (l.tls === null) l.serveAcmeChallenges(acmeTokens);
+  /** Listeners whose tls.acme lists `domain`. */
+  const acmeListeners = (domain: string): HttpListener[] => listeners.filter((l) => l.tls !== null && l.settings.tls?.acme?.domains.some((d) => d.toLowerCase() === domain.toLowerCase()));
+  let acme: AcmeManager | null = null;
+  /** Starts the ACME manager when a listener wants ACME certificates: stored ones are installed before this resolves; orders run on. */
+  const startAcme = async (config: FulcrumConfig): Promise<void> => {
+    const seen = new Set<string>();
+    const orders: { domain: string; challenge: 'http-01' | 'tls-alpn-01' }[] = [];
+    for (const l of config.listeners) {
+      for (const domain of l.tls?.acme?.domains ?? []) {
+        if (seen.has(domain.toLowerCase())) continue;
+        seen.add(domain.toLowerCase());
+        orders.push({ domain: domain.toLowerCase(), challenge: l.tls!.acme!.challenge });
+      }
+    }
+    if (config.acme === undefined || orders.length === 0) return;
+    // Loaded only when used: acme-client and its crypto cost memory nobody else needs.
+    const { AcmeManager: Manager } = await import('./tls/acme.ts');
+    acme = new Manager(config.acme, orders, {
+      install: (domain, pair) => {
+        for (const l of acmeListeners(domain)) l.tls!.install(domain, pair);
+      },
+      alpnChallenge: (domain, pair) => {
+        for (const l of acmeListeners(domain)) l.tls!.setAlpnChallenge(domain, pair);
+      },
+      httpChallenge: (token, keyAuthorization) => {
+        if (keyAuthorization === null) acmeTokens.delete(token);
+        else acmeTokens.set(token, keyAuthorization);
+      },
+    }, logger);
+    await acme.start();
+  };
   let live: LiveStats | null = null;
   let admin: AdminServer | null = null;
   let stopWatch: (() => void) | null = null;
@@ -177,7 +222,9 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     configFile,
     logger,
     restartNotes: pendingRestart,
+    checkFiles: assertTlsFiles,
     listeners: () => listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections })),
+    certificates: () => listeners.flatMap((l) => l.tls?.certificates() ?? []),
   });
 
   store.onCommit(({ config: next, router, pools }) => {
@@ -236,6 +283,14 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         applyAccessLog(false);
         throw binding ? listenError(err as NodeJS.ErrnoException, binding, placeOf) : err;
       }
+      try {
+        await startAcme(config);
+      } catch (err) {
+        await Promise.all(listeners.map((l) => l.drain(0)));
+        await admin?.close();
+        applyAccessLog(false);
+        throw err;
+      }
       live?.start();
       store.start();
       for (const a of addresses) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
@@ -254,9 +309,15 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     removeBackend: (target, source) => commands.removeBackend(target, source),
     updateBackend: (target, source) => commands.updateBackend(target, source),
     status: () => commands.status(),
+    reloadCertificates: () => listeners.flatMap((l) => (l.tls === null ? [] : [l.tls.reloadCertificates()])),
+    async renewCertificate(domain) {
+      if (acme === null || acmeListeners(domain).length === 0) throw new AdminRequestError(404, `no listener gets an ACME certificate for ${JSON.stringify(domain)} (tls.acme.domains)`);
+      await acme.renew(domain.toLowerCase());
+    },
     close(graceMs = store.current.config.shutdown.grace_period) {
       closing ??= (async () => {
         commands.stop();
+        await acme?.stop();
         proxy.shutdown(graceMs);
         stopWatch?.();
         await Promise.all([...listeners.map((l) => l.drain(graceMs)), admin?.close()]);

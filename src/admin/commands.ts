@@ -17,7 +17,7 @@ import { AdminRequestError } from './errors.ts';
 import { persistUpstreams } from './persist.ts';
 import { RuntimeChanges, type RuntimeOp } from './runtime-changes.ts';
 import { backendStatus, buildStatus } from './status.ts';
-import type { BackendStatus, StatusResponse } from './types.ts';
+import type { BackendStatus, CertificateReloadResult, StatusResponse } from './types.ts';
 
 /** What a reload did: one line per changed area ("pool api: +1 upstream 10.0.0.4:80"). */
 export interface ReloadResult {
@@ -54,6 +54,14 @@ export interface AdminApi {
   restartNotesFor(config: FulcrumConfig): string[];
   /** `/status`: every upstream, pool and listener, and the runtime-only changes. */
   status(): StatusResponse;
+  /**
+   * Reads every https listener's certificate files again (what a file change, SIGHUP and
+   * `POST /certificates/reload` do): changed ones serve new handshakes, open connections keep
+   * theirs; a file that cannot be used keeps the certificate loaded before and is reported.
+   */
+  reloadCertificates(): CertificateReloadResult[];
+  /** Orders a new ACME certificate for `domain` now; rejects with the reason (404-like when no listener has that domain). */
+  renewCertificate(domain: string): Promise<void>;
   /** Adds an upstream to a pool (through the same validate-then-swap path as a reload). */
   addBackend(target: BackendTarget & { weight?: number; max_connections?: number }, source?: ReloadSource): Promise<ReloadResult & { backend: BackendStatus }>;
   /** Removes an upstream; its requests in flight finish first. */
@@ -81,6 +89,10 @@ export interface CommandContext {
   restartNotes(config: FulcrumConfig): string[];
   /** The public listeners, as `/status` shows them. */
   listeners(): StatusResponse['listeners'];
+  /** The https listeners' certificates, as `/status` shows them. */
+  certificates(): StatusResponse['certificates'];
+  /** Reads the files a configuration names (certificates, CAs); throws ConfigError when one cannot be used, and the reload is refused. */
+  checkFiles?(config: FulcrumConfig, placeOf?: LoadedConfig['placeOf']): void;
 }
 
 /** Reloads and backend writes over one runtime store, serialized. */
@@ -113,7 +125,7 @@ export class AdminCommands {
       if (file === null) throw new AdminRequestError(409, 'this balancer was started without a configuration file (demo or embedded): there is nothing to reload from');
       const loaded = this.orRefused(source, () => loadConfigFile(file));
       for (const w of loaded.warnings) this.context.logger.warn(`${file}: ${w}`);
-      return this.applyBase(loaded.config, source);
+      return this.applyBase(loaded.config, source, loaded.placeOf);
     });
   }
 
@@ -171,6 +183,7 @@ export class AdminCommands {
     return buildStatus({
       pools: this.context.store.current.pools,
       listeners: this.context.listeners(),
+      certificates: this.context.certificates(),
       runtimeChanges: this.runtimeChanges,
       configFile: this.context.configFile,
       loadedAt: this.loadedAt,
@@ -233,10 +246,11 @@ export class AdminCommands {
   }
 
   /** A new base configuration (the file's): runtime changes go on top, then swap. */
-  private applyBase(nextBase: FulcrumConfig, source: ReloadSource): ReloadResult {
+  private applyBase(nextBase: FulcrumConfig, source: ReloadSource, placeOf?: LoadedConfig['placeOf']): ReloadResult {
     const { logger } = this.context;
     const opsBefore = this.runtimeChanges.snapshot();
     try {
+      this.context.checkFiles?.(nextBase, placeOf);
       const { config: next, dropped } = this.runtimeChanges.apply(nextBase);
       for (const d of dropped) logger.info({ source }, `runtime change dropped: ${d}`);
       const changes = this.swap(next);

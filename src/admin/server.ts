@@ -267,6 +267,24 @@ export class AdminServer {
           }
         },
       },
+      { method: 'GET', path: '/certificates', write: false, handle: (_q, res) => json(res, 200, b.status().certificates) },
+      {
+        method: 'POST', path: '/certificates/reload', write: true,
+        handle: (_q, res) => {
+          const listeners = b.reloadCertificates();
+          json(res, listeners.some((l) => l.failed.length > 0) ? 422 : 200, { ok: listeners.every((l) => l.failed.length === 0), listeners });
+        },
+      },
+      {
+        method: 'POST', path: '/certificates/renew', write: true,
+        handle: async (req, res) => {
+          const v = await body(req, ['domain']);
+          if (typeof v.domain !== 'string' || v.domain === '') throw new AdminRequestError(400, 'expected {"domain": "example.com"}: a domain of a listener\'s tls.acme.domains');
+          const domain = v.domain.toLowerCase();
+          await b.renewCertificate(domain);
+          json(res, 200, { ok: true, domain, certificates: b.status().certificates.filter((c) => c.names.includes(domain)) });
+        },
+      },
       {
         method: 'POST', path: '/reload', write: true,
         handle: async (_q, res) => {

@@ -41,6 +41,7 @@ export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges):
 export interface StatusSources {
   pools: ReadonlyMap<string, Pool>;
   listeners: StatusResponse['listeners'];
+  certificates: StatusResponse['certificates'];
   runtimeChanges: RuntimeChanges;
   configFile: string | null;
   loadedAt: Date;
@@ -65,6 +66,7 @@ export function buildStatus(s: StatusSources): StatusResponse {
       backup: p.settings.backup ?? null,
     })),
     listeners: s.listeners,
+    certificates: s.certificates,
     config_file: s.configFile,
     config_loaded_at: s.loadedAt.toISOString(),
     persisted: s.persisted,

@@ -51,6 +51,34 @@ export interface RuntimeChange {
   weight?: number;
 }
 
+/** One certificate an https listener serves (`GET /status`, `GET /certificates`). */
+export interface CertificateStatus {
+  listener: string;
+  /** The `cert` file (and key file), or `acme:<domain>` for an ACME certificate. */
+  source: string;
+  /** Server names it answers. */
+  names: string[];
+  serial: string;
+  /** ISO times. */
+  not_before: string;
+  not_after: string;
+  /** Whole days until it expires (negative once expired). */
+  days_left: number;
+  /** Shown to clients without SNI (and to unknown names with unknown_name: default). */
+  is_default: boolean;
+  /** Why the last read of its files failed (the certificate shown is the one loaded before), or null. */
+  error: string | null;
+}
+
+/** What `POST /certificates/reload` did per https listener. */
+export interface CertificateReloadResult {
+  listener: string;
+  /** Certificates whose files changed and were taken, with their new serials. */
+  changed: { source: string; serial: string }[];
+  /** Files that could not be used: the certificate loaded before stays. */
+  failed: { file: string; reason: string }[];
+}
+
 /** `GET /status`. */
 export interface StatusResponse {
   total_backends: number;
@@ -58,6 +86,8 @@ export interface StatusResponse {
   backends: BackendStatus[];
   pools: { name: string; policy: string; upstreams: number; available: number; backup: string | null }[];
   listeners: { name: string; url: string; open_connections: number; refused_connections: number }[];
+  /** Certificates the https listeners serve, with days left (an empty list without https listeners). */
+  certificates: CertificateStatus[];
   /** The file the configuration came from, or null (demo, embedded). */
   config_file: string | null;
   /** ISO time of the last configuration applied. */

@@ -1,10 +1,10 @@
 /**
- * Durations in configs: `250ms`, `5s`, `1.5m`, `1h`, or `0`. In a file a number needs its
+ * Durations in configs: `250ms`, `5s`, `1.5m`, `1h`, `30d`, or `0`. In a file a number needs its
  * unit (`interval: 5` is refused, not read as 5 ms); in code a number is milliseconds.
  */
 
-const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
-const pattern = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$/;
+const units: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const pattern = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$/;
 
 /** Milliseconds for a duration string, or NaN when it is not one. */
 export function parseDuration(text: string): number {
@@ -15,6 +15,7 @@ export function parseDuration(text: string): number {
 
 /** The shortest exact spelling of a duration, for normalised configs and messages. */
 export function formatDuration(ms: number): string {
+  if (ms !== 0 && ms % 86_400_000 === 0) return `${ms / 86_400_000}d`;
   if (ms !== 0 && ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
   if (ms !== 0 && ms % 60_000 === 0) return `${ms / 60_000}m`;
   if (ms % 1000 === 0) return `${ms / 1000}s`;

@@ -162,10 +162,28 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   if (config.admin?.token_file !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
     config.admin.token_file = path.resolve(path.dirname(file), config.admin.token_file);
   }
-  // So is a relative access log file.
+  // So is a relative access log file, and so are certificate, key and CA files and the ACME storage.
+  const fromFile = !file.startsWith('<') && !file.startsWith('env ');
+  const resolve = (p: string): string => (fromFile ? path.resolve(path.dirname(file), p) : p);
   const accessLog = config.log.access_log;
-  if (typeof accessLog === 'object' && accessLog.path !== undefined && !file.startsWith('<') && !file.startsWith('env ')) {
-    accessLog.path = path.resolve(path.dirname(file), accessLog.path);
+  if (typeof accessLog === 'object' && accessLog.path !== undefined) accessLog.path = resolve(accessLog.path);
+  for (const l of config.listeners) {
+    if (l.tls === undefined) continue;
+    for (const c of l.tls.certificates) {
+      c.cert = resolve(c.cert);
+      if (c.key !== undefined) c.key = resolve(c.key);
+    }
+    if (l.tls.client_auth !== undefined) l.tls.client_auth.ca = resolve(l.tls.client_auth.ca);
+  }
+  for (const pool of Object.values(config.pools)) {
+    const t = pool.tls;
+    if (t.ca !== undefined) t.ca = resolve(t.ca);
+    if (t.cert !== undefined) t.cert = resolve(t.cert);
+    if (t.key !== undefined) t.key = resolve(t.key);
+  }
+  if (config.acme !== undefined) {
+    config.acme.storage = resolve(config.acme.storage);
+    if (config.acme.directory_ca !== undefined) config.acme.directory_ca = resolve(config.acme.directory_ca);
   }
   return { config, warnings, source: file, placeOf };
 }
@@ -302,13 +320,34 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
   }
   const listeners = Array.isArray(config.listeners) ? config.listeners : [];
   const seen = new Set<string>();
+  let acmeHttp01 = -1;
+  let plainListeners = 0;
   listeners.forEach((l, i) => {
     if (!l || typeof l !== 'object') return;
+    const { protocol = 'http', tls, hsts, redirect_https } = l as { protocol?: unknown; tls?: { certificates?: unknown[]; acme?: { challenge?: unknown } }; hsts?: unknown; redirect_https?: unknown };
+    if (protocol === 'https') {
+      const certificates = Array.isArray(tls?.certificates) ? tls.certificates.length : 0;
+      if (tls === undefined) problems.push(place(['listeners', i, 'protocol'], 'an https listener needs `tls` with certificates (tls.certificates: [{cert, key}]) or ACME (tls.acme: {domains: [...]})'));
+      else if (certificates === 0 && tls.acme === undefined) problems.push(place(['listeners', i, 'tls'], 'no certificate: give tls.certificates ([{cert: fullchain.pem, key: key.pem}]) or tls.acme ({domains: [...]})'));
+      if (tls?.acme !== undefined && config.acme === undefined) problems.push(place(['listeners', i, 'tls', 'acme'], 'tls.acme needs the top-level `acme` section (directory, email, terms_of_service_agreed)'));
+      if (tls?.acme !== undefined && (tls.acme.challenge ?? 'http-01') === 'http-01') acmeHttp01 = i;
+      if (redirect_https !== undefined) problems.push(place(['listeners', i, 'redirect_https'], 'redirect_https belongs on an http listener (it sends requests to this https one)'));
+    } else {
+      plainListeners++;
+      if (tls !== undefined) problems.push(place(['listeners', i, 'tls'], 'tls is for https listeners: add `protocol: https` (or remove tls)'));
+      if (hsts !== undefined) problems.push(place(['listeners', i, 'hsts'], 'browsers ignore Strict-Transport-Security over http: put hsts on the https listener'));
+    }
     const { host = '0.0.0.0', port = 8080 } = l as { host?: unknown; port?: unknown };
     const key = `${String(host)}:${String(port)}`;
     if (port !== 0 && seen.has(key)) problems.push(place(['listeners', i, 'port'], `${key} is already bound by another listener`));
     seen.add(key);
   });
+  if (acmeHttp01 >= 0 && plainListeners === 0) {
+    problems.push(place(['listeners', acmeHttp01, 'tls', 'acme', 'challenge'], 'HTTP-01 is answered on an http listener (port 80 for a public CA), and there is none: add one (redirect_https: true keeps it to redirects), or use challenge: tls-alpn-01'));
+  }
+  if (config.acme !== undefined && config.acme !== null && typeof config.acme === 'object' && (config.acme as { terms_of_service_agreed?: unknown }).terms_of_service_agreed !== true) {
+    problems.push(place(['acme', 'terms_of_service_agreed'], "an ACME account needs your agreement to the CA's terms of service: read them (Let's Encrypt: https://letsencrypt.org/repository/) and set terms_of_service_agreed: true"));
+  }
   return problems;
 }
 

@@ -97,28 +97,27 @@ export function upstreamUrlProblem(v: string): string | undefined {
     const rest = v.replace(/^https?(?::\/*|\/+)/i, '').replace(/^([A-Za-z][A-Za-z0-9+.-]*:(?!\d))?\/*/, '');
     return `missing "http://": write http://${rest || '10.0.0.1:3000'}`;
   }
-  if (scheme === 'https') return 'https upstreams are not supported yet: give the backend\'s plain HTTP address (http://host:port)';
-  if (scheme !== 'http') {
-    const fixed = `http://${v.slice(scheme.length + 3)}`;
-    return editDistance(scheme, 'http') <= 1 ? `${scheme}:// is not a scheme Fulcrum knows: did you mean ${fixed}?` : `${scheme}:// upstreams are not supported: an upstream is http://host:port`;
+  if (scheme !== 'http' && scheme !== 'https') {
+    const fixed = `${editDistance(scheme, 'https') < editDistance(scheme, 'http') ? 'https' : 'http'}://${v.slice(scheme.length + 3)}`;
+    return editDistance(scheme, 'http') <= 1 || editDistance(scheme, 'https') <= 1 ? `${scheme}:// is not a scheme Fulcrum knows: did you mean ${fixed}?` : `${scheme}:// upstreams are not supported: an upstream is http://host:port or https://host:port`;
   }
   // An IPv6 address needs brackets: `http://::1:8080` is `http://[::1]:8080`.
-  const bare6 = /^http:\/\/([0-9A-Fa-f]*:[0-9A-Fa-f:.]*?)(?::(\d{1,5}))?\/?$/i.exec(v);
-  if (bare6 !== null && (bare6[1].match(/:/g)?.length ?? 0) >= 2) return `an IPv6 address goes in brackets: write http://[${bare6[1]}]${bare6[2] !== undefined ? `:${bare6[2]}` : ''}`;
-  if (/^http:\/\/(:|\/|$)/i.test(v)) return `${shown} has no host: write ${example}`;
+  const bare6 = /^https?:\/\/([0-9A-Fa-f]*:[0-9A-Fa-f:.]*?)(?::(\d{1,5}))?\/?$/i.exec(v);
+  if (bare6 !== null && (bare6[1].match(/:/g)?.length ?? 0) >= 2) return `an IPv6 address goes in brackets: write ${scheme}://[${bare6[1]}]${bare6[2] !== undefined ? `:${bare6[2]}` : ''}`;
+  if (/^https?:\/\/(:|\/|$)/i.test(v)) return `${shown} has no host: write ${example}`;
   let u: URL;
   try {
     u = new URL(v);
   } catch {
-    const parts = /^http:\/\/(\[[^\]]*\]|[^/:]*):([^/]*)/i.exec(v);
-    if (parts !== null && !(/^\d+$/.test(parts[2]) && Number(parts[2]) <= 65535)) return `${JSON.stringify(parts[2])} is not a port: write http://${parts[1] || '10.0.0.5'}:PORT with PORT from 1 to 65535`;
+    const parts = /^https?:\/\/(\[[^\]]*\]|[^/:]*):([^/]*)/i.exec(v);
+    if (parts !== null && !(/^\d+$/.test(parts[2]) && Number(parts[2]) <= 65535)) return `${JSON.stringify(parts[2])} is not a port: write ${scheme}://${parts[1] || '10.0.0.5'}:PORT with PORT from 1 to 65535`;
     return `${shown} is not a URL: write ${example}`;
   }
   if (u.hostname === '') return `${shown} has no host: write ${example}`;
   if (u.username || u.password) return 'an upstream URL takes no user or password (they would be sent to no one); remove the "user:password@"';
-  if (u.pathname !== '/' && u.pathname !== '') return `an upstream URL has no path (${JSON.stringify(u.pathname)}): the request's own path is sent; write http://${u.host} (route by path with routes[].path_prefix)`;
-  if (u.search || v.includes('?')) return `an upstream URL has no query: write http://${u.host}`;
-  if (v.includes('#')) return `an upstream URL has no fragment: write http://${u.host}`;
+  if (u.pathname !== '/' && u.pathname !== '') return `an upstream URL has no path (${JSON.stringify(u.pathname)}): the request's own path is sent; write ${scheme}://${u.host} (route by path with routes[].path_prefix)`;
+  if (u.search || v.includes('?')) return `an upstream URL has no query: write ${scheme}://${u.host}`;
+  if (v.includes('#')) return `an upstream URL has no fragment: write ${scheme}://${u.host}`;
   if (/^[^/]*\/\/[^/]*:0+\/?$/.test(v)) return "port 0 cannot be connected to; give the upstream's real port";
   return undefined;
 }
@@ -218,6 +217,28 @@ export const CircuitBreakerConfig = z.strictObject({
   enabled: z.boolean().default(true),
 });
 
+/** A file path in the configuration (relative to the configuration file). */
+const FilePath = z.string().min(1).refine((v) => !v.includes('\0'), { message: 'a path cannot contain NUL' });
+
+/**
+ * TLS toward the pool's `https://` upstreams: who they must prove to be, and what Fulcrum shows
+ * them. Verification is on by default, against the system's CAs.
+ */
+export const UpstreamTlsConfig = z.strictObject({
+  server_name: z
+    .string()
+    .min(1)
+    .optional()
+    .meta({ description: "SNI sent and the name the upstream's certificate must cover (default: the upstream URL's host; no SNI is sent to an IP address, whose certificate must then cover that IP)." }),
+  ca: FilePath.optional().meta({ description: "PEM file of the CAs that may sign the upstreams' certificates (default: the system's CAs)." }),
+  cert: FilePath.optional().meta({ description: 'PEM file: a client certificate (chain) shown to upstreams that ask for one (mTLS); with `key`.' }),
+  key: FilePath.optional().meta({ description: 'PEM file: the private key of `cert` (default: `cert` itself when it holds the key too).' }),
+  insecure_skip_verify: z
+    .boolean()
+    .default(false)
+    .meta({ description: "Accept any certificate from the upstreams: encryption without knowing who is at the other end. For tests only; logged as a warning at every start and reload (default false)." }),
+});
+
 /** A named set of upstreams with a policy. */
 export const PoolConfig = z.strictObject({
   policy: PolicyName.default('round-robin'),
@@ -232,6 +253,7 @@ export const PoolConfig = z.strictObject({
     .enum(['http1', 'undici', 'node-http'])
     .default('http1')
     .meta({ description: 'HTTP client toward upstreams: "http1", Fulcrum\'s own on raw keep-alive sockets (default); "undici"; or "node-http", node:http\'s agent.' }),
+  tls: UpstreamTlsConfig.prefault({}).meta({ description: 'TLS toward the https:// upstreams of this pool: SNI, verification, client certificate.' }),
   timeouts: TimeoutsConfig.prefault({}),
   keepalive: KeepAliveConfig.prefault({}),
   retry: RetryConfig.prefault({}),
@@ -283,12 +305,92 @@ export const RequestLimitsConfig = z.strictObject({
   over_connection_limit: z.enum(['refuse', 'queue']).default('refuse').meta({ description: '"refuse" closes a connection over the limit at once; "queue" holds it unread until a slot frees (default refuse).' }),
 });
 
+/** One certificate of an HTTPS listener: PEM files, read at start and again when they change. */
+export const CertificateConfig = z.strictObject({
+  cert: FilePath.meta({ description: 'PEM file: the certificate first, then its intermediates (a full chain); it may hold the private key too.' }),
+  key: FilePath.optional().meta({ description: 'PEM file: the private key (default: the key in `cert`).' }),
+  names: z
+    .array(z.string().min(1).regex(/^(\*\.)?[A-Za-z0-9_.-]+$/, { message: 'expected a host name such as "example.com" or "*.example.com"' }))
+    .optional()
+    .meta({ description: "Server names (SNI) this certificate answers, exact or \"*.example.com\" (default: the names the certificate covers)." }),
+  default: z.boolean().default(false).meta({ description: 'Shown to clients that send no SNI, or an unknown name with `unknown_name: default` (default: the first certificate).' }),
+});
+
+/** Mutual TLS: clients show a certificate signed by `ca`. */
+export const ClientAuthConfig = z.strictObject({
+  mode: z.enum(['required', 'optional']).default('required').meta({ description: '"required": no certificate (or an unverified one), no handshake; "optional": asked for, and requests without a verified one still pass (default required).' }),
+  ca: FilePath.meta({ description: "PEM file of the CAs that sign clients' certificates." }),
+  subject_header: z
+    .string()
+    .regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/, { message: 'expected a header name such as "X-Client-Subject"' })
+    .optional()
+    .meta({ description: "Request header that carries the verified client certificate's subject to upstreams (RFC 4514 form, e.g. \"CN=alice,O=Example\"); a client's own header of that name is always removed (default: none)." }),
+});
+
+/** ACME (RFC 8555) certificates for an HTTPS listener. */
+export const ListenerAcmeConfig = z.strictObject({
+  domains: z
+    .array(z.string().min(1).regex(/^[A-Za-z0-9_.-]+$/, { message: 'expected a host name such as "example.com" (HTTP-01 and TLS-ALPN-01 cannot prove wildcards)' }))
+    .min(1)
+    .meta({ description: 'Host names to get certificates for; each gets its own (the same as the routes\' hosts, typically).' }),
+  challenge: z
+    .enum(['http-01', 'tls-alpn-01'])
+    .default('http-01')
+    .meta({ description: '"http-01": answered on an HTTP listener (port 80 for a public CA); "tls-alpn-01": answered on this listener (port 443 for a public CA) (default http-01).' }),
+});
+
+/** TLS on an HTTPS listener. */
+export const ListenerTlsConfig = z.strictObject({
+  certificates: z.array(CertificateConfig).default([]).meta({ description: 'Certificates chosen by SNI: exact names first, then wildcards, then the default.' }),
+  acme: ListenerAcmeConfig.optional().meta({ description: 'Certificates from an ACME CA (the top-level `acme` section says which), renewed by themselves.' }),
+  unknown_name: z
+    .enum(['default', 'reject'])
+    .default('default')
+    .meta({ description: 'A client asking for a name no certificate covers: "default" gets the default certificate (its client then warns), "reject" gets an unrecognized_name alert (default default).' }),
+  profile: z
+    .enum(['intermediate', 'modern'])
+    .default('intermediate')
+    .meta({ description: 'Mozilla\'s server-side TLS profile: "intermediate", TLS 1.2 and 1.3 with forward-secret AEAD ciphers (default), or "modern", TLS 1.3 only.' }),
+  alpn: z
+    .array(z.enum(['http/1.1']))
+    .min(1)
+    .default(['http/1.1'])
+    .meta({ description: 'Protocols offered by ALPN, most wanted first (default ["http/1.1"]; "h2" comes with HTTP/2).' }),
+  session_tickets: z.boolean().default(true).meta({ description: 'Resume sessions with TLS session tickets (default true).' }),
+  ticket_key_rotation: PositiveDuration.default(12 * 3_600_000).meta({ description: 'A new random session ticket key this often, shared by the listener\'s certificates; a ticket made with an older key gets a full handshake (default 12h).' }),
+  session_timeout: PositiveDuration.default(300_000).meta({ description: 'How long a session may be resumed (ticket lifetime) (default 5m).' }),
+  handshake_timeout: PositiveDuration.default(10_000).meta({ description: 'A TLS handshake not finished in this time is cut (default 10s).' }),
+  watch: z.boolean().default(true).meta({ description: 'Read certificate files again when they change (default true); SIGHUP and the admin API always do.' }),
+  expiry_warning: Duration.default(21 * 86_400_000).meta({ description: 'Warn (log, `fulcrum check`, the dashboard) when a certificate expires within this (default 21d).' }),
+  client_auth: ClientAuthConfig.optional().meta({ description: 'Ask clients for certificates (mTLS); absent: no client certificates.' }),
+});
+
+/** `Strict-Transport-Security` on every answer of an HTTPS listener. */
+export const HstsConfig = z.strictObject({
+  max_age: Duration.default(365 * 86_400_000).meta({ description: 'How long browsers keep to HTTPS, sent in whole seconds (default 365d).' }),
+  include_subdomains: z.boolean().default(false).meta({ description: 'Also for every subdomain (default false).' }),
+  preload: z.boolean().default(false).meta({ description: 'Ask to be in the browsers\' preload list (needs max_age of a year or more and include_subdomains) (default false).' }),
+});
+
+/** An HTTP listener that sends every request to HTTPS. */
+export const RedirectHttpsConfig = z.strictObject({
+  port: Port.default(443).meta({ description: 'The HTTPS port in the Location (default 443, left out of the URL).' }),
+  status: z.union([z.literal(301), z.literal(302), z.literal(307), z.literal(308)]).default(308).meta({ description: 'The redirect status; 308 and 307 keep the method and body (default 308).' }),
+});
+
 /** A socket Fulcrum accepts connections on. */
 export const ListenerConfig = z.strictObject({
   name: z.string().min(1).optional().meta({ description: 'Name in logs (default "<host>:<port>").' }),
   host: z.string().min(1).default('0.0.0.0').meta({ description: 'Address to bind (default 0.0.0.0; "::" for IPv6 too).' }),
   port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
-  protocol: z.enum(['http']).default('http').meta({ description: 'Only "http" for now; https, http2 and tcp come later.' }),
+  protocol: z.enum(['http', 'https']).default('http').meta({ description: '"http" (default) or "https" (TLS, with `tls`); http2 and tcp come later.' }),
+  tls: ListenerTlsConfig.optional().meta({ description: 'Certificates and TLS settings of an https listener.' }),
+  hsts: HstsConfig.optional().meta({ description: 'Send Strict-Transport-Security on an https listener\'s answers; absent: not sent.' }),
+  redirect_https: z
+    .union([z.literal(true), RedirectHttpsConfig])
+    .optional()
+    .transform((v) => (v === true ? RedirectHttpsConfig.parse({}) : v))
+    .meta({ description: 'Answer every request on this http listener with a redirect to https (path and query kept), except ACME HTTP-01 challenges: true (308 to port 443) or {port, status}.' }),
   engine: z
     .enum(['fulcrum', 'node'])
     .default('fulcrum')
@@ -387,6 +489,26 @@ export const AccessLogConfig = z.strictObject({
   path: z.string().min(1).optional().meta({ description: 'A file to append to (created if missing, reopened on SIGUSR1) instead of stdout (default: stdout, with the rest of the log).' }),
 });
 
+/** Well-known ACME directories, by the names the config may use. */
+export const acmeDirectories: Readonly<Record<string, string>> = {
+  'letsencrypt-staging': 'https://acme-staging-v02.api.letsencrypt.org/directory',
+  letsencrypt: 'https://acme-v02.api.letsencrypt.org/directory',
+};
+
+/** The ACME (RFC 8555) CA and account that listeners' `tls.acme` use. */
+export const AcmeConfig = z.strictObject({
+  directory: z
+    .string()
+    .refine((v) => Object.hasOwn(acmeDirectories, v) || /^https:\/\/\S+$/.test(v), { message: 'expected "letsencrypt-staging", "letsencrypt" or an https:// directory URL' })
+    .default('letsencrypt-staging')
+    .meta({ description: 'The CA: "letsencrypt-staging" (default: certificates browsers do not trust, generous rate limits), "letsencrypt" once it works, or a directory URL.' }),
+  email: z.string().regex(/^[^@\s]+@[^@\s]+$/, { message: 'expected an email address' }).optional().meta({ description: 'Contact for the account (expiry notices from the CA).' }),
+  terms_of_service_agreed: z.boolean().default(false).meta({ description: "You agree to the CA's terms of service (needed to create an account) (default false)." }),
+  storage: FilePath.default('acme').meta({ description: 'Directory of the account key and certificates (mode 0700, files 0600), relative to the configuration file (default "acme").' }),
+  directory_ca: FilePath.optional().meta({ description: "PEM file of the CA that signs the ACME directory's own HTTPS certificate (a private or test CA such as pebble's; default: the system's CAs)." }),
+  key_type: z.enum(['ecdsa', 'rsa']).default('ecdsa').meta({ description: 'Key of each certificate: ECDSA P-256 (default) or RSA 2048.' }),
+});
+
 /** Logging. */
 export const LogConfig = z.strictObject({
   level: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -423,6 +545,7 @@ export const FulcrumConfigSchema = z
         grace_period: Duration.default(30_000).meta({ description: 'How long in-flight requests may finish after SIGTERM (default 30s).' }),
       })
       .prefault({}),
+    acme: AcmeConfig.optional().meta({ description: 'The ACME CA and account for listeners with `tls.acme`.' }),
     admin: AdminConfig.optional().meta({ description: 'The admin API, metrics and dashboard on their own listener; absent: none (`admin: {}` for 127.0.0.1:9901).' }),
     reload: z
       .strictObject({
@@ -443,6 +566,11 @@ export type LogSettings = z.output<typeof LogConfig>;
 export type AccessLogSettings = z.output<typeof AccessLogConfig>;
 export type AdminSettings = z.output<typeof AdminConfig>;
 export type UpstreamSettings = z.output<typeof UpstreamConfig>;
+export type ListenerTlsSettings = z.output<typeof ListenerTlsConfig>;
+export type CertificateSettings = z.output<typeof CertificateConfig>;
+export type UpstreamTlsSettings = z.output<typeof UpstreamTlsConfig>;
+export type AcmeSettings = z.output<typeof AcmeConfig>;
+export type HstsSettings = z.output<typeof HstsConfig>;
 
 /** The access log's settings with the defaults filled in (`true` is every default), or null when it is off. */
 export function accessLogSettings(value: LogSettings['access_log']): AccessLogSettings | null {
@@ -477,7 +605,7 @@ export function configJsonSchema(): unknown {
     // A file's durations carry their unit; only 0 may be a bare number (as the loader checks).
     override: (ctx) => {
       if (ctx.zodSchema !== durationInput) return;
-      ctx.jsonSchema.anyOf = [{ const: 0 }, { type: 'string', pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h)\\s*$' }];
+      ctx.jsonSchema.anyOf = [{ const: 0 }, { type: 'string', pattern: '^\\s*\\d+(\\.\\d+)?\\s*(ms|s|m|h|d)\\s*$' }];
     },
   }) as Record<string, unknown>;
   return { ...schema, title: 'Fulcrum configuration', $id: 'https://fulcrum.dev/schema/config.json' };

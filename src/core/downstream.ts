@@ -6,6 +6,7 @@
  * relayed 101 (src/downstream/tunnel.ts); HTTP/2 streams and TCP connections come next.
  * The split follows Pingora's `ProxyHttp` phases and Caddy's reverseproxy.go / streaming.go.
  */
+import type { ConnectionTls } from '../tls/connection-tls.ts';
 import type { Duplex, Readable } from 'node:stream';
 
 /** What a downstream tells the exchange it carries. */
@@ -27,6 +28,8 @@ export interface Downstream {
   readonly requestBody: Readable | null;
   /** False once the client's connection is gone. */
   readonly connected: boolean;
+  /** What the connection's TLS handshake settled (version, ALPN, client subject), or null for plaintext. */
+  readonly tls: ConnectionTls | null;
   /** Told of the client's failures; set once by the core when the exchange starts. */
   owner: DownstreamOwner | null;
   /** True once the final response head went out: after that an error can only cut the exchange. */

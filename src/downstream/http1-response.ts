@@ -11,6 +11,7 @@
  * answers carry no body. Header names and values are checked as node:http checks them (a refused
  * one throws with `code` ERR_INVALID_HTTP_TOKEN / ERR_INVALID_CHAR and nothing is written).
  */
+import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
 import { STATUS_CODES } from '../node-builtins.ts';
 import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
@@ -92,6 +93,10 @@ export class Http1Response implements Downstream {
 
   get connected(): boolean {
     return !this.connection.socket.destroyed;
+  }
+
+  get tls(): ConnectionTls | null {
+    return connectionTls(this.connection.socket);
   }
 
   get headSent(): boolean {

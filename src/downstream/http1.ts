@@ -4,6 +4,7 @@
  * and who may get them, reason phrases, trailers only on chunked answers, `Connection: close`,
  * and the switch to a byte pipe after a relayed `101`.
  */
+import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
@@ -53,6 +54,10 @@ export class Http1Downstream implements Downstream {
 
   get connected(): boolean {
     return !this.req.socket.destroyed;
+  }
+
+  get tls(): ConnectionTls | null {
+    return connectionTls(this.req.socket);
   }
 
   /** True for a client socket that became a tunnel. */

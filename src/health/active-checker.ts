@@ -3,14 +3,18 @@
  * upstream on its own timer, outside the request path. Consecutive results flip the state:
  * `fall` failures take a healthy upstream out, `rise` successes bring it back. While an
  * upstream is between states the faster interval is used. Checks only write health through
- * the HealthSink; they never pick.
+ * the HealthSink; they never pick. An `https://` upstream is probed over TLS with its pool's
+ * TLS settings (SNI, CAs, client certificate, verification): a certificate that does not verify
+ * fails the probe with the reason (`certificate has expired (CERT_HAS_EXPIRED)`).
  */
 import type * as http from 'node:http';
 import { http as nodeHttp } from '../node-builtins.ts';
 import net from 'node:net';
+import tls from 'node:tls';
 import { statusRanges, type PoolSettings } from '../config/schema.ts';
 import { formatDuration } from '../config/duration.ts';
 import type { HealthState, Upstream } from '../upstream/upstream.ts';
+import { duringHandshake, readUpstreamTls, tlsFailureReason, upstreamTlsOptions, type UpstreamTls } from '../transport/upstream-tls.ts';
 
 type CheckSettings = NonNullable<PoolSettings['health_check']>;
 
@@ -30,18 +34,25 @@ export class ActiveChecker {
   /** Told of every passing probe (passive health readmits an upstream that refused connections). */
   private readonly onPass: ((upstream: Upstream) => void) | null;
   private readonly ranges: [number, number][];
+  /** TLS toward the https upstreams (the pool's); null when none is https. */
+  private readonly tls: UpstreamTls | null;
   private readonly timers = new Map<Upstream, NodeJS.Timeout>();
   private readonly streak = new Map<Upstream, { ok: number; bad: number }>();
   /** Probes in flight (destroyed on stop); each has its own connection, closed after it, never the request pools'. */
   private readonly inFlight = new Set<http.ClientRequest>();
   private stopped = false;
 
-  constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink, onPass: ((upstream: Upstream) => void) | null = null) {
+  /**
+   * `tls`: the pool's TLS for its https upstreams (default: read from the defaults, the system's
+   * CAs, when an upstream is https and none is given).
+   */
+  constructor(settings: CheckSettings, upstreams: readonly Upstream[], sink: HealthSink, onPass: ((upstream: Upstream) => void) | null = null, tls: UpstreamTls | null = null) {
     this.settings = settings;
     this.upstreams = upstreams;
     this.sink = sink;
     this.onPass = onPass;
     this.ranges = statusRanges(settings.expected_status);
+    this.tls = tls ?? (upstreams.some((u) => u.secure) ? readUpstreamTls({ insecure_skip_verify: false }) : null);
   }
 
   /** Starts probing: the first probe of each upstream within one jitter of now. */
@@ -92,8 +103,8 @@ export class ActiveChecker {
 
   /**
    * One HTTP probe over node:http's client (built into Node: no client library loaded for it),
-   * on a connection of its own (`Connection: close`); the whole probe, connect to last body byte,
-   * is bounded by `timeout`.
+   * on a connection of its own (`Connection: close`; TLS to an https upstream); the whole probe,
+   * connect and handshake to last body byte, is bounded by `timeout`.
    */
   private http(u: Upstream): Promise<Verdict> {
     const { timeout, path, method, host, body_contains } = this.settings;
@@ -107,17 +118,27 @@ export class ActiveChecker {
         req.destroy();
         resolve(verdict);
       };
+      const secure = u.secure ? this.tls : null;
+      /** The TLS socket of an https probe while its handshake runs (null: none, or done). */
+      let handshaking: tls.TLSSocket | null = null;
+      const connectTls = (): tls.TLSSocket => {
+        const socket = tls.connect(upstreamTlsOptions(u, secure!));
+        handshaking = socket;
+        socket.once('secureConnect', () => (handshaking = null));
+        return socket;
+      };
       const req = nodeHttp.request({
         host: u.hostname,
         port: u.port,
         path,
         method,
-        agent: false,
+        // No agent: the socket is the one createConnection makes (TLS for an https upstream).
+        ...(secure !== null ? { createConnection: connectTls } : { agent: false }),
         headers: { host: host ?? u.hostHeader, 'user-agent': 'fulcrum-health-check', connection: 'close' },
       });
       this.inFlight.add(req);
-      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}`), timeout);
-      req.on('error', (err) => done(describeFailure(err, timeout)));
+      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}${handshaking !== null && !handshaking.connecting ? ' (TLS handshake not finished)' : ''}`), timeout);
+      req.on('error', (err) => done(describeFailure(handshaking !== null ? duringHandshake(err) : err, timeout)));
       req.on('response', (res) => {
         const status = res.statusCode ?? 0;
         // One decoder across chunks, so a character split between two chunks survives.
@@ -139,26 +160,34 @@ export class ActiveChecker {
     });
   }
 
+  /** A connect probe: the TCP connection, or for an https upstream the completed TLS handshake (certificate verified). */
   private tcp(u: Upstream): Promise<Verdict> {
     const { timeout } = this.settings;
+    const secure = u.secure ? this.tls : null;
     return new Promise((resolve) => {
-      const socket = net.connect({ host: u.hostname, port: u.port });
+      const socket = secure !== null ? tls.connect(upstreamTlsOptions(u, secure)) : net.connect({ host: u.hostname, port: u.port });
       const done = (verdict: Verdict): void => {
         clearTimeout(timer);
         socket.destroy();
         resolve(verdict);
       };
-      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}`), timeout);
-      socket.once('connect', () => done(null));
-      socket.once('error', (err) => done(describeFailure(err, timeout)));
+      const timer = setTimeout(() => done(`timeout after ${formatDuration(timeout)}${secure !== null && !socket.connecting ? ' (TLS handshake not finished)' : ''}`), timeout);
+      socket.once(secure !== null ? 'secureConnect' : 'connect', () => done(null));
+      // Any error before done() is one of the connect or the handshake.
+      socket.once('error', (err) => done(describeFailure(secure !== null ? duringHandshake(err) : err, timeout)));
     });
   }
 }
 
-/** Words a person reads in the log: "connection refused", "timeout after 2s". */
+/**
+ * Words a person reads in the log: "connection refused", "timeout after 2s", "TLS handshake
+ * failed: certificate has expired (CERT_HAS_EXPIRED)".
+ */
 function describeFailure(err: unknown, timeout: number): string {
   const e = err as NodeJS.ErrnoException & { name?: string };
   const code = e.code ?? '';
+  const tlsReason = tlsFailureReason(err);
+  if (tlsReason !== null) return `TLS handshake failed: ${tlsReason}`;
   if (code === 'ECONNREFUSED') return 'connection refused';
   if (code === 'ECONNRESET' || code === 'EPIPE') return 'connection reset';
   if (e.name === 'TimeoutError' || code === 'ETIMEDOUT') {

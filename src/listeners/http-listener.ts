@@ -21,6 +21,8 @@ import { ClientConnection, requestBeingParsed, type StartRequest } from './clien
 import { closingAnswer, Http1Server, type Http1Settings } from '../downstream/http1-connection.ts';
 import type { Logger } from '../observe/logger.ts';
 import type { RequestHead } from '../core/context.ts';
+import { TlsTermination } from '../tls/termination.ts';
+import type { TLSSocket } from 'node:tls';
 
 /** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
 const TUNNEL_CLOSE_WAIT_MS = 1500;
@@ -59,6 +61,16 @@ function http1Settings(settings: ListenerSettings): Http1Settings {
 /** A status, headers (flat) and a body written whole: the listener's own answers (the metrics path). */
 type Answer = (status: number, headers: string[], body: string) => void;
 
+/** Where ACME HTTP-01 validations ask (RFC 8555 section 8.3). */
+const ACME_CHALLENGE_PREFIX = '/.well-known/acme-challenge/';
+
+/** The value of Strict-Transport-Security for a listener's `hsts`, or undefined. */
+function hstsValue(settings: ListenerSettings): string | undefined {
+  const h = settings.hsts;
+  if (h === undefined || settings.protocol !== 'https') return undefined;
+  return `max-age=${Math.floor(h.max_age / 1000)}${h.include_subdomains ? '; includeSubDomains' : ''}${h.preload ? '; preload' : ''}`;
+}
+
 /** One HTTP listener of the balancer. */
 export class HttpListener {
   settings: ListenerSettings;
@@ -80,21 +92,48 @@ export class HttpListener {
   /** Requests answered by the parser's error path (malformed, too large, too slow). */
   malformed = 0;
   private metricsPath: string | null = null;
+  /** TLS termination of an https listener (null for http). */
+  readonly tls: TlsTermination | null;
+  /** ACME HTTP-01 key authorizations by token, answered on http listeners (shared by the balancer). */
+  private acmeTokens: ReadonlyMap<string, string> | null = null;
 
+  /**
+   * Builds the listener (nothing is bound before `listen`). An https listener reads its
+   * certificates here: throws CertificateError naming the file when one cannot be used.
+   */
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
     this.settings = settings;
     this.logger = logger;
     this.proxy = proxy;
     const name = settings.name ?? `${settings.host}:${settings.port}`;
-    this.info = { name, trusted: null, forwarding: { proto: 'http', via: '1.1 fulcrum', underscores: settings.headers_with_underscores }, guards: [], maxBodyBytes: 0, tunnels: new TunnelLimits() };
+    const secure = settings.protocol === 'https';
+    this.info = {
+      name,
+      trusted: null,
+      forwarding: { proto: secure ? 'https' : 'http', port: String(settings.port), via: '1.1 fulcrum', underscores: settings.headers_with_underscores, hsts: hstsValue(settings), clientSubjectHeader: settings.tls?.client_auth?.subject_header?.toLowerCase() },
+      guards: [],
+      maxBodyBytes: 0,
+      tunnels: new TunnelLimits(),
+    };
     // One request at a time per connection, in order: pipelining is answered as sent (either engine).
     const own = settings.engine === 'fulcrum';
     this.http1 = own ? this.ownServer() : null;
     this.server = own ? null : this.nodeServer();
     const serve = own ? (socket: Socket) => void this.http1!.accept(socket) : this.nodeAdmit(this.server!);
     const open = this.open;
+    // After the handshake the TLS socket stands for the connection (drain closes it, not the TCP socket under it).
+    this.tls = secure
+      ? new TlsTermination(settings.tls!, name, logger, (tlsSocket: TLSSocket, raw) => {
+          if (raw !== null) open.delete(raw);
+          open.add(tlsSocket);
+          tlsSocket.once('close', () => open.delete(tlsSocket));
+          serve(tlsSocket);
+        })
+      : null;
+    const tls = this.tls;
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
-      serve(socket);
+      if (tls !== null) tls.accept(socket);
+      else serve(socket);
       open.add(socket);
       socket.once('close', () => open.delete(socket));
       socket.resume();
@@ -111,8 +150,8 @@ export class HttpListener {
     const info = this.info;
     return new Http1Server(http1Settings(this.settings), {
       request: (head, response) => {
-        // The optional public metrics path answers here, before routing: it is not proxied.
-        if (this.isMetricsRequest(head)) return this.sendMetrics((status, headers, body) => response.fail(status, headers, body, false));
+        // The optional public metrics path, ACME validations and the redirect to https answer here, before routing: they are not proxied.
+        if (this.answersItself(head, (status, headers, body) => response.fail(status, headers, body, false))) return;
         this.proxy.handle(head, response, info);
       },
       refused: (status, code, reason) => {
@@ -151,13 +190,12 @@ export class HttpListener {
 
   /** Starts one request node:http parsed (`ClientConnection` keeps them in order). */
   private readonly nodeStart: StartRequest = (req, res, expectContinue) => {
-    // The optional public metrics path answers here, before routing: it is not proxied.
-    if (this.isMetricsRequest(req as RequestHead)) {
-      return void this.sendMetrics((status, headers, body) => {
-        res.writeHead(status, headers);
-        res.end(body);
-      });
-    }
+    // The optional public metrics path, ACME validations and the redirect to https answer here, before routing: they are not proxied.
+    const answer: Answer = (status, headers, body) => {
+      res.writeHead(status, headers);
+      res.end(body);
+    };
+    if (this.answersItself(req as RequestHead, answer)) return;
     this.proxy.handle(req as RequestHead, new Http1Downstream(req, res, expectContinue), this.info);
   };
 
@@ -191,6 +229,16 @@ export class HttpListener {
     info.maxBodyBytes = limits.max_body_bytes;
     info.tunnels.configure(limits.max_tunnels, limits.max_tunnels_per_ip);
     info.forwarding.underscores = settings.headers_with_underscores;
+    info.forwarding.hsts = hstsValue(settings);
+    info.forwarding.clientSubjectHeader = settings.tls?.client_auth?.subject_header?.toLowerCase();
+    if (this.tls !== null && settings.tls !== undefined) {
+      try {
+        this.tls.update(settings.tls);
+      } catch (err) {
+        // Checked before the reload was committed; a file changed since: the listener keeps its TLS settings.
+        this.logger.error({ listener: info.name, err: (err as Error).message }, `TLS settings not applied: ${(err as Error).message}; the ones loaded before stay`);
+      }
+    }
     if (this.http1 !== null) this.http1.configure(http1Settings(settings));
     if (this.server !== null) {
       const requestTimeout = limits.request_timeout;
@@ -201,6 +249,41 @@ export class HttpListener {
       this.server.maxHeadersCount = limits.max_headers + 1;
     }
     this.connections.configure(limits, info.trusted, firewall);
+  }
+
+  /**
+   * Answers what the listener answers itself, before routing: the metrics path, an ACME HTTP-01
+   * validation (plain http listeners), and with `redirect_https` every other request. True when answered.
+   */
+  private answersItself(head: RequestHead, answer: Answer): boolean {
+    if (this.isMetricsRequest(head)) {
+      this.sendMetrics(answer);
+      return true;
+    }
+    const url = head.url;
+    if (this.tls === null && url.startsWith(ACME_CHALLENGE_PREFIX) && this.acmeTokens !== null && (head.method === 'GET' || head.method === 'HEAD')) {
+      const keyAuthorization = this.acmeTokens.get(url.slice(ACME_CHALLENGE_PREFIX.length));
+      if (keyAuthorization !== undefined) {
+        answer(200, ['content-type', 'text/plain', 'content-length', String(keyAuthorization.length), 'cache-control', 'no-store'], head.method === 'HEAD' ? '' : keyAuthorization);
+        return true;
+      }
+    }
+    const redirect = this.settings.redirect_https;
+    if (redirect === undefined || url.startsWith(ACME_CHALLENGE_PREFIX)) return false;
+    const location = httpsLocation(head, redirect.port);
+    if (location === null) {
+      const text = 'Bad Request: a Host header is needed to redirect to https\n';
+      answer(400, ['content-type', 'text/plain', 'content-length', String(text.length)], text);
+      return true;
+    }
+    const text = `Redirecting to ${location}\n`;
+    answer(redirect.status, ['location', location, 'content-type', 'text/plain', 'content-length', String(Buffer.byteLength(text)), 'cache-control', 'no-store'], head.method === 'HEAD' ? '' : text);
+    return true;
+  }
+
+  /** ACME HTTP-01 key authorizations to answer (the balancer's, shared by its listeners). */
+  serveAcmeChallenges(tokens: ReadonlyMap<string, string>): void {
+    this.acmeTokens = tokens;
   }
 
   /** Serves `metrics` at the listener's `metrics_path` (when it has one). */
@@ -245,7 +328,9 @@ export class HttpListener {
         // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
         // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
         this.server?.emit('listening');
-        resolve(this.address()!);
+        const bound = this.address()!;
+        this.info.forwarding.port = String(bound.port);
+        resolve(bound);
       });
     });
   }
@@ -255,7 +340,7 @@ export class HttpListener {
     const a = this.acceptor.address() as AddressInfo | null;
     if (!a) return null;
     const shown = a.address === '0.0.0.0' || a.address === '::' ? 'localhost' : a.family === 'IPv6' ? `[${a.address}]` : a.address;
-    return { name: this.info.name, host: a.address, port: a.port, url: `http://${shown}:${a.port}` };
+    return { name: this.info.name, host: a.address, port: a.port, url: `${this.tls !== null ? 'https' : 'http'}://${shown}:${a.port}` };
   }
 
   /**
@@ -300,6 +385,7 @@ export class HttpListener {
     // Stops the HTTP server's timeout timer (it reports "not running": it never bound a socket).
     this.server?.close(() => {});
     this.http1?.stop();
+    this.tls?.stop();
   }
 
   /** Closes the connections between requests (node:http's closeIdleConnections). */
@@ -390,4 +476,27 @@ function destroyOnError(this: Socket): void {
 function drainAnswerAhead(this: Socket): void {
   const message = (this as Socket & { _httpMessage?: http.ServerResponse | null })._httpMessage;
   if (message && !message.writableFinished) message.emit('drain');
+}
+
+/**
+ * The https URL of a request for the redirect: the Host's name (its port replaced by `port`,
+ * left out when 443), then the request-target as sent. An absolute-form target's authority wins.
+ * Null when there is no usable host.
+ */
+export function httpsLocation(head: RequestHead, port: number): string | null {
+  let target = head.url;
+  let authority: string | undefined;
+  const absolute = /^https?:\/\/([^/?#]*)(.*)$/i.exec(target);
+  if (absolute !== null) {
+    authority = absolute[1];
+    target = absolute[2] || '/';
+  } else {
+    const host = head.headers.host;
+    authority = Array.isArray(host) ? host[0] : host;
+  }
+  if (authority === undefined || authority === '' || !target.startsWith('/')) return null;
+  // host or [v6]; the port the client used is dropped.
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.~!$&'()*+,;=%-]+)(?::\d*)?$/.exec(authority.replace(/^.*@/, ''));
+  if (m === null) return null;
+  return `https://${m[1]}${port === 443 ? '' : `:${port}`}${target}`;
 }

@@ -65,6 +65,9 @@ export function accessFields(ctx: RequestContext): Record<string, unknown> {
     reason: ctx.error ? ctx.error.message : undefined,
     // A WebSocket tunnel logs once, when it ends: how long it was open and why it closed.
     tunnel_close: ctx.tunnelClose ?? undefined,
+    // TLS connections only: the protocol version and what ALPN chose (null: the client offered none).
+    tls_version: ctx.downstream.tls?.version,
+    alpn: ctx.downstream.tls === null ? undefined : ctx.downstream.tls.alpn,
   };
 }
 
@@ -81,6 +84,7 @@ export const jsonFormat: AccessLogFormat = {
   name: 'json',
   line(ctx, level, now) {
     const error = ctx.error;
+    const tls = ctx.downstream.tls;
     return (
       '{"level":' + level +
       ',"time":"' + isoTime(now) + '"' +
@@ -98,6 +102,7 @@ export const jsonFormat: AccessLogFormat = {
       ',"attempts":' + jsonNumber(ctx.attempts) +
       (error ? optional('error', error.code) + optional('reason', error.message) : '') +
       optional('tunnel_close', ctx.tunnelClose ?? undefined) +
+      (tls === null ? '' : ',"tls_version":' + jsonString(tls.version) + optional('alpn', tls.alpn)) +
       ',"msg":' + jsonString(accessMessage(ctx)) +
       '}\n'
     );

@@ -41,6 +41,19 @@ export interface MetricsSources {
   carrier?: object;
   /** Access-log lines dropped so far (a destination that did not keep up, or failed). */
   accessLogDropped?(): number;
+  /** The https listeners' certificates and handshake totals (running totals since start). */
+  tls?(): TlsMetricsSource[];
+}
+
+/** One https listener as the TLS metrics read it. */
+export interface TlsMetricsSource {
+  listener: string;
+  /** Each certificate's names and expiry. */
+  certificates: { names: string[]; source: string; notAfter: number }[];
+  /** Completed handshakes by TLS version. */
+  handshakes: ReadonlyMap<string, number>;
+  /** Failed or refused handshakes by reason. */
+  failures: ReadonlyMap<string, number>;
 }
 
 /** prom-client default gauges named like counters (promtool rejects them); the same numbers are in nodejs_active_handles etc. by type. */
@@ -318,6 +331,32 @@ export class Metrics {
         },
       });
     };
+    new Gauge({
+      name: 'lb_tls_certificate_expiry_seconds', help: 'Seconds until each certificate a listener serves expires (negative once expired), by listener, server name and source (file or acme:<domain>).', labelNames: ['listener', 'name', 'source'], registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const l of sources.tls?.() ?? []) for (const c of l.certificates) for (const name of c.names.length > 0 ? c.names : ['']) this.set({ listener: l.listener, name, source: c.source }, Math.round((c.notAfter - now) / 1000));
+      },
+    });
+    // Handshake totals are kept by the listeners; the counters add what is new since the last scrape.
+    const tlsCounter = (name: string, help: string, label: 'version' | 'reason', field: 'handshakes' | 'failures'): void => {
+      const seen = new Map<string, number>();
+      new Counter({
+        name, help, labelNames: ['listener', label], registers,
+        collect() {
+          for (const l of sources.tls?.() ?? []) {
+            for (const [value, n] of l[field]) {
+              const key = `${l.listener}\0${value}`;
+              this.inc({ listener: l.listener, [label]: value }, Math.max(0, n - (seen.get(key) ?? 0)));
+              seen.set(key, n);
+            }
+          }
+        },
+      });
+    };
+    tlsCounter('lb_tls_handshakes_total', 'TLS handshakes completed on https listeners, by listener and TLS version.', 'version', 'handshakes');
+    tlsCounter('lb_tls_handshake_failures_total', 'TLS connections that failed or were refused before or during the handshake, by listener and reason (timeout, not_tls, unknown_name, no_shared_cipher, client_certificate, ...).', 'reason', 'failures');
     let droppedSeen = 0;
     new Counter({
       name: 'lb_access_log_dropped_total', help: 'Access-log lines dropped because the destination did not keep up (more than 8 buffers waiting) or a write failed.', registers,

@@ -25,6 +25,12 @@ export type UnderscoreAction = 'allow' | 'drop' | 'reject';
 export interface ForwardingSettings {
   /** `http` or `https`: what X-Forwarded-Proto says when Fulcrum sets it. */
   proto: string;
+  /** The listener's port: what X-Forwarded-Port says when Fulcrum sets it. */
+  port?: string;
+  /** Strict-Transport-Security added to answers (https listeners with `hsts`), or undefined. */
+  hsts?: string;
+  /** Lower-case header that carries the verified client certificate subject upstream (mTLS), or undefined. */
+  clientSubjectHeader?: string;
   /** The Via token, e.g. `1.1 fulcrum`. */
   via: string;
   /** Header names with `_` (default drop; `reject` is answered by request validation). */
@@ -48,6 +54,7 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
   let forwardedFor: string | undefined;
   let forwardedProto: string | undefined;
   let forwardedHost: string | undefined;
+  let forwardedPort: string | undefined;
   let requestId: string | undefined;
   let via: string | undefined;
   let te = false;
@@ -82,6 +89,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
       case 'x-forwarded-host':
         if (trusted) forwardedHost = value;
         continue;
+      case 'x-forwarded-port':
+        if (trusted) forwardedPort = value;
+        continue;
       case 'x-request-id':
         if (trusted) requestId = value;
         continue;
@@ -96,7 +106,7 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
         // Node's server already answered 100-continue; upstream gets the body straight away.
         continue;
       default:
-        if (hopByHop.has(lower) || (named !== null && named.includes(lower))) continue;
+        if (hopByHop.has(lower) || (named !== null && named.includes(lower)) || lower === settings.clientSubjectHeader) continue;
         // Only names the cases above do not know can hold `_`: the check costs nothing for them.
         if (dropUnderscores && name.indexOf('_') !== -1) {
           (ctx.droppedHeaders ??= []).push(name);
@@ -109,6 +119,11 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
   out[1] = host.kind === 'preserve' ? (clientHost ?? '') : host.kind === 'fixed' ? host.value : '';
   out.push('x-forwarded-for', forwardedFor === undefined ? ctx.clientAddress : `${forwardedFor}, ${ctx.peerAddress}`);
   out.push('x-forwarded-proto', forwardedProto ?? settings.proto);
+  if (forwardedPort !== undefined || settings.port !== undefined) out.push('x-forwarded-port', forwardedPort ?? settings.port!);
+  if (settings.clientSubjectHeader !== undefined) {
+    const subject = ctx.downstream.tls?.clientSubject;
+    if (subject != null) out.push(settings.clientSubjectHeader, subject);
+  }
   // The host the request was routed on: an absolute-form target's authority wins over Host (RFC 9112 section 3.2.2).
   const routedHost = ctx.authority ?? clientHost;
   if (forwardedHost !== undefined || routedHost !== undefined) out.push('x-forwarded-host', forwardedHost ?? routedHost!);
@@ -144,8 +159,8 @@ export function buildResponseHeaders(ctx: RequestContext, raw: readonly (Buffer 
       via = via === undefined ? value : `${via}, ${value}`;
       continue;
     }
-    // Ours is added below; an upstream that echoes the id would otherwise send it twice.
-    if (hopByHop.has(lower) || lower === 'x-request-id') continue;
+    // Ours is added below; an upstream that echoes the id would otherwise send it twice (and HSTS when the listener sets it).
+    if (hopByHop.has(lower) || lower === 'x-request-id' || (settings.hsts !== undefined && lower === 'strict-transport-security')) continue;
     out.push(name, value);
   }
   if (named !== null) {
@@ -156,6 +171,7 @@ export function buildResponseHeaders(ctx: RequestContext, raw: readonly (Buffer 
   }
   out.push('via', via === undefined ? settings.via : `${via}, ${settings.via}`);
   out.push('x-request-id', ctx.requestIdForUpstream ?? ctx.id);
+  if (settings.hsts !== undefined) out.push('strict-transport-security', settings.hsts);
   if (closeConnection) out.push('connection', 'close');
   return out;
 }

@@ -1,8 +1,10 @@
 /**
- * The one place where a failure becomes an HTTP status (Caddy's statusError): refused or reset
- * 502, any timeout 504, nothing available 503, client gone 499 (logged, nothing sent).
+ * The one place where a failure becomes an HTTP status (Caddy's statusError): refused, reset or
+ * a failed TLS handshake 502, any timeout 504, nothing available 503, client gone 499 (logged,
+ * nothing sent).
  */
 import { ErrorCode, FulcrumError } from '../errors.ts';
+import { tlsFailureReason } from '../transport/upstream-tls.ts';
 
 const connectCodes = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'EADDRNOTAVAIL', 'EHOSTDOWN', 'ENETDOWN']);
 const resetCodes = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED', 'UND_ERR_SOCKET', 'UND_ERR_CLOSED', 'ERR_STREAM_PREMATURE_CLOSE']);
@@ -22,6 +24,9 @@ export function upstreamFailure(err: unknown, sent: boolean): FulcrumError {
   }
   if (code === 'ETIMEDOUT') return new FulcrumError(ErrorCode.UpstreamTimeout, 'upstream connection timed out', 'upstream', 504, false, err);
   if (connectCodes.has(code)) return new FulcrumError(ErrorCode.ConnectRefused, `connect failed (${code})`, 'upstream', 502, !sent, err);
+  // A certificate that does not verify, a TLS alert, a close during the handshake (never a timeout: 504 above).
+  const tls = tlsFailureReason(err);
+  if (tls !== null) return new FulcrumError(ErrorCode.UpstreamTls, `TLS handshake with upstream failed: ${tls}`, 'upstream', 502, !sent, err);
   if (code === 'UND_ERR_HEADERS_TIMEOUT') return new FulcrumError(ErrorCode.HeadersTimeout, 'upstream sent no response headers in time', 'upstream', 504, false, err);
   if (code === 'UND_ERR_BODY_TIMEOUT') return new FulcrumError(ErrorCode.BodyTimeout, 'upstream body stalled past idle_body', 'upstream', 504, false, err);
   if (code.startsWith('HPE_') || protocolCodes.has(code) || e?.name === 'HTTPParserError') {

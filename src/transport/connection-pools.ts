@@ -7,8 +7,10 @@
  * pooled socket again (a straggler, such as a retry still running on a replaced pool, gets a
  * one-off connection that closes with its exchange).
  *
- * Keys are `protocol|host:port|settings`: the HTTP/2 and TLS clients of later issues get their
- * own protocol names and plug in beside `http1` (Fulcrum's own), `http1-undici` and `http1-node`.
+ * Keys are `protocol|host:port|settings`: `http1` (Fulcrum's own), `http1-undici` and
+ * `http1-node`, each with `+tls:FINGERPRINT` for an `https://` upstream (the pool's TLS settings
+ * and the contents of its PEM files, see upstream-tls.ts): a pool rebuilt with other TLS settings
+ * or renewed files gets new connections. HTTP/2 clients will get their own protocol names.
  */
 import type { PoolSettings } from '../config/schema.ts';
 import { upstreamIdOf, type Upstream } from '../upstream/upstream.ts';
@@ -16,11 +18,14 @@ import type { ClientSettings, Transport, UpstreamAttempt, UpstreamClient } from 
 import { Http1Client } from './http1.ts';
 import { UndiciClient } from './undici.ts';
 import { NodeHttpClient } from './node-http.ts';
+import { readUpstreamTls, type UpstreamTls } from './upstream-tls.ts';
 
-/** A pool's view of what it may ask for: its settings and its upstreams. */
+/** A pool's view of what it may ask for: its settings, its upstreams and the TLS it read for its https ones. */
 export interface PoolConnections {
   readonly settings: PoolSettings;
   readonly upstreams: readonly Upstream[];
+  /** Null or absent: read from `settings.tls` when an https upstream needs it. */
+  readonly upstreamTls?: UpstreamTls | null;
 }
 
 /** The client protocol a pool's settings ask for. */
@@ -35,17 +40,26 @@ function newClient(protocol: string, upstream: Upstream, s: ClientSettings): Ups
   return new Http1Client(upstream, s);
 }
 
-/** What a client toward `id` is built from, under `settings` (the upstream's own max_connections included). */
-function clientSettings(settings: PoolSettings, id: string): ClientSettings {
-  const entry = settings.upstreams.find((u) => upstreamIdOf(u.url) === id);
+/**
+ * What a client toward `upstream` is built from, under `settings` (the upstream's own
+ * max_connections included); an https upstream gets `tls` (read from `settings.tls` if null).
+ */
+function clientSettings(settings: PoolSettings, upstream: Upstream, tls: UpstreamTls | null): ClientSettings {
+  const entry = settings.upstreams.find((u) => upstreamIdOf(u.url) === upstream.id);
   const maxConnections = entry !== undefined && entry.max_connections > 0 ? entry.max_connections : Infinity;
   const limit = Math.min(settings.keepalive.max_sockets > 0 ? settings.keepalive.max_sockets : Infinity, maxConnections);
-  return { keepalive: settings.keepalive, timeouts: settings.timeouts, maxSockets: Number.isFinite(limit) ? limit : null };
+  return {
+    keepalive: settings.keepalive,
+    timeouts: settings.timeouts,
+    maxSockets: Number.isFinite(limit) ? limit : null,
+    tls: upstream.secure ? (tls ?? readUpstreamTls(settings.tls)) : null,
+  };
 }
 
 function keyOf(protocol: string, id: string, s: ClientSettings): string {
   const { keepalive: k, timeouts: t } = s;
-  return `${protocol}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
+  const tls = s.tls === null ? '' : `+tls:${s.tls.fingerprint}`;
+  return `${protocol}${tls}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
 }
 
 /** Every upstream client of one balancer; outlives runtimes (reloads, API writes). */
@@ -55,15 +69,18 @@ export class ConnectionPools {
   /** Keys the committed pools use (null before the first commit: every key may be kept). */
   private liveKeys: ReadonlySet<string> | null = null;
 
-  /** The transport a pool with `settings` forwards through: it finds each upstream's client here. */
-  transportFor(settings: PoolSettings): Transport {
-    return new PoolTransport(this, settings);
+  /**
+   * The transport a pool with `settings` forwards through: it finds each upstream's client here.
+   * `tls`: what the pool read from `settings.tls` for its https upstreams (null: read when needed).
+   */
+  transportFor(settings: PoolSettings, tls: UpstreamTls | null = null): Transport {
+    return new PoolTransport(this, settings, tls);
   }
 
-  /** The client for `upstream` under `settings`: the running one, or a new one. */
-  clientFor(upstream: Upstream, settings: PoolSettings): UpstreamClient {
+  /** The client for `upstream` under `settings` (and `tls`, for an https upstream): the running one, or a new one. */
+  clientFor(upstream: Upstream, settings: PoolSettings, tls: UpstreamTls | null = null): UpstreamClient {
     const protocol = protocolOf(settings);
-    const s = clientSettings(settings, upstream.id);
+    const s = clientSettings(settings, upstream, tls);
     const key = keyOf(protocol, upstream.id, s);
     let client = this.clients.get(key);
     if (client !== undefined) return client;
@@ -88,7 +105,7 @@ export class ConnectionPools {
     const keep = new Set<string>();
     for (const pool of live) {
       const protocol = protocolOf(pool.settings);
-      for (const u of pool.upstreams) keep.add(keyOf(protocol, u.id, clientSettings(pool.settings, u.id)));
+      for (const u of pool.upstreams) keep.add(keyOf(protocol, u.id, clientSettings(pool.settings, u, pool.upstreamTls ?? null)));
     }
     this.liveKeys = keep;
     for (const [key, client] of this.clients) {
@@ -111,18 +128,20 @@ export class ConnectionPools {
 class PoolTransport implements Transport {
   private readonly connections: ConnectionPools;
   private readonly settings: PoolSettings;
+  private readonly tls: UpstreamTls | null;
   private readonly clients = new Map<Upstream, UpstreamClient>();
 
-  constructor(connections: ConnectionPools, settings: PoolSettings) {
+  constructor(connections: ConnectionPools, settings: PoolSettings, tls: UpstreamTls | null) {
     this.connections = connections;
     this.settings = settings;
+    this.tls = tls;
   }
 
   forward(attempt: UpstreamAttempt): void {
     const upstream = attempt.upstream;
     let client = this.clients.get(upstream);
     if (client === undefined) {
-      client = this.connections.clientFor(upstream, this.settings);
+      client = this.connections.clientFor(upstream, this.settings, this.tls);
       this.clients.set(upstream, client);
     }
     client.forward(attempt);

@@ -13,9 +13,15 @@
  * client on a coarse clock (undici's FastTimer idea, lib/util/timers.js): no timer per socket
  * or request; a deadline fires between its time and a quarter of it (at most 250 ms) later.
  *
+ * An `https://` upstream is reached with `tls.connect` (upstream-tls.ts: SNI, verification,
+ * ALPN http/1.1, the last session resumed); the request is written once the handshake is done,
+ * and the connect timeout covers TCP and the handshake together. A failure before that is marked
+ * as a handshake failure (`duringHandshake`): the request never left, it may go elsewhere.
+ *
  * Errors reach the attempt with the codes src/proxy/status.ts maps: Node's socket codes
- * (ECONNREFUSED, ECONNRESET, ...), llhttp's `HPE_*` for a malformed answer, and undici's names
- * for the timeouts and request-side refusals, so every transport reads the same in logs.
+ * (ECONNREFUSED, ECONNRESET, ...), Node's and OpenSSL's TLS codes (CERT_HAS_EXPIRED,
+ * ERR_TLS_CERT_ALTNAME_INVALID, ERR_SSL_*), llhttp's `HPE_*` for a malformed answer, and undici's
+ * names for the timeouts and request-side refusals, so every transport reads the same in logs.
  */
 import net, { type Socket } from 'node:net';
 import { http } from '../node-builtins.ts';
@@ -26,10 +32,11 @@ import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
+import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 
 // Phases of a connection.
-/** Connecting; `attempt` waits for the socket. */
+/** Connecting (TCP, and the TLS handshake to an https upstream); `attempt` waits for the socket. */
 const CONNECTING = 0;
 /** In the idle list, waiting for the next request. */
 const IDLE = 1;
@@ -79,6 +86,10 @@ class Connection {
   readonly socket: Socket;
   /** Closes after its exchange (a straggler on a closed client). */
   readonly oneOff: boolean;
+  /** A TLS socket: ready on `secureConnect`, not `connect`. */
+  readonly secure: boolean;
+  /** The socket listeners it added (a socket handed to a tunnel loses them). */
+  private readonly listeners: typeof socketListeners;
   phase = CONNECTING;
   /** The attempt this socket serves now (null when idle, and once its outcome was reported). */
   attempt: UpstreamAttempt | null = null;
@@ -139,13 +150,15 @@ class Connection {
     this.fail(err);
   };
 
-  constructor(client: Http1Client, socket: Socket, oneOff: boolean) {
+  constructor(client: Http1Client, socket: Socket, oneOff: boolean, secure: boolean) {
     this.client = client;
     this.socket = socket;
     this.oneOff = oneOff;
+    this.secure = secure;
     this.keepMs = client.idleMs;
     (socket as OwnedSocket)[kConnection] = this;
-    for (const [event, listener] of socketListeners) socket.on(event, listener);
+    this.listeners = secure ? tlsSocketListeners : socketListeners;
+    for (const [event, listener] of this.listeners) socket.on(event, listener);
   }
 
   /** Writes the attempt's request: head, framing and (a small) body in one write. */
@@ -431,7 +444,7 @@ class Connection {
     this.deadline = 0;
     this.detachBody();
     socket.pause();
-    for (const [event, listener] of socketListeners) socket.off(event, listener);
+    for (const [event, listener] of this.listeners) socket.off(event, listener);
     attempt.onCancel(noop);
     this.client.forget(this);
     attempt.switched(head.status, head.reason, head.rawHeaders, socket, buf.subarray(start));
@@ -453,7 +466,10 @@ class Connection {
   /** A deadline passed (`now` on the client clock). */
   timedOut(now: number): void {
     const client = this.client;
-    if (this.phase === CONNECTING) return this.fail(codeError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${client.connectMs}ms`));
+    if (this.phase === CONNECTING) {
+      const handshaking = this.secure && !this.socket.connecting;
+      return this.fail(codeError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${client.connectMs}ms${handshaking ? ' (connected, TLS handshake not finished)' : ''}`));
+    }
     if (this.phase === WAITING) {
       // An upload still moving is the client's pace, not the upstream's silence (undici's rule).
       if (this.bodyMoved && !this.socket.writableNeedDrain) {
@@ -468,6 +484,8 @@ class Connection {
 
   /** The exchange failed: reported once, the socket destroyed. */
   fail(err: Error): void {
+    // Before the handshake ended nothing was sent: status.ts reads a reset here as a TLS failure.
+    if (this.phase === CONNECTING && this.secure) duringHandshake(err);
     const attempt = this.attempt;
     this.attempt = null;
     this.destroy();
@@ -544,6 +562,8 @@ const socketListeners: readonly (readonly [string, (...args: any[]) => void])[] 
   ['close', onSocketClose],
   ['drain', onSocketDrain],
 ];
+/** The same for a TLS socket: the request goes out once the handshake is done. */
+const tlsSocketListeners: typeof socketListeners = socketListeners.map(([event, listener]) => (event === 'connect' ? ['secureConnect', listener] : [event, listener]));
 
 function sweep(client: Http1Client): void {
   client.sweep();
@@ -555,6 +575,8 @@ export class Http1Client implements UpstreamClient {
   /** Where to connect: the upstream's host without IPv6 brackets, and its port. */
   private readonly host: string;
   private readonly port: number;
+  /** TLS sockets and the session they resume, for an https upstream; null for http. */
+  readonly tls: UpstreamTlsConnector | null;
   /** Most sockets at once (Infinity: no limit). */
   private readonly maxSockets: number;
   readonly idleMs: number;
@@ -582,6 +604,7 @@ export class Http1Client implements UpstreamClient {
     const host = upstream.hostname;
     this.host = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
     this.port = upstream.port;
+    this.tls = settings.tls !== null ? new UpstreamTlsConnector(upstream, settings.tls) : null;
     this.maxSockets = settings.maxSockets ?? Infinity;
     this.idleMs = effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin);
     this.margin = keepalive.safety_margin;
@@ -627,15 +650,21 @@ export class Http1Client implements UpstreamClient {
 
   private open(attempt: UpstreamAttempt, oneOff: boolean): void {
     let socket: Socket;
+    const tls = this.tls;
     try {
-      socket = net.connect({ host: this.host, port: this.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+      if (tls === null) socket = net.connect({ host: this.host, port: this.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+      else {
+        socket = tls.connect();
+        socket.setNoDelay(true);
+        socket.setKeepAlive(true, 60_000);
+      }
     } catch (err) {
-      attempt.error(err);
+      attempt.error(tls === null ? err : duringHandshake(err));
       return;
     }
     // An answer sent before the upload ended is still read after our writes fail (upstream-socket.ts).
     keepReadingAfterWriteError(socket);
-    const c = new Connection(this, socket, oneOff);
+    const c = new Connection(this, socket, oneOff, tls !== null);
     this.connections.add(c);
     this.startSweep();
     c.attempt = attempt;

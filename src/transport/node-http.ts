@@ -4,12 +4,15 @@
  * what undici cannot: `Expect: 100-continue`, HEAD without closing the
  * socket, and protocol upgrades (WebSocket), whose socket leaves the agent after the 101.
  * The request body is piped only once the socket is connected, so a connect failure leaves it
- * unread and another upstream can be tried.
+ * unread and another upstream can be tried. An `https://` upstream gets TLS sockets from
+ * upstream-tls.ts (SNI, verification, ALPN http/1.1, the last session resumed); for it
+ * "connected" means the handshake is done, and the connect timeout covers both.
  */
 import type * as http from 'node:http';
 import { http as nodeHttp } from '../node-builtins.ts';
 import net, { type Socket } from 'node:net';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
+import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 
@@ -22,11 +25,28 @@ function createConnection(options: net.NetConnectOpts, callback?: () => void): S
   return keepReadingAfterWriteError(net.createConnection(options, callback));
 }
 
+/** Set on a TLS socket once its handshake is done. */
+const kSecure = Symbol('fulcrum.node-http.secure');
+type TlsSocket = Socket & { [kSecure]?: true };
+
+function onSecureConnect(this: TlsSocket): void {
+  this[kSecure] = true;
+}
+
+/** True when `socket` can carry the request: connected, and for TLS with the handshake done. */
+function ready(socket: TlsSocket, secure: boolean): boolean {
+  return secure ? socket[kSecure] === true : !socket.connecting;
+}
+
 /** Keep-alive sockets toward one upstream over node:http. */
 export class NodeHttpClient implements UpstreamClient {
   private readonly upstream: Upstream;
   private readonly settings: ClientSettings;
   private readonly agent: http.Agent;
+  /** TLS sockets for an https upstream (null for http). */
+  readonly tls: UpstreamTlsConnector | null;
+  /** Makes each socket: plain, or TLS with the last session. */
+  private readonly connect: (options: net.NetConnectOpts, callback?: () => void) => Socket;
   private closed = false;
 
   constructor(upstream: Upstream, settings: ClientSettings) {
@@ -42,17 +62,30 @@ export class NodeHttpClient implements UpstreamClient {
       timeout: effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin),
       agentKeepAliveTimeoutBuffer: keepalive.safety_margin,
     } as http.AgentOptions);
-    this.agent.createConnection = createConnection as unknown as typeof this.agent.createConnection;
+    const connector = (this.tls = settings.tls !== null ? new UpstreamTlsConnector(upstream, settings.tls) : null);
+    this.connect =
+      connector === null
+        ? createConnection
+        : () => {
+            const socket = connector.connect();
+            socket.once('secureConnect', onSecureConnect);
+            return keepReadingAfterWriteError(socket);
+          };
+    this.agent.createConnection = this.connect as unknown as typeof this.agent.createConnection;
   }
 
   forward(attempt: UpstreamAttempt): void {
     const { timeouts } = this.settings;
     const upstream = this.upstream;
+    const secure = this.tls !== null;
+    /** The request is on a ready socket (for TLS: handshake done); before that a failure is the connect's or the handshake's. */
+    let connected = false;
     let failed = false;
     let connectTimer: NodeJS.Timeout | null = null;
     let ires: http.IncomingMessage | null = null;
     const fail = (err: Error): void => {
       if (failed) return;
+      if (secure && !connected) duringHandshake(err);
       // A response read to its end stands (a 204 followed by stray bytes, a write that failed after the
       // answer): Node drops the socket, 'end' still comes. Destroying the request now would discard it.
       if (ires !== null && ires.complete) return;
@@ -62,8 +95,9 @@ export class NodeHttpClient implements UpstreamClient {
       attempt.error(err);
     };
     const creq = nodeHttp.request({
-      // A closed client never opens a pooled socket again: a straggler (a retry on a replaced pool) gets a one-off connection.
-      ...(this.closed ? { agent: false, createConnection: createConnection as unknown as http.RequestOptions["createConnection"] } : { agent: this.agent }),
+      // A closed client never opens a pooled socket again: a straggler (a retry on a replaced pool) gets a one-off
+      // connection (no agent at all: with `agent: false` node:http would ignore createConnection).
+      ...(this.closed ? { createConnection: this.connect as unknown as http.RequestOptions['createConnection'] } : { agent: this.agent }),
       host: upstream.hostname,
       port: upstream.port,
       method: attempt.method,
@@ -106,6 +140,7 @@ export class NodeHttpClient implements UpstreamClient {
       fail(waitingForHeaders ? timeoutError('UND_ERR_HEADERS_TIMEOUT', 'headers timeout') : timeoutError('UND_ERR_BODY_TIMEOUT', 'body timeout')),
     );
     const startBody = (): void => {
+      connected = true;
       attempt.sending(creq.reusedSocket);
       if (connectTimer) clearTimeout(connectTimer);
       creq.setTimeout(timeouts.response_headers);
@@ -116,9 +151,12 @@ export class NodeHttpClient implements UpstreamClient {
     };
     creq.on('socket', (socket: Socket) => {
       if (!attempt.live) return fail(new Error('request already finished'));
-      if (!socket.connecting) return startBody();
-      connectTimer = setTimeout(() => fail(timeoutError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${timeouts.connect}ms`)), timeouts.connect);
-      socket.once('connect', startBody);
+      if (ready(socket, secure)) return startBody();
+      connectTimer = setTimeout(() => {
+        const handshaking = secure && !socket.connecting;
+        fail(timeoutError('UND_ERR_CONNECT_TIMEOUT', `connect timeout after ${timeouts.connect}ms${handshaking ? ' (connected, TLS handshake not finished)' : ''}`));
+      }, timeouts.connect);
+      socket.once(secure ? 'secureConnect' : 'connect', startBody);
     });
     creq.on('response', (response: http.IncomingMessage) => {
       ires = response;

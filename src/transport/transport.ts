@@ -7,6 +7,7 @@ import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { PoolSettings } from '../config/schema.ts';
+import type { UpstreamTls } from './upstream-tls.ts';
 
 /**
  * One attempt of one exchange on one upstream, as a transport sees it (src/proxy/attempt.ts is
@@ -55,6 +56,8 @@ export interface ClientSettings {
   timeouts: PoolSettings['timeouts'];
   /** Most sockets to the upstream (null: no limit): the smaller of keepalive.max_sockets and the upstream's max_connections. */
   maxSockets: number | null;
+  /** The pool's TLS for an `https://` upstream (read once when the pool was built); null for `http://`. */
+  tls: UpstreamTls | null;
 }
 
 /** A client toward one upstream over one protocol (keep-alive sockets), kept across configuration changes. */

@@ -7,15 +7,20 @@
  * upgrades) goes over a node:http client toward the same upstream.
  * undici itself is loaded when the first UndiciClient is made (about 28 MiB of RSS): a
  * configuration without `transport: undici` never loads it here.
+ * An `https://` upstream goes through undici's own TLS connector with the pool's settings
+ * (upstream-tls.ts: SNI, the SecureContext, verification; undici offers ALPN http/1.1 and
+ * keeps the last session per server name); its connect timeout covers the handshake.
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { createRequire } from 'node:module';
 import type { Pool as UndiciPool, Dispatcher, buildConnector as BuildConnector } from 'undici';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
+import { checkServerIdentity, type PeerCertificate } from 'node:tls';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { NodeHttpClient } from './node-http.ts';
+import { duringHandshake, tlsFailureReason, type UpstreamTls } from './upstream-tls.ts';
 
 type Undici = typeof import('undici');
 let undici: Undici | null = null;
@@ -93,6 +98,12 @@ class UndiciExchange implements Dispatcher.DispatchHandler {
   }
 
   onError(err: Error): void {
+    // A TLS alert after the handshake (a TLS 1.3 upstream refusing the client certificate): undici
+    // reports the close that follows as UND_ERR_SOCKET; the alert is what the operator needs.
+    if ((err as NodeJS.ErrnoException).code === 'UND_ERR_SOCKET' && this.socket !== null) {
+      const alert = (this.socket as TlsSocket)[kTlsError];
+      if (alert !== undefined) err = alert;
+    }
     // undici holds a 204 or 304 (or a HEAD answer) to its Content-Length; RFC 9110 says they have no
     // body whatever it says. The answer is complete: relay it (undici has dropped the socket).
     if (this.status !== 0 && (err as NodeJS.ErrnoException).code === 'UND_ERR_RES_CONTENT_LENGTH_MISMATCH' && bodiless(this.status, this.attempt.method)) {
@@ -129,14 +140,45 @@ function bodiless(status: number, method: string): boolean {
   return status === 204 || status === 304 || method === 'HEAD';
 }
 
-/** undici's own connector, with sockets that keep reading after a failed write (src/transport/upstream-socket.ts). */
-function keepReadingConnector(timeout: number): BuildConnector.connector {
-  const connect = loadUndici().buildConnector({ timeout });
+/** A certificate check against `name` whatever host was connected to. */
+function checkAgainst(name: string): (host: string, cert: PeerCertificate) => Error | undefined {
+  return (_host, cert) => checkServerIdentity(name, cert);
+}
+
+/** The first TLS failure (an alert) on an upstream socket, kept for onError: undici replaces it with its own SocketError. */
+const kTlsError = Symbol('fulcrum.undici.tlsError');
+type TlsSocket = Socket & { [kTlsError]?: Error };
+
+function keepTlsError(this: TlsSocket, err: Error): void {
+  if (this[kTlsError] === undefined && tlsFailureReason(err) !== null) this[kTlsError] = err;
+}
+
+/**
+ * undici's own connector, with sockets that keep reading after a failed write
+ * (src/transport/upstream-socket.ts); with `tls`, for an https upstream, its TLS settings, and
+ * every connect error marked as one before the request (status.ts reads a reset as a TLS failure).
+ */
+function keepReadingConnector(timeout: number, tls: UpstreamTls | null): BuildConnector.connector {
+  const connect = loadUndici().buildConnector(
+    tls === null
+      ? { timeout }
+      : {
+          timeout,
+          // undici sends no SNI to an IP address; Node then checks the certificate against the IP
+          // (a server_name that is an IP address goes the same way, checked by checkServerIdentity).
+          ...(tls.serverName === null ? {} : net.isIP(tls.serverName) === 0 ? { servername: tls.serverName } : { checkServerIdentity: checkAgainst(tls.serverName) }),
+          secureContext: tls.secureContext,
+          rejectUnauthorized: tls.rejectUnauthorized,
+        },
+  );
   return (options, callback) =>
     connect(options, (err, socket) => {
       // undici's connector passes undefined (not null) for the missing one.
-      if (err) callback(err, null);
-      else callback(null, keepReadingAfterWriteError(socket!));
+      if (err) callback(tls === null ? err : duringHandshake(err), null);
+      else {
+        if (tls !== null) socket!.on('error', keepTlsError);
+        callback(null, keepReadingAfterWriteError(socket!));
+      }
     });
 }
 
@@ -160,7 +202,7 @@ export class UndiciClient implements UpstreamClient {
       keepAliveTimeout: idle,
       keepAliveMaxTimeout: idle,
       keepAliveTimeoutThreshold: keepalive.safety_margin,
-      connect: keepReadingConnector(timeouts.connect),
+      connect: keepReadingConnector(timeouts.connect, settings.tls),
       headersTimeout: timeouts.response_headers,
       bodyTimeout: timeouts.idle_body,
       strictContentLength: true,

@@ -13,6 +13,9 @@ import type { Transport } from '../transport/transport.ts';
 import type { ConnectionPools } from '../transport/connection-pools.ts';
 import { PassiveHealth } from '../health/passive-health.ts';
 import { ActiveChecker } from '../health/active-checker.ts';
+import { readUpstreamTls, UpstreamTlsFileError, type UpstreamTls } from '../transport/upstream-tls.ts';
+
+const secureUrl = /^https:/i;
 
 /** An upstream's settings as its pool gives them (limits and breaker from the pool's). */
 function upstreamOptions(u: UpstreamSettings, settings: PoolSettings): UpstreamOptions {
@@ -31,6 +34,8 @@ export class Pool {
   readonly hostRewrite: HostRewrite;
   /** The client toward this pool's upstreams, from the balancer's connection pools (which close it). */
   readonly transport: Transport;
+  /** `settings.tls` read (its PEM files) when the pool was built; null when no upstream is https. */
+  readonly upstreamTls: UpstreamTls | null;
   /** Used only while no upstream of this pool is eligible (linked when its runtime is committed). */
   backup: Pool | null = null;
   /** Requests in flight through this pool, and how many of them are retries (the retry budget). */
@@ -47,7 +52,9 @@ export class Pool {
   /**
    * `kept` lends the Upstream objects of addresses that stay (the same pool before a reload, or
    * a renamed one): health, ejection, breaker, counters and in-flight requests carry over; they
-   * take this pool's settings only at `adopt()`. Throws when an address is listed twice.
+   * take this pool's settings only at `adopt()` (an address that changed between http:// and
+   * https:// gets a new Upstream). Reads `settings.tls` when an upstream is https. Throws when an
+   * address is listed twice, and `UpstreamTlsFileError` when a TLS file cannot be used.
    */
   constructor(name: string, settings: PoolSettings, connections: ConnectionPools, kept?: ReadonlyMap<string, Upstream>) {
     // Two entries for one address would share one object; the schema cannot see that, the pool can.
@@ -59,11 +66,35 @@ export class Pool {
     this.policyFactory = findPolicy(settings.policy)!;
     this.hostRewrite =
       settings.host_header === 'preserve' ? { kind: 'preserve' } : settings.host_header === 'upstream' ? { kind: 'upstream' } : { kind: 'fixed', value: settings.host_header };
-    this.upstreams = settings.upstreams.map((u, i) => kept?.get(ids[i]) ?? new Upstream(upstreamOptions(u, settings)));
+    this.upstreams = settings.upstreams.map((u, i) => {
+      const old = kept?.get(ids[i]);
+      return old !== undefined && old.secure === secureUrl.test(u.url) ? old : new Upstream(upstreamOptions(u, settings));
+    });
+    this.upstreamTls = null;
+    if (this.upstreams.some((u) => u.secure)) {
+      try {
+        this.upstreamTls = readUpstreamTls(settings.tls);
+      } catch (err) {
+        if (err instanceof UpstreamTlsFileError) err.message = `pool ${name}: ${err.message}`;
+        throw err;
+      }
+    }
     this.policy = this.policyFactory.create(this.snapshot);
-    this.transport = connections.transportFor(settings);
+    this.transport = connections.transportFor(settings, this.upstreamTls);
     this.passive = new PassiveHealth(settings, this.upstreams);
-    this.checker = settings.health_check ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u)) : null;
+    this.checker = settings.health_check
+      ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u), this.upstreamTls)
+      : null;
+  }
+
+  /**
+   * The warning to log at every start and every reload while this pool does not verify its
+   * https upstreams' certificates (`tls.insecure_skip_verify: true`); null otherwise.
+   */
+  tlsWarning(): string | null {
+    if (this.upstreamTls === null || this.upstreamTls.rejectUnauthorized) return null;
+    const names = this.upstreams.filter((u) => u.secure).map((u) => u.id);
+    return `pool ${this.name}: tls.insecure_skip_verify is on: the certificates of ${names.join(', ')} are NOT verified, so anyone on the network path can pose as ${names.length === 1 ? 'it' : 'them'} and read or change the traffic; for tests only`;
   }
 
   /**

@@ -38,8 +38,11 @@ export interface UpstreamOptions {
 export class Upstream {
   /** `host:port`, stable across reloads: state for an unchanged address carries over. */
   readonly id: string;
-  /** `http://host:port`, the origin requests are sent to. */
+  /** `http://host:port` or `https://host:port`, the origin requests are sent to. */
   readonly origin: string;
+  /** An `https://` upstream: reached over TLS with its pool's `tls` settings. */
+  readonly secure: boolean;
+  /** The URL's host as written (an IPv6 address in brackets). */
   readonly hostname: string;
   readonly port: number;
   /** `host:port` as a Host header would carry it. */
@@ -79,7 +82,8 @@ export class Upstream {
   constructor(options: UpstreamOptions) {
     const url = new URL(options.url);
     this.hostname = url.hostname;
-    this.port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
+    this.secure = url.protocol === 'https:';
+    this.port = url.port ? Number(url.port) : this.secure ? 443 : 80;
     this.origin = `${url.protocol}//${url.host}`;
     this.hostHeader = url.host;
     this.id = upstreamIdOf(url);

@@ -148,7 +148,7 @@ export async function startBalancer(
     requestEnd.unsubscribe(onEnd);
     await balancer.close(1000);
   });
-  return { balancer, url: `http://127.0.0.1:${address.port}`, port: address.port, ended, logs };
+  return { balancer, url: `${address.url.startsWith("https:") ? "https" : "http"}://127.0.0.1:${address.port}`, port: address.port, ended, logs };
 }
 
 /** A response read whole: status, headers, body text. */
