@@ -10,6 +10,7 @@ import { parseArgs } from 'node:util';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { ConfigError } from './errors.ts';
+import { checkTlsFiles } from './tls/check-files.ts';
 import { loadConfigFile } from './config/load.ts';
 import { closest } from './config/did-you-mean.ts';
 import { parseDuration } from './config/duration.ts';
@@ -168,6 +169,20 @@ function check(files: string[]): void {
     try {
       const loaded = loadConfigFile(file);
       for (const w of loaded.warnings) process.stdout.write(`${file}: warning: ${w}\n`);
+      // Certificates and CA files: unusable ones are problems; what each certificate says is reported.
+      const tls = checkTlsFiles(loaded.config, loaded.placeOf);
+      let certificateErrors = 0;
+      for (const r of tls.reports) {
+        for (const f of r.findings) {
+          const line = `${file}: ${r.path} (${r.file}): ${f.level === 'info' ? '' : `${f.level}: `}${f.message}\n`;
+          if (f.level === 'error') process.stderr.write(line);
+          else process.stdout.write(line);
+        }
+        certificateErrors += r.findings.filter((f) => f.level === 'error').length;
+      }
+      if (tls.problems.length > 0) throw new ConfigError(tls.problems);
+      problems += certificateErrors;
+      if (certificateErrors > 0) continue;
       const pools = Object.entries(loaded.config.pools);
       process.stdout.write(`${file}: ok (${loaded.config.listeners.length} listener(s), ${pools.length} pool(s), ${pools.reduce((n, [, p]) => n + p.upstreams.length, 0)} upstream(s))\n`);
     } catch (err) {

@@ -67,7 +67,7 @@ export function accessFields(ctx: RequestContext): Record<string, unknown> {
     tunnel_close: ctx.tunnelClose ?? undefined,
     // TLS connections only: the protocol version and what ALPN chose (null: the client offered none).
     tls_version: ctx.downstream.tls?.version,
-    alpn: ctx.downstream.tls === null ? undefined : ctx.downstream.tls.alpn,
+    alpn: ctx.downstream.tls == null ? undefined : ctx.downstream.tls.alpn,
   };
 }
 
@@ -84,7 +84,7 @@ export const jsonFormat: AccessLogFormat = {
   name: 'json',
   line(ctx, level, now) {
     const error = ctx.error;
-    const tls = ctx.downstream.tls;
+    const tls = ctx.downstream.tls ?? null;
     return (
       '{"level":' + level +
       ',"time":"' + isoTime(now) + '"' +

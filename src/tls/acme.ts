@@ -102,33 +102,77 @@ function normalizeDomain(domain: string): string {
 /** The longest setTimeout Node honours (about 24.8 days); longer waits are armed again. */
 const maxTimerMs = 2 ** 31 - 1;
 
-// acme-client talks through one module-wide axios instance; requests to a registered CA origin get
-// that CA's trust (`directory_ca`) and a deadline. Registered per manager, removed by its stop().
+// acme-client talks through one module-wide axios instance. Requests to a registered CA origin get
+// that CA's trust (`directory_ca`), a deadline and a signal; when the last manager using the origin
+// stops, its requests in flight are cancelled and acme-client's own retries of them are switched off.
+interface CaRequestConfig {
+  url?: string;
+  httpsAgent?: unknown;
+  timeout?: number;
+  signal?: unknown;
+  retryAttempt?: number;
+}
 interface CaRoute {
   agent: https.Agent | undefined;
   timeoutMs: number;
+  owners: number;
+  inflight: Set<CaRequestConfig>;
+  abort: AbortController;
 }
 const caRoutes = new Map<string, CaRoute>();
-let interceptorInstalled = false;
+let interceptorsInstalled = false;
 
-function routeCaRequests(lib: AcmeLibrary, origin: string, route: CaRoute): void {
-  caRoutes.set(origin, route);
-  if (interceptorInstalled) return;
-  interceptorInstalled = true;
-  lib.axios.interceptors.request.use(<T extends { url?: string; httpsAgent?: unknown; timeout?: number }>(config: T): T => {
-    let key: string | null = null;
-    try {
-      key = config.url ? new URL(config.url).origin : null;
-    } catch {
-      // Not an absolute URL: not one of ours.
-    }
-    const found = key === null ? undefined : caRoutes.get(key);
-    if (found) {
-      if (found.agent) config.httpsAgent = found.agent;
-      if (!config.timeout) config.timeout = found.timeoutMs;
-    }
-    return config;
-  });
+function routeOf(config: CaRequestConfig | undefined): CaRoute | undefined {
+  try {
+    return config?.url ? caRoutes.get(new URL(config.url).origin) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Registers `origin` for one manager; the returned function unregisters it (idempotent). */
+function routeCaRequests(lib: AcmeLibrary, origin: string, agent: https.Agent | undefined, timeoutMs: number): () => void {
+  let route = caRoutes.get(origin);
+  if (route === undefined) {
+    route = { agent, timeoutMs, owners: 0, inflight: new Set(), abort: new AbortController() };
+    caRoutes.set(origin, route);
+  } else if (agent !== undefined) route.agent = agent;
+  route.owners++;
+  if (!interceptorsInstalled) {
+    interceptorsInstalled = true;
+    lib.axios.interceptors.request.use(<T extends CaRequestConfig>(config: T): T => {
+      const found = routeOf(config);
+      if (found) {
+        if (found.agent) config.httpsAgent = found.agent;
+        if (!config.timeout) config.timeout = found.timeoutMs;
+        config.signal ??= found.abort.signal;
+        found.inflight.add(config);
+      }
+      return config;
+    });
+    lib.axios.interceptors.response.use(
+      <T extends { config?: CaRequestConfig }>(response: T): T => {
+        if (response.config) routeOf(response.config)?.inflight.delete(response.config);
+        return response;
+      },
+      (error: { config?: CaRequestConfig }) => {
+        if (error?.config) routeOf(error.config)?.inflight.delete(error.config);
+        return Promise.reject(error);
+      },
+    );
+  }
+  const owned = route;
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    owned.owners--;
+    if (owned.owners > 0) return;
+    if (caRoutes.get(origin) === owned) caRoutes.delete(origin);
+    for (const config of owned.inflight) config.retryAttempt = Number.POSITIVE_INFINITY;
+    owned.inflight.clear();
+    owned.abort.abort();
+  };
 }
 
 /** A name's live state inside the manager. */
@@ -180,6 +224,7 @@ export class AcmeManager {
   private client: AcmeClient.Client | null = null;
   private accountPending: Promise<AcmeClient.Client> | null = null;
   private origin: string;
+  private unroute: () => void = noop;
   private started = false;
   private stopped = false;
 
@@ -246,7 +291,7 @@ export class AcmeManager {
       }
     }
     this.lib = await loadAcmeLibrary();
-    routeCaRequests(this.lib, this.origin, { agent, timeoutMs: this.requestTimeoutMs });
+    this.unroute = routeCaRequests(this.lib, this.origin, agent, this.requestTimeoutMs);
     this.logDirectory();
 
     const now = this.now();
@@ -311,7 +356,7 @@ export class AcmeManager {
     for (const remove of [...this.published]) remove();
     await Promise.all([...this.held].map((lock) => lock.release()));
     this.held.clear();
-    if (caRoutes.get(this.origin)?.timeoutMs === this.requestTimeoutMs) caRoutes.delete(this.origin);
+    this.unroute();
   }
 
   private logDirectory(): void {
@@ -387,7 +432,8 @@ export class AcmeManager {
       }
       if (!forced) {
         const failure = await this.storage.readFailure(d.domain);
-        if (failure !== null && failure.nextAttempt > now) {
+        // Our own failure record is what scheduled this attempt; only another instance's newer one defers it.
+        if (failure !== null && failure.nextAttempt > now && failure.nextAttempt !== d.nextAttempt) {
           // Another instance (or an earlier run) failed lately: keep its backoff rather than ask the CA again.
           d.failures = Math.max(d.failures, failure.failures);
           d.lastError ??= new AcmeError(AcmeErrorCode.CaError, failure.error);

@@ -93,7 +93,8 @@ export async function makeCertificate(request: CertificateRequest = {}): Promise
   const notBefore = request.notBefore ?? new Date(Date.now() - 3_600_000);
   const notAfter = request.notAfter ?? new Date(notBefore.getTime() + (request.days ?? 90) * 86_400_000);
   const cn = (request.commonName ?? names[0] ?? 'Fulcrum').replace(/[,=+<>#;"\\]/g, ' ');
-  const subject = `CN=${cn}${request.organization !== undefined ? `, O=${request.organization.replace(/[,=+<>#;"\\]/g, ' ')}` : ''}`;
+  // Most significant first, as CAs write them (O before CN): RFC 4514 text reverses it to "CN=...,O=...".
+  const subject = `${request.organization !== undefined ? `O=${request.organization.replace(/[,=+<>#;"\\]/g, ' ')}, ` : ''}CN=${cn}`;
   const extensions: X509.Extension[] = [];
   if (request.ca === true) {
     extensions.push(new lib.BasicConstraintsExtension(true, undefined, true));

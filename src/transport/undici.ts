@@ -7,20 +7,19 @@
  * upgrades) goes over a node:http client toward the same upstream.
  * undici itself is loaded when the first UndiciClient is made (about 28 MiB of RSS): a
  * configuration without `transport: undici` never loads it here.
- * An `https://` upstream goes through undici's own TLS connector with the pool's settings
- * (upstream-tls.ts: SNI, the SecureContext, verification; undici offers ALPN http/1.1 and
- * keeps the last session per server name); its connect timeout covers the handshake.
+ * An `https://` upstream gets its TLS sockets from upstream-tls.ts (SNI, verification, ALPN
+ * http/1.1, the last session resumed), as the other transports do; the connect timeout covers
+ * the handshake.
  */
 import diagnosticsChannel from 'node:diagnostics_channel';
 import { createRequire } from 'node:module';
 import type { Pool as UndiciPool, Dispatcher, buildConnector as BuildConnector } from 'undici';
-import net, { type Socket } from 'node:net';
-import { checkServerIdentity, type PeerCertificate } from 'node:tls';
+import type { Socket } from 'node:net';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { NodeHttpClient } from './node-http.ts';
-import { duringHandshake, tlsFailureReason, type UpstreamTls } from './upstream-tls.ts';
+import { duringHandshake, tlsFailureReason, UpstreamTlsConnector } from './upstream-tls.ts';
 
 type Undici = typeof import('undici');
 let undici: Undici | null = null;
@@ -140,11 +139,6 @@ function bodiless(status: number, method: string): boolean {
   return status === 204 || status === 304 || method === 'HEAD';
 }
 
-/** A certificate check against `name` whatever host was connected to. */
-function checkAgainst(name: string): (host: string, cert: PeerCertificate) => Error | undefined {
-  return (_host, cert) => checkServerIdentity(name, cert);
-}
-
 /** The first TLS failure (an alert) on an upstream socket, kept for onError: undici replaces it with its own SocketError. */
 const kTlsError = Symbol('fulcrum.undici.tlsError');
 type TlsSocket = Socket & { [kTlsError]?: Error };
@@ -153,33 +147,57 @@ function keepTlsError(this: TlsSocket, err: Error): void {
   if (this[kTlsError] === undefined && tlsFailureReason(err) !== null) this[kTlsError] = err;
 }
 
-/**
- * undici's own connector, with sockets that keep reading after a failed write
- * (src/transport/upstream-socket.ts); with `tls`, for an https upstream, its TLS settings, and
- * every connect error marked as one before the request (status.ts reads a reset as a TLS failure).
- */
-function keepReadingConnector(timeout: number, tls: UpstreamTls | null): BuildConnector.connector {
-  const connect = loadUndici().buildConnector(
-    tls === null
-      ? { timeout }
-      : {
-          timeout,
-          // undici sends no SNI to an IP address; Node then checks the certificate against the IP
-          // (a server_name that is an IP address goes the same way, checked by checkServerIdentity).
-          ...(tls.serverName === null ? {} : net.isIP(tls.serverName) === 0 ? { servername: tls.serverName } : { checkServerIdentity: checkAgainst(tls.serverName) }),
-          secureContext: tls.secureContext,
-          rejectUnauthorized: tls.rejectUnauthorized,
-        },
-  );
+/** undici's own connector, with sockets that keep reading after a failed write (src/transport/upstream-socket.ts). */
+function keepReadingConnector(timeout: number): BuildConnector.connector {
+  const connect = loadUndici().buildConnector({ timeout });
   return (options, callback) =>
     connect(options, (err, socket) => {
       // undici's connector passes undefined (not null) for the missing one.
-      if (err) callback(tls === null ? err : duringHandshake(err), null);
-      else {
-        if (tls !== null) socket!.on('error', keepTlsError);
-        callback(null, keepReadingAfterWriteError(socket!));
-      }
+      if (err) callback(err, null);
+      else callback(null, keepReadingAfterWriteError(socket!));
     });
+}
+
+/**
+ * The connector toward an https upstream: the same TLS sockets as the other transports
+ * (UpstreamTlsConnector: SNI, verification, ALPN http/1.1, the last session resumed), handed to
+ * undici once the handshake is done or failed; `timeout` covers TCP and the handshake. Every
+ * error here comes before the request was written, and is marked so (status.ts reads a reset
+ * then as a TLS failure).
+ */
+function tlsConnector(connector: UpstreamTlsConnector, timeout: number): BuildConnector.connector {
+  return (_options, callback) => {
+    let socket: TlsSocket;
+    try {
+      socket = connector.connect();
+    } catch (err) {
+      callback(duringHandshake(err as Error), null);
+      return;
+    }
+    let done = false;
+    const finish = (err: Error | null): void => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      socket.off('error', onError);
+      if (err === null) {
+        socket.on('error', keepTlsError);
+        callback(null, keepReadingAfterWriteError(socket));
+        return;
+      }
+      socket.destroy();
+      callback(duringHandshake(err), null);
+    };
+    const onError = (err: Error): void => finish(err);
+    const timer = setTimeout(() => {
+      const handshaking = !socket.connecting;
+      finish(Object.assign(new Error(`connect timeout after ${timeout}ms${handshaking ? ' (connected, TLS handshake not finished)' : ''}`), { code: 'UND_ERR_CONNECT_TIMEOUT' }));
+    }, timeout);
+    socket.setNoDelay(true);
+    socket.setKeepAlive(true, 60_000);
+    socket.once('secureConnect', () => finish(null));
+    socket.on('error', onError);
+  };
 }
 
 /** Keep-alive sockets toward one upstream over undici. */
@@ -187,6 +205,8 @@ export class UndiciClient implements UpstreamClient {
   private readonly upstream: Upstream;
   private readonly settings: ClientSettings;
   private readonly pool: UndiciPool;
+  /** TLS sockets for an https upstream (null for http). */
+  readonly tls: UpstreamTlsConnector | null = null;
   /** For what undici cannot carry: Expect, HEAD, upgrades (created on first use). */
   private fallback: NodeHttpClient | null = null;
   private closed = false;
@@ -202,7 +222,7 @@ export class UndiciClient implements UpstreamClient {
       keepAliveTimeout: idle,
       keepAliveMaxTimeout: idle,
       keepAliveTimeoutThreshold: keepalive.safety_margin,
-      connect: keepReadingConnector(timeouts.connect, settings.tls),
+      connect: settings.tls === null ? keepReadingConnector(timeouts.connect) : tlsConnector((this.tls = new UpstreamTlsConnector(upstream, settings.tls)), timeouts.connect),
       headersTimeout: timeouts.response_headers,
       bodyTimeout: timeouts.idle_body,
       strictContentLength: true,

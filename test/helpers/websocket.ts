@@ -8,7 +8,7 @@ import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
 import type { TestContext } from 'node:test';
-import { WebSocket, WebSocketServer } from 'ws';
+import { WebSocket, WebSocketServer, type ClientOptions } from 'ws';
 
 /** RFC 6455 section 1.3: appended to the key before hashing. */
 const GUID = '258EAFA5-E914-47DA-95CA-C5AB0DC85B11';
@@ -80,9 +80,9 @@ export async function startWsBackend(t: TestContext, options: WsBackendOptions =
 }
 
 /** A `ws` client once open; closed (terminated) after the test. */
-export function wsOpen(t: TestContext, url: string, protocols?: string[]): Promise<WebSocket> {
+export function wsOpen(t: TestContext, url: string, protocols?: string[], options: ClientOptions = {}): Promise<WebSocket> {
   return new Promise((resolve, reject) => {
-    const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols, { handshakeTimeout: 5000 });
+    const ws = new WebSocket(url.replace(/^http/, 'ws'), protocols, { handshakeTimeout: 5000, ...options });
     t.after(() => ws.terminate());
     ws.once('open', () => resolve(ws));
     ws.once('unexpected-response', (_req, res) => reject(new Error(`handshake answered ${res.statusCode}`)));

@@ -112,7 +112,7 @@ function recordingHooks(servers: ChallengeServers): Recorded {
       },
       alpnChallenge(domain, pair) {
         if (pair === null) servers.alpn.delete(domain);
-        else servers.alpn.set(domain, tls.createSecureContext({ ...pair, ALPNProtocols: ['acme-tls/1'] }));
+        else servers.alpn.set(domain, tls.createSecureContext(pair));
       },
     },
   };
@@ -131,10 +131,13 @@ interface Rig {
   servers: ChallengeServers;
   storage: string;
   settings: AcmeSettings;
-  manager(orders: AcmeOrderSpec[], options?: AcmeManagerOptions & { storage?: string }): { manager: AcmeManager; recorded: Recorded; lines: LogLine[] };
+  manager(orders: AcmeOrderSpec[], options?: AcmeManagerOptions & { settings?: Partial<AcmeSettings> }): { manager: AcmeManager; recorded: Recorded; lines: LogLine[] };
 }
 
 async function rig(t: TestContext, pebbleOptions: Partial<PebbleOptions> = {}): Promise<Rig> {
+  // Registered first, so the managers stop before pebble and the challenge servers go away.
+  const managers: AcmeManager[] = [];
+  t.after(() => Promise.all(managers.map((m) => m.stop())));
   const servers = await startChallengeServers(t);
   const pebble = await startPebble(t, { httpPort: servers.httpPort, tlsPort: servers.tlsPort, ...pebbleOptions });
   const storage = fs.mkdtempSync(path.join(os.tmpdir(), 'fulcrum-acme-'));
@@ -148,8 +151,8 @@ async function rig(t: TestContext, pebbleOptions: Partial<PebbleOptions> = {}): 
     manager(orders, options = {}) {
       const { logger, lines } = capturedLogger();
       const recorded = recordingHooks(servers);
-      const manager = new AcmeManager({ ...settings, storage: options.storage ?? settings.storage }, orders, recorded.hooks, logger, { ...fast, ...options });
-      t.after(() => manager.stop());
+      const manager = new AcmeManager({ ...settings, ...options.settings }, orders, recorded.hooks, logger, { ...fast, ...options });
+      managers.push(manager);
       return { manager, recorded, lines };
     },
   };
@@ -229,10 +232,7 @@ test('TLS-ALPN-01: the challenge is answered on the TLS port with acme-client\'s
 
 test('RSA keys when key_type is rsa', async (t) => {
   const r = await rig(t);
-  const { logger } = capturedLogger();
-  const recorded = recordingHooks(r.servers);
-  const manager = new AcmeManager({ ...r.settings, key_type: 'rsa' }, [{ domain: 'rsa.fulcrum.test', challenge: 'http-01' }], recorded.hooks, logger, fast);
-  t.after(() => manager.stop());
+  const { manager, recorded } = r.manager([{ domain: 'rsa.fulcrum.test', challenge: 'http-01' }], { settings: { key_type: 'rsa' } });
   await manager.start();
   await eventually(() => recorded.installs.length === 1, { timeout: 15_000, what: 'a certificate installed' });
   const key = new X509Certificate(recorded.installs[0].cert).publicKey;
@@ -389,10 +389,10 @@ test('stop() during an order: renew() rejects FUL_ACME_STOPPED, the lock and the
   const { manager, recorded } = r.manager([{ domain, challenge: 'http-01' }]);
   await manager.start();
   await eventually(() => r.servers.httpHits >= 1, { timeout: 10_000, what: 'pebble validating' });
-  const renewing = manager.renew(domain);
+  const renewed = assert.rejects(manager.renew(domain), (err: AcmeError) => err.code === AcmeErrorCode.Stopped);
   assert.equal(r.servers.tokens.size, 1);
   await manager.stop();
-  await assert.rejects(renewing, (err: AcmeError) => err.code === AcmeErrorCode.Stopped);
+  await renewed;
   assert.equal(r.servers.tokens.size, 0, 'challenge answer removed');
   assert.equal(fs.existsSync(path.join(certificateDir(r.storage, domain), 'order.lock')), false, 'lock released');
   assert.equal(recorded.installs.length, 0);

@@ -13,6 +13,7 @@ import { promisify } from 'node:util';
 import { makeTestCa, handshake, httpsGet, type TestCa } from '../helpers/tls.ts';
 import { get, rawExchange, startBackend, startBalancer, type TestBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { startWsBackend, wsOpen } from '../helpers/websocket.ts';
 import type { FulcrumConfigInput } from '../../src/config/schema.ts';
 
 const run = promisify(execFile);
@@ -254,3 +255,58 @@ test('hsts on an https listener; redirect_https on an http listener keeps path a
   assert.equal(backend.requests.length, 2);
 });
 
+
+test('WebSocket over TLS (wss), keep-alive and pipelining over TLS, and a drain that closes idle TLS connections', async (t) => {
+  const ca = await makeTestCa(t);
+  const c = await siteCertificates(ca);
+  const ws = await startWsBackend(t);
+  const lb = await startBalancer(t, {
+    listeners: [httpsListener({ certificates: [{ cert: c.fallback.certPath, key: c.fallback.keyPath }] })],
+    pools: { web: { upstreams: [ws.url] } },
+  });
+  const client = await wsOpen(t, `https://localhost:${lb.port}/chat`, undefined, { ca: ca.ca.cert });
+  const echoed = new Promise<string>((resolve) => client.once('message', (m) => resolve(String(m))));
+  client.send('over tls');
+  assert.equal(await echoed, 'over tls');
+  client.close();
+  // Three pipelined requests in one TLS write: answered in order on the one connection.
+  const answers = await new Promise<string>((resolve, reject) => {
+    let text = '';
+    const s = tls.connect({ host: '127.0.0.1', port: lb.port, ca: ca.ca.cert, servername: 'localhost' }, () => {
+      s.write('GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\nGET /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n');
+    });
+    s.on('data', (d: Buffer) => (text += d.toString('latin1')));
+    s.on('end', () => resolve(text));
+    s.on('error', reject);
+  });
+  assert.equal(answers.match(/HTTP\/1\.1 200 OK\r\n/g)?.length, 3, answers);
+  // An idle keep-alive TLS connection is closed by a drain at once, not at the end of the grace period.
+  const idle = tls.connect({ host: '127.0.0.1', port: lb.port, ca: ca.ca.cert, servername: 'localhost' });
+  await new Promise<void>((resolve) => idle.once('secureConnect', () => resolve()));
+  idle.write('GET / HTTP/1.1\r\nHost: a\r\n\r\n');
+  await new Promise<void>((resolve) => idle.once('data', () => resolve()));
+  const closed = new Promise<void>((resolve) => idle.once('close', () => resolve()));
+  const started = Date.now();
+  await lb.balancer.close(10_000);
+  await closed;
+  assert.ok(Date.now() - started < 5000, 'the idle connection did not wait for the grace period');
+});
+
+test('a configuration reload adds a certificate to a running listener; trusted proxies may set X-Forwarded-Port', async (t) => {
+  const ca = await makeTestCa(t);
+  const c = await siteCertificates(ca);
+  const backend = await echoBackend(t);
+  const base = {
+    listeners: [httpsListener({ certificates: [{ cert: c.fallback.certPath, key: c.fallback.keyPath }] }, { trusted_proxies: ['127.0.0.1/32'] })],
+    pools: { web: { upstreams: [backend.url] } },
+  };
+  const lb = await startBalancer(t, base);
+  assert.equal((await handshake(lb.port, { servername: 'a.test' })).serial, c.fallback.serial);
+  const next = structuredClone(base);
+  (next.listeners[0].tls as { certificates: unknown[] }).certificates.push({ cert: c.a.certPath, key: c.a.keyPath });
+  (next.listeners[0] as { port: number }).port = lb.port;
+  await lb.balancer.reload(next);
+  assert.equal((await handshake(lb.port, { servername: 'a.test' })).serial, c.a.serial);
+  const r = await httpsGet(`https://127.0.0.1:${lb.port}/`, { ca: ca.ca.cert, headers: { 'x-forwarded-port': '443', 'x-forwarded-proto': 'https' } });
+  assert.equal((JSON.parse(r.body) as { headers: Record<string, string> }).headers['x-forwarded-port'], '443');
+});

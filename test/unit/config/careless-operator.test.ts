@@ -220,10 +220,16 @@ test('upstream URL hints give the fix for the URL typed, not a stock example', (
     ['http://::1:8080', 'an IPv6 address goes in brackets: write http://[::1]:8080'],
     ['http://127.0.0.1:99999', '"99999" is not a port: write http://127.0.0.1:PORT with PORT from 1 to 65535'],
     ['htp://h:1', 'htp:// is not a scheme Fulcrum knows: did you mean http://h:1?'],
-    ['ftp://h:1', 'ftp:// upstreams are not supported: an upstream is http://host:port'],
+    ['ftp://h:1', 'ftp:// upstreams are not supported: an upstream is http://host:port or https://host:port'],
+    // https upstreams keep their scheme in every hint.
+    ['htps://h:1', 'htps:// is not a scheme Fulcrum knows: did you mean https://h:1?'],
+    ['https://::1:8443', 'an IPv6 address goes in brackets: write https://[::1]:8443'],
+    ['https://h:99999', '"99999" is not a port: write https://h:PORT with PORT from 1 to 65535'],
+    ['https://h:1/api', 'an upstream URL has no path ("/api"): the request\'s own path is sent; write https://h:1 (route by path with routes[].path_prefix)'],
   ];
   for (const [url, message] of cases) assert.equal(upstreamUrlProblem(url), message, url);
   assert.equal(upstreamUrlProblem('http://[::1]:8080'), undefined);
+  assert.equal(upstreamUrlProblem('https://backend.internal:8443'), undefined);
 });
 
 test('routes[].path: /admin (the natural guess) points to path_prefix; a bound is said in words', () => {
