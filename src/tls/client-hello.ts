@@ -48,6 +48,11 @@ export function parseClientHello(data: Buffer): ClientHelloResult {
     if (data[at + 1] !== 3) return { kind: 'malformed', reason: 'not a TLS record version' };
     const length = data.readUInt16BE(at + 3);
     if (length === 0 || length > 16_384) return { kind: 'malformed', reason: 'a record length out of range' };
+    // The message's type and length are known from the first record's first bytes: refuse early, before waiting for the rest.
+    if (at === 0 && length >= 4 && data.length >= 9) {
+      if (data[5] !== CLIENT_HELLO) return { kind: 'malformed', reason: 'the first handshake message is not a ClientHello' };
+      if (4 + data.readUIntBE(6, 3) > MAX_CLIENT_HELLO_BYTES) return { kind: 'malformed', reason: `a ClientHello over ${MAX_CLIENT_HELLO_BYTES} bytes` };
+    }
     if (data.length < at + 5 + length) return incomplete;
     parts.push(data.subarray(at + 5, at + 5 + length));
     gathered += length;

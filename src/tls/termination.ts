@@ -82,6 +82,10 @@ function rfc4514(subject: string): string {
     .join(',');
 }
 
+function destroyOnError(this: Socket): void {
+  this.destroy();
+}
+
 /** The certificates of one HTTPS listener, by server name. */
 export class CertificateStore {
   private configured: Configured[] = [];
@@ -359,13 +363,16 @@ export class TlsTermination {
     };
     raw.on('data', onData);
     raw.on('close', done);
+    // A reset while the ClientHello comes in (and any error of the TCP socket under the TLS one) only closes it.
+    raw.on('error', destroyOnError);
   }
 
   private refuse(raw: Socket, reason: HandshakeFailure, answer: Buffer | string | null, name?: string | null): void {
     this.fail(reason);
     this.logger.debug({ listener: this.name, reason, server_name: name ?? undefined, client: raw.remoteAddress }, 'TLS connection refused before the handshake');
+    // Closed once the answer is out, whatever the client does (it may never close its side).
     if (answer === null) raw.destroy();
-    else raw.end(answer);
+    else raw.end(answer, () => raw.destroy());
   }
 
   private fail(reason: HandshakeFailure): void {

@@ -35,8 +35,8 @@ export async function startFulcrumProcess(t: TestContext, yaml: string): Promise
   });
   const deadline = Date.now() + 15_000;
   for (;;) {
-    const m = /listening on http:\/\/[^:]+:(\d+)/.exec(out);
-    if (m) return { child, port: Number(m[1]), url: `http://127.0.0.1:${m[1]}`, output: () => out, exited };
+    const m = /listening on (https?):\/\/[^:]+:(\d+)/.exec(out);
+    if (m) return { child, port: Number(m[2]), url: `${m[1]}://127.0.0.1:${m[2]}`, output: () => out, exited };
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`fulcrum did not start:\n${out}`);
     await new Promise((r) => setTimeout(r, 20));
   }

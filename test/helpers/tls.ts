@@ -108,10 +108,12 @@ export function handshake(port: number, options: tls.ConnectionOptions = {}): Pr
 export function httpsGet(url: string, options: https.RequestOptions = {}): Promise<{ status: number; headers: Record<string, string | string[] | undefined>; body: string; socket: tls.TLSSocket }> {
   return new Promise((resolve, reject) => {
     const req = https.get(url, { agent: false, ...options }, (res) => {
+      // Taken now: a keep-alive agent takes the socket back before 'end'.
+      const socket = res.socket as tls.TLSSocket;
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c: string) => (body += c));
-      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body, socket: res.socket as tls.TLSSocket }));
+      res.on('end', () => resolve({ status: res.statusCode!, headers: res.headers, body, socket }));
       res.on('error', reject);
     });
     req.setTimeout(5000, () => req.destroy(new Error('request timed out')));

@@ -5,7 +5,7 @@
  */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -19,7 +19,8 @@ import { createLogger } from '../../src/observe/logger.ts';
 import { AcmeErrorCode, AcmeManager, type AcmeError, type AcmeHooks, type AcmeManagerOptions, type AcmeOrderSpec } from '../../src/tls/acme.ts';
 import { acquireLock, LockTimeoutError } from '../../src/tls/acme-storage.ts';
 import { eventually } from '../helpers/eventually.ts';
-import { startPebble, type Pebble, type PebbleOptions } from '../helpers/pebble.ts';
+import { freePort, startPebble, type Pebble, type PebbleOptions } from '../helpers/pebble.ts';
+import { startBackend, startBalancer, type TestBalancer } from '../helpers/servers.ts';
 import { handshake } from '../helpers/tls.ts';
 
 /** Log lines of one manager, parsed. */
@@ -447,4 +448,101 @@ test('the lock: a dead holder\'s lock and an old one are broken, a live one is w
   await assert.rejects(acquireLock(file, { ...options, onWait: () => told++ }), (err: Error) => err instanceof LockTimeoutError && err.message.includes(`pid ${process.pid}`));
   assert.equal(told, 1);
   assert.equal(JSON.parse(fs.readFileSync(file, 'utf8')).token, 'z', 'a live lock is never broken');
+});
+
+// ---- End to end through Fulcrum: its http listener answers HTTP-01, its https listener TLS-ALPN-01. ----
+
+const ADMIN_TOKEN = 'acme-admin-token-0123456789';
+
+/** curl over HTTPS to `name`:`port` (resolved to 127.0.0.1) trusting only `caFile`; resolves with status and body, or curl's error. */
+function curl(name: string, port: number, caFile: string, urlPath = '/'): Promise<{ status: number; body: string; error: string }> {
+  return new Promise((resolve) => {
+    const args = ['-sS', '--max-time', '5', '--cacert', caFile, '--resolve', `${name}:${port}:127.0.0.1`, '-w', '\n%{http_code}', `https://${name}:${port}${urlPath}`];
+    execFile('curl', args, { encoding: 'utf8' }, (_err, stdout, stderr) => {
+      const cut = stdout.lastIndexOf('\n');
+      resolve({ status: Number(stdout.slice(cut + 1)) || 0, body: stdout.slice(0, Math.max(0, cut)), error: stderr.trim() });
+    });
+  });
+}
+
+/** Pebble validating on two free ports, a backend, and Fulcrum with an http listener and an https listener using ACME. */
+async function fulcrumWithAcme(t: TestContext, domain: string, challenge: 'http-01' | 'tls-alpn-01') {
+  // Pebble must know its validation ports before it starts, and Fulcrum listens on them afterwards.
+  const [httpPort, tlsPort] = [await freePort(), await freePort()];
+  const pebble = await startPebble(t, { httpPort, tlsPort });
+  const httpsPort = challenge === 'tls-alpn-01' ? tlsPort : await freePort();
+  const backend = await startBackend(t, (req, res) => res.end(`hello ${req.headers.host} via ${req.headers['x-forwarded-proto']}`));
+  const storage = fs.mkdtempSync(path.join(os.tmpdir(), 'fulcrum-acme-e2e-'));
+  t.after(() => fs.rmSync(storage, { recursive: true, force: true }));
+  const start = (): Promise<TestBalancer> =>
+    startBalancer(t, {
+      listeners: [
+        { name: 'http', host: '127.0.0.1', port: httpPort },
+        { name: 'https', host: '127.0.0.1', port: httpsPort, protocol: 'https', tls: { acme: { domains: [domain], challenge } } },
+      ],
+      pools: { web: { upstreams: [backend.url] } },
+      acme: { directory: pebble.directoryUrl, directory_ca: pebble.caPath, terms_of_service_agreed: true, storage, email: 'ops@example.com' },
+      admin: { host: '127.0.0.1', port: 0, token: ADMIN_TOKEN },
+    });
+  return { pebble, lb: await start(), start, httpsPort, storage, rootFile: await pebble.rootFile() };
+}
+
+/** The serial of the ACME certificate Fulcrum serves for `domain`, from its status (null before there is one). */
+function servedSerial(lb: TestBalancer, domain: string): string | null {
+  return lb.balancer.status().certificates.find((c) => c.source === `acme:${domain}`)?.serial ?? null;
+}
+
+test('Fulcrum end to end, HTTP-01: its http listener answers pebble, curl gets 200 through the new certificate; a restart serves it from storage', async (t) => {
+  const domain = 'www.fulcrum.test';
+  const { lb, start, httpsPort, rootFile, storage } = await fulcrumWithAcme(t, domain, 'http-01');
+  const answer = await eventually(async () => {
+    const r = await curl(domain, httpsPort, rootFile);
+    return r.status === 200 ? r : null;
+  }, { timeout: 20_000, interval: 100, what: `curl https://${domain}:${httpsPort}/ trusting pebble's root` });
+  assert.equal(answer?.body, `hello ${domain}:${httpsPort} via https`);
+  const first = (await handshake(httpsPort, { servername: domain })).serial;
+  assert.equal(first, servedSerial(lb, domain));
+  assert.ok(fs.existsSync(path.join(certificateDir(storage, domain), 'cert.pem')));
+  assert.ok(lb.logs.some((l) => l.includes(`certificate for ${domain} issued`)));
+
+  // Forced renewal through the balancer's API: new handshakes get a new serial.
+  await lb.balancer.renewCertificate(domain);
+  const second = (await handshake(httpsPort, { servername: domain })).serial;
+  assert.notEqual(second, first);
+
+  // A restart on the same storage serves the stored certificate as soon as start() resolves, with no order.
+  await lb.balancer.close(1000);
+  const again = await start();
+  const now = await curl(domain, httpsPort, rootFile);
+  assert.equal(now.status, 200, now.error);
+  assert.equal((await handshake(httpsPort, { servername: domain })).serial, second);
+  assert.ok(again.logs.some((l) => l.includes(`certificate for ${domain} from storage`)));
+  assert.ok(!again.logs.some((l) => l.includes('ordering a certificate')), 'no new order');
+});
+
+test('Fulcrum end to end, TLS-ALPN-01 on its https listener, then a forced renewal through the admin API', async (t) => {
+  const domain = 'alpn.fulcrum.test';
+  const { lb, httpsPort, rootFile } = await fulcrumWithAcme(t, domain, 'tls-alpn-01');
+  await eventually(async () => (await curl(domain, httpsPort, rootFile)).status === 200, { timeout: 20_000, interval: 100, what: `curl https://${domain}:${httpsPort}/` });
+  const first = (await handshake(httpsPort, { servername: domain })).serial;
+  assert.equal(first, servedSerial(lb, domain));
+
+  const admin = lb.balancer.adminAddress();
+  assert.ok(admin);
+  const renewed = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: admin.port, method: 'POST', path: '/certificates/renew', headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body }));
+    });
+    req.on('error', reject);
+    req.end(JSON.stringify({ domain }));
+  });
+  assert.equal(renewed.status, 200, renewed.body);
+  const second = (await handshake(httpsPort, { servername: domain })).serial;
+  assert.notEqual(second, first, 'new handshakes get the renewed certificate');
+  assert.equal(second, servedSerial(lb, domain));
+  const after = await curl(domain, httpsPort, rootFile);
+  assert.equal(after.status, 200, after.error);
 });

@@ -12,6 +12,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { makeTestCa, handshake, httpsGet } from '../helpers/tls.ts';
 import { startBackend, startBalancer } from '../helpers/servers.ts';
+import { startFulcrumProcess } from '../helpers/fulcrum-process.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { createBalancer, loadConfigText, ConfigError } from '../../src/index.ts';
 
@@ -184,4 +185,27 @@ test('client certificates: required refuses clients without a verified one and c
   const scrape = await lb.balancer.metrics.scrape();
   assert.match(scrape.body, /lb_tls_handshake_failures_total\{listener="required",reason="client_certificate"\} 2/);
   assert.equal(backend.requests.length, 4);
+});
+
+test('SIGHUP to a running fulcrum reads renewed certificate files (watch off); open connections keep theirs', async (t) => {
+  const ca = await makeTestCa(t);
+  const first = await ca.issue('site');
+  const backend = await startBackend(t, (_req, res) => res.end('ok'));
+  const proc = await startFulcrumProcess(
+    t,
+    `listeners:\n  - host: 127.0.0.1\n    port: 0\n    protocol: https\n    tls:\n      watch: false\n      certificates:\n        - cert: ${first.certPath}\n          key: ${first.keyPath}\npools:\n  web:\n    upstreams: [${backend.url}]\n`,
+  );
+  const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca: ca.ca.cert });
+  t.after(() => agent.destroy());
+  const before = await httpsGet(`${proc.url}/`, { agent });
+  assert.equal((before.socket.getPeerCertificate() as { serialNumber: string }).serialNumber, first.serial);
+  const renewed = await ca.issue('site');
+  proc.child.kill('SIGHUP');
+  await eventually(async () => (await handshake(proc.port)).serial === renewed.serial, { what: 'SIGHUP to load the renewed certificate' });
+  // The kept-alive connection made before still works, on the certificate it was made with.
+  const after = await httpsGet(`${proc.url}/`, { agent });
+  assert.equal(after.status, 200);
+  assert.equal(after.socket, before.socket);
+  assert.equal((after.socket.getPeerCertificate() as { serialNumber: string }).serialNumber, first.serial);
+  assert.match(proc.output(), new RegExp(`reloaded \\(serial ${renewed.serial}\\)`));
 });

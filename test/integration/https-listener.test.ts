@@ -150,6 +150,18 @@ test('plain HTTP sent to an https port gets a 400 that says so; silence is cut a
   // Half a ClientHello, then nothing: cut too.
   const half = await rawExchange(lb.port, '\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03', 5000);
   assert.equal(half, '');
+  // A client that resets halfway through its ClientHello, or right after a whole one: nothing breaks.
+  for (const bytes of ['\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03', '']) {
+    await new Promise<void>((resolve) => {
+      const s = net.connect(lb.port, '127.0.0.1', () => {
+        if (bytes !== '') s.write(bytes, 'latin1');
+        s.resetAndDestroy();
+        resolve();
+      });
+      s.on('error', () => {});
+    });
+  }
+  assert.equal((await handshake(lb.port)).serial, c.fallback.serial, 'the listener still serves');
   assert.equal(backend.requests.length, 0);
   const scrape = await lb.balancer.metrics!.scrape();
   assert.match(scrape.body, /reason="not_tls"\} 1/);

@@ -15,6 +15,8 @@ import type { AddressInfo } from 'node:net';
 import { makeTestCa, type CertFiles, type TestCa } from '../helpers/tls.ts';
 import { get, startBalancer, startRawBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { wsOpen } from '../helpers/websocket.ts';
+import { WebSocketServer } from 'ws';
 import { accessFields } from '../../src/observe/access-log-json.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { readUpstreamTls, UpstreamTlsFileError } from '../../src/transport/upstream-tls.ts';
@@ -242,6 +244,20 @@ for (const transport of transports) {
     assert.ok(down.failures >= 1, 'counted as failures of the expired upstream');
     assert.equal(down.ejected, true, 'ejected by outlier detection (5 consecutive failures)');
     assert.match(lb.logs.join(''), /ejected false -> true \(5 consecutive failures, last: TLS handshake with upstream failed: certificate has expired \(CERT_HAS_EXPIRED\)/);
+  });
+
+  test(`${transport}: a WebSocket reaches an https upstream and echoes over TLS`, async (t) => {
+    const { ca, good } = await certificates(t);
+    const backend = await startTlsBackend(t, good);
+    const wss = new WebSocketServer({ server: backend.server });
+    wss.on('connection', (socket) => socket.on('message', (data, binary) => socket.send(data, { binary })));
+    t.after(() => new Promise<void>((resolve) => wss.close(() => resolve())));
+    const lb = await startBalancer(t, { pools: { web: { transport, upstreams: [backend.url], tls: { ca: ca.caPath } } } });
+    const ws = await wsOpen(t, `${lb.url}/chat`);
+    const echoed = new Promise<string>((resolve) => ws.once('message', (data) => resolve(String(data))));
+    ws.send('over tls');
+    assert.equal(await echoed, 'over tls');
+    assert.equal(backend.handshakes.full, 1);
   });
 
   test(`${transport}: keep-alive connections are reused, and a new connection resumes the TLS session`, async (t) => {
