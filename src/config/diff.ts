@@ -380,7 +380,10 @@ export function restartNotes(before: FulcrumConfig, after: FulcrumConfig, bound?
     // Fulcrum's own parser reads the limit per request; node:http fixes it per server.
     else if (l.engine === 'node' && old.limits.max_header_bytes !== l.limits.max_header_bytes) notes.push(`listener ${bindKey(l)}: limits.max_header_bytes takes effect on restart`);
     if (old.name !== l.name) notes.push(`listener ${bindKey(l)}: name takes effect on restart`);
+    if (old.protocol !== l.protocol) notes.push(`listener ${bindKey(l)}: protocol ${l.protocol} takes effect on restart (it speaks ${old.protocol} until then)`);
+    if (JSON.stringify(old.tls?.acme) !== JSON.stringify(l.tls?.acme)) notes.push(`listener ${bindKey(l)}: tls.acme takes effect on restart`);
   });
+  if (JSON.stringify(before.acme) !== JSON.stringify(after.acme)) notes.push('acme takes effect on restart');
   before.listeners.forEach((l, i) => {
     if (!pairs.includes(i)) {
       const b = bound?.listeners[i];

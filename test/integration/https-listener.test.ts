@@ -129,6 +129,11 @@ test('TLS 1.2 and 1.3 only; modern is 1.3 only; ALPN offers http/1.1 and refuses
   assert.match(line!, /"tls_version":"TLSv1\.2","alpn":"http\/1\.1"/);
   const scrape = await lb.balancer.metrics!.scrape();
   assert.match(scrape.body, /lb_tls_handshakes_total\{listener="[^"]+",version="TLSv1\.2"\} [1-9]/);
+  // Each refusal counted under its reason.
+  assert.match(scrape.body, /lb_tls_handshake_failures_total\{listener="127\.0\.0\.1:0",reason="no_shared_protocol_version"\} 1/);
+  assert.match(scrape.body, /lb_tls_handshake_failures_total\{listener="127\.0\.0\.1:0",reason="no_shared_cipher"\} 1/);
+  assert.match(scrape.body, /lb_tls_handshake_failures_total\{listener="127\.0\.0\.1:0",reason="no_application_protocol"\} 1/);
+  assert.match(scrape.body, /lb_tls_handshake_failures_total\{listener="modern",reason="no_shared_protocol_version"\} 1/);
   assert.match(scrape.body, /lb_tls_certificate_expiry_seconds\{listener="[^"]+",name="localhost",source="[^"]+fallback\.crt \+ [^"]+fallback\.key"\} \d{6,}/);
 });
 

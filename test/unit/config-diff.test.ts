@@ -202,6 +202,11 @@ test('restartNotes: what a reload leaves for a restart', () => {
   const nodeLimits = load('listeners: [{host: 127.0.0.1, port: 8080, engine: node, limits: {max_header_bytes: 32768}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
   assert.deepEqual(restartNotes(nodeBefore, nodeLimits), ['listener 127.0.0.1:8080: limits.max_header_bytes takes effect on restart']);
   assert.deepEqual(restartNotes(before, nodeBefore), ['listener 127.0.0.1:8080: engine takes effect on restart']);
+  // http to https on the same address: the listener keeps speaking http until a restart; certificates alone reload live.
+  const https = load('listeners: [{host: 127.0.0.1, port: 8080, protocol: https, tls: {certificates: [{cert: a.pem}]}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  assert.deepEqual(restartNotes(before, https), ['listener 127.0.0.1:8080: protocol https takes effect on restart (it speaks http until then)']);
+  const moreCertificates = load('listeners: [{host: 127.0.0.1, port: 8080, protocol: https, tls: {certificates: [{cert: a.pem}, {cert: b.pem}], profile: modern}}]\npools: {web: {upstreams: ["http://10.0.0.1:80"]}}\nadmin: {port: 9901}\n');
+  assert.deepEqual(restartNotes(https, moreCertificates), []);
 });
 
 test('restartNotes: the admin address as really bound, IPv6 in brackets', () => {
