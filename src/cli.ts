@@ -1,6 +1,6 @@
 /**
  * The `fulcrum` command: start | check | demo | backend | schema, and the admin commands
- * status | backends | reload (through the typed admin client). Signals: SIGTERM and SIGINT
+ * status | backends | certificates | reload (through the typed admin client). Signals: SIGTERM and SIGINT
  * shut down gracefully (a second one exits at once); SIGHUP reloads the configuration file.
  */
 import { existsSync, readdirSync } from 'node:fs';
@@ -28,17 +28,21 @@ Usage:
                                  --watch reloads when the file changes (also: reload.watch)
   fulcrum check FILE...          validate configuration files; print every problem; exit 1 if any
   fulcrum check --diff OLD NEW   print what a reload from OLD to NEW would change (runs nothing)
-  fulcrum demo [--port N]        three sample backends behind a balancer (what npm start runs)
+  fulcrum demo [--port N]        three sample backends behind a balancer, over http and https (what npm start runs)
   fulcrum backend --port N [--id ID] [--delay MS|DURATION] [--fail]
                                  one sample backend (answers / and /health; POST /control?fail=1&delay=MS)
   fulcrum schema                 print the configuration's JSON Schema (for editor completion)
 
 Admin commands (talk to a running balancer's admin API):
-  fulcrum status [--json]        backends, their state and counters; runtime-only changes
+  fulcrum status [--json]        backends, their state and counters; certificates; runtime-only changes
   fulcrum backends add URL [--pool P] [--weight N]
   fulcrum backends remove|drain|enable|disable URL [--pool P]
   fulcrum backends weight URL N [--pool P]
   fulcrum backends list          the backends (as status)
+  fulcrum certificates [list]    the https listeners' certificates: names, days left, serial, errors
+  fulcrum certificates reload    read the certificate files again (a broken file keeps the old certificate)
+  fulcrum certificates renew DOMAIN
+                                 order a new ACME certificate for DOMAIN now
   fulcrum reload                 reload the configuration file (the running one stays if it is invalid)
   --admin URL (or $FULCRUM_ADMIN_URL; else the admin section of -c FILE; else http://127.0.0.1:9901)
   --token T   (or $FULCRUM_ADMIN_TOKEN; else admin.token or admin.token_file of -c FILE)
@@ -228,6 +232,7 @@ const commandOptions: Record<string, OptionName[]> = {
   schema: [],
   status: adminOptions,
   backends: adminOptions,
+  certificates: ['config', 'admin', 'token', 'json'],
   reload: adminOptions,
   help: [],
 };
@@ -307,6 +312,7 @@ async function main(argv: string[]): Promise<void> {
       return check(values.config ? [values.config, ...rest] : rest);
     case 'status':
     case 'backends':
+    case 'certificates':
     case 'reload': {
       const file = values.config ?? process.env.FULCRUM_CONFIG ?? (existsSync('fulcrum.yaml') ? 'fulcrum.yaml' : undefined);
       // Loaded by the commands that use them, so `fulcrum start` does not carry the demo, its backends (ws) or the admin client.

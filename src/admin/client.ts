@@ -5,7 +5,7 @@
  *   const admin = new AdminClient({ url: 'http://127.0.0.1:9901', token: process.env.FULCRUM_ADMIN_TOKEN });
  *   await admin.addBackend({ url: 'http://10.0.0.4:8080' });
  */
-import type { ApplyResponse, BackendStatus, ConfigProblemJson, ErrorResponse, LiveSample, StatusResponse } from './types.ts';
+import type { ApplyResponse, BackendStatus, CertificateReloadResult, CertificateStatus, ConfigProblemJson, ErrorResponse, LiveSample, StatusResponse } from './types.ts';
 
 export interface AdminClientOptions {
   /** The admin listener, e.g. `http://127.0.0.1:9901`. */
@@ -15,6 +15,9 @@ export interface AdminClientOptions {
   /** Give up on a request after this many ms (default 10000). */
   timeout?: number;
 }
+
+/** How long `renewCertificate` waits by default: an ACME order's deadline (10 minutes). */
+const renewTimeout = 600_000;
 
 /** An answer other than 2xx: the status, the server's message and config problems if any. */
 export class AdminError extends Error {
@@ -33,6 +36,19 @@ export class AdminError extends Error {
 export interface BackendRef {
   url: string;
   pool?: string;
+}
+
+/** What `POST /certificates/reload` answers: `ok` is false when some file could not be used (those listeners keep the certificates loaded before). */
+export interface CertificateReloadResponse {
+  ok: boolean;
+  listeners: CertificateReloadResult[];
+}
+
+/** What `POST /certificates/renew` answers: the domain ordered and the certificates that now serve it. */
+export interface CertificateRenewResponse {
+  ok: true;
+  domain: string;
+  certificates: CertificateStatus[];
 }
 
 export class AdminClient {
@@ -96,6 +112,30 @@ export class AdminClient {
     return this.call('POST', '/reload');
   }
 
+  /** The certificates the https listeners serve, with days left (the `certificates` of `/status`; empty without https listeners). */
+  certificates(): Promise<CertificateStatus[]> {
+    return this.call('GET', '/certificates');
+  }
+
+  /**
+   * Reads every https listener's certificate files again (as a file change or SIGHUP does): new
+   * handshakes get the changed ones, open connections keep theirs. Resolves `{ok: false}` (status
+   * 422) instead of throwing when a file could not be used; `listeners[].failed` says which and why.
+   */
+  reloadCertificates(): Promise<CertificateReloadResponse> {
+    return this.call('POST', '/certificates/reload', undefined, [422]);
+  }
+
+  /**
+   * Orders a new ACME certificate for `domain` now and waits until it is installed (a forced
+   * renewal). Throws AdminError 404 when no listener gets an ACME certificate for that domain.
+   * Waits up to `timeout` ms (default 10 minutes, an ACME order's deadline, or the client's
+   * timeout when that is longer).
+   */
+  renewCertificate(domain: string, options: { timeout?: number } = {}): Promise<CertificateRenewResponse> {
+    return this.call('POST', '/certificates/renew', { domain }, [], options.timeout ?? Math.max(this.timeout, renewTimeout));
+  }
+
   health(): Promise<{ status: 'ok'; uptime_seconds: number }> {
     return this.call('GET', '/health');
   }
@@ -121,7 +161,8 @@ export class AdminClient {
     return this.call('GET', '/live');
   }
 
-  private async send(method: string, path: string, body?: unknown): Promise<Response> {
+  /** One request; an answer other than 2xx (and other than the `accepted` statuses) throws AdminError. */
+  private async send(method: string, path: string, body?: unknown, accepted: readonly number[] = [], timeout = this.timeout): Promise<Response> {
     const headers: Record<string, string> = {};
     if (this.token) headers.authorization = `Bearer ${this.token}`;
     let payload: string | undefined;
@@ -131,7 +172,7 @@ export class AdminClient {
     }
     let res: Response;
     try {
-      res = await fetch(this.url + path, { method, headers, body: payload, signal: AbortSignal.timeout(this.timeout) });
+      res = await fetch(this.url + path, { method, headers, body: payload, signal: AbortSignal.timeout(timeout) });
     } catch (err) {
       const cause = (err as Error & { cause?: { code?: string; message?: string } }).cause;
       const why = cause?.code ?? cause?.message ?? (err as Error).message;
@@ -139,7 +180,7 @@ export class AdminClient {
       const hint = /bad port/i.test(why) ? ' (fetch refuses this port; give the admin listener another one)' : '';
       throw new AdminError(0, `cannot reach the admin API at ${this.url}: ${why}${hint}`);
     }
-    if (!res.ok) {
+    if (!res.ok && !accepted.includes(res.status)) {
       let message = `${res.status} ${res.statusText}`;
       let problems: ConfigProblemJson[] = [];
       try {
@@ -155,8 +196,8 @@ export class AdminClient {
     return res;
   }
 
-  private async call<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const res = await this.send(method, path, body);
+  private async call<T>(method: string, path: string, body?: unknown, accepted: readonly number[] = [], timeout = this.timeout): Promise<T> {
+    const res = await this.send(method, path, body, accepted, timeout);
     return (await res.json()) as T;
   }
 }

@@ -35,6 +35,18 @@ const backendExample = {
   runtime_only: true,
 };
 
+const certificateExample = {
+  listener: 'https',
+  source: '/etc/fulcrum/example.com.crt + /etc/fulcrum/example.com.key',
+  names: ['example.com', 'www.example.com'],
+  serial: '1F3A9C0B77D2E4A85C6B0E1D9F2A4C31',
+  not_before: '2025-01-01T00:00:00.000Z',
+  not_after: '2025-04-01T00:00:00.000Z',
+  days_left: 80,
+  is_default: true,
+  error: null,
+};
+
 /** The seeds' `/status` (seed 004) with Fulcrum's fields beside it. */
 const statusExample = {
   total_backends: 3,
@@ -45,7 +57,11 @@ const statusExample = {
     { ...backendExample, url: 'http://localhost:8084', id: 'localhost:8084', alive: true, current_connections: 3, requests: 1187, runtime_only: false },
   ],
   pools: [{ name: 'web', policy: 'round-robin', upstreams: 3, available: 2, backup: null }],
-  listeners: [{ name: '0.0.0.0:8080', url: 'http://0.0.0.0:8080', open_connections: 12, refused_connections: 0 }],
+  listeners: [
+    { name: '0.0.0.0:8080', url: 'http://0.0.0.0:8080', open_connections: 12, refused_connections: 0 },
+    { name: 'https', url: 'https://0.0.0.0:8443', open_connections: 4, refused_connections: 0 },
+  ],
+  certificates: [certificateExample],
   config_file: '/etc/fulcrum/fulcrum.yaml',
   config_loaded_at: '2025-01-10T09:30:00.000Z',
   persisted: false,
@@ -149,9 +165,10 @@ export function openApiDocument(): Record<string, unknown> {
     servers: [{ url: 'http://127.0.0.1:9901', description: 'The default admin listener' }],
     tags: [
       { name: 'probes', description: 'Liveness and readiness, open to anyone.' },
-      { name: 'status', description: 'Upstreams, pools, listeners and runtime changes.' },
+      { name: 'status', description: 'Upstreams, pools, listeners, certificates and runtime changes.' },
       { name: 'backends', description: 'Add, remove, re-weight, drain, enable and disable upstreams at runtime.' },
       { name: 'config', description: 'The configuration in force, validation and reload.' },
+      { name: 'certificates', description: 'The certificates of the https listeners: days left, reading the files again, ACME renewal.' },
       { name: 'observe', description: 'Prometheus metrics and the live numbers behind the dashboard.' },
       { name: 'dashboard', description: 'The live dashboard page (admin.dashboard).' },
     ],
@@ -186,7 +203,7 @@ export function openApiDocument(): Record<string, unknown> {
         get: {
           operationId: 'getStatus',
           tags: ['status'],
-          summary: 'Every upstream, pool and listener, and the changes a restart would lose.',
+          summary: 'Every upstream, pool, listener and certificate, and the changes a restart would lose.',
           description: 'The seeds\' shape (`total_backends`, `active_backends`, `backends[].url`, `alive`, `current_connections`, `requests`) with Fulcrum\'s state beside it.',
           security: readSecurity,
           responses: {
@@ -363,6 +380,93 @@ export function openApiDocument(): Record<string, unknown> {
               },
             },
             '500': response('InternalError'),
+          },
+        },
+      },
+      '/certificates': {
+        get: {
+          operationId: 'listCertificates',
+          tags: ['certificates'],
+          summary: 'The certificates the https listeners serve, with days left (the `certificates` of `/status`).',
+          description: 'One entry per certificate per https listener, PEM files and ACME alike; an empty list without https listeners. `error` is set when the last read of its files failed: the certificate shown is the one still served.',
+          security: readSecurity,
+          responses: {
+            '200': {
+              description: 'The certificates.',
+              content: {
+                'application/json': {
+                  schema: { type: 'array', items: ref('CertificateStatus') },
+                  example: [certificateExample, { ...certificateExample, source: '/etc/fulcrum/api.example.com.pem', names: ['api.example.com'], serial: '4B7E01C2D9A35F60', days_left: 6, is_default: false, error: '/etc/fulcrum/api.example.com.key: the key does not match the certificate' }],
+                },
+              },
+            },
+            '401': response('Unauthorized'),
+          },
+        },
+      },
+      '/certificates/reload': {
+        post: {
+          operationId: 'reloadCertificates',
+          tags: ['certificates'],
+          summary: "Read every https listener's certificate files again.",
+          description:
+            'What a change of a watched file and SIGHUP do too. Certificates whose files changed serve the next handshakes; open connections keep theirs. A file that cannot be used (unreadable, not PEM, key not matching) changes nothing for its certificate: the one loaded before stays, and the answer is 422 with the file and the reason.',
+          security: writeSecurity,
+          responses: {
+            '200': {
+              description: 'Every file was read (`changed` lists the certificates that differ from before; empty when none did).',
+              content: {
+                'application/json': {
+                  schema: ref('CertificateReloadResponse'),
+                  example: { ok: true, listeners: [{ listener: 'https', changed: [{ source: '/etc/fulcrum/example.com.crt + /etc/fulcrum/example.com.key', serial: '2C81D04E5F6A7B8C' }], failed: [] }] },
+                },
+              },
+            },
+            '401': response('Unauthorized'),
+            '422': {
+              description: 'Some file could not be used: its certificate stays as it was (`ok: false`; the other certificates were read as usual).',
+              content: {
+                'application/json': {
+                  schema: ref('CertificateReloadResponse'),
+                  example: { ok: false, listeners: [{ listener: 'https', changed: [], failed: [{ file: '/etc/fulcrum/example.com.key', reason: 'the key does not match the certificate' }] }] },
+                },
+              },
+            },
+            '500': response('InternalError'),
+          },
+        },
+      },
+      '/certificates/renew': {
+        post: {
+          operationId: 'renewCertificate',
+          tags: ['certificates'],
+          summary: 'Order a new ACME certificate for a domain now (a forced renewal).',
+          description:
+            'For a domain of some listener\'s `tls.acme.domains`. The answer comes once the new certificate is installed (an order may take minutes: its deadline is 10 minutes) and lists the certificates that now serve the domain. When another Fulcrum sharing the ACME storage renewed it meanwhile, that certificate is used instead of a second order.',
+          security: writeSecurity,
+          requestBody: {
+            required: true,
+            content: { 'application/json': { schema: ref('CertificateRenewRequest'), example: { domain: 'example.com' } } },
+          },
+          responses: {
+            '200': {
+              description: 'Renewed and installed.',
+              content: { 'application/json': { schema: ref('CertificateRenewResponse'), example: { ok: true, domain: 'example.com', certificates: [{ ...certificateExample, source: 'acme:example.com', names: ['example.com'], days_left: 89 }] } } },
+            },
+            '400': {
+              description: 'No `domain` in the body, or not a string, or another field.',
+              content: { 'application/json': { schema: ref('ErrorResponse'), example: { error: 'expected {"domain": "example.com"}: a domain of a listener\'s tls.acme.domains' } } },
+            },
+            '401': response('Unauthorized'),
+            '404': {
+              description: 'No listener gets an ACME certificate for that domain.',
+              content: { 'application/json': { schema: ref('ErrorResponse'), example: { error: 'no listener gets an ACME certificate for "example.org" (tls.acme.domains)' } } },
+            },
+            '413': response('PayloadTooLarge'),
+            '500': {
+              description: 'The order failed (the CA refused, a challenge failed, the deadline passed); the message says why. The certificate served before stays, and the scheduled renewals go on.',
+              content: { 'application/json': { schema: ref('ErrorResponse'), example: { error: 'internal error: ACME: the CA could not validate the http-01 challenge for example.com: ...' } } },
+            },
           },
         },
       },
@@ -650,16 +754,77 @@ export function openApiDocument(): Record<string, unknown> {
             refused_connections: { type: 'integer', minimum: 0, description: 'Connections closed at accept (firewall, limits) since start.' },
           },
         },
+        CertificateStatus: {
+          type: 'object',
+          description: 'One certificate an https listener serves (`/status`, `/certificates`).',
+          required: ['listener', 'source', 'names', 'serial', 'not_before', 'not_after', 'days_left', 'is_default', 'error'],
+          properties: {
+            listener: { type: 'string', description: 'The listener\'s name.' },
+            source: { type: 'string', description: 'The `cert` file (`cert + key` when the key is in its own file), or `acme:<domain>` for an ACME certificate.', examples: ['/etc/fulcrum/example.com.crt + /etc/fulcrum/example.com.key', '/etc/fulcrum/both.pem', 'acme:example.com'] },
+            names: { type: 'array', items: { type: 'string' }, description: 'Server names (SNI) it answers, exact or `*.example.com`.' },
+            serial: { type: 'string', description: 'Serial number, hex.' },
+            not_before: { type: 'string', format: 'date-time' },
+            not_after: { type: 'string', format: 'date-time' },
+            days_left: { type: 'integer', description: 'Whole days until it expires (negative once expired).' },
+            is_default: { type: 'boolean', description: 'Shown to clients without SNI (and to unknown names with `unknown_name: default`).' },
+            error: { type: ['string', 'null'], description: 'Why the last read of its files failed (the certificate shown is the one loaded before and still served), or null.' },
+          },
+          example: certificateExample,
+        },
+        CertificateReloadResult: {
+          type: 'object',
+          description: 'What reading the certificate files again did on one https listener.',
+          required: ['listener', 'changed', 'failed'],
+          properties: {
+            listener: { type: 'string' },
+            changed: {
+              type: 'array',
+              description: 'Certificates whose files changed and were taken, with their new serials.',
+              items: { type: 'object', required: ['source', 'serial'], properties: { source: { type: 'string' }, serial: { type: 'string' } } },
+            },
+            failed: {
+              type: 'array',
+              description: 'Files that could not be used: the certificate loaded before stays.',
+              items: { type: 'object', required: ['file', 'reason'], properties: { file: { type: 'string' }, reason: { type: 'string' } } },
+            },
+          },
+        },
+        CertificateReloadResponse: {
+          type: 'object',
+          description: '`POST /certificates/reload`.',
+          required: ['ok', 'listeners'],
+          properties: {
+            ok: { type: 'boolean', description: 'False when some file could not be used (the answer is then 422).' },
+            listeners: { type: 'array', items: ref('CertificateReloadResult'), description: 'One entry per https listener (empty without any).' },
+          },
+        },
+        CertificateRenewRequest: {
+          type: 'object',
+          required: ['domain'],
+          additionalProperties: false,
+          properties: { domain: { type: 'string', minLength: 1, description: 'A domain of some listener\'s `tls.acme.domains` (any case).', examples: ['example.com'] } },
+        },
+        CertificateRenewResponse: {
+          type: 'object',
+          description: '`POST /certificates/renew`.',
+          required: ['ok', 'domain', 'certificates'],
+          properties: {
+            ok: { const: true },
+            domain: { type: 'string', description: 'The domain, lower case.' },
+            certificates: { type: 'array', items: ref('CertificateStatus'), description: 'The certificates that now serve the domain.' },
+          },
+        },
         StatusResponse: {
           type: 'object',
           description: '`GET /status`.',
-          required: ['total_backends', 'active_backends', 'backends', 'pools', 'listeners', 'config_file', 'config_loaded_at', 'persisted', 'runtime_changes', 'restart_needed', 'uptime_seconds', 'version'],
+          required: ['total_backends', 'active_backends', 'backends', 'pools', 'listeners', 'certificates', 'config_file', 'config_loaded_at', 'persisted', 'runtime_changes', 'restart_needed', 'uptime_seconds', 'version'],
           properties: {
             total_backends: { type: 'integer', minimum: 0 },
             active_backends: { type: 'integer', minimum: 0, description: 'Backends with `alive: true`.' },
             backends: { type: 'array', items: ref('BackendStatus') },
             pools: { type: 'array', items: ref('PoolStatus') },
             listeners: { type: 'array', items: ref('ListenerStatus') },
+            certificates: { type: 'array', items: ref('CertificateStatus'), description: 'Certificates the https listeners serve, with days left (an empty list without https listeners).' },
             config_file: { type: ['string', 'null'], description: 'The file the configuration came from, or null (demo, embedded).' },
             config_loaded_at: { type: 'string', format: 'date-time', description: 'When the configuration in force was applied.' },
             persisted: { type: 'boolean', description: 'Whether API changes to upstream lists are written back to `config_file` (admin.persist with a file).' },

@@ -226,6 +226,7 @@ export class AcmeManager {
   private origin: string;
   private unroute: () => void = noop;
   private started = false;
+  private starting: Promise<void> | null = null;
   private stopped = false;
 
   /**
@@ -266,17 +267,24 @@ export class AcmeManager {
    * the others. Resolves once the stored certificates are installed. Rejects with AcmeError
    * FUL_ACME_TERMS_NOT_AGREED (logged; nothing read or ordered) when `terms_of_service_agreed`
    * is false, FUL_ACME_STORAGE when the storage cannot be made, FUL_ACME_CA_ERROR when
-   * `directory_ca` cannot be read. A second call does nothing.
+   * `directory_ca` cannot be read, FUL_ACME_STOPPED after stop(). A second call returns the
+   * first one's promise (after a failure, it tries again).
    */
-  async start(): Promise<void> {
-    if (this.started) return;
+  start(): Promise<void> {
+    this.starting ??= this.begin().catch((err: unknown) => {
+      this.starting = null;
+      throw err;
+    });
+    return this.starting;
+  }
+
+  private async begin(): Promise<void> {
     if (this.stopped) throw new AcmeError(AcmeErrorCode.Stopped, 'the ACME manager was stopped; make a new one', { retryable: false });
     if (!this.settings.terms_of_service_agreed) {
       const message = `ACME: not ordering certificates for ${[...this.domains.keys()].join(', ')}: set acme.terms_of_service_agreed: true once you agree to the terms of service of ${this.directoryUrl}`;
       this.logger.error({ directory: this.directoryUrl, code: AcmeErrorCode.TermsNotAgreed }, message);
       throw new AcmeError(AcmeErrorCode.TermsNotAgreed, message, { retryable: false });
     }
-    this.started = true;
     try {
       await this.storage.prepare();
     } catch (err) {
@@ -291,12 +299,14 @@ export class AcmeManager {
       }
     }
     this.lib = await loadAcmeLibrary();
+    this.abort.signal.throwIfAborted();
     this.unroute = routeCaRequests(this.lib, this.origin, agent, this.requestTimeoutMs);
     this.logDirectory();
 
     const now = this.now();
     for (const d of this.domains.values()) {
       const stored = await this.storage.readCertificate(d.domain, (problem) => this.logger.warn({ domain: d.domain }, `ACME: stored certificate not used: ${problem}`));
+      this.abort.signal.throwIfAborted();
       if (stored !== null && stored.notAfter > now) {
         try {
           this.hooks.install(d.domain, { cert: stored.cert, key: stored.key });
@@ -309,6 +319,7 @@ export class AcmeManager {
       }
       this.schedule(d, d.current === null ? now : this.renewalTime(d.current));
     }
+    this.started = true;
   }
 
   /**
@@ -558,6 +569,8 @@ export class AcmeManager {
         throw new AcmeError(AcmeErrorCode.Storage, `storing the certificate for ${d.domain} in ${this.storage.domainDir(d.domain)}: ${(err as Error).message}`, { cause: err });
       }
       this.install(d.domain, issued);
+      // Set with the install, in the same tick: a renew() called now compares against this certificate.
+      d.current = issued;
       this.logger.info(
         { domain: d.domain, serial: issued.serial, not_after: iso(issued.notAfter), renew_at: iso(this.renewalTime(issued)), ms: this.now() - started },
         `ACME: certificate for ${d.domain} issued, valid until ${iso(issued.notAfter)}; renewal at ${iso(this.renewalTime(issued))}`,

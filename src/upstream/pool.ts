@@ -88,6 +88,22 @@ export class Pool {
   }
 
   /**
+   * True when the pool's TLS files now read differently from when it was built (a renewed CA
+   * file or client certificate), or cannot be read any more: a reload that keeps the pool's
+   * settings should build it again, so new connections use the new files (or the reload is
+   * refused with the file's problem). False for a pool without https upstreams. Reads the files:
+   * for reloads only.
+   */
+  tlsFilesChanged(): boolean {
+    if (this.upstreamTls === null) return false;
+    try {
+      return readUpstreamTls(this.settings.tls).fingerprint !== this.upstreamTls.fingerprint;
+    } catch {
+      return true;
+    }
+  }
+
+  /**
    * The warning to log at every start and every reload while this pool does not verify its
    * https upstreams' certificates (`tls.insecure_skip_verify: true`); null otherwise.
    */

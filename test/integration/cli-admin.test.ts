@@ -1,6 +1,6 @@
 /**
  * The admin commands as an operator types them: `fulcrum status`, `fulcrum backends ...`,
- * `fulcrum reload`, `fulcrum check --diff` and `fulcrum start --watch`, each the real CLI in a
+ * `fulcrum certificates ...`, `fulcrum reload`, `fulcrum check --diff` and `fulcrum start --watch`, each the real CLI in a
  * child process (Node 24, src/cli.ts) against real sockets on 127.0.0.1.
  */
 import { test, type TestContext } from 'node:test';
@@ -14,6 +14,7 @@ import { createBalancer, loadConfigFile, type Balancer } from '../../src/index.t
 import { createLogger } from '../../src/observe/logger.ts';
 import { startBackend, get, closedPort, type TestBackend } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { makeTestCa } from '../helpers/tls.ts';
 
 const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
 const TOKEN = 'cli-test-token-0123456789abc';
@@ -217,6 +218,80 @@ test('fulcrum reload after editing the file prints the change; an invalid file: 
   assert.ok(bad.stderr.includes(`${r.file}:${line}:5: pools.api.polcy: unknown key "polcy"`), bad.stderr);
   assert.deepEqual(r.balancer.status().backends.map((x) => x.url), [a.url, b.url]);
   assert.equal((await get(r.url + '/')).status, 200);
+});
+
+test('fulcrum status and fulcrum certificates show each certificate with its days left; expiring and broken ones are marked', { timeout: 60_000 }, async (t) => {
+  const a = await backend(t, 'a');
+  const ca = await makeTestCa(t);
+  const site = await ca.issue('site', { names: ['localhost', '127.0.0.1'], days: 60 });
+  const soon = await ca.issue('soon', { names: ['soon.test'], notAfter: new Date(Date.now() + 5 * 86_400_000 + 3_600_000) });
+  const dir = tempDir(t);
+  const file = join(dir, 'balancer.yaml');
+  const config = [
+    'listeners:',
+    '  - name: secure',
+    '    host: 127.0.0.1',
+    '    port: 0',
+    '    protocol: https',
+    '    tls:',
+    '      watch: false',
+    '      certificates:',
+    `        - { cert: ${site.certPath}, key: ${site.keyPath}, default: true }`,
+    `        - { cert: ${soon.bothPath} }`,
+    'admin:',
+    '  host: 127.0.0.1',
+    '  port: 0',
+    `  token: ${TOKEN}`,
+    'pools:',
+    '  api:',
+    `    upstreams: [${a.url}]`,
+    '',
+  ].join('\n');
+  writeFileSync(file, config);
+  const sink = new Writable({ write: (_c, _e, cb) => cb() });
+  const balancer = createBalancer(loadConfigFile(file, {}), { configFile: file, logger: createLogger({ level: 'info', format: 'json' }, { destination: sink }) });
+  await balancer.start();
+  t.after(() => balancer.close(1000));
+  const admin = `http://127.0.0.1:${balancer.adminAddress()!.port}`;
+  const expires = (d: Date | string) => new Date(d).toISOString().slice(0, 10);
+  const siteNotAfter = balancer.status().certificates.find((c) => c.serial === site.serial)!.not_after;
+
+  // The commands that change nothing, at once (each is a Node process start).
+  const [shown, listed, listedJson, renew, usage] = await Promise.all([
+    fulcrum(['status', '--admin', admin], { cwd: dir }),
+    fulcrum(['certificates', '--admin', admin], { cwd: dir }),
+    fulcrum(['certificates', 'list', '--json', '--admin', admin], { cwd: dir }),
+    fulcrum(['certificates', 'renew', 'soon.test', '--admin', admin, '--token', TOKEN], { cwd: dir }),
+    fulcrum(['certificates', 'rotate', '--admin', admin], { cwd: dir }),
+  ]);
+  // One line each: listener, names, days left, expiry date, serial, source; the one within 21 days says so.
+  assert.equal(shown.code, 0, shown.stderr);
+  assert.match(shown.stdout, /^LISTENER\s+NAMES\s+DAYS LEFT\s+EXPIRES\s+SERIAL\s+SOURCE$/m);
+  assert.match(shown.stdout, new RegExp(`^secure\\s+localhost\\s+(59|60)\\s+${expires(siteNotAfter)}\\s+${site.serial}\\s+${site.certPath} \\+ ${site.keyPath}\\s+default$`, 'm'));
+  assert.match(shown.stdout, new RegExp(`^secure\\s+soon\\.test\\s+5 \\(expires soon\\)\\s+\\d{4}-\\d\\d-\\d\\d\\s+${soon.serial}\\s+${soon.bothPath}$`, 'm'));
+  // Not a terminal: no colour codes.
+  assert.doesNotMatch(shown.stdout, /\x1b\[/);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.deepEqual(listed.stdout.split('\n').filter((l) => l.startsWith('secure ')), shown.stdout.split('\n').filter((l) => l.startsWith('secure ')));
+  // --json is the API's answer.
+  assert.deepEqual(JSON.parse(listedJson.stdout), balancer.status().certificates);
+  // Renew: a domain without ACME is the server's 404; a wrong action is a usage error.
+  assert.equal(renew.code, 1);
+  assert.match(renew.stderr, /no listener gets an ACME certificate for "soon\.test"/);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /unknown certificates action "rotate"; usage: fulcrum certificates/);
+
+  // Reload: nothing changed; then a broken key: exit 1 with the file and reason, and the old certificate stays and says why.
+  const same = await fulcrum(['certificates', 'reload', '--admin', admin, '--token', TOKEN], { cwd: dir });
+  assert.equal(same.code, 0, same.stderr);
+  assert.equal(same.stdout, 'listener secure: no certificate changed\n');
+  writeFileSync(site.keyPath, 'not a key\n');
+  const broken = await fulcrum(['certificates', 'reload', '--admin', admin, '--token', TOKEN], { cwd: dir });
+  assert.equal(broken.code, 1);
+  assert.ok(broken.stdout.startsWith(`listener secure: ${site.keyPath}: `), broken.stdout);
+  assert.match(broken.stdout, /\(the certificate loaded before stays\)\n$/);
+  const after = await fulcrum(['status', '--admin', admin], { cwd: dir });
+  assert.match(after.stdout, new RegExp(`^secure\\s+localhost\\s+.*${site.serial}.*default; error: .+ \\(the certificate loaded before is served\\)$`, 'm'));
 });
 
 const diffBase = `

@@ -1,10 +1,12 @@
 /**
  * The live dashboard in a real browser (Debian's Chromium driven by playwright-core): it loads,
  * follows live traffic, counts an open WebSocket tunnel, drains and enables backends through
- * the admin API (and the balancer agrees), and refuses a write with a wrong token. `DASHBOARD_SCREENSHOT=1` also writes
+ * the admin API (and the balancer agrees), and refuses a write with a wrong token; with an
+ * https listener (a test CA made here) it lists the certificates with their days left, flags
+ * those near or past expiry, and follows a certificate reload. `DASHBOARD_SCREENSHOT=1` also writes
  * docs/dashboard.png (1280x800, under load).
  */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
@@ -12,8 +14,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, request } from 'undici';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { WebSocketServer } from 'ws';
+import { writeFileSync } from 'node:fs';
 import { startBackend, startBalancer } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
+import { makeTestCa } from '../helpers/tls.ts';
+import { makeCertificate } from '../../src/tls/make-certificate.ts';
 
 const chromiumPath = '/usr/bin/chromium';
 const token = 'dashboard-test-token-7f3a9c2e51';
@@ -21,6 +26,17 @@ const screenshot = process.env.DASHBOARD_SCREENSHOT === '1';
 const screenshotFile = path.join(import.meta.dirname, '..', '..', 'docs', 'dashboard.png');
 
 /** Requests in the background to the balancer (127.0.0.1 only), bounded in count and time. */
+/** Launches Debian's Chromium headless; closed after the test. */
+async function launchBrowser(t: TestContext): Promise<Browser> {
+  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: this test drives a real browser; install it with "apt-get install chromium"`);
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  t.after(() => browser.close());
+  return browser;
+}
+
 function startLoad(url: string, { workers = 6, pauseMs = 4, maxRequests = 60_000 } = {}) {
   const agent = new Agent({ connections: workers, keepAliveTimeout: 2000 });
   let stopped = false;
@@ -62,8 +78,6 @@ const row = (page: Page, id: string) => page.locator(`[data-testid="backend-row"
 const cellText = (page: Page, id: string, cell: string) => row(page, id).locator(`[data-testid="${cell}"]`).textContent();
 
 test('the dashboard follows live traffic and open tunnels, and drains and enables backends', { timeout: 60_000 }, async (t) => {
-  assert.ok(existsSync(chromiumPath), `${chromiumPath} is missing: this test drives a real browser; install it with "apt-get install chromium"`);
-
   // Three backends with different latencies; the third answers 500 now and then.
   const delays = [2, 5, 0];
   const backends = await Promise.all(
@@ -106,11 +120,7 @@ test('the dashboard follows live traffic and open tunnels, and drains and enable
   const load = startLoad(lb.url);
   t.after(() => load.stop());
 
-  const browser: Browser = await chromium.launch({
-    executablePath: chromiumPath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
-  t.after(() => browser.close());
+  const browser = await launchBrowser(t);
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   const page = await context.newPage();
   const problems: string[] = [];
@@ -130,6 +140,8 @@ test('the dashboard follows live traffic and open tunnels, and drains and enable
   for (const id of ids) assert.equal(await cellText(page, id, 'state'), 'up');
   await eventually(async () => /^v\d/.test((await page.getByTestId('version').textContent()) ?? ''), { what: 'the version in the header' });
   assert.equal(await page.locator('.uplot').count(), 3, 'three uPlot charts');
+  // No https listener: no certificates panel (the header above came from the same /status).
+  assert.equal(await page.getByTestId('certificates').isHidden(), true, 'the certificates panel is hidden without certificates');
 
   // --- under load: totals and a backend's request count go up
   await eventually(async () => number(await page.getByTestId('rps-total').textContent()) > 10, { timeout: 5000, what: 'req/s above 10 on the page' });
@@ -232,4 +244,90 @@ test('the dashboard follows live traffic and open tunnels, and drains and enable
   assert.equal(upstream(c).enabled, true);
   assert.deepEqual(problems, [], 'no script errors or CSP violations on the page');
   assert.ok(load.sent > 0);
+});
+
+test('the dashboard lists the certificates with days left, flags those near or past expiry, and follows a reload', { timeout: 60_000 }, async (t) => {
+  const ca = await makeTestCa(t);
+  const day = 86_400_000;
+  // Days left are whole days rounded down: an hour beyond the count keeps it steady while the test runs.
+  const site = await ca.issue('site', { names: ['localhost', '127.0.0.1'], notAfter: new Date(Date.now() + 60 * day + 3_600_000) });
+  const soon = await ca.issue('soon', { names: ['soon.test'], notAfter: new Date(Date.now() + 5 * day + 3_600_000) });
+  const old = await ca.issue('old', { names: ['old.test'], notBefore: new Date(Date.now() - 30 * day), notAfter: new Date(Date.now() - 2 * day - 3_600_000) });
+  const backend = await startBackend(t, (_req, res) => res.end('ok'));
+  const lb = await startBalancer(t, {
+    listeners: [
+      {
+        name: 'secure',
+        host: '127.0.0.1',
+        port: 0,
+        protocol: 'https',
+        tls: {
+          // Reloaded below through the admin API, so the test decides when.
+          watch: false,
+          certificates: [
+            { cert: site.certPath, key: site.keyPath, default: true },
+            { cert: soon.certPath, key: soon.keyPath },
+            { cert: old.bothPath },
+          ],
+        },
+      },
+    ],
+    pools: { web: { upstreams: [backend.url] } },
+    admin: { host: '127.0.0.1', port: 0, token },
+  });
+  assert.match(lb.url, /^https:/);
+  const admin = lb.balancer.adminAddress()!.url;
+
+  const browser = await launchBrowser(t);
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  const problems: string[] = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(`console error: ${m.text()}`);
+  });
+  await page.goto(`${admin}/dashboard/#token=${token}`);
+  const panel = page.getByTestId('certificates');
+  await panel.waitFor({ state: 'visible', timeout: 5000 });
+  const certRow = (serial: string) => page.locator(`[data-testid="certificate-row"][data-serial="${serial}"]`);
+  const field = (serial: string, id: string) => certRow(serial).getByTestId(id);
+  assert.equal(await page.getByTestId('certificate-row').count(), 3);
+
+  // Each certificate: names, listener, days left with its level, expiry date, source.
+  const expected = [
+    { cert: site, names: 'localhost', days: '60 days', level: 'ok', source: `${site.certPath} + ${site.keyPath}` },
+    { cert: soon, names: 'soon.test', days: '5 days', level: 'warn', source: `${soon.certPath} + ${soon.keyPath}` },
+    { cert: old, names: 'old.test', days: 'expired 2 days ago', level: 'bad', source: old.bothPath },
+  ];
+  const served = lb.balancer.status().certificates;
+  for (const e of expected) {
+    const where = `the row of ${e.names}`;
+    assert.equal(await field(e.cert.serial, 'certificate-names').textContent(), e.names, where);
+    assert.equal(await field(e.cert.serial, 'certificate-listener').textContent(), 'secure', where);
+    assert.equal(await field(e.cert.serial, 'certificate-days').textContent(), e.days, where);
+    assert.equal(await certRow(e.cert.serial).getAttribute('data-level'), e.level, where);
+    assert.equal(await field(e.cert.serial, 'certificate-expires').textContent(), served.find((c) => c.serial === e.cert.serial)!.not_after.slice(0, 10), where);
+    assert.equal(await field(e.cert.serial, 'certificate-source').textContent(), e.source, where);
+    assert.equal(await field(e.cert.serial, 'certificate-error').textContent(), '', where);
+  }
+  assert.equal(await field(site.serial, 'certificate-default').isVisible(), true, 'the default certificate is marked');
+  assert.equal(await field(soon.serial, 'certificate-default').isVisible(), false);
+  // The colours: normal text, amber and red badges (the theme's --warn and --bad tones).
+  const colour = (serial: string) => field(serial, 'certificate-days').evaluate((node) => getComputedStyle(node).color);
+  assert.equal(await colour(soon.serial), 'rgb(248, 197, 114)');
+  assert.equal(await colour(old.serial), 'rgb(255, 143, 146)');
+  assert.equal(await colour(site.serial), await page.getByTestId('certificate-listener').first().evaluate((node) => getComputedStyle(node).color));
+  assert.equal(await page.getByTestId('certificate-note').textContent(), '3 served · 1 expired · 1 expiring within 21 days');
+
+  // Renewed in place, and the site's key broken: after a reload the panel follows within one /status poll.
+  const renewed = ca.write('soon', await makeCertificate({ names: ['soon.test'], days: 40, issuer: ca.ca }));
+  writeFileSync(site.keyPath, 'not a key\n');
+  const reload = await fetch(`${admin}/certificates/reload`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  assert.equal(reload.status, 422, 'the broken key is reported');
+  await certRow(renewed.serial).waitFor({ timeout: 8000 });
+  assert.equal(await certRow(soon.serial).count(), 0, 'the replaced certificate is gone from the panel');
+  assert.equal(await certRow(renewed.serial).getAttribute('data-level'), 'ok');
+  assert.match((await field(renewed.serial, 'certificate-days').textContent()) ?? '', /^(39|40) days$/);
+  await eventually(async () => /\(the certificate loaded before is served\)$/.test((await field(site.serial, 'certificate-error').textContent()) ?? ''), { timeout: 3000, what: 'the file problem on the site certificate' });
+  assert.equal(await page.getByTestId('certificate-note').textContent(), '3 served · 1 expired · 1 with a file problem');
+  assert.deepEqual(problems, [], 'no script errors or CSP violations on the page');
 });

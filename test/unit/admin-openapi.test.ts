@@ -8,7 +8,9 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import { openApiDocument } from '../../src/admin/openapi.ts';
 import { version } from '../../src/version.ts';
+import { writeFileSync } from 'node:fs';
 import { startBackend, startBalancer } from '../helpers/servers.ts';
+import { makeTestCa } from '../helpers/tls.ts';
 
 type Json = Record<string, any>;
 type Auth = 'open' | 'read' | 'write';
@@ -32,6 +34,9 @@ const serverRoutes: { method: string; path: string; auth: Auth }[] = [
   { method: 'POST', path: '/backends/disable', auth: 'write' },
   { method: 'GET', path: '/config', auth: 'read' },
   { method: 'POST', path: '/config/validate', auth: 'read' },
+  { method: 'GET', path: '/certificates', auth: 'read' },
+  { method: 'POST', path: '/certificates/reload', auth: 'write' },
+  { method: 'POST', path: '/certificates/renew', auth: 'write' },
   { method: 'POST', path: '/reload', auth: 'write' },
   { method: 'GET', path: '/metrics', auth: 'read' },
   { method: 'GET', path: '/events', auth: 'read' },
@@ -208,4 +213,55 @@ test('a real admin listener answers every documented path and method', async (t)
 
   // A path that is no route says so (what unanswered() relies on).
   assert.ok(unanswered(await send(`${admin}/no-such-route`, 'GET', auth)));
+});
+
+/** The keys of `value` that `schema` (an object schema of the document) does not list, and the required ones `value` lacks. */
+function schemaDrift(schema: Json, value: Json): { undocumented: string[]; missing: string[] } {
+  const documented = Object.keys(schema.properties ?? {});
+  return { undocumented: Object.keys(value).filter((k) => !documented.includes(k)), missing: (schema.required ?? []).filter((k: string) => !(k in value)) };
+}
+
+test('the certificate answers of a balancer with an https listener have the documented shapes', async (t) => {
+  const ca = await makeTestCa(t);
+  const site = await ca.issue('site');
+  const backend = await startBackend(t, (_req, res) => res.end('ok'));
+  const { balancer } = await startBalancer(t, {
+    listeners: [{ name: 'secure', host: '127.0.0.1', port: 0, protocol: 'https', tls: { certificates: [{ cert: site.certPath, key: site.keyPath }], watch: false } }],
+    pools: { web: { upstreams: [backend.url] } },
+    admin: { host: '127.0.0.1', port: 0, token },
+  });
+  const admin = balancer.adminAddress()!.url;
+  const doc = openApiDocument() as Json;
+  const schemas = doc.components.schemas as Json;
+  const auth = { authorization: `Bearer ${token}` };
+
+  const status = JSON.parse((await send(`${admin}/status`, 'GET', auth)).body) as Json;
+  assert.deepEqual(schemaDrift(schemas.StatusResponse, status), { undocumented: [], missing: [] }, 'GET /status');
+  assert.equal(status.certificates.length, 1);
+  assert.deepEqual(schemaDrift(schemas.CertificateStatus, status.certificates[0]), { undocumented: [], missing: [] }, 'a certificate of /status');
+  assert.equal(status.certificates[0].serial, site.serial);
+  const listed = JSON.parse((await send(`${admin}/certificates`, 'GET', auth)).body);
+  assert.deepEqual(listed, status.certificates);
+
+  const reloaded = await send(`${admin}/certificates/reload`, 'POST', auth);
+  assert.equal(reloaded.status, 200);
+  const body = JSON.parse(reloaded.body) as Json;
+  assert.deepEqual(schemaDrift(schemas.CertificateReloadResponse, body), { undocumented: [], missing: [] });
+  assert.deepEqual(schemaDrift(schemas.CertificateReloadResult, body.listeners[0]), { undocumented: [], missing: [] });
+
+  // A key file that is no longer a key: 422, documented, with the file named.
+  writeFileSync(site.keyPath, 'not a key\n');
+  const refused = await send(`${admin}/certificates/reload`, 'POST', auth);
+  assert.equal(refused.status, 422);
+  assert.ok('422' in doc.paths['/certificates/reload'].post.responses);
+  const failed = JSON.parse(refused.body) as Json;
+  assert.equal(failed.ok, false);
+  assert.deepEqual(schemaDrift(schemas.CertificateReloadResult, failed.listeners[0]), { undocumented: [], missing: [] });
+  assert.ok(failed.listeners[0].failed.some((f: Json) => f.file === site.keyPath), refused.body);
+  assert.deepEqual(schemaDrift(schemas.CertificateStatus, JSON.parse((await send(`${admin}/certificates`, 'GET', auth)).body)[0]), { undocumented: [], missing: [] });
+
+  // Renewal of a domain no listener orders: the documented 404.
+  const renew = await send(`${admin}/certificates/renew`, 'POST', { ...auth, 'content-type': 'application/json' }, '{"domain": "example.org"}');
+  assert.equal(renew.status, 404);
+  assert.ok('404' in doc.paths['/certificates/renew'].post.responses);
 });

@@ -1,7 +1,7 @@
 /*
  * Fulcrum's live dashboard: plain JavaScript, no build step, served by the admin listener next
  * to uPlot. It reads `GET /events` (Server-Sent Events through fetch, so the request can carry
- * the bearer token), `GET /status` every few seconds, and drains, enables and disables
+ * the bearer token), `GET /status` every few seconds (header, certificates, runtime changes), and drains, enables and disables
  * backends through the admin API. Everything is same-origin (the CSP allows nothing else).
  */
 (() => {
@@ -11,6 +11,8 @@
   const windowSeconds = 300;
   const tokenKey = 'fulcrum.admin-token';
   const statusEvery = 5000;
+  /** A certificate with fewer whole days left is shown amber (the default of tls.expiry_warning). */
+  const certificateWarningDays = 21;
   /** No message for this long: the stream is dead even if the socket is not. */
   const staleAfter = 5000;
   // No red: red means errors on these charts.
@@ -44,6 +46,10 @@
     noBackends: byId('no-backends'),
     backendCount: byId('backend-count'),
     actionError: byId('action-error'),
+    certificates: byId('certificates'),
+    certificateNote: byId('certificate-note'),
+    certificateRows: byId('certificate-rows'),
+    certificateTemplate: document.getElementById('certificate-template'),
     runtimeNote: byId('runtime-note'),
     runtimeList: byId('runtime-list'),
     tokenForm: byId('token-form'),
@@ -214,7 +220,65 @@
     el.configFile.title = file || '';
     setText(el.pools, status.pools.map((p) => `${p.name} · ${p.policy} · ${p.available}/${p.upstreams} up`).join('   ') || dash);
     renderUptime();
+    renderCertificates(status.certificates || []);
     renderChanges(status);
+  }
+
+  /** `expired` (or its files failed: `bad`), under 21 days (`warn`), or fine (`ok`). */
+  function certificateLevel(c) {
+    if (c.days_left < 0) return 'bad';
+    return c.days_left < certificateWarningDays ? 'warn' : 'ok';
+  }
+
+  /** `days_left` is rounded down: 0 is under a day left, -1 expired within the last day, -3 two whole days ago. */
+  function fmtDaysLeft(days) {
+    if (days === -1) return 'expired <1 day ago';
+    if (days < 0) return `expired ${-days - 1} day${days === -2 ? '' : 's'} ago`;
+    if (days === 0) return '<1 day';
+    return `${days} day${days === 1 ? '' : 's'}`;
+  }
+
+  /** The certificates card: one row per certificate, hidden without https listeners. */
+  function renderCertificates(certificates) {
+    el.certificates.hidden = certificates.length === 0;
+    const key = JSON.stringify(certificates);
+    if (el.certificateRows.dataset.key === key) return;
+    el.certificateRows.dataset.key = key;
+    const counts = { warn: 0, bad: 0, error: 0 };
+    const rowsOut = certificates.map((c) => {
+      const tr = el.certificateTemplate.content.firstElementChild.cloneNode(true);
+      const cell = (id) => byId(id, tr);
+      const level = certificateLevel(c);
+      counts[level] = (counts[level] ?? 0) + 1;
+      if (c.error) counts.error++;
+      tr.dataset.level = level;
+      tr.dataset.serial = c.serial;
+      tr.dataset.listener = c.listener;
+      cell('certificate-names').textContent = c.names.join(', ');
+      cell('certificate-names').title = `serial ${c.serial}`;
+      cell('certificate-default').hidden = !c.is_default;
+      cell('certificate-default').title = 'Shown to clients that send no server name (SNI)';
+      cell('certificate-listener').textContent = c.listener;
+      const days = cell('certificate-days');
+      days.textContent = fmtDaysLeft(c.days_left);
+      days.className = level === 'ok' ? '' : `badge small ${level}`;
+      const expires = cell('certificate-expires');
+      expires.textContent = c.not_after.slice(0, 10);
+      expires.title = `valid from ${c.not_before} until ${c.not_after}`;
+      const source = cell('certificate-source');
+      source.textContent = c.source;
+      source.title = c.source;
+      const error = cell('certificate-error');
+      error.textContent = c.error ? `${c.error} (the certificate loaded before is served)` : '';
+      error.title = error.textContent;
+      return tr;
+    });
+    el.certificateRows.replaceChildren(...rowsOut);
+    const notes = [`${certificates.length} served`];
+    if (counts.bad > 0) notes.push(`${counts.bad} expired`);
+    if (counts.warn > 0) notes.push(`${counts.warn} expiring within ${certificateWarningDays} days`);
+    if (counts.error > 0) notes.push(`${counts.error} with a file problem`);
+    setText(el.certificateNote, notes.join(' · '));
   }
 
   function renderUptime() {
