@@ -295,6 +295,8 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       store.start();
       for (const a of addresses) logger.info({ listener: a.name, url: a.url }, `listening on ${a.url}`);
       for (const pool of store.current.pools.values()) {
+        const warning = pool.tlsWarning();
+        if (warning !== null) logger.warn({ pool: pool.name }, warning);
         logger.info({ pool: pool.name, policy: pool.policyFactory.name, upstreams: pool.upstreams.map((u) => u.id) }, `pool ${pool.name}: ${pool.upstreams.length} upstream${pool.upstreams.length === 1 ? "" : "s"}, ${pool.policyFactory.name}`);
       }
       if (configFile !== null && (options.watch || config.reload.watch)) {

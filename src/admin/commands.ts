@@ -226,6 +226,11 @@ export class AdminCommands {
     const changes = formatChanges(diffConfigs(this.config(), next));
     store.commit(built);
     this.loadedAt = new Date();
+    // Loud at every reload too, not only at start: encryption without knowing who answers.
+    for (const pool of store.current.pools.values()) {
+      const warning = pool.tlsWarning();
+      if (warning !== null) this.context.logger.warn({ pool: pool.name }, warning);
+    }
     return changes;
   }
 

@@ -1,18 +1,28 @@
 /**
  * `fulcrum demo` (what `npm start` runs): three sample backends on free ports behind one
- * balancer, and a printout of what to try.
+ * balancer, over http and https (a self-signed certificate made at start, in a temporary
+ * directory removed at close), and a printout of what to try.
  */
 import { createBalancer, type Balancer } from '../index.ts';
 import { startSampleBackend, type SampleBackend } from './sample-backend.ts';
 import type { FulcrumConfigInput } from '../config/schema.ts';
 import { isPortFree } from './ports.ts';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { makeCertificate } from '../tls/make-certificate.ts';
 
 /** A running demo. */
 export interface Demo {
   balancer: Balancer;
   backends: SampleBackend[];
   url: string;
+  /** The https listener, by a name its certificate covers (`https://localhost:8443`). */
+  httpsUrl: string;
+  /** The demo's self-signed certificate (PEM): what `curl --cacert` trusts. Removed at close. */
+  certificateFile: string;
   /** The admin API and dashboard. */
   adminUrl: string;
   /** The admin token of this run (writes need it; the dashboard link carries it). */
@@ -20,42 +30,101 @@ export interface Demo {
   close(): Promise<void>;
 }
 
-/** Starts the demo; `port` is where the balancer listens (default 8080, or a free one if taken). */
-export async function startDemo(options: { port?: number; backends?: number; policy?: string; host?: string; adminPort?: number } = {}): Promise<Demo> {
+/** Addresses that mean "this machine": the certificate names localhost and 127.0.0.1 reach them. */
+const localHosts = new Set(['127.0.0.1', '::1', 'localhost', '0.0.0.0', '::']);
+
+/** The demo's certificate files: a new self-signed ECDSA certificate in a new private temporary directory. */
+async function demoCertificate(host: string): Promise<{ dir: string; cert: string; key: string }> {
+  const names = ['localhost', '127.0.0.1', '::1', ...(localHosts.has(host) ? [] : [host])];
+  const pair = await makeCertificate({ names, commonName: 'Fulcrum demo', days: 30 });
+  // mkdtemp makes the directory 0700; the key is 0600 as well, for the record.
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'fulcrum-demo-'));
+  const cert = path.join(dir, 'demo-cert.pem');
+  const key = path.join(dir, 'demo-key.pem');
+  writeFileSync(cert, pair.cert, { mode: 0o644, flag: 'wx' });
+  writeFileSync(key, pair.key, { mode: 0o600, flag: 'wx' });
+  return { dir, cert, key };
+}
+
+/**
+ * Starts the demo; `port` is where the balancer listens (default 8080, or a free one if taken),
+ * `httpsPort` its https listener (default 8443, or a free one if taken; a free one when `port` is 0).
+ */
+export async function startDemo(options: { port?: number; httpsPort?: number; backends?: number; policy?: string; host?: string; adminPort?: number } = {}): Promise<Demo> {
   const count = options.backends ?? 3;
-  const backends: SampleBackend[] = [];
-  for (let i = 1; i <= count; i++) backends.push(await startSampleBackend({ id: String(i), port: 0 }));
   const host = options.host ?? '127.0.0.1';
-  let port = options.port ?? 8080;
-  if (options.port === undefined && !(await isPortFree(port, host))) port = 0;
-  let adminPort = options.adminPort ?? 9901;
-  if (options.adminPort === undefined && !(await isPortFree(adminPort, '127.0.0.1'))) adminPort = 0;
+  // Made while the backends start: it is most of the start-up time (loading the X.509 library).
+  const certificate = demoCertificate(host);
+  const backends: SampleBackend[] = [];
+  const cleanUp = async (): Promise<void> => {
+    await Promise.all(backends.map((b) => b.close()));
+    const made = await certificate.catch(() => null);
+    if (made !== null) rmSync(made.dir, { recursive: true, force: true });
+  };
+  try {
+    for (let i = 1; i <= count; i++) backends.push(await startSampleBackend({ id: String(i), port: 0 }));
+    let port = options.port ?? 8080;
+    if (options.port === undefined && !(await isPortFree(port, host))) port = 0;
+    let httpsPort = options.httpsPort ?? (options.port === 0 ? 0 : 8443);
+    if (options.httpsPort === undefined && httpsPort !== 0 && !(await isPortFree(httpsPort, host))) httpsPort = 0;
+    let adminPort = options.adminPort ?? 9901;
+    if (options.adminPort === undefined && !(await isPortFree(adminPort, '127.0.0.1'))) adminPort = 0;
+    const { cert, key } = await certificate;
+    return await startDemoBalancer({ backends, host, port, httpsPort, adminPort, cert, key, policy: options.policy, cleanUp });
+  } catch (err) {
+    await cleanUp();
+    throw err;
+  }
+}
+
+/** The balancer in front of the started backends: http and https listeners, admin API with a new token. */
+async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; port: number; httpsPort: number; adminPort: number; cert: string; key: string; policy?: string; cleanUp: () => Promise<void> }): Promise<Demo> {
+  const { backends, host } = o;
   const adminToken = randomBytes(16).toString('hex');
   const config: FulcrumConfigInput = {
-    listeners: [{ name: 'demo', host, port }],
+    listeners: [
+      { name: 'demo', host, port: o.port },
+      // The files never change while the demo runs: nothing to watch.
+      { name: 'demo-https', host, port: o.httpsPort, protocol: 'https', tls: { certificates: [{ cert: o.cert, key: o.key }], watch: false } },
+    ],
     // Quick checks so that telling a backend to fail shows it leave the rotation in seconds.
     pools: {
       demo: {
-        policy: options.policy ?? 'round-robin',
+        policy: o.policy ?? 'round-robin',
         upstreams: backends.map((b) => b.url),
         health_check: { path: '/health', interval: '2s', fast_interval: '500ms', timeout: '1s' },
       },
     },
-    admin: { host: '127.0.0.1', port: adminPort, token: adminToken },
+    admin: { host: '127.0.0.1', port: o.adminPort, token: adminToken },
   };
   const balancer = createBalancer(config);
-  const [address] = await balancer.start();
+  let addresses;
+  try {
+    addresses = await balancer.start();
+  } catch (err) {
+    await balancer.close(0);
+    throw err;
+  }
+  const [address, secure] = addresses;
+  const httpsHost = localHosts.has(host) ? 'localhost' : isIP(host) === 6 ? `[${host}]` : host;
   return {
     balancer,
     backends,
     url: address.url,
+    httpsUrl: `https://${httpsHost}:${secure.port}`,
+    certificateFile: o.cert,
     adminUrl: balancer.adminAddress()!.url,
     adminToken,
     async close() {
       await balancer.close(2000);
-      await Promise.all(backends.map((b) => b.close()));
+      await o.cleanUp();
     },
   };
+}
+
+/** `text` as one shell word (quoted only when it has to be). */
+function shellWord(text: string): string {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`;
 }
 
 /** The text printed when the demo is up. */
@@ -64,7 +133,7 @@ export function demoBanner(demo: Demo): string {
   const ws = u.replace(/^http/, 'ws');
   const lines = [
     '',
-    `  Fulcrum demo is running: ${u}`,
+    `  Fulcrum demo is running: ${u} and ${demo.httpsUrl}`,
     '',
     `  backends (${demo.backends.length}, policy round-robin):`,
     ...demo.backends.map((b) => `    backend ${b.id}  ${b.url}`),
@@ -85,6 +154,8 @@ export function demoBanner(demo: Demo): string {
     `  admin API:   ${demo.adminUrl}/status   (writes need: -H 'Authorization: Bearer ${demo.adminToken}')`,
     `  metrics:     ${demo.adminUrl}/metrics`,
     `  CLI:         FULCRUM_ADMIN_URL=${demo.adminUrl} FULCRUM_ADMIN_TOKEN=${demo.adminToken} npx fulcrum status`,
+    `  HTTPS:       curl --cacert ${shellWord(demo.certificateFile)} ${demo.httpsUrl}/`,
+    '               # a self-signed certificate made at start for localhost and 127.0.0.1 (removed when the demo stops)',
     '',
     '  Ctrl-C stops it gracefully.',
     '',

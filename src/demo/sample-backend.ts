@@ -2,6 +2,7 @@
  * The sample backend: a small HTTP server that says which backend answered, for the demo and
  * for trying failover by hand. It can be told to be slow or to fail, at start or while running:
  *   GET  /            {"backend":"1", ...}        GET /health   200 ok (503 while failing)
+ *                     (with the X-Forwarded-For and -Proto the balancer sent)
  *   GET  /slow?ms=N   answers after N ms           GET /bytes?n=N streams N bytes
  *   POST /echo        echoes the body              GET /status/N  answers status N
  *   POST /control?fail=1&delay=300   switch failing on, add 300 ms to every answer
@@ -126,7 +127,7 @@ function route(req: http.IncomingMessage, res: http.ServerResponse, url: URL, id
     pump();
     return;
   }
-  json(res, 200, { backend: id, method: req.method, path: req.url, served: state.served, forwarded_for: req.headers['x-forwarded-for'] ?? null, request_id: req.headers['x-request-id'] ?? null });
+  json(res, 200, { backend: id, method: req.method, path: req.url, served: state.served, forwarded_for: req.headers['x-forwarded-for'] ?? null, forwarded_proto: req.headers['x-forwarded-proto'] ?? null, request_id: req.headers['x-request-id'] ?? null });
 }
 
 function json(res: http.ServerResponse, status: number, body: unknown): void {

@@ -38,7 +38,8 @@ function buildPools(config: FulcrumConfig, previous: ReadonlyMap<string, Pool> |
   if (previous) for (const [name, p] of previous) if (!Object.hasOwn(config.pools, name)) for (const u of p.upstreams) if (!orphans.has(u.id)) orphans.set(u.id, u);
   for (const [name, settings] of Object.entries(config.pools)) {
     const old = previous?.get(name);
-    if (old && JSON.stringify(old.settings) === JSON.stringify(settings)) pools.set(name, old);
+    // Kept as it is unless its settings changed, or files its TLS settings name (a renewed client certificate, a CA) did.
+    if (old && JSON.stringify(old.settings) === JSON.stringify(settings) && !old.tlsFilesChanged()) pools.set(name, old);
     else if (old) pools.set(name, new Pool(name, settings, connections, new Map(old.upstreams.map((u) => [u.id, u]))));
     else {
       const lent = new Map<string, Upstream>();

@@ -14,7 +14,7 @@ import https from 'node:https';
 import type * as AcmeClient from 'acme-client';
 import { acmeDirectories, type AcmeSettings } from '../config/schema.ts';
 import type { Logger } from '../observe/logger.ts';
-import { AcmeError, AcmeErrorCode, type AcmeProblem } from './acme-errors.ts';
+import { AcmeError, AcmeErrorCode } from './acme-errors.ts';
 import { loadAcmeLibrary, placeOrder, type AcmeLibrary, type ChallengeType, type PollSettings } from './acme-order.ts';
 import { acquireLock, AcmeStorage, LockTimeoutError, parseCertificate, type HeldLock, type LockHolder, type StoredCertificate } from './acme-storage.ts';
 
@@ -223,7 +223,7 @@ export class AcmeManager {
   private lib: AcmeLibrary | null = null;
   private client: AcmeClient.Client | null = null;
   private accountPending: Promise<AcmeClient.Client> | null = null;
-  private origin: string;
+  private readonly origin: string;
   private unroute: () => void = noop;
   private started = false;
   private starting: Promise<void> | null = null;

@@ -177,6 +177,11 @@ async function assertTrusted(t: TestContext, pair: { cert: string; key: string }
   assert.ok(chain[chain.length - 1].checkIssued(new X509Certificate(root)));
 }
 
+/** New orders pebble has logged ("Added order ... to the db"): the CA's own count. */
+function ordersAtPebble(pebble: Pebble): number {
+  return pebble.output().split('Added order ').length - 1;
+}
+
 function mode(file: string): string {
   return (fs.statSync(file).mode & 0o777).toString(8);
 }
@@ -303,6 +308,7 @@ test('forced renewal: a new serial, the challenge answered again, two renew() at
   assert.ok(r.servers.alpnHits > alpnBefore, 'validated again (pebble reuses no authorization)');
   const [status] = manager.status();
   assert.equal(status.orders, 2);
+  assert.equal(ordersAtPebble(r.pebble), 2, 'pebble saw two orders');
   assert.equal(status.serial, recorded.installs[1].serial);
   assert.equal(fs.readFileSync(path.join(certificateDir(r.storage, domain), 'cert.pem'), 'utf8'), recorded.installs[1].cert);
   assert.ok(lines.some((l) => l.forced === true && /forced renewal/.test(l.msg)));
@@ -329,6 +335,7 @@ test('two managers sharing the storage order a name once: the second waits for t
   await eventually(() => a.recorded.installs.length === 1 && b.recorded.installs.length === 1, { timeout: 15_000, what: 'both installed' });
   assert.equal(a.recorded.installs[0].serial, b.recorded.installs[0].serial);
   assert.equal(a.manager.status()[0].orders + b.manager.status()[0].orders, 1, 'one order between them');
+  assert.equal(ordersAtPebble(r.pebble), 1, 'pebble saw one order');
   assert.equal(b.manager.status()[0].state, 'valid');
   assert.ok(b.lines.some((l) => /stored by another instance/.test(l.msg)));
   await eventually(() => !fs.existsSync(path.join(certificateDir(r.storage, domain), 'order.lock')), { what: 'the lock released' });

@@ -1,13 +1,14 @@
 /**
  * The command line as a user meets it: `fulcrum demo` (what `npm start` runs) answered by
- * curl, `fulcrum check` on a broken file, `fulcrum schema`, `--version`.
+ * curl over http and, with the printed `--cacert` line, over https; `fulcrum check` on a broken
+ * file, `fulcrum schema`, `--version`.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { promisify } from 'node:util';
 import { eventually } from '../helpers/eventually.ts';
 
@@ -21,7 +22,7 @@ function fulcrum(args: string[]): Promise<{ stdout: string; stderr: string; code
   );
 }
 
-test('fulcrum demo: three backends behind the balancer, answered in turn to curl; Ctrl-C exits 0', { timeout: 30_000 }, async (t) => {
+test('fulcrum demo: three backends behind the balancer, answered in turn to curl, over https with the printed --cacert line; Ctrl-C exits 0 and removes the certificate', { timeout: 30_000 }, async (t) => {
   const child = spawn(process.execPath, [cli, 'demo', '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
   t.after(() => child.kill('SIGKILL'));
   let out = '';
@@ -37,9 +38,25 @@ test('fulcrum demo: three backends behind the balancer, answered in turn to curl
   const { stdout: headers } = await run('curl', ['-sS', '-o', '/dev/null', '-D', '-', '--max-time', '5', `${url}/bytes?n=1000000`]);
   assert.match(headers, /^HTTP\/1\.1 200 /);
   assert.match(headers, /content-length: 1000000/i);
+
+  // The https line, run as printed (with -sS and a status line added): the demo's own certificate is trusted, nothing else.
+  const printed = /^ +HTTPS: +(curl --cacert (\S+) (https:\/\/localhost:\d+\/))$/m.exec(out);
+  assert.ok(printed, `the banner prints the https curl line:\n${out}`);
+  const [, line, certificateFile] = printed;
+  const { stdout: answer } = await run('curl', [...line.split(' ').slice(1), '-sS', '--max-time', '5', '-w', '\n%{http_code}']);
+  const [body, status] = answer.split('\n').filter(Boolean);
+  assert.equal(status, '200');
+  assert.equal(JSON.parse(body).forwarded_proto, 'https');
+  assert.match(out, /Fulcrum demo is running: http:\/\/\S+ and https:\/\/localhost:\d+/);
+  const keyFile = join(dirname(certificateFile), 'demo-key.pem');
+  assert.equal(statSync(keyFile).mode & 0o777, 0o600, 'the key is readable by its owner only');
+  assert.equal(statSync(dirname(certificateFile)).mode & 0o777, 0o700);
+  assert.ok(!certificateFile.startsWith(new URL('../..', import.meta.url).pathname), `the certificate is not written in the repository: ${certificateFile}`);
+
   child.kill('SIGINT');
   const code = await new Promise((r) => child.once('exit', r));
   assert.equal(code, 0);
+  assert.equal(existsSync(dirname(certificateFile)), false, 'the certificate and key are removed when the demo stops');
 });
 
 test('fulcrum check: every problem with file:line:column and a did-you-mean; exit 1', async () => {

@@ -312,10 +312,10 @@ test('the dashboard lists the certificates with days left, flags those near or p
   assert.equal(await field(site.serial, 'certificate-default').isVisible(), true, 'the default certificate is marked');
   assert.equal(await field(soon.serial, 'certificate-default').isVisible(), false);
   // The colours: normal text, amber and red badges (the theme's --warn and --bad tones).
-  const colour = (serial: string) => field(serial, 'certificate-days').evaluate((node) => getComputedStyle(node).color);
-  assert.equal(await colour(soon.serial), 'rgb(248, 197, 114)');
-  assert.equal(await colour(old.serial), 'rgb(255, 143, 146)');
-  assert.equal(await colour(site.serial), await page.getByTestId('certificate-listener').first().evaluate((node) => getComputedStyle(node).color));
+  const colour = (locator: ReturnType<Page['locator']>) => locator.evaluate((node) => (globalThis as unknown as { getComputedStyle(n: unknown): { color: string } }).getComputedStyle(node).color);
+  assert.equal(await colour(field(soon.serial, 'certificate-days')), 'rgb(248, 197, 114)');
+  assert.equal(await colour(field(old.serial, 'certificate-days')), 'rgb(255, 143, 146)');
+  assert.equal(await colour(field(site.serial, 'certificate-days')), await colour(field(site.serial, 'certificate-listener')), 'normal text for a certificate far from expiry');
   assert.equal(await page.getByTestId('certificate-note').textContent(), '3 served · 1 expired · 1 expiring within 21 days');
 
   // Renewed in place, and the site's key broken: after a reload the panel follows within one /status poll.

@@ -296,7 +296,7 @@ for (const transport of transports) {
   });
 }
 
-test('insecure_skip_verify: a warning naming the pool at start and at every reload that keeps it', { todo: 'logged once src/index.ts (start) and src/admin/commands.ts (swap) log Pool.tlsWarning()' }, async (t) => {
+test('insecure_skip_verify: a warning naming the pool at start and at every reload that keeps it', async (t) => {
   const { selfSigned } = await certificates(t);
   const backend = await startTlsBackend(t, selfSigned);
   const config = { pools: { lab: { upstreams: [backend.url], tls: { insecure_skip_verify: true } } } };
