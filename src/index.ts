@@ -225,6 +225,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     checkFiles: assertTlsFiles,
     listeners: () => listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections })),
     certificates: () => listeners.flatMap((l) => l.tls?.certificates() ?? []),
+    acme: () => acme?.status() ?? [],
   });
 
   store.onCommit(({ config: next, router, pools }) => {
@@ -314,7 +315,13 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     reloadCertificates: () => listeners.flatMap((l) => (l.tls === null ? [] : [l.tls.reloadCertificates()])),
     async renewCertificate(domain) {
       if (acme === null || acmeListeners(domain).length === 0) throw new AdminRequestError(404, `no listener gets an ACME certificate for ${JSON.stringify(domain)} (tls.acme.domains)`);
-      await acme.renew(domain.toLowerCase());
+      try {
+        await acme.renew(domain.toLowerCase());
+      } catch (err) {
+        // The CA refused or did not answer: a gateway failure, said with the CA's reason and the stable code.
+        const code = (err as { code?: string }).code;
+        throw new AdminRequestError(502, `renewing ${domain} failed${code !== undefined ? ` (${code})` : ''}: ${(err as Error).message}; the certificate in use stays`);
+      }
     },
     close(graceMs = store.current.config.shutdown.grace_period) {
       closing ??= (async () => {

@@ -91,6 +91,8 @@ export interface CommandContext {
   listeners(): StatusResponse['listeners'];
   /** The https listeners' certificates, as `/status` shows them. */
   certificates(): StatusResponse['certificates'];
+  /** ACME names and their order state, as `/status` shows them (empty without ACME). */
+  acme?(): StatusResponse['acme'];
   /** Reads the files a configuration names (certificates, CAs); throws ConfigError when one cannot be used, and the reload is refused. */
   checkFiles?(config: FulcrumConfig, placeOf?: LoadedConfig['placeOf']): void;
 }
@@ -184,6 +186,7 @@ export class AdminCommands {
       pools: this.context.store.current.pools,
       listeners: this.context.listeners(),
       certificates: this.context.certificates(),
+      acme: this.context.acme?.() ?? [],
       runtimeChanges: this.runtimeChanges,
       configFile: this.context.configFile,
       loadedAt: this.loadedAt,

@@ -42,6 +42,7 @@ export interface StatusSources {
   pools: ReadonlyMap<string, Pool>;
   listeners: StatusResponse['listeners'];
   certificates: StatusResponse['certificates'];
+  acme: StatusResponse['acme'];
   runtimeChanges: RuntimeChanges;
   configFile: string | null;
   loadedAt: Date;
@@ -67,6 +68,7 @@ export function buildStatus(s: StatusSources): StatusResponse {
     })),
     listeners: s.listeners,
     certificates: s.certificates,
+    acme: s.acme,
     config_file: s.configFile,
     config_loaded_at: s.loadedAt.toISOString(),
     persisted: s.persisted,

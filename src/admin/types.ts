@@ -70,6 +70,27 @@ export interface CertificateStatus {
   error: string | null;
 }
 
+/** One name Fulcrum gets ACME certificates for (`GET /status`). */
+export interface AcmeNameStatus {
+  domain: string;
+  challenge: 'http-01' | 'tls-alpn-01';
+  /** `valid` (a certificate is installed), `ordering`, `failed` (backing off), `pending` (not ordered yet). */
+  state: 'valid' | 'ordering' | 'failed' | 'pending';
+  /** ISO times and the serial of the installed certificate. */
+  notBefore?: string;
+  notAfter?: string;
+  serial?: string;
+  /** When the next order is due: renewal at two thirds of the lifetime, or the end of a failure's backoff (ISO time). */
+  nextAttempt?: string;
+  /** Why the last attempt failed (the CA's problem detail when it gave one), and its code. */
+  lastError?: string;
+  lastErrorCode?: string;
+  /** Failed attempts in a row. */
+  failures: number;
+  /** Orders placed since start. */
+  orders: number;
+}
+
 /** What `POST /certificates/reload` did per https listener. */
 export interface CertificateReloadResult {
   listener: string;
@@ -88,6 +109,8 @@ export interface StatusResponse {
   listeners: { name: string; url: string; open_connections: number; refused_connections: number }[];
   /** Certificates the https listeners serve, with days left (an empty list without https listeners). */
   certificates: CertificateStatus[];
+  /** Names with ACME certificates: their order state, next attempt and last error (an empty list without ACME). */
+  acme: AcmeNameStatus[];
   /** The file the configuration came from, or null (demo, embedded). */
   config_file: string | null;
   /** ISO time of the last configuration applied. */

@@ -9,6 +9,7 @@
  *   lock -> reread storage -> (use what another instance stored) | order -> store -> install -> schedule
  *                                                                        └─ fail -> backoff -> schedule
  */
+import type { AcmeNameStatus } from '../admin/types.ts';
 import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import type * as AcmeClient from 'acme-client';
@@ -45,26 +46,8 @@ export interface AcmeOrderSpec {
  */
 export type AcmeDomainState = 'valid' | 'ordering' | 'failed' | 'pending';
 
-/** A name's certificate and schedule, for `/status` and metrics. Times are ISO 8601. */
-export interface AcmeDomainStatus {
-  domain: string;
-  challenge: ChallengeType;
-  state: AcmeDomainState;
-  /** Validity of the installed certificate. */
-  notBefore?: string;
-  notAfter?: string;
-  /** Serial of the installed certificate (hex, upper case). */
-  serial?: string;
-  /** When the next order is due: the renewal time of a valid certificate, or the end of a failure's backoff. */
-  nextAttempt?: string;
-  /** Why the last attempt failed (the CA's problem detail when it gave one), and its code. */
-  lastError?: string;
-  lastErrorCode?: string;
-  /** Failed attempts in a row (0 after a success). */
-  failures: number;
-  /** Orders this manager placed for the name since it started. */
-  orders: number;
-}
+/** One name's order state, as `/status` shows it (the shape is the admin API's). */
+export type AcmeDomainStatus = AcmeNameStatus;
 
 /** Tuning of the manager; the defaults suit a public CA, tests shrink them. */
 export interface AcmeManagerOptions {

@@ -550,6 +550,11 @@ test('Fulcrum end to end, TLS-ALPN-01 on its https listener, then a forced renew
   const second = (await handshake(httpsPort, { servername: domain })).serial;
   assert.notEqual(second, first, 'new handshakes get the renewed certificate');
   assert.equal(second, servedSerial(lb, domain));
+  // /status says where each name stands; a name no listener orders is a 404, not an order.
+  const acmeStatus = lb.balancer.status().acme.find((a) => a.domain === domain);
+  assert.equal(acmeStatus?.state, 'valid');
+  assert.equal(acmeStatus?.serial, second);
+  await assert.rejects(lb.balancer.renewCertificate('not-ordered.test'), (err: Error & { status?: number }) => err.status === 404);
   const after = await curl(domain, httpsPort, rootFile);
   assert.equal(after.status, 200, after.error);
 });
