@@ -11,6 +11,8 @@ export interface TargetResult {
   autocannon?: LoadResult;
   wrk?: LoadResult;
   error?: string;
+  /** Why it was not measured here (nginx or wrk not installed); not a failure. */
+  skipped?: string;
 }
 
 /** A comparison of two targets as measured by one tool. */
@@ -25,17 +27,32 @@ export interface Ratio {
   p99: number;
 }
 
-/** The pairs the benchmark is about: every proxy against direct, then the proxies head to head. */
+/**
+ * The pairs the benchmark is about: every proxy against direct, then the proxies head to head,
+ * then HTTPS: against nginx with the same certificate and ciphers, against the same server over
+ * plain HTTP (what TLS costs on a kept connection), and the handshake per request.
+ */
 const pairs: ReadonlyArray<readonly [string, string]> = [
   ['fulcrum', 'direct'],
   ['fulcrum-undici', 'direct'],
   ['fulcrum-node-http', 'direct'],
   ['http-proxy', 'direct'],
+  ['nginx', 'direct'],
   ['fulcrum-undici', 'http-proxy'],
   ['fulcrum-node-http', 'http-proxy'],
   ['fulcrum-undici', 'fulcrum-node-http'],
   ['fulcrum', 'fulcrum-undici'],
   ['fulcrum', 'http-proxy'],
+  ['fulcrum', 'nginx'],
+  ['fulcrum-https', 'nginx-https'],
+  ['fulcrum-https', 'fulcrum'],
+  ['nginx-https', 'nginx'],
+  ['fulcrum-https-resume', 'nginx-https-resume'],
+  ['fulcrum-https-full', 'nginx-https-full'],
+  ['fulcrum-https-full', 'fulcrum-close'],
+  ['fulcrum-https-resume', 'fulcrum-close'],
+  ['fulcrum-https-full', 'fulcrum-https'],
+  ['nginx-https-full', 'nginx-https'],
 ];
 
 /** The ratios for every pair where both sides were measured by `tool`. */
@@ -72,7 +89,7 @@ function table(header: string[], rows: string[][]): string {
 export function resultsTable(results: readonly TargetResult[], tool: 'autocannon' | 'wrk'): string {
   const rows = results.map((r) => {
     const m = r[tool];
-    if (!m) return [r.label, r.error ? 'FAILED' : '-', '', '', '', ''];
+    if (!m) return [r.label, r.error ? 'FAILED' : r.skipped ? 'skipped' : '-', '', '', '', ''];
     // autocannon's histogram holds whole milliseconds; decimals would be false precision.
     const digits = tool === 'autocannon' ? 0 : 2;
     return [r.label, fixed(m.rps, 0), fixed(m.p50, digits), fixed(m.p99, digits), String(m.errors), String(m.non2xx)];

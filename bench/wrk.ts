@@ -14,10 +14,15 @@ export function haveWrk(): boolean {
   return probe.error === undefined;
 }
 
-/** Runs wrk against `url` (already warmed up by autocannon) and parses its report. */
-export async function runWrk(url: string, connections: number, duration: number): Promise<LoadResult> {
+/**
+ * Runs wrk against `url` and parses its report. Each of `headers` ("Name: value") is sent on every
+ * request: with "Connection: close" the server closes after each answer and wrk connects again
+ * (wrk reconnects when a response is not keep-alive; it never resumes a TLS session, so over
+ * HTTPS every request pays a full handshake).
+ */
+export async function runWrk(url: string, connections: number, duration: number, headers: readonly string[] = []): Promise<LoadResult> {
   const threads = String(Math.max(1, Math.min(2, connections)));
-  const args = ['-t', threads, '-c', String(connections), '-d', `${duration}s`, '--timeout', '5s', '--latency', url];
+  const args = ['-t', threads, '-c', String(connections), '-d', `${duration}s`, '--timeout', '5s', '--latency', ...headers.flatMap((h) => ['-H', h]), url];
   const output = await runCommand('wrk', 'wrk', args, (duration + 15) * 1000);
   return parseWrk(output);
 }

@@ -71,13 +71,13 @@ function table(rows: string[][]): string {
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd()).join('\n');
 }
 
-/** A certificate with fewer whole days left than this is shown as expiring soon (the default of tls.expiry_warning). */
+/** A certificate with fewer whole days left than this is shown as expiring soon, when the server does not say (the default of tls.expiry_warning). */
 export const certificateWarningDays = 21;
 
 /** How a certificate line is styled: `error` (its files failed, or it expired), `warn` (expiring soon), or plain. */
 export function certificateLevel(c: CertificateStatus): 'error' | 'warn' | 'ok' {
   if (c.error !== null || c.days_left < 0) return 'error';
-  return c.days_left < certificateWarningDays ? 'warn' : 'ok';
+  return c.days_left < (c.warning_days ?? certificateWarningDays) ? 'warn' : 'ok';
 }
 
 /** Terminal styles: ANSI colours on a terminal that wants them (not with NO_COLOR or TERM=dumb), none otherwise. */
@@ -103,7 +103,7 @@ export function formatCertificates(certificates: readonly CertificateStatus[], s
   if (certificates.length === 0) return 'no certificates (no https listener)';
   // days_left is rounded down: -1 is expired within the last day, -3 two whole days ago.
   const days = (c: CertificateStatus): string =>
-    c.days_left < 0 ? `expired ${c.days_left === -1 ? '<1' : -c.days_left - 1}d ago` : c.days_left < certificateWarningDays ? `${c.days_left} (expires soon)` : String(c.days_left);
+    c.days_left < 0 ? `expired ${c.days_left === -1 ? '<1' : -c.days_left - 1}d ago` : c.days_left < (c.warning_days ?? certificateWarningDays) ? `${c.days_left} (expires soon)` : String(c.days_left);
   const note = (c: CertificateStatus): string => [c.is_default ? 'default' : '', c.error !== null ? `error: ${c.error} (the certificate loaded before is served)` : ''].filter(Boolean).join('; ');
   const lines = table([
     ['LISTENER', 'NAMES', 'DAYS LEFT', 'EXPIRES', 'SERIAL', 'SOURCE', ''],

@@ -272,7 +272,9 @@ export class AdminServer {
         method: 'POST', path: '/certificates/reload', write: true,
         handle: (_q, res) => {
           const listeners = b.reloadCertificates();
-          json(res, listeners.some((l) => l.failed.length > 0) ? 422 : 200, { ok: listeners.every((l) => l.failed.length === 0), listeners });
+          const failed = listeners.reduce((n, l) => n + l.failed.length, 0);
+          if (failed === 0) return json(res, 200, { ok: true, listeners });
+          json(res, 422, { ok: false, error: `${failed} certificate file(s) could not be used; the certificates loaded before stay`, listeners });
         },
       },
       {

@@ -64,6 +64,8 @@ export interface CertificateStatus {
   not_after: string;
   /** Whole days until it expires (negative once expired). */
   days_left: number;
+  /** The listener's `tls.expiry_warning` in whole days: fewer `days_left` than this is "expiring soon". */
+  warning_days: number;
   /** Shown to clients without SNI (and to unknown names with unknown_name: default). */
   is_default: boolean;
   /** Why the last read of its files failed (the certificate shown is the one loaded before), or null. */
@@ -77,14 +79,14 @@ export interface AcmeNameStatus {
   /** `valid` (a certificate is installed), `ordering`, `failed` (backing off), `pending` (not ordered yet). */
   state: 'valid' | 'ordering' | 'failed' | 'pending';
   /** ISO times and the serial of the installed certificate. */
-  notBefore?: string;
-  notAfter?: string;
+  not_before?: string;
+  not_after?: string;
   serial?: string;
   /** When the next order is due: renewal at two thirds of the lifetime, or the end of a failure's backoff (ISO time). */
-  nextAttempt?: string;
+  next_attempt?: string;
   /** Why the last attempt failed (the CA's problem detail when it gave one), and its code. */
-  lastError?: string;
-  lastErrorCode?: string;
+  last_error?: string;
+  last_error_code?: string;
   /** Failed attempts in a row. */
   failures: number;
   /** Orders placed since start. */

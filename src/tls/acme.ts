@@ -41,7 +41,7 @@ export interface AcmeOrderSpec {
 /**
  * Where a name stands: "pending" (no certificate yet, no attempt begun), "ordering" (an attempt
  * runs, waiting for the lock included), "valid" (a certificate is installed and its renewal is
- * scheduled), "failed" (the last attempt failed; `nextAttempt` says when the next one is; an
+ * scheduled), "failed" (the last attempt failed; `next_attempt` says when the next one is; an
  * older certificate, if any, is still installed).
  */
 export type AcmeDomainState = 'valid' | 'ordering' | 'failed' | 'pending';
@@ -326,9 +326,9 @@ export class AcmeManager {
       domain: d.domain,
       challenge: d.challenge,
       state: d.state,
-      ...(d.current ? { notBefore: iso(d.current.notBefore), notAfter: iso(d.current.notAfter), serial: d.current.serial } : {}),
-      ...(d.nextAttempt !== null && !this.stopped ? { nextAttempt: iso(d.nextAttempt) } : {}),
-      ...(d.lastError ? { lastError: d.lastError.message, lastErrorCode: d.lastError.code } : {}),
+      ...(d.current ? { not_before: iso(d.current.notBefore), not_after: iso(d.current.notAfter), serial: d.current.serial } : {}),
+      ...(d.nextAttempt !== null && !this.stopped ? { next_attempt: iso(d.nextAttempt) } : {}),
+      ...(d.lastError ? { last_error: d.lastError.message, last_error_code: d.lastError.code } : {}),
       failures: d.failures,
       orders: d.orders,
     }));

@@ -188,7 +188,7 @@ export class CertificateStore {
   }
 
   /** Every certificate served, as /status shows them. */
-  list(listener: string, now = Date.now()): CertificateStatus[] {
+  list(listener: string, warningMs: number, now = Date.now()): CertificateStatus[] {
     const out: CertificateStatus[] = [];
     const show = (served: Served, error: string | null): void => {
       const l = served.loaded;
@@ -200,6 +200,7 @@ export class CertificateStore {
         not_before: l.notBefore.toISOString(),
         not_after: l.notAfter.toISOString(),
         days_left: Math.floor((l.notAfter.getTime() - now) / 86_400_000),
+        warning_days: Math.floor(warningMs / 86_400_000),
         is_default: served === this.fallback,
         error,
       });
@@ -502,7 +503,7 @@ export class TlsTermination {
 
   /** Certificates served, for /status, metrics and the dashboard. */
   certificates(): CertificateStatus[] {
-    return this.store.list(this.name);
+    return this.store.list(this.name, this.settings.expiry_warning);
   }
 
   /** Stops the timers and watchers. */

@@ -208,7 +208,7 @@ test('HTTP-01: a certificate is ordered, stored 0600 in a 0700 directory, instal
   assert.equal(status.serial, installed.serial);
   const leaf = new X509Certificate(installed.cert);
   const renewAt = leaf.validFromDate.getTime() + Math.floor((leaf.validToDate.getTime() - leaf.validFromDate.getTime()) * (2 / 3));
-  assert.equal(status.nextAttempt, new Date(renewAt).toISOString(), 'renewal at two thirds of the lifetime');
+  assert.equal(status.next_attempt, new Date(renewAt).toISOString(), 'renewal at two thirds of the lifetime');
 
   // Storage: everything private; account key and URL, certificate and key of the name.
   const dir = certificateDir(r.storage, 'www.fulcrum.test');
@@ -265,7 +265,7 @@ test('a restart installs the stored certificate before start() resolves and orde
   const [status] = second.manager.status();
   assert.equal(status.state, 'valid');
   assert.equal(status.orders, 0);
-  assert.ok(Date.parse(status.nextAttempt!) > notBefore + lifetime * 0.6, 'renewal scheduled later');
+  assert.ok(Date.parse(status.next_attempt!) > notBefore + lifetime * 0.6, 'renewal scheduled later');
   assert.ok(second.lines.some((l) => /from storage/.test(l.msg)));
   await second.manager.stop();
 
@@ -360,7 +360,7 @@ test('a wrong challenge answer: the CA\'s reason logged, backoff doubling, then 
   assert.equal(one.failures, 1);
   assert.equal(two.failures, 2);
   const status = manager.status()[0];
-  assert.equal(status.lastErrorCode, AcmeErrorCode.ChallengeFailed);
+  assert.equal(status.last_error_code, AcmeErrorCode.ChallengeFailed);
   assert.ok(status.failures >= 2);
   const failure = JSON.parse(fs.readFileSync(path.join(certificateDir(r.storage, domain), 'failure.json'), 'utf8')) as { failures: number };
   assert.ok(failure.failures >= 2, 'the failure is stored for other instances');
@@ -372,7 +372,7 @@ test('a wrong challenge answer: the CA\'s reason logged, backoff doubling, then 
   const after = manager.status()[0];
   assert.equal(after.state, 'valid');
   assert.equal(after.failures, 0);
-  assert.equal(after.lastError, undefined);
+  assert.equal(after.last_error, undefined);
   assert.equal(fs.existsSync(path.join(certificateDir(r.storage, domain), 'failure.json')), false);
 });
 
@@ -404,7 +404,7 @@ test('stop() during an order: renew() rejects FUL_ACME_STOPPED, the lock and the
   assert.equal(r.servers.tokens.size, 0, 'challenge answer removed');
   assert.equal(fs.existsSync(path.join(certificateDir(r.storage, domain), 'order.lock')), false, 'lock released');
   assert.equal(recorded.installs.length, 0);
-  assert.equal(manager.status()[0].nextAttempt, undefined, 'nothing scheduled');
+  assert.equal(manager.status()[0].next_attempt, undefined, 'nothing scheduled');
 });
 
 test('terms of service not agreed: start() rejects and logs, nothing is written', async (t) => {

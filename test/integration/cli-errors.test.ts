@@ -105,13 +105,14 @@ test('broken YAML is one message with the key path and a hint; a duplicate key i
   assert.match(b.stderr, /dup\.yaml:5:5: pools\.web\.policy: duplicate key "policy" \(first on line 4\)/);
 });
 
-test('an upstream without http:// gets the URL to write; https says it is not supported yet', limit, async () => {
+test('an upstream without http:// gets the URL to write; a mistyped https gets the https URL', limit, async () => {
   const dir = tempDir();
-  const file = write(dir, 'urls.yaml', 'pools:\n  web:\n    upstreams:\n      - 10.0.0.1:3000\n      - https://10.0.0.2:8443\n');
+  const file = write(dir, 'urls.yaml', 'pools:\n  web:\n    upstreams:\n      - 10.0.0.1:3000\n      - htps://10.0.0.2:8443\n      - https://10.0.0.3:8443\n');
   const { stderr, code } = await fulcrum(['check', file], dir);
   assert.equal(code, 1);
   assert.ok(stderr.includes(`${file}:4:9: pools.web.upstreams[0]: missing "http://": write http://10.0.0.1:3000`), stderr);
-  assert.ok(stderr.includes(`${file}:5:9: pools.web.upstreams[1]: https upstreams are not supported yet`), stderr);
+  assert.ok(stderr.includes(`${file}:5:9: pools.web.upstreams[1]: htps:// is not a scheme Fulcrum knows: did you mean https://10.0.0.2:8443?`), stderr);
+  assert.ok(!stderr.includes('upstreams[2]'), 'https upstreams are accepted');
 });
 
 test('a flag start does not take is an error, with did-you-mean; so is a mistyped command or a bad --delay', limit, async () => {

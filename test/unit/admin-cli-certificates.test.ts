@@ -15,6 +15,7 @@ const base: CertificateStatus = {
   not_before: '2025-01-01T00:00:00.000Z',
   not_after: '2025-04-01T00:00:00.000Z',
   days_left: 80,
+  warning_days: 21,
   is_default: true,
   error: null,
 };
@@ -23,6 +24,8 @@ const cases: { name: string; cert: CertificateStatus; level: 'ok' | 'warn' | 'er
   { name: 'far from expiry', cert: base, level: 'ok', days: '80', note: 'default' },
   { name: '21 days left', cert: { ...base, days_left: 21, is_default: false }, level: 'ok', days: '21', note: '' },
   { name: '20 days left', cert: { ...base, days_left: 20, is_default: false }, level: 'warn', days: '20 (expires soon)', note: '' },
+  // The listener's own tls.expiry_warning: 45 days warns from 44 days left.
+  { name: '44 days left under a 45-day warning', cert: { ...base, days_left: 44, warning_days: 45, is_default: false }, level: 'warn', days: '44 (expires soon)', note: '' },
   { name: 'last day', cert: { ...base, days_left: 0, is_default: false }, level: 'warn', days: '0 (expires soon)', note: '' },
   // days_left is rounded down: -3 is two whole days and some hours past not_after.
   { name: 'expired', cert: { ...base, days_left: -3, is_default: false }, level: 'error', days: 'expired 2d ago', note: '' },

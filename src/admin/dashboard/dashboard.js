@@ -224,10 +224,10 @@
     renderChanges(status);
   }
 
-  /** `expired` (or its files failed: `bad`), under 21 days (`warn`), or fine (`ok`). */
+  /** `expired` (or its files failed: `bad`), within the listener's tls.expiry_warning (`warn`), or fine (`ok`). */
   function certificateLevel(c) {
     if (c.days_left < 0) return 'bad';
-    return c.days_left < certificateWarningDays ? 'warn' : 'ok';
+    return c.days_left < (c.warning_days ?? certificateWarningDays) ? 'warn' : 'ok';
   }
 
   /** `days_left` is rounded down: 0 is under a day left, -1 expired within the last day, -3 two whole days ago. */
@@ -276,7 +276,7 @@
     el.certificateRows.replaceChildren(...rowsOut);
     const notes = [`${certificates.length} served`];
     if (counts.bad > 0) notes.push(`${counts.bad} expired`);
-    if (counts.warn > 0) notes.push(`${counts.warn} expiring within ${certificateWarningDays} days`);
+    if (counts.warn > 0) notes.push(`${counts.warn} expiring soon`);
     if (counts.error > 0) notes.push(`${counts.error} with a file problem`);
     setText(el.certificateNote, notes.join(' · '));
   }
