@@ -1,6 +1,6 @@
 /**
- * nginx as a peer, configured as the founders' peer harness does
- * (/work/shared/bench/peers/conf/proxy-nginx.conf): one worker, access log off, HTTP/1.1 to the
+ * nginx as a peer, configured as the founders' peer harness does (its conf/proxy-nginx.conf,
+ * shared/bench/peers beside this checkout): one worker, access log off, HTTP/1.1 to the
  * backend with an upstream keep-alive pool of 64, client keep-alive 60 s. The HTTPS variant adds
  * `listen ... ssl` with the certificate Fulcrum gets and Fulcrum's "intermediate" profile
  * (src/tls/profiles.ts): TLS 1.2 and 1.3, the same ciphers and key-exchange groups, the client's

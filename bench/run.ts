@@ -284,7 +284,8 @@ async function main(): Promise<number> {
   if (settings.targets.some((t) => t.connection === 'close')) {
     console.log("close:   a new connection per request: wrk -H 'Connection: close' (wrk reconnects after an answer that is not");
     console.log('         keep-alive and offers its last TLS session: -resume rows resume it by ticket, -full rows have');
-    console.log('         tickets off on the server, so every request pays a full handshake); wrk only, no autocannon');
+    console.log('         tickets off on the server, so every request pays a full handshake); wrk only, no autocannon;');
+    console.log('         their req/s is the figure: wrk times a request from its write, after connect and handshake');
   }
   if (!wrk) console.log('wrk:     not on PATH, skipped (optional; the new-connection-per-request rows need it)');
   console.log('');

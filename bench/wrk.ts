@@ -17,8 +17,10 @@ export function haveWrk(): boolean {
 /**
  * Runs wrk against `url` and parses its report. Each of `headers` ("Name: value") is sent on every
  * request: with "Connection: close" the server closes after each answer and wrk connects again
- * (wrk reconnects when a response is not keep-alive; it never resumes a TLS session, so over
- * HTTPS every request pays a full handshake).
+ * (wrk reconnects when a response is not keep-alive). Over HTTPS wrk then offers the session of
+ * its previous connection: a server with session tickets resumes it, one without makes a full
+ * handshake (checked against nginx's $connection_requests and $ssl_session_reused: 1 and "r",
+ * or "." with tickets off, on every request).
  */
 export async function runWrk(url: string, connections: number, duration: number, headers: readonly string[] = []): Promise<LoadResult> {
   const threads = String(Math.max(1, Math.min(2, connections)));

@@ -11,7 +11,7 @@ import { ConfigError, type ConfigProblem } from '../errors.ts';
 import { closest } from './did-you-mean.ts';
 import { upstreamIdOf } from '../upstream/upstream.ts';
 import { Duration, FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
-import { unitlessDurationMessage } from './duration.ts';
+import { parseDuration, unitlessDurationMessage } from './duration.ts';
 
 type Path = (string | number)[];
 
@@ -332,6 +332,16 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       if (tls?.acme !== undefined && config.acme === undefined) problems.push(place(['listeners', i, 'tls', 'acme'], 'tls.acme needs the top-level `acme` section (directory, email, terms_of_service_agreed)'));
       if (tls?.acme !== undefined && (tls.acme.challenge ?? 'http-01') === 'http-01') acmeHttp01 = i;
       if (redirect_https !== undefined) problems.push(place(['listeners', i, 'redirect_https'], 'redirect_https belongs on an http listener (it sends requests to this https one)'));
+      const defaults = (Array.isArray(tls?.certificates) ? tls.certificates : []).flatMap((c, j) => (c && typeof c === 'object' && (c as { default?: unknown }).default === true ? [j] : []));
+      if (defaults.length > 1) problems.push(place(['listeners', i, 'tls', 'certificates', defaults[1], 'default'], `certificates[${defaults[0]}] is already the default: only one certificate can be`));
+      const subject = (tls as { client_auth?: { subject_header?: unknown } } | undefined)?.client_auth?.subject_header;
+      if (typeof subject === 'string' && /^(host|via|x-request-id|x-forwarded-[a-z]+|forwarded|x-real-ip|connection|te|upgrade|transfer-encoding|content-length)$/i.test(subject.replace(/_/g, '-'))) {
+        problems.push(place(['listeners', i, 'tls', 'client_auth', 'subject_header'], `${subject} is a header Fulcrum sets or reads itself; choose another name, such as X-Client-Subject`));
+      }
+      const preload = hsts as { preload?: unknown; include_subdomains?: unknown; max_age?: unknown } | undefined;
+      if (preload?.preload === true && (preload.include_subdomains !== true || (preload.max_age !== undefined && !(typeof preload.max_age === 'string' && parseDuration(preload.max_age) >= 365 * 86_400_000)))) {
+        problems.push(place(['listeners', i, 'hsts', 'preload'], 'the browsers\' preload list needs include_subdomains: true and max_age of a year (365d) or more'));
+      }
     } else {
       plainListeners++;
       if (tls !== undefined) problems.push(place(['listeners', i, 'tls'], 'tls is for https listeners: add `protocol: https` (or remove tls)'));

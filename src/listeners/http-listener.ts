@@ -261,15 +261,17 @@ export class HttpListener {
       return true;
     }
     const url = head.url;
-    if (this.tls === null && url.startsWith(ACME_CHALLENGE_PREFIX) && this.acmeTokens !== null && (head.method === 'GET' || head.method === 'HEAD')) {
-      const keyAuthorization = this.acmeTokens.get(url.slice(ACME_CHALLENGE_PREFIX.length));
+    const acmeToken = acmeChallengeToken(url);
+    if (this.tls === null && acmeToken !== null && this.acmeTokens !== null && (head.method === 'GET' || head.method === 'HEAD')) {
+      const keyAuthorization = this.acmeTokens.get(acmeToken);
       if (keyAuthorization !== undefined) {
         answer(200, ['content-type', 'text/plain', 'content-length', String(keyAuthorization.length), 'cache-control', 'no-store'], head.method === 'HEAD' ? '' : keyAuthorization);
         return true;
       }
     }
     const redirect = this.settings.redirect_https;
-    if (redirect === undefined || url.startsWith(ACME_CHALLENGE_PREFIX)) return false;
+    // Only a real challenge path stays on http: `/.well-known/acme-challenge/../../admin` is redirected like any other.
+    if (redirect === undefined || acmeToken !== null) return false;
     const location = httpsLocation(head, redirect.port);
     if (location === null) {
       const text = 'Bad Request: a Host header is needed to redirect to https\n';
@@ -478,6 +480,13 @@ function drainAnswerAhead(this: Socket): void {
   if (message && !message.writableFinished) message.emit('drain');
 }
 
+/** The token of an ACME HTTP-01 request-target (`/.well-known/acme-challenge/<base64url token>`, RFC 8555 section 8.3), else null. */
+export function acmeChallengeToken(url: string): string | null {
+  if (!url.startsWith(ACME_CHALLENGE_PREFIX)) return null;
+  const token = url.slice(ACME_CHALLENGE_PREFIX.length);
+  return /^[A-Za-z0-9_-]+$/.test(token) ? token : null;
+}
+
 /**
  * The https URL of a request for the redirect: the Host's name (its port replaced by `port`,
  * left out when 443), then the request-target as sent. An absolute-form target's authority wins.
@@ -495,8 +504,8 @@ export function httpsLocation(head: RequestHead, port: number): string | null {
     authority = Array.isArray(host) ? host[0] : host;
   }
   if (authority === undefined || authority === '' || !target.startsWith('/')) return null;
-  // host or [v6]; the port the client used is dropped.
-  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.~!$&'()*+,;=%-]+)(?::\d*)?$/.exec(authority.replace(/^.*@/, ''));
+  // A host name or [v6]; the port the client used is dropped. No user info: `a.com:80@evil` is no host to send anyone to.
+  const m = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.~!$&'()*+,;=%-]+)(?::\d*)?$/.exec(authority);
   if (m === null) return null;
   return `https://${m[1]}${port === 443 ? '' : `:${port}`}${target}`;
 }

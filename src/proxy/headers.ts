@@ -106,7 +106,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
         // Node's server already answered 100-continue; upstream gets the body straight away.
         continue;
       default:
-        if (hopByHop.has(lower) || (named !== null && named.includes(lower)) || lower === settings.clientSubjectHeader) continue;
+        if (hopByHop.has(lower) || (named !== null && named.includes(lower))) continue;
+        // The verified client subject is Fulcrum's to set: a client's own is dropped, also spelled with `_` (CGI reads both alike).
+        if (settings.clientSubjectHeader !== undefined && (lower === settings.clientSubjectHeader || (name.indexOf('_') !== -1 && lower.replace(/_/g, '-') === settings.clientSubjectHeader))) continue;
         // Only names the cases above do not know can hold `_`: the check costs nothing for them.
         if (dropUnderscores && name.indexOf('_') !== -1) {
           (ctx.droppedHeaders ??= []).push(name);

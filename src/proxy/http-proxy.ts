@@ -569,6 +569,9 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       const headers: string[] = ['content-type', 'text/plain; charset=utf-8', 'content-length', String(Buffer.byteLength(body)), 'x-request-id', ctx.requestIdForUpstream ?? ctx.id];
       if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
       else if (error.status === 503) headers.push('retry-after', '1');
+      // Fulcrum's own answers on an https listener with hsts carry it too (nginx's `add_header ... always`).
+      const hsts = ctx.forwarding?.hsts;
+      if (hsts !== undefined) headers.push('strict-transport-security', hsts);
       // A malformed request or an unread body leaves the connection in doubt: close it.
       // After a refused upgrade the parser has stopped reading HTTP (what follows may be another protocol).
       const close = this.draining || error.status === 400 || error.status === 501 || ctx.upgrade !== null || !requestBodyDone(ctx);

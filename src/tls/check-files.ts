@@ -5,6 +5,7 @@
  * configuration stays), and by `fulcrum check`, which also reports what each certificate says.
  */
 import fs from 'node:fs';
+import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type { FulcrumConfig } from '../config/schema.ts';
 import { formatPath, type LoadedConfig } from '../config/load.ts';
@@ -58,6 +59,11 @@ export function checkTlsFiles(config: FulcrumConfig, placeOf?: LoadedConfig['pla
       const base: Path = ['listeners', i, 'tls', 'certificates', j];
       try {
         const loaded = readCertificate(c);
+        try {
+          tls.createSecureContext({ cert: loaded.cert, key: loaded.key });
+        } catch (err) {
+          throw new CertificateError(c.cert, `OpenSSL refuses to serve it: ${(err as Error).message}`);
+        }
         const findings = inspectCertificate(loaded, l.tls!.expiry_warning, now);
         reports.push({ path: formatPath(base), file: c.cert, findings });
         // Expired or out-of-order chains still start (clients will say so); check reports them as errors.

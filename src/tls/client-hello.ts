@@ -104,7 +104,8 @@ function readHello(body: Buffer, length: number): ClientHelloResult {
           const name = body.subarray(q, q + nameLength).toString('latin1');
           // RFC 6066: a host name, no trailing dot, ASCII; anything else is no usable name.
           if (!/^[A-Za-z0-9_.-]{1,253}$/.test(name)) return bad('a server name that is not a host name');
-          serverName = name.toLowerCase();
+          // A fully qualified name's trailing dot names the same host (`a.test.` is `a.test`).
+          serverName = name.toLowerCase().replace(/\.$/, '');
         }
         q += nameLength;
       }

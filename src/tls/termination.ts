@@ -26,8 +26,8 @@ import type { CertificateReloadResult, CertificateStatus } from '../admin/types.
 const ACME_TLS_ALPN = 'acme-tls/1';
 /** Changes to certificate files are read this long after the last one (an editor's or certbot's several writes). */
 const WATCH_DEBOUNCE_MS = 200;
-const PLAIN_HTTP_ANSWER =
-  'HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: 68\r\n\r\n400 Bad Request: this port speaks HTTPS; use an https:// URL for it.\n';
+const PLAIN_HTTP_BODY = '400 Bad Request: this port speaks HTTPS; use an https:// URL for it.\n';
+const PLAIN_HTTP_ANSWER = `HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: ${PLAIN_HTTP_BODY.length}\r\n\r\n${PLAIN_HTTP_BODY}`;
 
 /** A certificate ready for handshakes. */
 interface Served {
@@ -82,6 +82,11 @@ function rfc4514(subject: string): string {
     .join(',');
 }
 
+/** The client CA file of `client_auth` as text, or null without client certificates. Throws when it cannot be read. */
+function readClientCa(settings: ListenerTlsSettings): string | null {
+  return settings.client_auth === undefined ? null : fs.readFileSync(settings.client_auth.ca, 'utf8');
+}
+
 function destroyOnError(this: Socket): void {
   this.destroy();
 }
@@ -100,9 +105,16 @@ export class CertificateStore {
     this.options = options;
   }
 
-  /** A secure context for `loaded` with the listener's profile, ticket keys and client CA. */
+  /**
+   * A secure context for `loaded` with the listener's profile, ticket keys and client CA. Throws
+   * CertificateError when OpenSSL will not serve it (a key too small for its security level, ...).
+   */
   private serve(loaded: LoadedCertificate): Served {
-    return { loaded, context: tls.createSecureContext({ ...this.options, cert: loaded.cert, key: loaded.key }) };
+    try {
+      return { loaded, context: tls.createSecureContext({ ...this.options, cert: loaded.cert, key: loaded.key }) };
+    } catch (err) {
+      throw new CertificateError(loaded.certPath ?? loaded.source, `OpenSSL refuses to serve it: ${(err as Error).message}`);
+    }
   }
 
   /**
@@ -225,8 +237,11 @@ export class TlsTermination {
   readonly store: CertificateStore;
   private readonly name: string;
   private readonly logger: Logger;
-  /** Runs handshakes on the sockets it is handed (never listens). */
-  private readonly server: tls.Server;
+  /** Runs handshakes on the sockets it is handed (never listens); made again when client_auth or handshake_timeout change. */
+  private server: tls.Server;
+  private readonly secure: SecureHandler;
+  /** The client CA file's text (client_auth), read at start and on reloads only: never in a timer. */
+  private clientCa: string | null;
   /** Answers ACME TLS-ALPN-01 validations (made when the first challenge is set). */
   private challengeServer: tls.Server | null = null;
   private readonly challenges = new Map<string, SecureContext>();
@@ -250,29 +265,39 @@ export class TlsTermination {
     this.settings = settings;
     this.name = name;
     this.logger = logger;
+    this.secure = secure;
+    this.clientCa = readClientCa(settings);
     this.store = new CertificateStore(this.contextOptions());
     this.store.load(settings.certificates, true);
     this.selectProtocol = (offered) => this.settings.alpn.find((p) => offered.includes(p));
-    this.server = tls.createServer(
-      {
-        ...this.profileOptions(),
-        handshakeTimeout: settings.handshake_timeout,
-        // The client's certificate is checked here (below), so a refusal is counted and logged.
-        requestCert: settings.client_auth !== undefined,
-        rejectUnauthorized: false,
-        SNICallback: (servername, cb) => cb(null, this.store.match(servername.toLowerCase())?.context ?? this.store.defaultCertificate?.context),
-        ALPNCallback: ({ protocols }) => this.selectProtocol(protocols),
-      },
-      (socket) => this.onSecure(socket, secure),
-    );
-    this.server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
-      const reason = failureReason(err);
-      this.fail(reason);
-      this.logger.debug({ listener: this.name, reason, err: err.message, client: socket.remoteAddress }, 'TLS handshake failed');
-    });
+    this.server = this.handshakeServer();
     this.applyDefault();
     this.startRotation();
     if (settings.watch) this.watch();
+  }
+
+  /** The unbound server that runs handshakes, with the settings fixed per server (client certificates, the timeout). */
+  private handshakeServer(): tls.Server {
+    const server = tls.createServer(
+      {
+        ...this.profileOptions(),
+        handshakeTimeout: this.settings.handshake_timeout,
+        // The client's certificate is checked here (onSecure), so a refusal is counted and logged.
+        requestCert: this.settings.client_auth !== undefined,
+        rejectUnauthorized: false,
+        SNICallback: (servername, cb) => cb(null, this.store.match(servername.toLowerCase().replace(/\.$/, ''))?.context ?? this.store.defaultCertificate?.context),
+        ALPNCallback: ({ protocols }) => this.selectProtocol(protocols),
+      },
+      (socket) => this.onSecure(socket, this.secure),
+    );
+    server.on('tlsClientError', (err: NodeJS.ErrnoException, socket: TLSSocket) => {
+      const reason = failureReason(err);
+      this.fail(reason);
+      this.logger.debug({ listener: this.name, reason, err: err.message, client: socket.remoteAddress }, 'TLS handshake failed');
+      // Node only reports a handshake timeout (and a half-open socket may wait forever): the connection ends here.
+      socket.destroy();
+    });
+    return server;
   }
 
   /** The profile's versions and ciphers, the options every context and the handshake server share. */
@@ -286,12 +311,15 @@ export class TlsTermination {
     const options: tls.SecureContextOptions = {
       ...this.profileOptions(),
       sessionTimeout: Math.ceil(s.session_timeout / 1000),
-      // Sessions resume only on the listener that made them.
-      sessionIdContext: createHash('sha256').update(`fulcrum:${this.name}`).digest('hex').slice(0, 32),
+      // Sessions resume only on the listener that made them, and only under the client CA they were verified against.
+      sessionIdContext: createHash('sha256')
+        .update(`fulcrum:${this.name}\0${s.client_auth?.mode ?? 'none'}\0${this.clientCa ?? ''}`)
+        .digest('hex')
+        .slice(0, 32),
     };
     if (s.session_tickets) options.ticketKeys = this.ticketKeys;
     else options.secureOptions = constants.SSL_OP_NO_TICKET;
-    if (s.client_auth !== undefined) options.ca = fs.readFileSync(s.client_auth.ca, 'utf8');
+    if (this.clientCa !== null) options.ca = this.clientCa;
     return options;
   }
 
@@ -313,9 +341,13 @@ export class TlsTermination {
 
   /** A new random session ticket key for every certificate of the listener (tickets of the old one get a full handshake). */
   rotateTicketKeys(): void {
-    this.ticketKeys = randomBytes(48);
-    this.store.reconfigure(this.contextOptions());
-    this.applyDefault();
+    try {
+      this.ticketKeys = randomBytes(48);
+      this.store.reconfigure(this.contextOptions());
+      this.applyDefault();
+    } catch (err) {
+      this.logger.error({ listener: this.name, err: (err as Error).message }, `session ticket key rotation failed: ${(err as Error).message}`);
+    }
   }
 
   /**
@@ -418,7 +450,7 @@ export class TlsTermination {
     this.challenges.set(name, tls.createSecureContext({ minVersion: 'TLSv1.2', cert: pair.cert, key: pair.key }));
     this.challengeServer ??= tls
       .createServer({ ALPNProtocols: [ACME_TLS_ALPN], minVersion: 'TLSv1.2', handshakeTimeout: this.settings.handshake_timeout, SNICallback: (servername, cb) => cb(null, this.challenges.get(servername.toLowerCase())) }, (s) => s.end())
-      .on('tlsClientError', () => {});
+      .on('tlsClientError', (_err: Error, socket: TLSSocket) => socket.destroy());
   }
 
   /** Installs an ACME certificate for `domain` (new handshakes get it at once). */
@@ -450,16 +482,21 @@ export class TlsTermination {
    */
   update(settings: ListenerTlsSettings): void {
     const previous = this.settings;
-    this.settings = settings;
+    const previousCa = this.clientCa;
     try {
+      this.clientCa = readClientCa(settings);
+      this.settings = settings;
       this.store.reconfigure(this.contextOptions());
       if (JSON.stringify(previous.certificates) !== JSON.stringify(settings.certificates)) this.store.load(settings.certificates, true);
       else this.reloadCertificates();
     } catch (err) {
       this.settings = previous;
+      this.clientCa = previousCa;
       this.store.reconfigure(this.contextOptions());
       throw err;
     }
+    // Asking for client certificates and the handshake deadline are per server: a new one takes the next connections.
+    if (previous.client_auth?.mode !== settings.client_auth?.mode || previous.handshake_timeout !== settings.handshake_timeout) this.server = this.handshakeServer();
     this.applyDefault();
     if (previous.session_tickets !== settings.session_tickets || previous.ticket_key_rotation !== settings.ticket_key_rotation) this.startRotation();
     this.unwatch();
@@ -468,21 +505,20 @@ export class TlsTermination {
 
   /** Watches the directories of the certificate files (a renamed-over file is seen too). */
   private watch(): void {
-    const files = this.store.files();
-    const dirs = new Map<string, Set<string>>();
-    for (const f of files) {
-      const dir = path.dirname(path.resolve(f));
-      if (!dirs.has(dir)) dirs.set(dir, new Set());
-      dirs.get(dir)!.add(path.basename(f));
-    }
-    for (const [dir, names] of dirs) {
+    const dirs = new Set(this.store.files().map((f) => path.dirname(path.resolve(f))));
+    for (const dir of dirs) {
       try {
-        const watcher = fs.watch(dir, { persistent: false }, (_event, file) => {
-          if (file !== null && !names.has(String(file))) return;
+        // Any change in the directory: renewals that swap a symlink (Kubernetes secrets' `..data`) never name the file itself.
+        // Unchanged certificates are kept as they are, so a change elsewhere in the directory costs one read.
+        const watcher = fs.watch(dir, { persistent: false }, () => {
           if (this.watchTimer !== null) clearTimeout(this.watchTimer);
           this.watchTimer = setTimeout(() => {
             this.watchTimer = null;
-            this.reloadCertificates();
+            try {
+              this.reloadCertificates();
+            } catch (err) {
+              this.logger.error({ listener: this.name, err: (err as Error).message }, `reading certificate files failed: ${(err as Error).message}; the certificates loaded before stay`);
+            }
           }, WATCH_DEBOUNCE_MS);
           this.watchTimer.unref();
         });

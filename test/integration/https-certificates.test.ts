@@ -119,6 +119,11 @@ test('certificate problems at start and on reload name the file, line and key; t
   // https without tls, tls on http, hsts on http.
   assert.throws(() => loadConfigText('listeners:\n  - protocol: https\npools:\n  web:\n    upstreams: [http://127.0.0.1:1]\n', 'a.yaml'), /a\.yaml:2:\d+: listeners\[0\]\.protocol: an https listener needs `tls`/);
   assert.throws(() => loadConfigText(`listeners:\n  - tls:\n      certificates: [{cert: ${good.certPath}}]\npools:\n  web:\n    upstreams: [http://127.0.0.1:1]\n`, 'b.yaml'), /b\.yaml:2:\d+: listeners\[0\]\.tls: tls is for https listeners/);
+  // Two defaults, a subject header Fulcrum writes itself, a preload HSTS without its requirements.
+  const listener = (tls: string, extra = ''): string => `listeners:\n  - protocol: https\n${extra}    tls:\n${tls}pools:\n  web:\n    upstreams: [http://127.0.0.1:1]\n`;
+  assert.throws(() => loadConfigText(listener(`      certificates:\n        - {cert: a.pem, default: true}\n        - {cert: b.pem, default: true}\n`), 'c.yaml'), /c\.yaml:\d+:\d+: listeners\[0\]\.tls\.certificates\[1\]\.default: certificates\[0\] is already the default/);
+  assert.throws(() => loadConfigText(listener(`      certificates: [{cert: a.pem}]\n      client_auth: {ca: ca.pem, subject_header: X_Forwarded_For}\n`), 'd.yaml'), /listeners\[0\]\.tls\.client_auth\.subject_header: X_Forwarded_For is a header Fulcrum sets or reads itself/);
+  assert.throws(() => loadConfigText(listener(`      certificates: [{cert: a.pem}]\n`, `    hsts: {max_age: 30d, preload: true}\n`), 'e.yaml'), /listeners\[0\]\.hsts\.preload: the browsers' preload list needs include_subdomains: true and max_age of a year/);
   // A running balancer: a reload to a broken file is refused and the running certificate stays.
   fs.writeFileSync(file, yaml(good.certPath, good.keyPath));
   const loaded = loadConfigText(fs.readFileSync(file, 'utf8'), file);
