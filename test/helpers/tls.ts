@@ -11,6 +11,7 @@ import tls from 'node:tls';
 import { X509Certificate } from 'node:crypto';
 import type { TestContext } from 'node:test';
 import { makeCertificate, type CertificateRequest, type PemPair } from '../../src/tls/make-certificate.ts';
+import { startBackend, startBalancer, type TestBalancer } from './servers.ts';
 
 /** A certificate written to files: `cert` (chain), `key`, and `both` (chain then key in one file). */
 export interface CertFiles extends PemPair {
@@ -119,4 +120,28 @@ export function httpsGet(url: string, options: https.RequestOptions = {}): Promi
     req.setTimeout(5000, () => req.destroy(new Error('request timed out')));
     req.on('error', reject);
   });
+}
+
+/** An https balancer (one listener, a leaf of a new test CA) in front of a backend that answers `ok`. */
+export interface HttpsSite {
+  ca: TestCa;
+  /** The listener's certificate (`site.crt`, `site.key`: replace them to renew). */
+  site: CertFiles;
+  lb: TestBalancer;
+}
+
+/**
+ * Starts an https listener on 127.0.0.1:0 with one certificate from a new test CA, `tls` and
+ * `listener` settings merged in, and a pool of one backend answering `ok`; closed after the test.
+ */
+export async function startHttpsSite(t: TestContext, options: { tls?: Record<string, unknown>; listener?: Record<string, unknown>; config?: Record<string, unknown> } = {}): Promise<HttpsSite> {
+  const ca = await makeTestCa(t);
+  const site = await ca.issue('site');
+  const backend = await startBackend(t, (_req, res) => res.end('ok'));
+  const lb = await startBalancer(t, {
+    listeners: [{ host: '127.0.0.1', port: 0, protocol: 'https', ...options.listener, tls: { certificates: [{ cert: site.certPath, key: site.keyPath }], ...options.tls } }],
+    pools: { web: { upstreams: [backend.url] } },
+    ...options.config,
+  } as never);
+  return { ca, site, lb };
 }

@@ -10,7 +10,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { makeTestCa, handshake, httpsGet } from '../helpers/tls.ts';
+import { makeTestCa, handshake, httpsGet, startHttpsSite } from '../helpers/tls.ts';
 import { startBackend, startBalancer } from '../helpers/servers.ts';
 import { startFulcrumProcess } from '../helpers/fulcrum-process.ts';
 import { eventually } from '../helpers/eventually.ts';
@@ -23,13 +23,7 @@ const node = process.execPath;
 const cli = path.resolve(import.meta.dirname, '../../bin/fulcrum.js');
 
 test('a certificate replaced under load: 0 failed requests, new handshakes show the new serial', async (t) => {
-  const ca = await makeTestCa(t);
-  const first = await ca.issue('site');
-  const backend = await startBackend(t, (_req, res) => res.end('ok'));
-  const lb = await startBalancer(t, {
-    listeners: [{ host: '127.0.0.1', port: 0, protocol: 'https', tls: { certificates: [{ cert: first.certPath, key: first.keyPath }] } }],
-    pools: { web: { upstreams: [backend.url] } },
-  });
+  const { ca, site: first, lb } = await startHttpsSite(t);
   // Load: four clients, each a new connection (a new handshake) per request, until told to stop.
   let stop = false;
   let ok = 0;
@@ -64,14 +58,7 @@ test('a certificate replaced under load: 0 failed requests, new handshakes show 
 });
 
 test('a broken file keeps the old certificate and says why with its path; the admin API and a reload read files again', async (t) => {
-  const ca = await makeTestCa(t);
-  const first = await ca.issue('site');
-  const backend = await startBackend(t, (_req, res) => res.end('ok'));
-  const lb = await startBalancer(t, {
-    admin: { host: '127.0.0.1', port: 0, token: ADMIN_TOKEN },
-    listeners: [{ host: '127.0.0.1', port: 0, protocol: 'https', tls: { watch: false, certificates: [{ cert: first.certPath, key: first.keyPath }] } }],
-    pools: { web: { upstreams: [backend.url] } },
-  });
+  const { ca, site: first, lb } = await startHttpsSite(t, { tls: { watch: false }, config: { admin: { host: '127.0.0.1', port: 0, token: ADMIN_TOKEN } } });
   const admin = lb.balancer.adminAddress()!;
   // A key that belongs to another certificate: refused, the old pair stays, the log names the file.
   const other = await ca.issue('other');

@@ -7,8 +7,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import net from 'node:net';
 import tls from 'node:tls';
-import { makeTestCa } from '../helpers/tls.ts';
-import { startBackend, startBalancer, type TestBalancer } from '../helpers/servers.ts';
+import { startHttpsSite } from '../helpers/tls.ts';
+import type { TestBalancer } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 
 /** The bytes of a real ClientHello (SNI localhost), captured from Node's TLS client. */
@@ -44,15 +44,7 @@ function stall(port: number, bytes: Buffer, wait = 3000): Promise<string> {
 }
 
 async function setup(t: import('node:test').TestContext): Promise<{ lb: TestBalancer; plain: number }> {
-  const ca = await makeTestCa(t);
-  const server = await ca.issue('server');
-  const backend = await startBackend(t, (_req, res) => res.end('ok'));
-  const lb = await startBalancer(t, {
-    listeners: [
-      { host: '127.0.0.1', port: 0, protocol: 'https', name: 'plain', tls: { handshake_timeout: '300ms', unknown_name: 'reject', certificates: [{ cert: server.certPath, key: server.keyPath }] } },
-    ],
-    pools: { web: { upstreams: [backend.url] } },
-  } as never);
+  const { lb } = await startHttpsSite(t, { listener: { name: 'plain' }, tls: { handshake_timeout: '300ms', unknown_name: 'reject' } });
   return { lb, plain: lb.port };
 }
 

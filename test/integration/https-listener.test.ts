@@ -148,6 +148,8 @@ test('plain HTTP sent to an https port gets a 400 that says so; silence is cut a
   const answer = await rawExchange(lb.port, 'GET / HTTP/1.1\r\nHost: x\r\n\r\n');
   assert.match(answer, /^HTTP\/1\.1 400 Bad Request\r\n/);
   assert.match(answer, /this port speaks HTTPS/);
+  const [head, body] = answer.split('\r\n\r\n');
+  assert.equal(Number(/\r\ncontent-length: (\d+)/i.exec(head)?.[1]), Buffer.byteLength(body, 'latin1'), 'Content-Length matches the body');
   const started = Date.now();
   const silent = await rawExchange(lb.port, '', 5000);
   assert.equal(silent, '');

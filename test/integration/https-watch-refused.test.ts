@@ -8,18 +8,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { makeTestCa, handshake } from '../helpers/tls.ts';
-import { startBackend, startBalancer } from '../helpers/servers.ts';
+import { handshake, startHttpsSite } from '../helpers/tls.ts';
 import { eventually } from '../helpers/eventually.ts';
 
 test('a replaced certificate OpenSSL refuses (512-bit RSA) keeps the old one; the watcher does not crash the process', async (t) => {
-  const ca = await makeTestCa(t);
-  const first = await ca.issue('site');
-  const backend = await startBackend(t, (_req, res) => res.end('ok'));
-  const lb = await startBalancer(t, {
-    listeners: [{ host: '127.0.0.1', port: 0, protocol: 'https', tls: { certificates: [{ cert: first.certPath, key: first.keyPath }] } }],
-    pools: { web: { upstreams: [backend.url] } },
-  });
+  const { ca, site: first, lb } = await startHttpsSite(t);
   const uncaught: Error[] = [];
   const onUncaught = (err: Error): void => void uncaught.push(err);
   process.prependListener('uncaughtException', onUncaught);
