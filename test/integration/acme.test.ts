@@ -11,41 +11,16 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { Writable } from 'node:stream';
 import tls from 'node:tls';
 import type { AddressInfo } from 'node:net';
 import type { AcmeSettings } from '../../src/config/schema.ts';
-import { createLogger } from '../../src/observe/logger.ts';
 import { AcmeErrorCode, AcmeManager, type AcmeError, type AcmeHooks, type AcmeManagerOptions, type AcmeOrderSpec } from '../../src/tls/acme.ts';
 import { acquireLock, LockTimeoutError } from '../../src/tls/acme-storage.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { freePort, startPebble, type Pebble, type PebbleOptions } from '../helpers/pebble.ts';
 import { startBackend, startBalancer, type TestBalancer } from '../helpers/servers.ts';
 import { handshake } from '../helpers/tls.ts';
-
-/** Log lines of one manager, parsed. */
-interface LogLine {
-  level: number;
-  msg: string;
-  [field: string]: unknown;
-}
-
-function capturedLogger(): { logger: ReturnType<typeof createLogger>; lines: LogLine[] } {
-  const lines: LogLine[] = [];
-  let partial = '';
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      partial += chunk;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) !== -1) {
-        lines.push(JSON.parse(partial.slice(0, nl)) as LogLine);
-        partial = partial.slice(nl + 1);
-      }
-      callback();
-    },
-  });
-  return { logger: createLogger({ level: 'info', format: 'json' }, { destination }), lines };
-}
+import { capturedLogger, type LogLine } from '../helpers/captured-logger.ts';
 
 /** The challenge servers pebble validates against, answering from what the hooks published. */
 interface ChallengeServers {

@@ -5,40 +5,19 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { Writable } from 'node:stream';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
 import type { RequestContext } from '../../src/core/context.ts';
 import type { Refusal } from '../../src/core/pipeline.ts';
-import { createLogger } from '../../src/observe/logger.ts';
 import { createRateLimitGuard, createRateLimitStores, type RateLimitGuard, type RateLimitSettings } from '../../src/middleware/rate-limit.ts';
 import { FALL_TIMEOUTS } from '../../src/middleware/rate-limit-redis-store.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { freePort, startRedisServer } from '../helpers/redis-server.ts';
 import { startRawBackend } from '../helpers/servers.ts';
+import { capturedLogger } from '../helpers/captured-logger.ts';
 
 const UNREACHABLE = 'rate-limit store redis unreachable, using local buckets';
 const REACHABLE = 'rate-limit store redis reachable again';
-
-/** Log lines of one "instance", parsed. */
-function capturedLogger() {
-  const lines: { level: number; msg: string }[] = [];
-  let partial = '';
-  const destination = new Writable({
-    write(chunk: Buffer, _encoding, callback) {
-      partial += chunk;
-      let nl: number;
-      while ((nl = partial.indexOf('\n')) !== -1) {
-        lines.push(JSON.parse(partial.slice(0, nl)));
-        partial = partial.slice(nl + 1);
-      }
-      callback();
-    },
-  });
-  const logger = createLogger({ level: 'info', format: 'json' }, { destination });
-  const count = (msg: string) => lines.filter((l) => l.msg === msg).length;
-  return { logger, lines, count };
-}
 
 /** One Fulcrum instance's view: its own stores (own Redis connection) and one guard. */
 function instance(t: TestContext, url: string, limit: RateLimitSettings, options: { on_failure?: 'open' | 'closed'; timeout?: number } = {}) {
