@@ -72,14 +72,7 @@ export function startServer(name: string, script: string, args: string[], timeou
       if (typeof port !== 'number' || (scheme !== 'http' && scheme !== 'https')) return fail(`sent ${JSON.stringify(message)} instead of { port, scheme? }`);
       clearTimeout(timer);
       child.off('exit', onEarlyExit);
-      resolve({
-        name,
-        pid: child.pid!,
-        port,
-        url: `${scheme}://127.0.0.1:${port}/`,
-        alive: () => child.exitCode === null && child.signalCode === null,
-        stop: () => stopChild(child, exited),
-      });
+      resolve(childServer(name, child, exited, port, scheme));
     });
   });
 }
@@ -138,6 +131,11 @@ export async function startExternalServer(name: string, command: string, args: s
     }
     await sleep(20);
   }
+  return childServer(name, child, exited, port, scheme);
+}
+
+/** The handle of a started child listening on 127.0.0.1:`port`. */
+function childServer(name: string, child: ChildProcess, exited: Promise<void>, port: number, scheme: 'http' | 'https'): ChildServer {
   return {
     name,
     pid: child.pid!,

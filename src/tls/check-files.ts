@@ -11,6 +11,7 @@ import type { FulcrumConfig } from '../config/schema.ts';
 import { formatPath, type LoadedConfig } from '../config/load.ts';
 import { ConfigError, type ConfigProblem } from '../errors.ts';
 import { CertificateError, inspectCertificate, readCertificate, type CertificateFinding } from './certificates.ts';
+import { readUpstreamTls, UpstreamTlsFileError } from '../transport/upstream-tls.ts';
 
 type Path = (string | number)[];
 
@@ -77,20 +78,14 @@ export function checkTlsFiles(config: FulcrumConfig, placeOf?: LoadedConfig['pla
       if (problem !== undefined) problems.push(place(['listeners', i, 'tls', 'client_auth', 'ca'], problem));
     }
   });
+  // Upstream TLS files are read the way a pool build reads them (one reader, one set of messages).
   for (const [name, pool] of Object.entries(config.pools)) {
-    const t = pool.tls;
-    if (t.ca !== undefined) {
-      const problem = caProblem(t.ca);
-      if (problem !== undefined) problems.push(place(['pools', name, 'tls', 'ca'], problem));
+    try {
+      readUpstreamTls(pool.tls);
+    } catch (err) {
+      if (!(err instanceof UpstreamTlsFileError)) throw err;
+      problems.push(place(['pools', name, 'tls', err.key], err.message.slice(`tls.${err.key}: `.length)));
     }
-    if (t.cert !== undefined) {
-      try {
-        readCertificate({ cert: t.cert, key: t.key, default: false });
-      } catch (err) {
-        if (!(err instanceof CertificateError)) throw err;
-        problems.push(place(['pools', name, 'tls', err.file === t.key ? 'key' : 'cert'], err.message));
-      }
-    } else if (t.key !== undefined) problems.push(place(['pools', name, 'tls', 'key'], 'a client key without its certificate: give tls.cert too'));
   }
   if (config.acme?.directory_ca !== undefined) {
     const problem = caProblem(config.acme.directory_ca);

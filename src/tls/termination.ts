@@ -42,9 +42,6 @@ interface Configured {
   error: string | null;
 }
 
-/** What one reload of the certificate files did. */
-export type CertificateReload = CertificateReloadResult;
-
 /** Why handshakes failed, as metric label values (`lb_tls_handshake_failures_total{reason}`). */
 export type HandshakeFailure =
   | 'timeout'
@@ -249,10 +246,9 @@ export class TlsTermination {
   private rotation: NodeJS.Timeout | null = null;
   private watchers: fs.FSWatcher[] = [];
   private watchTimer: NodeJS.Timeout | null = null;
-  /** Handshakes completed, and failures by reason, since start. */
-  handshakes = 0;
+  /** Failed or refused handshakes by reason, since start. */
   readonly failures = new Map<HandshakeFailure, number>();
-  /** Handshakes by TLS version (`TLSv1.3`). */
+  /** Handshakes completed, by TLS version (`TLSv1.3`), since start. */
   readonly versions = new Map<string, number>();
   /**
    * The ALPN choice among the protocols a client offers (the hook HTTP/2 plugs into): the first
@@ -425,7 +421,6 @@ export class TlsTermination {
         return;
       }
     }
-    this.handshakes++;
     const version = socket.getProtocol() ?? 'unknown';
     this.versions.set(version, (this.versions.get(version) ?? 0) + 1);
     setConnectionTls(socket, {
@@ -466,7 +461,7 @@ export class TlsTermination {
    * used by new handshakes, open connections keep theirs; a file that cannot be used keeps the
    * certificate loaded before and is logged with its path and why.
    */
-  reloadCertificates(): CertificateReload {
+  reloadCertificates(): CertificateReloadResult {
     const { changed, failed } = this.store.load(this.settings.certificates, false);
     if (changed.length > 0) this.applyDefault();
     for (const c of changed) this.logger.info({ listener: this.name, source: c.source, serial: c.serial }, `certificate ${c.source} reloaded (serial ${c.serial})`);
