@@ -38,6 +38,8 @@ export const ErrorCode = {
   BodyTimeout: 'FUL_UPSTREAM_BODY_TIMEOUT',
   RequestTimeout: 'FUL_REQUEST_TIMEOUT',
   UpstreamReset: 'FUL_UPSTREAM_RESET',
+  /** An HTTP/2 upstream refused the stream (REFUSED_STREAM, or beyond its GOAWAY's last stream): it did not process it, any method may go again. */
+  UpstreamUnprocessed: 'FUL_UPSTREAM_UNPROCESSED',
   UpstreamProtocol: 'FUL_UPSTREAM_PROTOCOL_ERROR',
   UpstreamTls: 'FUL_UPSTREAM_TLS',
   ClientAborted: 'FUL_CLIENT_ABORTED',

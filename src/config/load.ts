@@ -285,9 +285,14 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
     const upstreams = ((config.pools as Record<string, unknown>)[name] as { upstreams?: unknown } | null)?.upstreams;
     if (!Array.isArray(upstreams)) continue;
     const seen = new Map<string, number>();
+    const { protocol = 'http1', transport, health_check } = (config.pools as Record<string, { protocol?: unknown; transport?: unknown; health_check?: { type?: unknown } }>)[name];
+    if (protocol !== 'http1' && transport !== undefined) problems.push(place(['pools', name, 'transport'], `transport chooses the HTTP/1.1 client; a pool with protocol ${String(protocol)} uses Fulcrum's HTTP/2 client: remove transport`));
+    if (health_check?.type === 'grpc' && protocol === 'http1') problems.push(place(['pools', name, 'health_check', 'type'], 'gRPC health checks speak HTTP/2: set the pool\'s protocol to h2 (https:// upstreams) or h2c (http://)'));
     upstreams.forEach((u, i) => {
       const url = typeof u === 'string' ? u : u && typeof u === 'object' ? (u as { url?: unknown }).url : undefined;
       if (typeof url !== 'string') return;
+      if (protocol === 'h2' && url.startsWith('http://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2 is HTTP/2 over TLS: use https://${url.slice(7)} (or protocol: h2c for cleartext HTTP/2)`));
+      if (protocol === 'h2c' && url.startsWith('https://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2c is cleartext HTTP/2: use http://${url.slice(8)} (or protocol: h2 for HTTP/2 over TLS)`));
       let id: string;
       try {
         id = upstreamIdOf(url);
@@ -347,6 +352,8 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       if (tls !== undefined) problems.push(place(['listeners', i, 'tls'], 'tls is for https listeners: add `protocol: https` (or remove tls)'));
       if (hsts !== undefined) problems.push(place(['listeners', i, 'hsts'], 'browsers ignore Strict-Transport-Security over http: put hsts on the https listener'));
     }
+    const h2c = (l as { http2?: { h2c?: unknown } }).http2?.h2c;
+    if (protocol === 'https' && h2c === true) problems.push(place(['listeners', i, 'http2', 'h2c'], 'h2c is cleartext HTTP/2 for http listeners; an https listener offers h2 by ALPN (tls.alpn)'));
     const { host = '0.0.0.0', port = 8080 } = l as { host?: unknown; port?: unknown };
     const key = `${String(host)}:${String(port)}`;
     if (port !== 0 && seen.has(key)) problems.push(place(['listeners', i, 'port'], `${key} is already bound by another listener`));

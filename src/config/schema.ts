@@ -183,7 +183,11 @@ export const RetryConfig = z.strictObject({
 
 /** Active health checks (HAProxy's `check inter rise fall`). */
 export const HealthCheckConfig = z.strictObject({
-  type: z.enum(['http', 'tcp']).default('http').meta({ description: '"http" sends a request, "tcp" only connects (default http).' }),
+  type: z
+    .enum(['http', 'tcp', 'grpc'])
+    .default('http')
+    .meta({ description: '"http" sends a request, "tcp" only connects, "grpc" asks grpc.health.v1.Health/Check over the pool\'s HTTP/2 (h2 or h2c; default http).' }),
+  service: z.string().default('').meta({ description: 'For type grpc: the service name asked about; "" asks about the server as a whole (default "").' }),
   path: z.string().startsWith('/').default('/health'),
   method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST']).default('GET'),
   host: z.string().min(1).optional().meta({ description: "Host header of the probe (default the upstream's host:port)." }),
@@ -239,6 +243,26 @@ export const UpstreamTlsConfig = z.strictObject({
     .meta({ description: "Accept any certificate from the upstreams: encryption without knowing who is at the other end. For tests only; logged as a warning at every start and reload (default false)." }),
 });
 
+/** The HTTP/2 client toward a pool's upstreams (`protocol: h2` or `h2c`). */
+export const UpstreamHttp2Config = z.strictObject({
+  max_concurrent_streams: z
+    .number()
+    .int()
+    .min(1)
+    .default(100)
+    .meta({ description: "Most streams Fulcrum opens at once on one session, under the upstream's own SETTINGS_MAX_CONCURRENT_STREAMS; when every session is full another one is opened (default 100)." }),
+  max_sessions: z.number().int().min(0).default(0).meta({ description: 'Most sessions (connections) per upstream; 0 is no limit (default 0). Streams beyond them wait for room.' }),
+  ping_interval: Duration.default(30_000).meta({ description: 'A session idle this long is sent a PING; 0 turns keepalive pings off (default 30s).' }),
+  ping_timeout: PositiveDuration.default(10_000).meta({ description: 'A PING not answered in this time closes the session (default 10s).' }),
+  initial_window_size: z
+    .number()
+    .int()
+    .min(65_535)
+    .max(2 ** 31 - 1)
+    .default(1_048_576)
+    .meta({ description: 'Flow-control window per stream for responses, in bytes (default 1 MiB).' }),
+});
+
 /** A named set of upstreams with a policy. */
 export const PoolConfig = z.strictObject({
   policy: PolicyName.default('round-robin'),
@@ -253,6 +277,11 @@ export const PoolConfig = z.strictObject({
     .enum(['http1', 'undici', 'node-http'])
     .default('http1')
     .meta({ description: 'HTTP client toward upstreams: "http1", Fulcrum\'s own on raw keep-alive sockets (default); "undici"; or "node-http", node:http\'s agent.' }),
+  protocol: z
+    .enum(['http1', 'h2', 'h2c'])
+    .default('http1')
+    .meta({ description: 'Protocol toward the upstreams: "http1" (default, through `transport`), "h2" (HTTP/2 over TLS: https:// upstreams) or "h2c" (HTTP/2 in cleartext with prior knowledge: http:// upstreams). gRPC needs h2 or h2c.' }),
+  http2: UpstreamHttp2Config.prefault({}).meta({ description: 'The HTTP/2 client of an h2 or h2c pool: streams per session, sessions, PING keepalive.' }),
   tls: UpstreamTlsConfig.prefault({}).meta({ description: 'TLS toward the https:// upstreams of this pool: SNI, verification, client certificate.' }),
   timeouts: TimeoutsConfig.prefault({}),
   keepalive: KeepAliveConfig.prefault({}),
@@ -352,10 +381,10 @@ export const ListenerTlsConfig = z.strictObject({
     .default('intermediate')
     .meta({ description: 'Mozilla\'s server-side TLS profile: "intermediate", TLS 1.2 and 1.3 with forward-secret AEAD ciphers (default), or "modern", TLS 1.3 only.' }),
   alpn: z
-    .array(z.enum(['http/1.1']))
+    .array(z.enum(['h2', 'http/1.1']))
     .min(1)
-    .default(['http/1.1'])
-    .meta({ description: 'Protocols offered by ALPN, most wanted first (default ["http/1.1"]; "h2" comes with HTTP/2).' }),
+    .default(['h2', 'http/1.1'])
+    .meta({ description: 'Protocols offered by ALPN, most wanted first (default ["h2", "http/1.1"]: both on one port).' }),
   session_tickets: z.boolean().default(true).meta({ description: 'Resume sessions with TLS session tickets (default true).' }),
   ticket_key_rotation: PositiveDuration.default(12 * 3_600_000).meta({ description: 'A new random session ticket key this often, shared by the listener\'s certificates; a ticket made with an older key gets a full handshake (default 12h).' }),
   session_timeout: PositiveDuration.default(300_000).meta({ description: 'How long a session may be resumed (ticket lifetime) (default 5m).' }),
@@ -378,12 +407,41 @@ export const RedirectHttpsConfig = z.strictObject({
   status: z.union([z.literal(301), z.literal(302), z.literal(307), z.literal(308)]).default(308).meta({ description: 'The redirect status; 308 and 307 keep the method and body (default 308).' }),
 });
 
+/** HTTP/2 from clients: h2 by ALPN on https listeners, h2c with prior knowledge on http ones, and its limits. */
+export const ListenerHttp2Config = z.strictObject({
+  h2c: z
+    .boolean()
+    .default(false)
+    .meta({ description: 'On an http listener, also serve HTTP/2 in cleartext to clients that start with its connection preface (prior knowledge); the HTTP/1.1 `Upgrade: h2c` is never offered (default false).' }),
+  max_concurrent_streams: z.number().int().min(1).max(10_000).default(100).meta({ description: 'Streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused (default 100).' }),
+  initial_window_size: z
+    .number()
+    .int()
+    .min(65_535)
+    .max(2 ** 31 - 1)
+    .default(65_535)
+    .meta({ description: 'Flow-control window per stream for request bodies, in bytes: what a client may send ahead of Fulcrum reading it (default 65535).' }),
+  max_resets: z
+    .number()
+    .int()
+    .min(1)
+    .default(200)
+    .meta({ description: 'Streams a client may reset (RST_STREAM) before their answer within `reset_window`; beyond it the connection gets GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487) (default 200).' }),
+  reset_window: PositiveDuration.default(10_000).meta({ description: 'The window of `max_resets` (default 10s).' }),
+  max_control_frames: z
+    .number()
+    .int()
+    .min(1)
+    .default(1000)
+    .meta({ description: 'PING and SETTINGS frames a client may send within `reset_window`; beyond it: GOAWAY ENHANCE_YOUR_CALM (default 1000).' }),
+});
+
 /** A socket Fulcrum accepts connections on. */
 export const ListenerConfig = z.strictObject({
   name: z.string().min(1).optional().meta({ description: 'Name in logs (default "<host>:<port>").' }),
   host: z.string().min(1).default('0.0.0.0').meta({ description: 'Address to bind (default 0.0.0.0; "::" for IPv6 too).' }),
   port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
-  protocol: z.enum(['http', 'https']).default('http').meta({ description: '"http" (default) or "https" (TLS, with `tls`); http2 and tcp come later.' }),
+  protocol: z.enum(['http', 'https']).default('http').meta({ description: '"http" (default) or "https" (TLS, with `tls`); both serve HTTP/1.1 and HTTP/2 (see `http2`); tcp comes later.' }),
   tls: ListenerTlsConfig.optional().meta({ description: 'Certificates and TLS settings of an https listener.' }),
   hsts: HstsConfig.optional().meta({ description: 'Send Strict-Transport-Security on an https listener\'s answers; absent: not sent.' }),
   redirect_https: z
@@ -391,6 +449,7 @@ export const ListenerConfig = z.strictObject({
     .optional()
     .transform((v) => (v === true ? RedirectHttpsConfig.parse({}) : v))
     .meta({ description: 'Answer every request on this http listener with a redirect to https (path and query kept), except ACME HTTP-01 challenges: true (308 to port 443) or {port, status}.' }),
+  http2: ListenerHttp2Config.prefault({}).meta({ description: 'HTTP/2 from clients: h2 on https listeners (by ALPN, see tls.alpn), h2c on http listeners when asked, and its limits.' }),
   engine: z
     .enum(['fulcrum', 'node'])
     .default('fulcrum')

@@ -26,6 +26,13 @@ export interface Downstream {
    * one (RFC 9112 section 6.3). It ends when the body is complete; a client going away destroys it.
    */
   readonly requestBody: Readable | null;
+  /**
+   * The request's trailer fields, flat `[name, value, ...]` (HTTP/1.1 chunked trailers, HTTP/2
+   * trailing HEADERS), or null when there were none. Known once `requestBody` has ended.
+   */
+  readonly requestTrailers: readonly string[] | null;
+  /** The protocol the client speaks: `'h1'` or `'h2'` (labels, access log, gRPC answers). */
+  readonly protocol: 'h1' | 'h2';
   /** False once the client's connection is gone. */
   readonly connected: boolean;
   /** What the connection's TLS handshake settled (version, ALPN, client subject), or null for plaintext. */

@@ -61,6 +61,9 @@ export class Http1Response implements Downstream {
   owner: DownstreamOwner | null = null;
   readonly request: RequestHead;
   readonly requestBody: Readable | null;
+  /** The request's chunked trailers, set by the connection when the body ends (null: none). */
+  requestTrailers: readonly string[] | null = null;
+  readonly protocol = 'h1';
   readonly expectsContinue: boolean;
   private readonly connection: ResponseConnection;
   /** The request came as a WebSocket handshake: its connection may switch protocols. */

@@ -52,6 +52,13 @@ export class Http1Downstream implements Downstream {
     return req.headers['transfer-encoding'] !== undefined || (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0') ? req : null;
   }
 
+  readonly protocol = 'h1';
+
+  get requestTrailers(): readonly string[] | null {
+    const raw = this.req.rawTrailers;
+    return raw.length > 0 ? raw : null;
+  }
+
   get connected(): boolean {
     return !this.req.socket.destroyed;
   }

@@ -56,6 +56,9 @@ export class Attempt implements UpstreamAttempt {
   get body(): Readable | Buffer | null {
     return this.exchange.body;
   }
+  get requestTrailers(): readonly string[] | null {
+    return this.exchange.downstream.requestTrailers;
+  }
   get expectContinue(): boolean {
     return this.exchange.downstream.expectsContinue;
   }

@@ -440,7 +440,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const stale = attempt.reused && sent && !ctx.discarding && !ctx.downstream.headSent && failure.code === ErrorCode.UpstreamReset;
     const reason = retryReason(ctx, failure, 0, sent, stale);
     // A stale socket that is retried is no failure at all; the other cases below still show (a client got an error) but say nothing about health.
-    if (failure.source === 'upstream' && reason !== 'stale-connection') {
+    if (failure.source === 'upstream' && reason !== 'stale-connection' && reason !== 'unprocessed') {
       upstream.failures++;
       if (upstreamError.hasSubscribers) upstreamError.publish({ ctx, upstream, error: failure });
       // Published before the retry picks, so an upstream that refused is already out of its way.
@@ -538,7 +538,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     if (reason !== 'connect-failure' && ctx.bodyStream !== null) ctx.body = Buffer.concat(ctx.bodyKept!);
     if (requestRetry.hasSubscribers) requestRetry.publish({ ctx, upstream, reason: `${reason}: ${why}` });
     // After a reset the same upstream may go again when it is the only one (nothing says it is down).
-    const sameAllowed = reason === 'reset' || reason === 'stale-connection';
+    const sameAllowed = reason === 'reset' || reason === 'stale-connection' || reason === 'unprocessed';
     if (delay > 0) ctx.timerRetry = setTimeout(retryLater, delay, this, ctx, sameAllowed);
     else this.attempt(ctx, sameAllowed);
   }

@@ -1,6 +1,8 @@
 /**
  * The retry decision, in one place (Envoy's retry policy with a retry budget):
  * - connect failures (the upstream never saw the request): any method;
+ * - a stream an HTTP/2 upstream did not process (REFUSED_STREAM, or past the last stream of its
+ *   GOAWAY; RFC 9113 section 8.7): any method, like gRPC's transparent retry;
  * - a stale keep-alive socket (a reused socket reset before any response byte, most likely
  *   closed by the upstream while idle): idempotent methods, and a non-idempotent one once when it
  *   carries `Idempotency-Key` (Go's net/http rule); the reset is not held against the upstream;
@@ -18,7 +20,7 @@ import { ErrorCode, type FulcrumError } from '../errors.ts';
 import type { Exchange } from './exchange.ts';
 
 /** Why an attempt is tried again. */
-export type RetryReason = 'connect-failure' | 'stale-connection' | 'reset' | 'status';
+export type RetryReason = 'connect-failure' | 'unprocessed' | 'stale-connection' | 'reset' | 'status';
 
 /** True for reasons the retry budget limits (the upstream saw the request); the others only count against max_attempts. */
 export function usesBudget(reason: RetryReason): boolean {
@@ -46,6 +48,7 @@ export function retryReason(ctx: Exchange, failure: FulcrumError | null, status:
   let reason: RetryReason;
   if (failure !== null) {
     if (!sent && failure.retryable) reason = 'connect-failure';
+    else if (failure.code === ErrorCode.UpstreamUnprocessed) reason = 'unprocessed';
     else if (failure.code !== ErrorCode.UpstreamReset) return null;
     else if (stale && (isIdempotent(ctx.req.method) || (ctx.tried === null && hasIdempotencyKey(ctx)))) reason = 'stale-connection';
     else if (isIdempotent(ctx.req.method)) reason = 'reset';

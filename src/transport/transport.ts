@@ -24,6 +24,11 @@ export interface UpstreamAttempt {
   readonly headers: string[];
   /** The body to send: the client's stream, a kept copy, or null. */
   readonly body: Readable | Buffer | null;
+  /**
+   * The client's request trailers, flat `[name, value, ...]`, or null: read once the body has
+   * ended, and sent after it where the upstream protocol carries them (HTTP/1.1 chunked, HTTP/2).
+   */
+  readonly requestTrailers: readonly string[] | null;
   /** The client sent `Expect: 100-continue`: the transport passes it on and relays the upstream's 100. */
   readonly expectContinue: boolean;
   /** The client asked to switch protocols (`Connection: upgrade`; WebSocket): a 101 is expected, not an error. */
