@@ -107,6 +107,10 @@ export class RequestContext {
   tunnelClose: string | null = null;
   /** Milliseconds from accept to the end, set when done (for a tunnel: until it closed). */
   duration = 0;
+  /** A gRPC call (`content-type: application/grpc...`): Fulcrum's own answers are gRPC statuses. */
+  grpc = false;
+  /** The call's `grpc-status` (the upstream's trailers or headers, or Fulcrum's own), -1 when none. */
+  grpcStatus = -1;
 
   constructor(req: RequestHead, downstream: Downstream, listener: string, peerAddress: string, carrier: object | null = null) {
     this.id = nextRequestId();

@@ -23,6 +23,8 @@ import type { Logger } from '../observe/logger.ts';
 import type { RequestHead } from '../core/context.ts';
 import { TlsTermination } from '../tls/termination.ts';
 import type { TLSSocket } from 'node:tls';
+import { Http2Front, type Http2ServerSettings } from '../downstream/http2-server.ts';
+import type { Http2Downstream } from '../downstream/http2.ts';
 
 /** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
 const TUNNEL_CLOSE_WAIT_MS = 1500;
@@ -56,6 +58,57 @@ function http1Settings(settings: ListenerSettings): Http1Settings {
     // One over max_headers is the request-limits guard's (431, logged); beyond it the parser refuses (431).
     limits: { maxHeadBytes: limits.max_header_bytes, maxHeaders: limits.max_headers + 1 },
   };
+}
+
+/** The HTTP/2 limits of a listener's settings. */
+function http2Settings(settings: ListenerSettings): Http2ServerSettings {
+  const h = settings.http2;
+  return {
+    maxConcurrentStreams: h.max_concurrent_streams,
+    initialWindowSize: h.initial_window_size,
+    maxHeaderListSize: settings.limits.max_header_bytes,
+    maxHeaders: settings.limits.max_headers,
+    maxResets: h.max_resets,
+    resetWindowMs: h.reset_window,
+    maxControlFrames: h.max_control_frames,
+    idleTimeoutMs: settings.keepalive_timeout,
+  };
+}
+
+/** The HTTP/2 connection preface (RFC 9113 section 3.4): what an h2c client with prior knowledge sends first. */
+const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
+
+/**
+ * Reads a cleartext connection's first bytes and tells HTTP/2 (the preface) from HTTP/1.1, then
+ * puts the bytes back for the server that takes it. A client that sends nothing decisive within
+ * `timeoutMs` is closed.
+ */
+function sniffPreface(socket: Socket, timeoutMs: number, then: (h2: boolean) => void): void {
+  let got: Buffer | null = null;
+  const done = (): void => {
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.off('error', onError);
+  };
+  const onData = (chunk: Buffer): void => {
+    got = got === null ? chunk : Buffer.concat([got, chunk]);
+    const n = Math.min(got.length, H2_PREFACE.length);
+    const h2 = got.subarray(0, n).equals(H2_PREFACE.subarray(0, n));
+    if (h2 && got.length < H2_PREFACE.length) return;
+    done();
+    socket.pause();
+    socket.unshift(got);
+    then(h2);
+    // The HTTP/1.1 server reads 'data' events; node:http2 reads what was put back itself (next tick) and then the socket's handle.
+    if (!h2) socket.resume();
+  };
+  const onError = (): void => {
+    done();
+    socket.destroy();
+  };
+  const timer = setTimeout(onError, timeoutMs);
+  socket.on('data', onData);
+  socket.on('error', onError);
 }
 
 /** A status, headers (flat) and a body written whole: the listener's own answers (the metrics path). */
@@ -94,6 +147,8 @@ export class HttpListener {
   private metricsPath: string | null = null;
   /** TLS termination of an https listener (null for http). */
   readonly tls: TlsTermination | null;
+  /** HTTP/2 sessions: h2 chosen by ALPN on https, h2c by its preface on http (`http2.h2c`). */
+  readonly http2: Http2Front;
   /** ACME HTTP-01 key authorizations by token, answered on http listeners (shared by the balancer). */
   private acmeTokens: ReadonlyMap<string, string> | null = null;
 
@@ -120,6 +175,13 @@ export class HttpListener {
     this.http1 = own ? this.ownServer() : null;
     this.server = own ? null : this.nodeServer();
     const serve = own ? (socket: Socket) => void this.http1!.accept(socket) : this.nodeAdmit(this.server!);
+    const h2 = new Http2Front(http2Settings(settings), {
+      request: (head, downstream) => {
+        if (this.answersItself(head, (status, headers, body) => downstream.fail(status, headers, body, false))) return;
+        this.proxy.handle(head, downstream as Http2Downstream, this.info);
+      },
+    }, logger, name);
+    this.http2 = h2;
     const open = this.open;
     // After the handshake the TLS socket stands for the connection (drain closes it, not the TCP socket under it).
     this.tls = secure
@@ -127,12 +189,14 @@ export class HttpListener {
           if (raw !== null) open.delete(raw);
           open.add(tlsSocket);
           tlsSocket.once('close', () => open.delete(tlsSocket));
-          serve(tlsSocket);
+          if (tlsSocket.alpnProtocol === 'h2') h2.accept(tlsSocket);
+          else serve(tlsSocket);
         })
       : null;
     const tls = this.tls;
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
       if (tls !== null) tls.accept(socket);
+      else if (this.settings.http2.h2c) sniffPreface(socket, this.settings.limits.headers_timeout, (isH2) => (isH2 ? h2.accept(socket) : serve(socket)));
       else serve(socket);
       open.add(socket);
       socket.once('close', () => open.delete(socket));
@@ -240,6 +304,7 @@ export class HttpListener {
       }
     }
     if (this.http1 !== null) this.http1.configure(http1Settings(settings));
+    this.http2.configure(http2Settings(settings));
     if (this.server !== null) {
       const requestTimeout = limits.request_timeout;
       this.server.keepAliveTimeout = settings.keepalive_timeout;
@@ -358,6 +423,7 @@ export class HttpListener {
     // (An answer still leaving a slow client is let go: its connection's clock bounds it.)
     for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true && socket.writableLength === 0) socket.destroy();
     if (this.http1 !== null) this.http1.draining = true;
+    this.http2.drain();
     this.closeIdle();
     const sweep = setInterval(() => this.closeIdle(), 25);
     let timer: NodeJS.Timeout | undefined;
@@ -369,6 +435,7 @@ export class HttpListener {
       this.logger.warn({ listener: this.info.name }, 'grace period over: closing the connections still open');
       this.server?.closeAllConnections();
       this.http1?.closeAll();
+      this.http2.closeAll();
       // Node's list misses sockets it handed over (CONNECT) or no longer parses. Tunnels were just
       // sent their Close frames (HttpProxy.shutdown): a frame in flight may end first, briefly.
       let tunnels = 0;

@@ -12,6 +12,22 @@ import type { RequestContext } from '../core/context.ts';
 /** Hop-by-hop header names (RFC 9110 section 7.6.1, plus the legacy ones): never relayed either way. */
 export const hopByHop: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'transfer-encoding', 'upgrade', 'trailer', 'proxy-authenticate', 'proxy-authorization']);
 
+/**
+ * Fields that must not be taken from trailers (RFC 9110 section 6.5.1): message framing, routing,
+ * request modifiers, authentication, response control and content handling; plus hop-by-hop
+ * fields. One list for both directions and every protocol (HTTP/1.1 chunked trailers, HTTP/2).
+ */
+const forbiddenInTrailers: ReadonlySet<string> = new Set([
+  ...hopByHop, 'content-length', 'host', 'expect', 'max-forwards', 'range', 'if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'if-range',
+  'authorization', 'www-authenticate', 'set-cookie', 'cookie', 'cache-control', 'age', 'expires', 'date', 'location', 'retry-after', 'vary', 'warning',
+  'content-encoding', 'content-type', 'content-range', 'trailer',
+]);
+
+/** True when a trailer field of this (lower-case) name is dropped rather than relayed. */
+export function forbiddenTrailer(lowerName: string): boolean {
+  return forbiddenInTrailers.has(lowerName);
+}
+
 /** How a pool sets the Host header: keep the client's, the upstream's, or a fixed value. */
 export type HostRewrite = { kind: 'preserve' } | { kind: 'upstream' } | { kind: 'fixed'; value: string };
 

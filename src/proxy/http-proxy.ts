@@ -28,6 +28,7 @@ import { OpenTunnels } from './open-tunnels.ts';
 import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
 import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
+import { encodeGrpcMessage, grpcStatusFor, grpcStatusOf, grpcTimeoutMs, isGrpc } from './grpc.ts';
 
 /** What the proxy needs from the listener a request came in on. */
 export interface ListenerInfo {
@@ -162,6 +163,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         ctx.clientAddress = clientFromForwardedFor(listener.trusted, ctx.peerAddress, headerValue(req.headers['x-forwarded-for']));
       }
       ctx.forwarding = listener.forwarding;
+      ctx.grpc = isGrpc(req);
       if (req.headers.upgrade !== undefined) {
         const protocols = upgradeProtocols(req);
         // h2c is ignored (RFC 9113 lets a server; curl --http2 asks on every http:// request): a plain request.
@@ -320,8 +322,11 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     }
     // The upstream decides whether it wants the body: its 100 (or its final answer) is relayed.
     if (ctx.downstream.expectsContinue) headers.push('expect', '100-continue');
-    const limit = pool.settings.timeouts.request;
-    if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx);
+    let limit = pool.settings.timeouts.request;
+    // A gRPC caller's deadline (grpc-timeout) bounds the call when it is the shorter; it still goes upstream as sent.
+    const deadline = ctx.grpc ? grpcTimeoutMs(req.headers['grpc-timeout']) : null;
+    if (deadline !== null && (limit === 0 || deadline < limit)) limit = deadline;
+    if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx, limit);
     this.attempt(ctx);
   }
 
@@ -385,6 +390,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       }
     }
     ctx.status = status;
+    if (ctx.grpc) ctx.grpcStatus = grpcStatusOf(rawHeaders);
     const bodyDone = requestBodyDone(ctx);
     let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone || ctx.upgrade !== null);
     // 1xx and 204 carry no framing headers (RFC 9110 sections 8.6, 15.3.5); 304 and HEAD keep Content-Length.
@@ -420,6 +426,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     }
     // A complete answer before the upload ended (a 2xx that did not read it all): the rest is not sent.
     if (!ctx.bodyAbandoned && !requestBodyDone(ctx)) stopUpload(ctx);
+    if (ctx.grpc && trailers !== null) ctx.grpcStatus = grpcStatusOf(trailers);
     ctx.downstream.end(trailers);
     attempt.upstream.served++;
     this.finish(ctx);
@@ -561,6 +568,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const downstream = ctx.downstream;
     if (ctx.clientGone || error.status === 499) {
       ctx.status = 499;
+    } else if (ctx.grpc && downstream.protocol === 'h2') {
+      this.failGrpc(ctx, error);
     } else if (downstream.headSent) {
       cutDownstream(downstream);
     } else {
@@ -586,6 +595,30 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       ctx.bodyStream.destroy();
     }
     this.finish(ctx, error);
+  }
+
+  /**
+   * The error answer to a gRPC caller: HTTP 200 with `grpc-status` and `grpc-message` in one
+   * HEADERS frame (trailers-only); once the head went out, the status goes in the trailers, so
+   * a call cut by its upstream ends UNAVAILABLE (or DEADLINE_EXCEEDED) rather than as a reset stream.
+   */
+  private failGrpc(ctx: Exchange, error: FulcrumError): void {
+    const downstream = ctx.downstream;
+    const code = grpcStatusFor(error);
+    ctx.grpcStatus = code;
+    const status = ['grpc-status', String(code), 'grpc-message', encodeGrpcMessage(`fulcrum: ${error.message} (request id ${ctx.requestIdForUpstream ?? ctx.id})`)];
+    try {
+      if (downstream.headSent) {
+        downstream.end(status);
+        return;
+      }
+      ctx.status = 200;
+      const headers = ['content-type', 'application/grpc', 'x-request-id', ctx.requestIdForUpstream ?? ctx.id, ...status];
+      if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
+      downstream.fail(200, headers, '', false);
+    } catch {
+      cutDownstream(downstream);
+    }
   }
 
   /**
@@ -683,10 +716,10 @@ function findHeader(raw: readonly (Buffer | string)[], lower: string): string | 
   return undefined;
 }
 
-function onRequestTimeout(proxy: HttpProxy, ctx: Exchange): void {
+function onRequestTimeout(proxy: HttpProxy, ctx: Exchange, limit: number): void {
   ctx.timer = null;
   try {
-    proxy.fail(ctx, requestTimedOut(ctx.pool!.settings.timeouts.request));
+    proxy.fail(ctx, requestTimedOut(limit));
   } catch (err) {
     proxy.internalError(ctx, err, 502);
   }

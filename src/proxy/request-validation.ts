@@ -12,7 +12,8 @@ import { ErrorCode } from '../errors.ts';
 import type { UnderscoreAction } from './headers.ts';
 
 const refusals = {
-  version: { status: 505, code: ErrorCode.HttpVersion, message: 'only HTTP/1.0 and HTTP/1.1 are served on this listener' },
+  version: { status: 505, code: ErrorCode.HttpVersion, message: 'only HTTP/1.0, HTTP/1.1 and HTTP/2 are served on this listener' },
+  noAuthority: { status: 400, code: ErrorCode.BadRequest, message: 'an HTTP/2 request needs :authority (or Host)' },
   teOnHttp10: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding is not allowed in HTTP/1.0' },
   teNotChunked: { status: 400, code: ErrorCode.BadRequest, message: 'Transfer-Encoding other than "chunked" is not accepted' },
   host: { status: 400, code: ErrorCode.BadRequest, message: 'malformed Host header' },
@@ -22,9 +23,11 @@ const refusals = {
 
 /** A refusal for a request that must not be proxied, or null. */
 export function validateRequest(req: RequestHead, underscores: UnderscoreAction = 'drop'): Refusal | null {
-  if (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) return refusals.version;
+  const h2 = req.httpVersionMajor === 2;
+  if (!h2 && (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1)) return refusals.version;
   const te = req.headers['transfer-encoding'];
-  if (te !== undefined) {
+  // HTTP/2 framing has no Transfer-Encoding: nghttp2 refuses a stream that carries one.
+  if (te !== undefined && !h2) {
     if (req.httpVersionMinor === 0) return refusals.teOnHttp10;
     if (te.trim().toLowerCase() !== 'chunked') return refusals.teNotChunked;
   }
@@ -34,7 +37,7 @@ export function validateRequest(req: RequestHead, underscores: UnderscoreAction 
   }
   const host = req.headers.host;
   // Checked here rather than by Node (requireHostHeader), so the refusal is logged and counted like the others.
-  if (host === undefined) return req.httpVersionMinor === 1 ? refusals.noHost : null;
+  if (host === undefined) return h2 ? refusals.noAuthority : req.httpVersionMinor === 1 ? refusals.noHost : null;
   if (!validHost(host)) return refusals.host;
   return null;
 }
