@@ -110,7 +110,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   const metrics = new Metrics({
     pools: () => store.current.pools,
     stores: () => store.current.stores,
-    listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed })),
+    listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed, http2: l.http2.stats })),
     routes: () => store.current.router.routes.map((r) => r.name),
     carrier: proxy,
     accessLogDropped: () => accessLogDropped,
@@ -223,7 +223,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     logger,
     restartNotes: pendingRestart,
     checkFiles: assertTlsFiles,
-    listeners: () => listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections })),
+    listeners: () => listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: l.http2.stats.sessions, http2_streams: l.http2.stats.streams })),
     certificates: () => listeners.flatMap((l) => l.tls?.certificates() ?? []),
     acme: () => acme?.status() ?? [],
   });

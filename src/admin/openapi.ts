@@ -59,8 +59,8 @@ const statusExample = {
   ],
   pools: [{ name: 'web', policy: 'round-robin', upstreams: 3, available: 2, backup: null }],
   listeners: [
-    { name: '0.0.0.0:8080', url: 'http://0.0.0.0:8080', open_connections: 12, refused_connections: 0 },
-    { name: 'https', url: 'https://0.0.0.0:8443', open_connections: 4, refused_connections: 0 },
+    { name: '0.0.0.0:8080', url: 'http://0.0.0.0:8080', open_connections: 12, refused_connections: 0, http2_sessions: 0, http2_streams: 0 },
+    { name: 'https', url: 'https://0.0.0.0:8443', open_connections: 4, refused_connections: 0, http2_sessions: 3, http2_streams: 7 },
   ],
   certificates: [certificateExample],
   acme: [],
@@ -755,6 +755,8 @@ export function openApiDocument(): Record<string, unknown> {
             url: { type: 'string' },
             open_connections: { type: 'integer', minimum: 0 },
             refused_connections: { type: 'integer', minimum: 0, description: 'Connections closed at accept (firewall, limits) since start.' },
+            http2_sessions: { type: 'integer', minimum: 0, description: 'Open HTTP/2 client sessions (h2 by ALPN, h2c by preface); counted in open_connections too.' },
+            http2_streams: { type: 'integer', minimum: 0, description: 'HTTP/2 streams in flight on them.' },
           },
         },
         CertificateStatus: {

@@ -108,7 +108,7 @@ export interface StatusResponse {
   active_backends: number;
   backends: BackendStatus[];
   pools: { name: string; policy: string; upstreams: number; available: number; backup: string | null }[];
-  listeners: { name: string; url: string; open_connections: number; refused_connections: number }[];
+  listeners: { name: string; url: string; open_connections: number; refused_connections: number; http2_sessions?: number; http2_streams?: number }[];
   /** Certificates the https listeners serve, with days left (an empty list without https listeners). */
   certificates: CertificateStatus[];
   /** Names with ACME certificates: their order state, next attempt and last error (an empty list without ACME). */

@@ -37,6 +37,8 @@ export interface Http2ServerSettings {
   maxControlFrames: number;
   /** A session with no open stream for this long is closed with GOAWAY (keepalive_timeout), ms. */
   idleTimeoutMs: number;
+  /** A request body must arrive whole within this (limits.request_timeout; 0: no limit), ms. */
+  requestTimeoutMs: number;
 }
 
 /** What the listener does with a stream's request. */
@@ -172,7 +174,7 @@ export class Http2Front {
       this.stats.streamsTotal++;
       try {
         const head = new Http2RequestHead(headers, rawHeaders);
-        const downstream = new Http2Downstream(stream, head, guard);
+        const downstream = new Http2Downstream(stream, head, guard, this.settings.requestTimeoutMs);
         if (head.method === 'CONNECT') {
           // Extended CONNECT is not announced (SETTINGS_ENABLE_CONNECT_PROTOCOL 0): a plain CONNECT is a forward-proxy tunnel, not served here.
           downstream.fail(501, ['content-type', 'text/plain'], 'CONNECT tunnels are not supported on this listener\n', false);

@@ -16,7 +16,7 @@ import type { RequestHead } from '../core/context.ts';
 import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
 import { forbiddenTrailer } from '../proxy/headers.ts';
 
-const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL } = http2.constants;
+const { NGHTTP2_INTERNAL_ERROR, NGHTTP2_CANCEL, NGHTTP2_NO_ERROR } = http2.constants;
 
 /** Fields HTTP/2 forbids (RFC 9113 section 8.2.2): never written to an HTTP/2 peer. */
 const connectionSpecific: ReadonlySet<string> = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']);
@@ -94,10 +94,20 @@ export class Http2Downstream implements Downstream {
   private trailers: OutgoingHttpHeaders | null = null;
   private readonly method: string;
 
-  constructor(stream: ServerHttp2Stream, head: RequestHead, watcher: StreamWatcher) {
+  /**
+   * `bodyTimeoutMs`: the whole request body must arrive within it (limits.request_timeout; 0: no
+   * limit), else 408. Not for gRPC calls, whose client streams may rightly last.
+   */
+  constructor(stream: ServerHttp2Stream, head: RequestHead, watcher: StreamWatcher, bodyTimeoutMs = 0) {
     this.stream = stream;
     this.method = head.method;
     this.requestBody = stream.endAfterHeaders ? null : stream;
+    if (this.requestBody !== null && bodyTimeoutMs > 0 && !head.headers['content-type']?.startsWith('application/grpc')) {
+      const timer = setTimeout(bodyTooSlow, bodyTimeoutMs, this);
+      const clear = (): void => clearTimeout(timer);
+      stream.once('end', clear);
+      stream.once('close', clear);
+    }
     this.expectsContinue = head.headers.expect?.toLowerCase() === '100-continue';
     stream.on('trailers', (fields: http2.IncomingHttpHeaders) => (this.requestTrailers = flatTrailers(fields)));
     stream.on('wantTrailers', () => {
@@ -105,6 +115,7 @@ export class Http2Downstream implements Downstream {
       this.trailers = null;
       // An empty trailer block is sent by Node as an empty DATA frame with END_STREAM.
       stream.sendTrailers(trailers ?? {});
+      this.stopUpload();
     });
     stream.once('aborted', () => watcher.streamAborted());
     stream.once('close', () => {
@@ -184,7 +195,11 @@ export class Http2Downstream implements Downstream {
     if (this.pending !== null) {
       // Nothing of the body went out: no trailers is an answer in one HEADERS frame; with
       // trailers, HEADERS then trailers (a gRPC status stays in the trailers where it came).
-      if (fields === null) return this.flush(true);
+      if (fields === null) {
+        this.flush(true);
+        this.stopUpload();
+        return;
+      }
       this.flush();
     }
     if (stream.destroyed) return;
@@ -206,9 +221,20 @@ export class Http2Downstream implements Downstream {
         stream.respond(out);
         stream.end(body);
       }
+      this.stopUpload();
     } catch {
       stream.close(NGHTTP2_INTERNAL_ERROR);
     }
+  }
+
+  /**
+   * The answer is complete while the client is still sending its body (an early 404, 413, 401):
+   * RST_STREAM NO_ERROR asks it to stop without error (RFC 9113 section 8.1), after the answer's frames.
+   */
+  private stopUpload(): void {
+    const stream = this.stream;
+    if (this.requestBody === null || stream.readableEnded || stream.destroyed) return;
+    stream.close(NGHTTP2_NO_ERROR);
   }
 
   /** RST_STREAM: a cut answer never looks complete. */
@@ -222,6 +248,10 @@ export class Http2Downstream implements Downstream {
   switchProtocols(): Duplex | null {
     return null;
   }
+}
+
+function bodyTooSlow(downstream: Http2Downstream): void {
+  if (!downstream.stream.readableEnded) downstream.owner?.onRequestBroken(408, 'request body not received in time');
 }
 
 function flushHead(downstream: Http2Downstream): void {

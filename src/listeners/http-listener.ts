@@ -72,6 +72,7 @@ function http2Settings(settings: ListenerSettings): Http2ServerSettings {
     resetWindowMs: h.reset_window,
     maxControlFrames: h.max_control_frames,
     idleTimeoutMs: settings.keepalive_timeout,
+    requestTimeoutMs: settings.limits.request_timeout,
   };
 }
 

@@ -68,6 +68,9 @@ export function accessFields(ctx: RequestContext): Record<string, unknown> {
     // TLS connections only: the protocol version and what ALPN chose (null: the client offered none).
     tls_version: ctx.downstream.tls?.version,
     alpn: ctx.downstream.tls == null ? undefined : ctx.downstream.tls.alpn,
+    // HTTP/2 streams say so (HTTP/1.x lines stay as they were); gRPC calls carry their status.
+    protocol: ctx.downstream.protocol === 'h2' ? 'h2' : undefined,
+    grpc_status: ctx.grpc ? ctx.grpcStatus : undefined,
   };
 }
 
@@ -103,6 +106,8 @@ export const jsonFormat: AccessLogFormat = {
       (error ? optional('error', error.code) + optional('reason', error.message) : '') +
       optional('tunnel_close', ctx.tunnelClose ?? undefined) +
       (tls === null ? '' : ',"tls_version":' + jsonString(tls.version) + optional('alpn', tls.alpn)) +
+      (ctx.downstream.protocol === 'h2' ? ',"protocol":"h2"' : '') +
+      (ctx.grpc ? ',"grpc_status":' + jsonNumber(ctx.grpcStatus) : '') +
       ',"msg":' + jsonString(accessMessage(ctx)) +
       '}\n'
     );

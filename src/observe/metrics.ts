@@ -29,12 +29,14 @@ import type { RequestContext } from '../core/context.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
 import type { RateLimitStores } from '../middleware/rate-limit-stores.ts';
+import type { Http2Stats } from '../downstream/http2-server.ts';
+import { grpcStatusNames } from '../proxy/grpc.ts';
 
 /** What the metrics read at scrape time. */
 export interface MetricsSources {
   pools(): ReadonlyMap<string, Pool>;
   stores(): RateLimitStores;
-  listeners(): { name: string; open: number; refused: number; malformed: number }[];
+  listeners(): { name: string; open: number; refused: number; malformed: number; http2?: Http2Stats }[];
   /** Route names (series of per-route counters start at 0). */
   routes(): string[];
   /** The balancer's proxy: exchanges it does not carry (another balancer in the process) are not counted. */
@@ -154,6 +156,10 @@ export class Metrics {
   private readonly tunnelDuration: Histogram<'pool'>;
   /** Open tunnels and the bytes of each already counted (bytes count while a tunnel is open, at each scrape). */
   private readonly openTunnels = new Map<RequestContext, { in: number; out: number }>();
+  /** Requests by `listener\0protocol` since the last scrape. */
+  private readonly byProtocol = new Map<string, number>();
+  /** gRPC calls by `pool\0status name` since the last scrape. */
+  private readonly grpcCodes = new Map<string, number>();
   private readonly subscriptions: [{ subscribe(f: (m: unknown) => void): void; unsubscribe(f: (m: unknown) => void): unknown }, (m: unknown) => void][] = [];
 
   constructor(sources: MetricsSources) {
@@ -355,6 +361,39 @@ export class Metrics {
         },
       });
     };
+    new Gauge({
+      name: 'lb_http2_sessions', help: 'Open HTTP/2 client sessions (connections), by listener.', labelNames: ['listener'], registers,
+      collect() { this.reset(); for (const l of sources.listeners()) if (l.http2 !== undefined) this.set({ listener: l.name }, l.http2.sessions); },
+    });
+    new Gauge({
+      name: 'lb_http2_streams', help: 'HTTP/2 client streams in flight (each one exchange), by listener.', labelNames: ['listener'], registers,
+      collect() { this.reset(); for (const l of sources.listeners()) if (l.http2 !== undefined) this.set({ listener: l.name }, l.http2.streams); },
+    });
+    // Running totals kept by each listener's HTTP/2 side; the counters add what is new since the last scrape.
+    const http2Counter = (name: string, help: string, label: string, field: 'goawaySent' | 'goawayReceived' | 'glitches'): void => {
+      const seen = new Map<string, number>();
+      new Counter({
+        name, help, labelNames: ['listener', label], registers,
+        collect() {
+          for (const l of sources.listeners()) {
+            if (l.http2 === undefined) continue;
+            for (const [value, n] of l.http2[field]) {
+              const key = `${l.name}\0${value}`;
+              this.inc({ listener: l.name, [label]: value }, Math.max(0, n - (seen.get(key) ?? 0)));
+              seen.set(key, n);
+            }
+          }
+        },
+      });
+    };
+    http2Counter('lb_http2_goaway_sent_total', 'GOAWAY frames sent to HTTP/2 clients, by listener and error code (NO_ERROR: idle or shutdown; ENHANCE_YOUR_CALM: an abuse limit).', 'code', 'goawaySent');
+    http2Counter('lb_http2_goaway_received_total', 'GOAWAY frames received from HTTP/2 clients, by listener and error code.', 'code', 'goawayReceived');
+    http2Counter(
+      'lb_http2_glitches_total',
+      'HTTP/2 client misbehaviour, by listener and kind: rapid_reset and control_flood (past max_resets or max_control_frames: the session was closed), protocol_error (nghttp2 closed the session: CONTINUATION floods, malformed frames), frame_error.',
+      'kind',
+      'glitches',
+    );
     tlsCounter('lb_tls_handshakes_total', 'TLS handshakes completed on https listeners, by listener and TLS version.', 'version', 'handshakes');
     tlsCounter('lb_tls_handshake_failures_total', 'TLS connections that failed or were refused before or during the handshake, by listener and reason (timeout, not_tls, unknown_name, no_shared_cipher, client_certificate, ...).', 'reason', 'failures');
     let droppedSeen = 0;
@@ -443,6 +482,31 @@ export class Metrics {
     this.on(requestEnd, (m) => {
       if (mine((m as RequestEndEvent).ctx)) this.onEnd(m as RequestEndEvent);
     });
+    // Requests by protocol and gRPC statuses: counted into plain maps on the request path, handed to prom-client at scrape time.
+    const byProtocol = this.byProtocol;
+    new Counter({
+      name: 'lb_requests_by_protocol_total', help: 'Requests answered, by listener and client protocol (h1, h2, grpc: a gRPC call over HTTP/2).', labelNames: ['listener', 'protocol'], registers,
+      collect() {
+        for (const [key, n] of byProtocol) {
+          if (n === 0) continue;
+          const [listener, protocol] = key.split('\0');
+          this.inc({ listener, protocol }, n);
+          byProtocol.set(key, 0);
+        }
+      },
+    });
+    const grpcCodes = this.grpcCodes;
+    new Counter({
+      name: 'lb_grpc_responses_total', help: 'gRPC calls answered, by pool and grpc-status name (the upstream\'s, or Fulcrum\'s own: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...; "none" when the call ended without one).', labelNames: ['pool', 'code'], registers,
+      collect() {
+        for (const [key, n] of grpcCodes) {
+          if (n === 0) continue;
+          const [pool, code] = key.split('\0');
+          this.inc({ pool, code }, n);
+          grpcCodes.set(key, 0);
+        }
+      },
+    });
     this.on(requestRetry, (m) => {
       const { ctx, upstream } = m as RequestRetryEvent;
       if (!mine(ctx)) return;
@@ -513,8 +577,15 @@ export class Metrics {
     this.afterEnd(ctx);
   }
 
-  /** Header drops and error codes of a finished exchange. */
+  /** Header drops, error codes, protocol and gRPC status of a finished exchange. */
   private afterEnd(ctx: RequestContext): void {
+    const protocol = ctx.grpc ? 'grpc' : ctx.downstream.protocol;
+    const pk = ctx.listener + '\0' + protocol;
+    this.byProtocol.set(pk, (this.byProtocol.get(pk) ?? 0) + 1);
+    if (ctx.grpc) {
+      const gk = (ctx.pool?.name ?? 'none') + '\0' + (grpcStatusNames[ctx.grpcStatus] ?? (ctx.grpcStatus < 0 ? 'none' : 'other'));
+      this.grpcCodes.set(gk, (this.grpcCodes.get(gk) ?? 0) + 1);
+    }
     if (ctx.droppedHeaders !== null) this.headersDropped.inc({ listener: ctx.listener, reason: 'underscore' }, ctx.droppedHeaders.length);
     const error = ctx.error;
     if (error !== null) {

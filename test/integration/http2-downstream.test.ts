@@ -82,3 +82,126 @@ test('https listener: ALPN h2 and http/1.1 on one port (curl --http2)', async (t
   const h1 = await run('curl', ['-s', '--http1.1', '--cacert', ca.caPath, '--resolve', `localhost:${lb.port}:127.0.0.1`, '-w', '\n%{http_version}', url]);
   assert.match(h1.stdout, /\n1\.1$/);
 });
+
+/** A plain h2c listener in front of `upstreams` (extra config merged in). */
+async function h2cBalancer(t: import('node:test').TestContext, upstreams: string[], extra: Record<string, unknown> = {}) {
+  const lb = await startBalancer(t, { listeners: [{ host: '127.0.0.1', port: 0, http2: { h2c: true } }], pools: { web: { upstreams, ...(extra.pool as object) } }, ...(extra.top as object) });
+  const session = http2.connect(lb.url);
+  session.on('error', () => {});
+  t.after(() => session.destroy());
+  return { lb, session };
+}
+
+test('nghttp: frames, status and the request as the upstream saw it', async (t) => {
+  const backends = await threeBackends(t);
+  const { lb } = await h2cBalancer(t, [backends[0].url]);
+  const out = await run('nghttp', ['-nv', `${lb.url}/n?q=1`]);
+  assert.match(out.stdout, /recv HEADERS frame/);
+  assert.match(out.stdout, /:status: 200/);
+  const body = await run('nghttp', [`${lb.url}/n?q=1`]);
+  const seen = JSON.parse(body.stdout);
+  assert.equal(seen.url, '/n?q=1');
+  assert.equal(seen.host, `127.0.0.1:${lb.port}`, ':authority becomes Host');
+  assert.equal(seen.proto, 'http');
+});
+
+test('response trailers from an HTTP/1.1 upstream reach an HTTP/2 client, also with no body', async (t) => {
+  const backend = await startBackend(t, (req, res) => {
+    res.writeHead(200, { 'content-type': 'text/plain', trailer: 'x-checksum' });
+    if (req.url !== '/empty') res.write('some body');
+    res.addTrailers({ 'x-checksum': 'abc123', 'set-cookie': 'late=1' });
+    res.end();
+  });
+  const { session } = await h2cBalancer(t, [backend.url]);
+  const r = await h2Request(session, { ':path': '/t', te: 'trailers' });
+  assert.equal(r.body, 'some body');
+  assert.equal(r.trailers?.['x-checksum'], 'abc123');
+  assert.equal(r.trailers?.['set-cookie'], undefined, 'fields that must not come late are dropped');
+  const e = await h2Request(session, { ':path': '/empty', te: 'trailers' });
+  assert.equal(e.body, '');
+  assert.equal(e.trailers?.['x-checksum'], 'abc123');
+});
+
+test('Fulcrum\'s own answers to gRPC callers: HTTP 200, grpc-status in one HEADERS frame (trailers-only)', async (t) => {
+  const slow = await startBackend(t, (req, res) => {
+    req.resume();
+    const timer = setTimeout(() => res.end(), 5000);
+    res.on('close', () => clearTimeout(timer));
+  });
+  const grpcHeaders = (path: string, extra: http2.OutgoingHttpHeaders = {}): http2.OutgoingHttpHeaders => ({ ':method': 'POST', ':path': path, 'content-type': 'application/grpc', te: 'trailers', ...extra });
+  /** Sends one empty gRPC message and reads the answer: its headers and whether trailers came apart. */
+  const call = (session: http2.ClientHttp2Session, headers: http2.OutgoingHttpHeaders) =>
+    new Promise<{ headers: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders | null; endWithHeaders: boolean; ms: number }>((resolve, reject) => {
+      const start = performance.now();
+      const req = session.request(headers);
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders | null = null;
+      let endWithHeaders = false;
+      req.on('response', (h, flags) => {
+        head = h;
+        endWithHeaders = (flags & http2.constants.NGHTTP2_FLAG_END_STREAM) !== 0;
+      });
+      req.on('trailers', (tr) => (trailers = tr));
+      req.on('error', reject);
+      req.resume();
+      req.on('close', () => resolve({ headers: head, trailers, endWithHeaders, ms: performance.now() - start }));
+      req.end(Buffer.from([0, 0, 0, 0, 0]));
+    });
+  const down = await h2cBalancer(t, [`http://127.0.0.1:1`]);
+  const unavailable = await call(down.session, grpcHeaders('/svc.Echo/Say'));
+  assert.equal(unavailable.headers[':status'], 200);
+  assert.equal(unavailable.headers['grpc-status'], '14');
+  assert.match(String(unavailable.headers['grpc-message']), /connect failed|no available upstream/);
+  assert.ok(unavailable.endWithHeaders, 'trailers-only: the status is in the HEADERS frame that ends the stream');
+
+  const deadline = await h2cBalancer(t, [slow.url]);
+  const late = await call(deadline.session, grpcHeaders('/svc.Echo/Say', { 'grpc-timeout': '150m' }));
+  assert.equal(late.headers['grpc-status'], '4', 'DEADLINE_EXCEEDED');
+  assert.ok(late.ms >= 140 && late.ms < 3000, `answered after the deadline, not the backend (${late.ms} ms)`);
+
+  const limited = await h2cBalancer(t, [slow.url], { top: { routes: [{ path_prefix: '/', pool: 'web', rate_limits: [{ rate: 1, per: '1h', burst: 1 }] }] } });
+  const calls = await Promise.all([1, 2].map(() => call(limited.session, grpcHeaders('/svc.Echo/Say', { 'grpc-timeout': '100m' }))));
+  assert.deepEqual(calls.map((c) => c.headers['grpc-status']).sort(), ['4', '8'], 'one over the limit: RESOURCE_EXHAUSTED');
+});
+
+test('an early answer while the client still uploads ends the stream without error; CONNECT is refused', async (t) => {
+  const backends = await threeBackends(t);
+  const { session } = await h2cBalancer(t, [backends[0].url], { top: { routes: [{ path_prefix: '/api', pool: 'web' }] } });
+  const answer = await new Promise<{ status: number; rst: number }>((resolve, reject) => {
+    const req = session.request({ ':method': 'POST', ':path': '/nowhere' });
+    let status = 0;
+    req.on('response', (h) => (status = Number(h[':status'])));
+    req.on('error', reject);
+    req.resume();
+    req.on('close', () => resolve({ status, rst: req.rstCode ?? -1 }));
+    req.write(Buffer.alloc(1024)); // the body never ends
+  });
+  assert.equal(answer.status, 404);
+  assert.equal(answer.rst, http2.constants.NGHTTP2_NO_ERROR);
+  const connect = await new Promise<number>((resolve, reject) => {
+    const req = session.request({ ':method': 'CONNECT', ':authority': '127.0.0.1:22' });
+    req.on('response', (h) => resolve(Number(h[':status'])));
+    req.on('error', reject);
+  });
+  assert.equal(connect, 501);
+  // The session is still good for the next stream.
+  assert.equal((await h2Request(session, { ':path': '/api/ok' })).status, 200);
+});
+
+test('too many header fields: refused before any upstream sees the request', async (t) => {
+  let reached = 0;
+  const backend = await startBackend(t, (_req, res) => {
+    reached++;
+    res.end('ok');
+  });
+  const { session, lb } = await h2cBalancer(t, [backend.url]);
+  const headers: http2.OutgoingHttpHeaders = { ':path': '/many' };
+  for (let i = 0; i < 101; i++) headers[`x-h${i}`] = 'v';
+  const r = await h2Request(session, headers).catch((err: Error) => ({ status: 0, error: err.message }));
+  assert.ok(r.status === 431 || r.status === 0, `431 or the stream refused (${JSON.stringify(r).slice(0, 120)})`);
+  assert.equal(reached, 0);
+  // Other streams and connections go on.
+  const fresh = http2.connect(lb.url);
+  t.after(() => fresh.destroy());
+  assert.equal((await h2Request(fresh, { ':path': '/fine' })).status, 200);
+});

@@ -104,7 +104,7 @@ test('unknown_name: reject answers an unknown name with an unrecognized_name ale
   assert.match(failures!.body, /lb_tls_handshake_failures_total\{listener="[^"]+",reason="unknown_name"\} 1/);
 });
 
-test('TLS 1.2 and 1.3 only; modern is 1.3 only; ALPN offers http/1.1 and refuses what it cannot speak', async (t) => {
+test('TLS 1.2 and 1.3 only; modern is 1.3 only; ALPN offers h2 then http/1.1 and refuses what it cannot speak', async (t) => {
   const ca = await makeTestCa(t);
   const c = await siteCertificates(ca);
   const backend = await echoBackend(t);
@@ -120,8 +120,10 @@ test('TLS 1.2 and 1.3 only; modern is 1.3 only; ALPN offers http/1.1 and refuses
   assert.equal((await handshake(modern.port)).protocol, 'TLSv1.3');
   // A weak TLS 1.2 cipher is never agreed.
   await assert.rejects(handshake(intermediate.port, { maxVersion: 'TLSv1.2', ciphers: 'AES128-SHA:DES-CBC3-SHA:@SECLEVEL=0' }));
-  assert.equal((await handshake(intermediate.port, { ALPNProtocols: ['h2', 'http/1.1'] })).alpn, 'http/1.1');
-  await assert.rejects(handshake(intermediate.port, { ALPNProtocols: ['h2'] }), /no application protocol/i);
+  assert.equal((await handshake(intermediate.port, { ALPNProtocols: ['h2', 'http/1.1'] })).alpn, 'h2');
+  assert.equal((await handshake(intermediate.port, { ALPNProtocols: ['http/1.1', 'h2'] })).alpn, 'h2', 'the server\'s preference');
+  assert.equal((await handshake(intermediate.port, { ALPNProtocols: ['http/1.1'] })).alpn, 'http/1.1');
+  await assert.rejects(handshake(intermediate.port, { ALPNProtocols: ['h3'] }), /no application protocol/i);
   // The access log says which version and protocol a request came over.
   const r = await httpsGet(`https://127.0.0.1:${intermediate.port}/v`, { ca: ca.ca.cert, maxVersion: 'TLSv1.2', ALPNProtocols: ['http/1.1'] } as import('node:https').RequestOptions);
   assert.equal(r.status, 200);
