@@ -190,7 +190,12 @@ export const HealthCheckConfig = z.strictObject({
   service: z.string().default('').meta({ description: 'For type grpc: the service name asked about; "" asks about the server as a whole (default "").' }),
   path: z.string().startsWith('/').default('/health'),
   method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST']).default('GET'),
-  host: z.string().min(1).optional().meta({ description: "Host header of the probe (default the upstream's host:port)." }),
+  host: z
+    .string()
+    .min(1)
+    .regex(/^[\x21-\x7e]+$/, { message: 'a Host (or :authority) is visible ASCII without spaces: no CR, LF or NUL' })
+    .optional()
+    .meta({ description: "Host header (gRPC: :authority) of the probe (default the upstream's host:port)." }),
   expected_status: z.array(StatusSpec).min(1).default(['200-399']).meta({ description: 'Statuses that count as healthy (default ["200-399"]).' }),
   body_contains: z.string().optional().meta({ description: 'Text the response body must contain (default: not checked).' }),
   interval: PositiveDuration.default(5000).meta({ description: 'Time between probes of one upstream (default 5s).' }),

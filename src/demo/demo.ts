@@ -83,7 +83,8 @@ async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; p
   const adminToken = randomBytes(16).toString('hex');
   const config: FulcrumConfigInput = {
     listeners: [
-      { name: 'demo', host, port: o.port },
+      // h2c too, so HTTP/2 can be tried without a certificate (curl --http2-prior-knowledge).
+      { name: 'demo', host, port: o.port, http2: { h2c: true } },
       // The files never change while the demo runs: nothing to watch.
       { name: 'demo-https', host, port: o.httpsPort, protocol: 'https', tls: { certificates: [{ cert: o.cert, key: o.key }], watch: false } },
     ],
@@ -156,6 +157,8 @@ export function demoBanner(demo: Demo): string {
     `  CLI:         FULCRUM_ADMIN_URL=${demo.adminUrl} FULCRUM_ADMIN_TOKEN=${demo.adminToken} npx fulcrum status`,
     `  HTTPS:       curl --cacert ${shellWord(demo.certificateFile)} ${demo.httpsUrl}/`,
     '               # a self-signed certificate made at start for localhost and 127.0.0.1 (removed when the demo stops)',
+    `  HTTP/2:      curl -s -o /dev/null -w '%{http_version}\\n' --cacert ${shellWord(demo.certificateFile)} ${demo.httpsUrl}/   # h2 by ALPN`,
+    `               curl --http2-prior-knowledge ${u}/   # h2c on the plain port; each stream is balanced on its own`,
     '',
     '  Ctrl-C stops it gracefully.',
     '',

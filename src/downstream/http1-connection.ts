@@ -9,7 +9,9 @@
  *   (nginx's way). Bytes that arrive meanwhile wait in memory up to `PIPELINE_BUFFER`, then in
  *   the kernel (the socket is paused).
  * - Bodies: Content-Length or chunked (src/http1/chunked.ts), streamed to the exchange as a
- *   Readable with backpressure (a full stream pauses the socket).
+ *   Readable with backpressure (a full stream pauses the socket). Chunked trailers are bounded as
+ *   the head is (`max_header_bytes`, `max_headers`: 431 past them) and, less the fields that may
+ *   not come from trailers, become the response's `requestTrailers` before the body's end.
  * - Timeouts (keep-alive idle, headers, whole request, lingering close) are deadlines on the
  *   connection, checked by one interval per listener (`Http1Server`), not one timer per socket.
  * - An answer that closes the connection closes it gracefully (nginx's lingering close): FIN
@@ -25,6 +27,7 @@ import { headEnd, isHeadError, maxRawHeadBytes, parseRequestHead, skipEmptyLines
 import { ChunkedDecoder } from '../http1/chunked.ts';
 import { append } from '../http1/bytes.ts';
 import { Http1Response, type ResponseConnection } from './http1-response.ts';
+import { relayableTrailers } from './http1.ts';
 import { asksWebSocket } from '../proxy/websocket.ts';
 
 /** Bytes of pipelined requests held in memory while an answer is in progress; past this the socket pauses. */
@@ -371,7 +374,9 @@ export class Http1Connection implements ResponseConnection {
       body = new RequestBody(this);
       this.body = body;
       this.bodyLeft = head.chunked ? 0 : head.contentLength;
-      this.decoder = head.chunked ? new ChunkedDecoder() : null;
+      // Trailers are bounded as a head is (Node counts them against maxHeaderSize too).
+      const limits = this.server.settings.limits;
+      this.decoder = head.chunked ? new ChunkedDecoder({ maxTrailerBytes: limits.maxHeadBytes, maxTrailers: limits.maxHeaders }) : null;
       this.state = State.Body;
       this.setTiming(Timing.Body);
     } else {
@@ -404,11 +409,15 @@ export class Http1Connection implements ResponseConnection {
     if (decoder !== null) {
       const used = decoder.feed(buf, 0, buf.length, body.onChunk);
       if (used < 0) {
-        this.bodyBroken(400, `malformed request body (${decoder.error ?? 'chunked encoding'})`);
+        // Too many or too large trailers are fields over the limits, as node:http's server answers them (431).
+        if (decoder.error === 'HPE_HEADER_OVERFLOW') this.bodyBroken(431, `request trailers over the limits (${decoder.message})`);
+        else this.bodyBroken(400, `malformed request body (${decoder.error ?? 'chunked encoding'})`);
         return false;
       }
       this.pending = used < buf.length ? buf.subarray(used) : null;
       if (!decoder.done) return false;
+      // Known before the body's end is pushed: the transport reads them when it sees that end.
+      if (decoder.trailers !== null && this.response !== null) this.response.requestTrailers = relayableTrailers(decoder.trailers);
     } else {
       const n = Math.min(this.bodyLeft, buf.length);
       this.bodyLeft -= n;
@@ -442,7 +451,7 @@ export class Http1Connection implements ResponseConnection {
       this.state = State.Answering;
       this.setTiming(Timing.Send);
       response.owner.onRequestBroken(status, message);
-    } else this.refuse(status, status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : 'HPE_INVALID_CHUNK_SIZE', message);
+    } else this.refuse(status, status === 408 ? 'ERR_HTTP_REQUEST_TIMEOUT' : status === 431 ? 'HPE_HEADER_OVERFLOW' : 'HPE_INVALID_CHUNK_SIZE', message);
     body?.destroy();
   }
 

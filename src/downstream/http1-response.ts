@@ -17,7 +17,8 @@ import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { RequestHead } from '../http1/request-head.ts';
-import { headBytes, validReason } from './http1.ts';
+import { headBytes, relayableTrailers, validReason } from './http1.ts';
+import { lastChunk } from '../http1/chunked.ts';
 
 /** What the response needs from its connection. */
 export interface ResponseConnection {
@@ -61,7 +62,7 @@ export class Http1Response implements Downstream {
   owner: DownstreamOwner | null = null;
   readonly request: RequestHead;
   readonly requestBody: Readable | null;
-  /** The request's chunked trailers, set by the connection when the body ends (null: none). */
+  /** The request's chunked trailers less forbidden fields, set by the connection when the body ends (null: none). */
   requestTrailers: readonly string[] | null = null;
   readonly protocol = 'h1';
   readonly expectsContinue: boolean;
@@ -216,22 +217,19 @@ export class Http1Response implements Downstream {
     else socket.once('drain', resume);
   }
 
+  /**
+   * Trailers go only on a chunked answer (RFC 9112 section 7.1.2), less the fields that may not
+   * come from trailers and any that cannot be written (dropped, not the answer). An answer sent
+   * with the upstream's Content-Length loses its trailers (an HTTP/2 upstream's; an HTTP/1.1 one
+   * cannot send both), even to a client that sent `TE: trailers`: the length is not traded for
+   * chunked framing on the chance that trailers follow, as nginx and Envoy's HTTP/1 codec
+   * (`encodeTrailersBase`: "trailers only matter if it is a chunk transfer encoding") do too.
+   * The client keeps the length it may rely on (progress, a body read to a known end), and the
+   * answer does not change shape with the upstream's protocol.
+   */
   end(trailers: readonly (Buffer | string)[] | null): void {
     if (this.finished) return;
-    let text = '';
-    if (this.chunked) {
-      text += '0\r\n';
-      // Trailers go only on a chunked answer (RFC 9112 section 7.1.2); a bad one is dropped, not the answer.
-      if (trailers !== null) {
-        for (let i = 0; i < trailers.length; i += 2) {
-          const name = trailers[i].toString();
-          const value = trailers[i + 1].toString();
-          if (tokenChars.test(name) && !invalidValueChar.test(value)) text += `${name}: ${value}\r\n`;
-        }
-      }
-      text += '\r\n';
-    }
-    this.finish(text, '');
+    this.finish(this.chunked ? lastChunk(trailers === null ? null : relayableTrailers(trailers)) : '', '');
   }
 
   fail(status: number, headers: string[], body: string, close: boolean): void {

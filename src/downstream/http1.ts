@@ -8,7 +8,8 @@ import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
-import { hopByHop } from '../proxy/headers.ts';
+import { forbiddenTrailer, hopByHop } from '../proxy/headers.ts';
+import { writableField } from '../http1/chunked.ts';
 
 const kDownstream = Symbol('fulcrum.downstream');
 /** Client sockets that switched protocols (tunnels), so shutdown can tell them from HTTP connections. */
@@ -27,6 +28,8 @@ export class Http1Downstream implements Downstream {
   private readonly upgradable: boolean;
   /** The client socket once the connection switched protocols (no HTTP exchange any more), else null. */
   private switchedSocket: Duplex | null = null;
+  /** `requestTrailers` once worked out ([] when none was left). */
+  private trailers: string[] | null = null;
 
   /**
    * `expectsContinue`: the client sent `Expect: 100-continue`; `upgradable`: the request came
@@ -54,9 +57,11 @@ export class Http1Downstream implements Downstream {
 
   readonly protocol = 'h1';
 
+  /** The request's chunked trailers, less the fields that may not come from trailers (null: none left). */
   get requestTrailers(): readonly string[] | null {
     const raw = this.req.rawTrailers;
-    return raw.length > 0 ? raw : null;
+    if (raw.length === 0) return null;
+    return (this.trailers ??= relayableTrailers(raw) ?? []).length > 0 ? this.trailers : null;
   }
 
   get connected(): boolean {
@@ -120,12 +125,14 @@ export class Http1Downstream implements Downstream {
     this.res.once('drain', resume);
   }
 
+  /** Trailers go only on a chunked answer, less forbidden and unwritable fields (see Http1Response.end for why a Content-Length answer loses them). */
   end(trailers: readonly (Buffer | string)[] | null): void {
     const res = this.res;
-    // Trailers go only on a chunked answer (RFC 9112 section 7.1.2).
-    if (trailers !== null && trailers.length > 0 && res.chunkedEncoding) {
+    const relayed = trailers !== null && trailers.length > 0 && res.chunkedEncoding ? relayableTrailers(trailers) : null;
+    if (relayed !== null) {
       const list: [string, string][] = [];
-      for (let i = 0; i < trailers.length; i += 2) list.push([trailers[i].toString(), trailers[i + 1].toString()]);
+      // Checked as node:http checks them (addTrailers throws at the first bad one, after keeping those before it).
+      for (let i = 0; i < relayed.length; i += 2) if (writableField(relayed[i], relayed[i + 1])) list.push([relayed[i], relayed[i + 1]]);
       try {
         res.addTrailers(list);
       } catch {
@@ -203,4 +210,20 @@ export function validReason(reason: string): boolean {
     if (c > 0xff || c === 0x7f || (c < 0x20 && c !== 0x09)) return false;
   }
   return true;
+}
+
+/**
+ * Trailer fields as strings, flat `[name, value, ...]`, without those that must not be taken from
+ * trailers (`forbiddenTrailer`, src/proxy/headers.ts: framing, routing, authentication, ...), or
+ * null when none is left. Both directions of both HTTP/1.1 downstreams go through it: the
+ * client's request trailers as they come in, the upstream's response trailers as they go out.
+ */
+export function relayableTrailers(trailers: readonly (Buffer | string)[]): string[] | null {
+  let out: string[] | null = null;
+  for (let i = 0; i + 1 < trailers.length; i += 2) {
+    const name = trailers[i].toString('latin1');
+    if (forbiddenTrailer(name.toLowerCase())) continue;
+    (out ??= []).push(name, trailers[i + 1].toString('latin1'));
+  }
+  return out;
 }

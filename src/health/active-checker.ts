@@ -5,7 +5,9 @@
  * upstream is between states the faster interval is used. Checks only write health through
  * the HealthSink; they never pick. An `https://` upstream is probed over TLS with its pool's
  * TLS settings (SNI, CAs, client certificate, verification): a certificate that does not verify
- * fails the probe with the reason (`certificate has expired (CERT_HAS_EXPIRED)`).
+ * fails the probe with the reason (`certificate has expired (CERT_HAS_EXPIRED)`). A `grpc` check
+ * asks `grpc.health.v1.Health/Check` over HTTP/2 (src/health/grpc-check.ts): h2c to an `http://`
+ * upstream, h2 with the pool's TLS to an `https://` one; only SERVING passes.
  */
 import type * as http from 'node:http';
 import { http as nodeHttp } from '../node-builtins.ts';
@@ -15,6 +17,7 @@ import { statusRanges, type PoolSettings } from '../config/schema.ts';
 import { formatDuration } from '../config/duration.ts';
 import type { HealthState, Upstream } from '../upstream/upstream.ts';
 import { duringHandshake, readUpstreamTls, tlsFailureReason, upstreamTlsOptions, type UpstreamTls } from '../transport/upstream-tls.ts';
+import { probeGrpcHealth } from './grpc-check.ts';
 
 type CheckSettings = NonNullable<PoolSettings['health_check']>;
 
@@ -40,6 +43,8 @@ export class ActiveChecker {
   private readonly streak = new Map<Upstream, { ok: number; bad: number }>();
   /** Probes in flight (destroyed on stop); each has its own connection, closed after it, never the request pools'. */
   private readonly inFlight = new Set<http.ClientRequest>();
+  /** Aborted by stop(): gRPC probes in flight close their sessions. */
+  private readonly stopping = new AbortController();
   private stopped = false;
 
   /**
@@ -71,6 +76,7 @@ export class ActiveChecker {
     this.timers.clear();
     for (const req of this.inFlight) req.destroy();
     this.inFlight.clear();
+    this.stopping.abort();
   }
 
   private schedule(u: Upstream, delay: number): void {
@@ -81,7 +87,14 @@ export class ActiveChecker {
   }
 
   private async probe(u: Upstream): Promise<void> {
-    const verdict = this.settings.type === 'tcp' ? await this.tcp(u) : await this.http(u);
+    const type = this.settings.type;
+    let verdict: Verdict;
+    try {
+      verdict = type === 'tcp' ? await this.tcp(u) : type === 'grpc' ? await this.grpc(u) : await this.http(u);
+    } catch (err) {
+      // A probe that throws (node:http refuses a `host` with a newline at once) fails, and the loop goes on: never an unhandled rejection.
+      verdict = describeFailure(err, this.settings.timeout);
+    }
     if (this.stopped) return;
     const s = this.streak.get(u)!;
     const { rise, fall } = this.settings;
@@ -158,6 +171,16 @@ export class ActiveChecker {
       });
       req.end();
     });
+  }
+
+  /**
+   * One gRPC health check call (`grpc.health.v1.Health/Check` for the check's `service`) on an
+   * HTTP/2 session of its own; `:authority` is the check's `host`, else the upstream's host:port.
+   */
+  private grpc(u: Upstream): Promise<Verdict> {
+    const { timeout, service, host } = this.settings;
+    // A connection that could not be opened rejects: probe() words it as the other probes' failures.
+    return probeGrpcHealth({ upstream: u, tls: u.secure ? this.tls : null, authority: host ?? u.hostHeader, service, timeout }, this.stopping.signal);
   }
 
   /** A connect probe: the TCP connection, or for an https upstream the completed TLS handshake (certificate verified). */

@@ -16,11 +16,21 @@
  * `onData` gets views of `buf` (no copy), possibly several per call, never an empty one (the
  * zero-size chunk ends the body). Chunk extensions are checked
  * for stray control bytes and otherwise ignored. Line endings are CRLF only; a chunk-size line
- * (size and extensions) is bounded by `maxLineBytes` and the trailer section by
- * `maxTrailerBytes`. Nothing is thrown for any input. One decoder serves one message at a time;
- * `reset()` readies it for the next.
+ * (size and extensions) is bounded by `maxLineBytes`, the trailer section by `maxTrailerBytes`
+ * and `maxTrailers` (both `HPE_HEADER_OVERFLOW`). A folded trailer line (obs-fold) is refused, and
+ * so is a `Content-Length` or `Transfer-Encoding` trailer (as llhttp refuses them, with its codes:
+ * framing fields after the body are a smuggling attempt, not metadata). Other fields that must
+ * not come from trailers (RFC 9110 section 6.5.1) are parsed here and dropped by whoever relays
+ * them (`forbiddenTrailer` in src/proxy/headers.ts). Nothing is thrown for any input. One decoder
+ * serves one message at a time; `reset()` readies it for the next.
+ *
+ * `trailerLines` and `lastChunk` write the other way: the end of a chunked body with its trailers.
  */
 import { CLASS, FIELD, HEX, SPACE, TOKEN, hexValue, latin1 } from './chars.ts';
+
+/** A trailer field's bytes as they may be written: a token name, a value of field-vchar, SP and HTAB. */
+const tokenName = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+const invalidValue = /[^\t\x20-\x7e\x80-\xff]/;
 
 const CR = 13;
 const LF = 10;
@@ -54,8 +64,10 @@ const FAILED = 11;
 export interface ChunkedLimits {
   /** Longest chunk-size line, extensions included, CRLF excluded (default 4096). */
   maxLineBytes?: number;
-  /** Largest trailer section (default 16384). */
+  /** Largest trailer section, CRLFs excluded (default 16384). */
   maxTrailerBytes?: number;
+  /** Most trailer fields (default 2000, node:http's maxHeadersCount). */
+  maxTrailers?: number;
 }
 
 /** Decodes one chunked body at a time (see the file comment for the contract). */
@@ -70,6 +82,7 @@ export class ChunkedDecoder {
   message = '';
   private readonly maxLineBytes: number;
   private readonly maxTrailerBytes: number;
+  private readonly maxTrailers: number;
   private state = SIZE_START;
   /** Data bytes left in the current chunk (while in DATA), else the size being read. */
   private size = 0;
@@ -82,6 +95,7 @@ export class ChunkedDecoder {
   constructor(limits: ChunkedLimits = {}) {
     this.maxLineBytes = limits.maxLineBytes ?? 4096;
     this.maxTrailerBytes = limits.maxTrailerBytes ?? 16_384;
+    this.maxTrailers = limits.maxTrailers ?? 2000;
   }
 
   /** Readies the decoder for another message. */
@@ -207,7 +221,12 @@ export class ChunkedDecoder {
     for (let i = 0; i < colon; i++) {
       if ((CLASS[line.charCodeAt(i)] & TOKEN) === 0) return this.fail('HPE_INVALID_HEADER_TOKEN', 'an invalid trailer name');
     }
-    (this.trailers ??= []).push(line.slice(0, colon), trimSpaces(line, colon + 1));
+    const name = line.slice(0, colon);
+    if (colon === 14 && name.toLowerCase() === 'content-length') return this.fail('HPE_INVALID_CONTENT_LENGTH', 'a Content-Length trailer');
+    if (colon === 17 && name.toLowerCase() === 'transfer-encoding') return this.fail('HPE_INVALID_TRANSFER_ENCODING', 'a Transfer-Encoding trailer');
+    const trailers = (this.trailers ??= []);
+    if (trailers.length >= 2 * this.maxTrailers) return this.fail('HPE_HEADER_OVERFLOW', `more than ${this.maxTrailers} trailer fields`);
+    trailers.push(name, trimSpaces(line, colon + 1));
     return 0;
   }
 
@@ -226,4 +245,31 @@ function trimSpaces(s: string, from: number): string {
   while (a < b && (CLASS[s.charCodeAt(a)] & SPACE) !== 0) a++;
   while (b > a && (CLASS[s.charCodeAt(b - 1)] & SPACE) !== 0) b--;
   return s.slice(a, b);
+}
+
+/**
+ * The trailer fields of `trailers` (flat `[name, value, ...]`, strings or latin1 bytes) as
+ * `name: value\r\n` lines; a field that cannot be written as is (a name that is not a token, a
+ * value with CR, LF or another control byte) is left out rather than failing the message.
+ * Policy (which names may be relayed) is the caller's; this only keeps the framing intact.
+ */
+export function trailerLines(trailers: readonly (Buffer | string)[] | null): string {
+  if (trailers === null) return '';
+  let text = '';
+  for (let i = 0; i + 1 < trailers.length; i += 2) {
+    const name = trailers[i].toString('latin1');
+    const value = trailers[i + 1].toString('latin1');
+    if (writableField(name, value)) text += `${name}: ${value}\r\n`;
+  }
+  return text;
+}
+
+/** True when a field can be written as is: a token name and a value of field-vchar, SP and HTAB (node:http's checks). */
+export function writableField(name: string, value: string): boolean {
+  return tokenName.test(name) && !invalidValue.test(value);
+}
+
+/** The end of a chunked body: the last chunk, the trailer fields that can be written (`trailerLines`), the final CRLF. */
+export function lastChunk(trailers: readonly (Buffer | string)[] | null): string {
+  return trailers === null || trailers.length === 0 ? '0\r\n\r\n' : `0\r\n${trailerLines(trailers)}\r\n`;
 }

@@ -21,6 +21,8 @@ const forbiddenInTrailers: ReadonlySet<string> = new Set([
   ...hopByHop, 'content-length', 'host', 'expect', 'max-forwards', 'range', 'if-match', 'if-none-match', 'if-modified-since', 'if-unmodified-since', 'if-range',
   'authorization', 'www-authenticate', 'set-cookie', 'cookie', 'cache-control', 'age', 'expires', 'date', 'location', 'retry-after', 'vary', 'warning',
   'content-encoding', 'content-type', 'content-range', 'trailer',
+  // What Fulcrum sets or believes only from trusted peers: a backend merging trailers into headers must not be fed them late.
+  'forwarded', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'x-forwarded-port', 'x-real-ip', 'via', 'x-request-id', 'pragma',
 ]);
 
 /** True when a trailer field of this (lower-case) name is dropped rather than relayed. */

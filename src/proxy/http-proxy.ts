@@ -237,7 +237,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   /** Phases validate and route, then the guards. */
   private start(ctx: Exchange, listener: ListenerInfo): void {
     const req = ctx.req;
-    const invalid = validateRequest(req, listener.forwarding.underscores);
+    const invalid = validateRequest(req, listener.forwarding.underscores, ctx.downstream.protocol);
     if (invalid !== null) return this.refuse(ctx, invalid);
     const url = req.url!;
     const target = parseRequestTarget(url);

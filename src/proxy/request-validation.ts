@@ -22,9 +22,10 @@ const refusals = {
 } satisfies Record<string, Refusal>;
 
 /** A refusal for a request that must not be proxied, or null. */
-export function validateRequest(req: RequestHead, underscores: UnderscoreAction = 'drop'): Refusal | null {
-  const h2 = req.httpVersionMajor === 2;
-  if (!h2 && (req.httpVersionMajor !== 1 || req.httpVersionMinor > 1)) return refusals.version;
+export function validateRequest(req: RequestHead, underscores: UnderscoreAction = 'drop', protocol: 'h1' | 'h2' = 'h1'): Refusal | null {
+  // Version 2 only from an HTTP/2 stream: `GET / HTTP/2.0` on an HTTP/1 connection is refused.
+  const h2 = protocol === 'h2';
+  if (h2 ? req.httpVersionMajor !== 2 : req.httpVersionMajor !== 1 || req.httpVersionMinor > 1) return refusals.version;
   const te = req.headers['transfer-encoding'];
   // HTTP/2 framing has no Transfer-Encoding: nghttp2 refuses a stream that carries one.
   if (te !== undefined && !h2) {

@@ -18,6 +18,10 @@
  * and the connect timeout covers TCP and the handshake together. A failure before that is marked
  * as a handshake failure (`duringHandshake`): the request never left, it may go elsewhere.
  *
+ * A request body of unknown length goes chunked, with the client's trailers in its last chunk
+ * (read from the attempt when the body ended); a kept body (a retry) goes with its length, or
+ * chunked when it has trailers. TE goes with `Connection: te`.
+ *
  * Errors reach the attempt with the codes src/proxy/status.ts maps: Node's socket codes
  * (ECONNREFUSED, ECONNRESET, ...), Node's and OpenSSL's TLS codes (CERT_HAS_EXPIRED,
  * ERR_TLS_CERT_ALTNAME_INVALID, ERR_SSL_*), llhttp's `HPE_*` for a malformed answer, and undici's
@@ -26,7 +30,7 @@
 import net, { type Socket } from 'node:net';
 import { http } from '../node-builtins.ts';
 import type { Readable } from 'node:stream';
-import { ChunkedDecoder } from '../http1/chunked.ts';
+import { ChunkedDecoder, lastChunk } from '../http1/chunked.ts';
 import { append } from '../http1/bytes.ts';
 import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
@@ -183,6 +187,8 @@ class Connection {
       if (invalidValue.test(value)) return this.refuse('UND_ERR_INVALID_ARG', `invalid ${name} header value`);
       if (name.length === 14 && name.toLowerCase() === 'content-length') declared = Number(value);
       head += `${name}: ${value}\r\n`;
+      // TE applies to this connection only: its sender names it in Connection too (RFC 9110 section 10.1.4).
+      if (name.length === 2 && name.toLowerCase() === 'te') head += 'connection: te\r\n';
     }
     const body = attempt.body;
     const socket = this.socket;
@@ -192,20 +198,29 @@ class Connection {
       this.requestSent = true;
       socket.write(head, 'latin1');
     } else if (Buffer.isBuffer(body)) {
-      if (declared === -1) head += `content-length: ${body.length}\r\n`;
+      // A kept body (a retry) was read whole, its trailers too: with trailers it goes chunked, as
+      // the first attempt did, so the retry does not lose them; without, with its length. A
+      // declared length (an HTTP/2 client's) stays: trailers cannot follow it, on any attempt.
+      const trailers = attempt.requestTrailers;
+      const chunked = declared === -1 && trailers !== null && trailers.length > 0;
+      if (chunked) head += 'transfer-encoding: chunked\r\n';
+      else if (declared === -1) head += `content-length: ${body.length}\r\n`;
       else if (declared !== body.length) return this.refuse('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body length does not match its Content-Length');
-      head += '\r\n';
+      head += chunked && body.length > 0 ? `\r\n${body.length.toString(16)}\r\n` : '\r\n';
+      const tail = chunked ? (body.length > 0 ? `\r\n${lastChunk(trailers)}` : lastChunk(trailers)) : '';
       attempt.sending(this.served > 0);
       this.requestSent = true;
       if (body.length <= coalesceBytes) {
-        const out = Buffer.allocUnsafe(head.length + body.length);
+        const out = Buffer.allocUnsafe(head.length + body.length + tail.length);
         out.write(head, 0, head.length, 'latin1');
         body.copy(out, head.length);
+        if (tail.length > 0) out.write(tail, head.length + body.length, tail.length, 'latin1');
         socket.write(out);
       } else {
         socket.cork();
         socket.write(head, 'latin1');
         socket.write(body);
+        if (tail.length > 0) socket.write(tail, 'latin1');
         socket.uncork();
       }
     } else {
@@ -270,7 +285,8 @@ class Connection {
       this.detachBody();
       return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body shorter than its Content-Length'));
     }
-    if (this.bodyLeft === -1) this.socket.write('0\r\n\r\n', 'latin1');
+    // The client's trailers are known now that its body ended (RFC 9112 section 7.1.2).
+    if (this.bodyLeft === -1) this.socket.write(lastChunk(this.attempt?.requestTrailers ?? null), 'latin1');
     this.detachBody();
     this.requestSent = true;
     this.bodyMoved = false;

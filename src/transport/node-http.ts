@@ -15,6 +15,7 @@ import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
+import { writableField } from '../http1/chunked.ts';
 
 function timeoutError(code: string, message: string): Error {
   return Object.assign(new Error(message), { code });
@@ -36,6 +37,47 @@ function onSecureConnect(this: TlsSocket): void {
 /** True when `socket` can carry the request: connected, and for TLS with the handshake done. */
 function ready(socket: TlsSocket, secure: boolean): boolean {
   return secure ? socket[kSecure] === true : !socket.connecting;
+}
+
+/**
+ * The request head's fields as node:http is to write them, and whether the body goes chunked.
+ * node:http frames a body of unknown length as chunked only for methods it expects one with
+ * (not GET, DELETE, OPTIONS, ...): any other would go unframed, its bytes read by the upstream
+ * as the next request. So the framing is always said: chunked for a streamed body without a
+ * Content-Length; a kept body (a retry) with its length, or chunked when the client's trailers go
+ * with it (as they went with the first attempt). `Connection: te` goes beside TE (RFC 9110
+ * section 10.1.4). The attempt's own list is copied, never changed: a retry builds from it again.
+ */
+function requestFraming(attempt: UpstreamAttempt): { headers: string[]; chunked: boolean } {
+  const original = attempt.headers;
+  const body = attempt.body;
+  let declared = false;
+  let te = false;
+  for (let i = 0; i < original.length; i += 2) {
+    const name = original[i];
+    if (name.length === 14 && name.toLowerCase() === 'content-length') declared = true;
+    else if (name.length === 2 && name.toLowerCase() === 'te') te = true;
+  }
+  if (!te && (body === null || declared)) return { headers: original, chunked: false };
+  const headers = original.slice();
+  if (te) headers.push('connection', 'te');
+  let chunked = false;
+  if (body !== null && !declared) {
+    const trailers = attempt.requestTrailers;
+    if (!Buffer.isBuffer(body) || (trailers !== null && trailers.length > 0)) {
+      headers.push('transfer-encoding', 'chunked');
+      chunked = true;
+    } else headers.push('content-length', String(body.length));
+  }
+  return { headers, chunked };
+}
+
+/** The client's trailers into the last chunk; a field node:http would refuse is left out (addTrailers throws at the first bad one). */
+function addTrailers(creq: http.ClientRequest, trailers: readonly string[] | null): void {
+  if (trailers === null) return;
+  const list: [string, string][] = [];
+  for (let i = 0; i + 1 < trailers.length; i += 2) if (writableField(trailers[i], trailers[i + 1])) list.push([trailers[i], trailers[i + 1]]);
+  if (list.length > 0) creq.addTrailers(list);
 }
 
 /** Keep-alive sockets toward one upstream over node:http. */
@@ -83,6 +125,7 @@ export class NodeHttpClient implements UpstreamClient {
     let failed = false;
     let connectTimer: NodeJS.Timeout | null = null;
     let ires: http.IncomingMessage | null = null;
+    const framed = requestFraming(attempt);
     const fail = (err: Error): void => {
       if (failed) return;
       if (secure && !connected) duringHandshake(err);
@@ -102,7 +145,7 @@ export class NodeHttpClient implements UpstreamClient {
       port: upstream.port,
       method: attempt.method,
       path: attempt.path,
-      headers: attempt.headers as unknown as http.OutgoingHttpHeaders,
+      headers: framed.headers as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     });
     // Cancelled by the proxy: the exchange is over, whatever the upstream still sends (a complete
@@ -146,8 +189,18 @@ export class NodeHttpClient implements UpstreamClient {
       creq.setTimeout(timeouts.response_headers);
       const body = attempt.body;
       if (body === null) creq.end();
-      else if (Buffer.isBuffer(body)) creq.end(body);
-      else body.pipe(creq);
+      else if (Buffer.isBuffer(body)) {
+        if (framed.chunked) addTrailers(creq, attempt.requestTrailers);
+        creq.end(body);
+      } else {
+        // Ended here rather than by pipe: the client's trailers are known once its body ended, and go in the last chunk.
+        body.pipe(creq, { end: false });
+        body.once('end', () => {
+          if (failed || creq.destroyed) return;
+          if (framed.chunked) addTrailers(creq, attempt.requestTrailers);
+          creq.end();
+        });
+      }
     };
     creq.on('socket', (socket: Socket) => {
       if (!attempt.live) return fail(new Error('request already finished'));

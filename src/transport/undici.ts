@@ -4,7 +4,8 @@
  * backpressure and no intermediate stream. undici honours an upstream's `Keep-Alive: timeout`
  * (less the safety margin) and retires idle sockets before `keepalive.idle_timeout`.
  * What undici cannot carry (`Expect: 100-continue`, HEAD without closing the socket, protocol
- * upgrades) goes over a node:http client toward the same upstream.
+ * upgrades, a retried body's request trailers) goes over a node:http client toward the same
+ * upstream; a streamed body's request trailers are dropped (see `forward`).
  * undici itself is loaded when the first UndiciClient is made (about 28 MiB of RSS): a
  * configuration without `transport: undici` never loads it here.
  * An `https://` upstream gets its TLS sockets from upstream-tls.ts (SNI, verification, ALPN
@@ -200,6 +201,13 @@ function tlsConnector(connector: UpstreamTlsConnector, timeout: number): BuildCo
   };
 }
 
+/** A kept body (a retry) whose request trailers are known: undici could not send them. */
+function keptWithTrailers(attempt: UpstreamAttempt): boolean {
+  if (!Buffer.isBuffer(attempt.body)) return false;
+  const trailers = attempt.requestTrailers;
+  return trailers !== null && trailers.length > 0;
+}
+
 /** Keep-alive sockets toward one upstream over undici. */
 export class UndiciClient implements UpstreamClient {
   private readonly upstream: Upstream;
@@ -231,10 +239,19 @@ export class UndiciClient implements UpstreamClient {
     this.pool.on('connectionError', () => {});
   }
 
+  /**
+   * Request trailers: undici has no way to send them (its chunked writer ends every body with a
+   * bare `0\r\n\r\n`, and its dispatch options have no trailers), and a streamed body's
+   * trailers are known only once it ended, long after undici took the request: over undici they
+   * are dropped. A kept body (a retry) comes with its trailers already known: it goes over
+   * node:http, which sends them, so a retry carries what a first attempt over http1 or node-http
+   * would. For the same reason TE goes without `Connection: te` here (undici refuses any
+   * Connection value but keep-alive and close).
+   */
   forward(attempt: UpstreamAttempt): void {
-    // undici cannot send Expect or switch protocols, and it closes the socket after every HEAD;
+    // undici cannot send Expect, trailers or switch protocols, and it closes the socket after every HEAD;
     // and a closed client opens nothing: those go over node:http (a closed one uses a one-off connection).
-    if (attempt.expectContinue || attempt.upgrade || attempt.method === 'HEAD' || this.closed) {
+    if (attempt.expectContinue || attempt.upgrade || attempt.method === 'HEAD' || this.closed || keptWithTrailers(attempt)) {
       this.fallback ??= new NodeHttpClient(this.upstream, this.settings);
       if (this.closed) void this.fallback.close();
       return this.fallback.forward(attempt);

@@ -31,3 +31,13 @@ test('validateRequest: header names with "_" are refused only with headers_with_
   assert.match(refusal!.message, /header name with "_"/);
   assert.equal(validateRequest(request(['Host', 'h', 'X-A', 'b_c']), 'reject'), null, 'a "_" in a value is fine');
 });
+
+test('validateRequest: version 2 only from an HTTP/2 stream; an HTTP/2 request needs :authority', () => {
+  const v2 = (rawHeaders: string[]): RequestHead => ({ ...request(rawHeaders), httpVersionMajor: 2, httpVersionMinor: 0 }) as RequestHead;
+  assert.equal(validateRequest(v2(['Host', 'h']))?.status, 505, '"HTTP/2.0" on an HTTP/1 connection');
+  assert.equal(validateRequest(v2(['host', 'h']), 'drop', 'h2'), null);
+  assert.equal(validateRequest(v2([]), 'drop', 'h2')?.status, 400);
+  assert.equal(validateRequest(request(['Host', 'h']), 'drop', 'h2')?.status, 505, 'a stream never says 1.1');
+  // Transfer-Encoding has no meaning on HTTP/2 (nghttp2 refuses it before this): not judged here.
+  assert.equal(validateRequest(v2(['host', 'h', 'transfer-encoding', 'gzip']), 'drop', 'h2'), null);
+});
