@@ -164,6 +164,9 @@ export class Http2Front {
     });
     this.server.on('session', (session: ServerHttp2Session) => this.onSession(session));
     this.server.on('stream', (stream: ServerHttp2Stream, headers: http2.IncomingHttpHeaders, _flags: number, rawHeaders: string[]) => {
+      // A session destroyed in the read that opened this stream (too many invalid frames or refused
+      // streams) destroyed it with the session's error before this event: unheard, that error would end the process.
+      stream.on('error', ignoreError);
       const guard = this.guards.get(stream.session as ServerHttp2Session);
       if (guard === undefined) {
         stream.close(http2.constants.NGHTTP2_REFUSED_STREAM);
@@ -188,6 +191,7 @@ export class Http2Front {
     });
     // A session error (a protocol violation nghttp2 caught, a reset socket) ends that session only.
     this.server.on('sessionError', (err: NodeJS.ErrnoException) => {
+      if (err instanceof CalmError) return;
       this.logger.debug({ listener, err: err.message, code: err.code }, 'HTTP/2 session error');
     });
   }
@@ -198,6 +202,9 @@ export class Http2Front {
       socket.destroy();
       return;
     }
+    // The acceptor's sockets are half-open for the HTTP/1.1 server; HTTP/2 has no use for a half-closed
+    // connection, and node:http2 ends a session only when its socket closes: a client's FIN closes it.
+    socket.allowHalfOpen = false;
     this.server.emit('connection', socket);
   }
 
@@ -212,11 +219,18 @@ export class Http2Front {
     this.guards.set(session, guard);
     this.stats.sessions++;
     this.stats.sessionsTotal++;
+    // A stream reset in the same read as its HEADERS (the rapid-reset pattern) is aborted before its
+    // 'stream' event, so Http2Downstream never hears 'aborted': counted here.
+    session.on('stream', (stream: ServerHttp2Stream) => {
+      if (stream.aborted && !guard.closing && !session.destroyed) guard.streamAborted();
+    });
     session.on('ping', () => guard.controlFrame());
     session.on('remoteSettings', () => guard.controlFrame());
     session.on('goaway', (code: number) => bump(this.stats.goawayReceived, http2ErrorName(code)));
     session.on('frameError', () => bump(this.stats.glitches, 'frame_error'));
     session.on('error', (err: NodeJS.ErrnoException) => {
+      // calm()'s own ending comes back here: counted there already.
+      if (err instanceof CalmError) return;
       bump(this.stats.glitches, 'protocol_error');
       this.logger.debug({ listener: this.listener, err: err.message, code: err.code }, 'HTTP/2 session closed on an error');
     });
@@ -246,7 +260,8 @@ export class Http2Front {
     guard.stop();
     bump(this.stats.goawaySent, http2ErrorName(NGHTTP2_ENHANCE_YOUR_CALM));
     this.logger.warn({ listener: this.listener, kind, peer: guard.session.socket?.remoteAddress }, `HTTP/2 session closed: ${kind.replace('_', ' ')} (GOAWAY ENHANCE_YOUR_CALM)`);
-    guard.session.destroy(undefined, NGHTTP2_ENHANCE_YOUR_CALM);
+    // An error must go with the code: destroy(undefined, code) takes the default NO_ERROR for `undefined` and sends that.
+    guard.session.destroy(new CalmError(`HTTP/2 ${kind}`), NGHTTP2_ENHANCE_YOUR_CALM);
   }
 
   /** Shutdown: every session gets GOAWAY, streams in flight finish; new sockets are refused. */
@@ -265,6 +280,11 @@ export class Http2Front {
     for (const guard of this.guards.values()) guard.session.destroy();
   }
 }
+
+function ignoreError(): void {}
+
+/** What calm() ends a session with; its code (ENHANCE_YOUR_CALM) goes out in the GOAWAY. */
+class CalmError extends Error {}
 
 function serverSettings(s: Http2ServerSettings): http2.Settings {
   return {
