@@ -20,6 +20,7 @@ import type { Socket } from 'node:net';
 import type { ServerHttp2Session, ServerHttp2Stream } from 'node:http2';
 import { Http2Downstream, Http2RequestHead, type StreamWatcher } from './http2.ts';
 import type { Logger } from '../observe/logger.ts';
+import { http2ErrorLabel } from '../http2/error-codes.ts';
 
 const { NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_NO_ERROR } = http2.constants;
 
@@ -44,12 +45,6 @@ export interface Http2ServerSettings {
 /** What the listener does with a stream's request. */
 export interface Http2Handler {
   request(head: Http2RequestHead, downstream: Http2Downstream): void;
-}
-
-/** GOAWAY error code names (RFC 9113 section 7) for labels. */
-export function http2ErrorName(code: number): string {
-  const names = ['NO_ERROR', 'PROTOCOL_ERROR', 'INTERNAL_ERROR', 'FLOW_CONTROL_ERROR', 'SETTINGS_TIMEOUT', 'STREAM_CLOSED', 'FRAME_SIZE_ERROR', 'REFUSED_STREAM', 'CANCEL', 'COMPRESSION_ERROR', 'CONNECT_ERROR', 'ENHANCE_YOUR_CALM', 'INADEQUATE_SECURITY', 'HTTP_1_1_REQUIRED'];
-  return names[code] ?? 'UNKNOWN';
 }
 
 /** Counts of one listener's HTTP/2 side, read by metrics and /status. */
@@ -226,7 +221,7 @@ export class Http2Front {
     });
     session.on('ping', () => guard.controlFrame());
     session.on('remoteSettings', () => guard.controlFrame());
-    session.on('goaway', (code: number) => bump(this.stats.goawayReceived, http2ErrorName(code)));
+    session.on('goaway', (code: number) => bump(this.stats.goawayReceived, http2ErrorLabel(code)));
     session.on('frameError', () => bump(this.stats.glitches, 'frame_error'));
     session.on('error', (err: NodeJS.ErrnoException) => {
       // calm()'s own ending comes back here: counted there already.
@@ -247,7 +242,7 @@ export class Http2Front {
     if (guard.closing || guard.session.destroyed) return;
     guard.closing = true;
     guard.stop();
-    bump(this.stats.goawaySent, http2ErrorName(NGHTTP2_NO_ERROR));
+    bump(this.stats.goawaySent, http2ErrorLabel(NGHTTP2_NO_ERROR));
     guard.session.close();
   }
 
@@ -258,7 +253,7 @@ export class Http2Front {
     if (guard.session.destroyed) return;
     guard.closing = true;
     guard.stop();
-    bump(this.stats.goawaySent, http2ErrorName(NGHTTP2_ENHANCE_YOUR_CALM));
+    bump(this.stats.goawaySent, http2ErrorLabel(NGHTTP2_ENHANCE_YOUR_CALM));
     this.logger.warn({ listener: this.listener, kind, peer: guard.session.socket?.remoteAddress }, `HTTP/2 session closed: ${kind.replace('_', ' ')} (GOAWAY ENHANCE_YOUR_CALM)`);
     // An error must go with the code: destroy(undefined, code) takes the default NO_ERROR for `undefined` and sends that.
     guard.session.destroy(new CalmError(`HTTP/2 ${kind}`), NGHTTP2_ENHANCE_YOUR_CALM);

@@ -31,6 +31,7 @@ import type { Pool } from '../upstream/pool.ts';
 import type { RateLimitStores } from '../middleware/rate-limit-stores.ts';
 import type { Http2Stats } from '../downstream/http2-server.ts';
 import { grpcStatusNames } from '../proxy/grpc.ts';
+import { http2UpstreamStats } from '../transport/http2.ts';
 
 /** What the metrics read at scrape time. */
 export interface MetricsSources {
@@ -394,6 +395,25 @@ export class Metrics {
       'kind',
       'glitches',
     );
+    // The HTTP/2 upstream clients keep process-wide totals (every balancer of the process shares them).
+    new Gauge({ name: 'lb_http2_upstream_sessions', help: 'Open HTTP/2 sessions to upstreams (h2 and h2c pools), connecting ones included.', registers, collect() { this.set(http2UpstreamStats.sessionsOpen); } });
+    new Gauge({ name: 'lb_http2_upstream_streams', help: 'HTTP/2 streams in flight to upstreams.', registers, collect() { this.set(http2UpstreamStats.streamsInFlight); } });
+    const upstreamGoawaysSeen = new Map<string, number>();
+    new Counter({
+      name: 'lb_http2_upstream_goaway_received_total', help: 'GOAWAY frames received from upstreams, by error code (NO_ERROR: a graceful shutdown or idle close).', labelNames: ['code'], registers,
+      collect() {
+        for (const [code, n] of Object.entries(http2UpstreamStats.goawaysReceived)) {
+          this.inc({ code }, Math.max(0, n - (upstreamGoawaysSeen.get(code) ?? 0)));
+          upstreamGoawaysSeen.set(code, n);
+        }
+      },
+    });
+    const upstreamTotal = (name: string, help: string, field: 'unprocessedStreams' | 'pingTimeouts'): void => {
+      let seen = 0;
+      new Counter({ name, help, registers, collect() { this.inc(Math.max(0, http2UpstreamStats[field] - seen)); seen = http2UpstreamStats[field]; } });
+    };
+    upstreamTotal('lb_http2_upstream_unprocessed_streams_total', 'Streams an upstream did not process (REFUSED_STREAM, or above the last stream of its GOAWAY): sent again, any method.', 'unprocessedStreams');
+    upstreamTotal('lb_http2_upstream_ping_timeouts_total', 'HTTP/2 upstream sessions closed because a keepalive PING went unanswered past ping_timeout.', 'pingTimeouts');
     tlsCounter('lb_tls_handshakes_total', 'TLS handshakes completed on https listeners, by listener and TLS version.', 'version', 'handshakes');
     tlsCounter('lb_tls_handshake_failures_total', 'TLS connections that failed or were refused before or during the handshake, by listener and reason (timeout, not_tls, unknown_name, no_shared_cipher, client_certificate, ...).', 'reason', 'failures');
     let droppedSeen = 0;

@@ -8,9 +8,10 @@
  * one-off connection that closes with its exchange).
  *
  * Keys are `protocol|host:port|settings`: `http1` (Fulcrum's own), `http1-undici` and
- * `http1-node`, each with `+tls:FINGERPRINT` for an `https://` upstream (the pool's TLS settings
- * and the contents of its PEM files, see upstream-tls.ts): a pool rebuilt with other TLS settings
- * or renewed files gets new connections. HTTP/2 clients will get their own protocol names.
+ * `http1-node`, and `h2` / `h2c` for a pool's `protocol: h2 | h2c` (Http2Client, whose key adds
+ * the pool's `http2` settings), each with `+tls:FINGERPRINT` for an `https://` upstream (the
+ * pool's TLS settings and the contents of its PEM files, see upstream-tls.ts): a pool rebuilt
+ * with other TLS or HTTP/2 settings or renewed files gets new connections.
  */
 import type { PoolSettings } from '../config/schema.ts';
 import { upstreamIdOf, type Upstream } from '../upstream/upstream.ts';
@@ -18,6 +19,7 @@ import type { ClientSettings, Transport, UpstreamAttempt, UpstreamClient } from 
 import { Http1Client } from './http1.ts';
 import { UndiciClient } from './undici.ts';
 import { NodeHttpClient } from './node-http.ts';
+import { Http2Client } from './http2.ts';
 import { readUpstreamTls, type UpstreamTls } from './upstream-tls.ts';
 
 /** A pool's view of what it may ask for: its settings, its upstreams and the TLS it read for its https ones. */
@@ -28,8 +30,9 @@ export interface PoolConnections {
   readonly upstreamTls?: UpstreamTls | null;
 }
 
-/** The client protocol a pool's settings ask for. */
+/** The client protocol a pool's settings ask for: `protocol` for HTTP/2, else the HTTP/1.1 `transport`. */
 function protocolOf(settings: PoolSettings): string {
+  if (settings.protocol === 'h2' || settings.protocol === 'h2c') return settings.protocol;
   return settings.transport === 'node-http' ? 'http1-node' : settings.transport === 'undici' ? 'http1-undici' : 'http1';
 }
 
@@ -37,6 +40,7 @@ function protocolOf(settings: PoolSettings): string {
 function newClient(protocol: string, upstream: Upstream, s: ClientSettings): UpstreamClient {
   if (protocol === 'http1-node') return new NodeHttpClient(upstream, s);
   if (protocol === 'http1-undici') return new UndiciClient(upstream, s);
+  if (protocol === 'h2' || protocol === 'h2c') return new Http2Client(upstream, s);
   return new Http1Client(upstream, s);
 }
 
@@ -53,13 +57,17 @@ function clientSettings(settings: PoolSettings, upstream: Upstream, tls: Upstrea
     timeouts: settings.timeouts,
     maxSockets: Number.isFinite(limit) ? limit : null,
     tls: upstream.secure ? (tls ?? readUpstreamTls(settings.tls)) : null,
+    http2: settings.http2,
   };
 }
 
 function keyOf(protocol: string, id: string, s: ClientSettings): string {
   const { keepalive: k, timeouts: t } = s;
   const tls = s.tls === null ? '' : `+tls:${s.tls.fingerprint}`;
-  return `${protocol}${tls}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
+  const key = `${protocol}${tls}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
+  if (protocol !== 'h2' && protocol !== 'h2c') return key;
+  const h = s.http2;
+  return `${key}|${h.max_concurrent_streams},${h.max_sessions},${h.ping_interval},${h.ping_timeout},${h.initial_window_size}`;
 }
 
 /** Every upstream client of one balancer; outlives runtimes (reloads, API writes). */

@@ -1,7 +1,8 @@
 /**
  * The transport interface: how a request reaches an upstream over a keep-alive pool and how
  * the response comes back. Fulcrum's own HTTP/1.1 client (http1.ts) is the default; undici and
- * node:http are kept as options so `npm run bench` can compare them on every machine.
+ * node:http are kept as options so `npm run bench` can compare them on every machine; HTTP/2
+ * upstreams (`protocol: h2 | h2c`) go through http2.ts, on node:http2.
  */
 import type { Readable } from 'node:stream';
 import type { Socket } from 'node:net';
@@ -63,6 +64,8 @@ export interface ClientSettings {
   maxSockets: number | null;
   /** The pool's TLS for an `https://` upstream (read once when the pool was built); null for `http://`. */
   tls: UpstreamTls | null;
+  /** The pool's HTTP/2 client settings (streams per session, sessions, PING keepalive, window); read by `protocol: h2 | h2c` clients only. */
+  http2: PoolSettings['http2'];
 }
 
 /** A client toward one upstream over one protocol (keep-alive sockets), kept across configuration changes. */

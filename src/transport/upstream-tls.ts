@@ -237,8 +237,10 @@ export class UpstreamTlsConnector {
   resumed = 0;
   fullHandshakes = 0;
 
-  constructor(upstream: Upstream, t: UpstreamTls) {
-    this.options = upstreamTlsOptions(upstream, t);
+  /** `alpn`: the protocols offered (default `http/1.1`; the HTTP/2 client offers `h2`). */
+  constructor(upstream: Upstream, t: UpstreamTls, alpn: readonly string[] = ['http/1.1']) {
+    const options = upstreamTlsOptions(upstream, t);
+    this.options = alpn.length === 1 && alpn[0] === 'http/1.1' ? options : { ...options, ALPNProtocols: [...alpn] };
   }
 
   /** A new TLS socket, connecting (listen for `secureConnect`, never `connect`). Throws what tls.connect throws synchronously. */
