@@ -259,7 +259,7 @@ export const UpstreamHttp2Config = z.strictObject({
   max_sessions: z.number().int().min(0).default(0).meta({ description: 'Most sessions (connections) per upstream; 0 is no limit (default 0). Streams beyond them wait for room.' }),
   ping_interval: Duration.default(30_000).meta({ description: 'A session idle this long is sent a PING; 0 turns keepalive pings off (default 30s).' }),
   ping_timeout: PositiveDuration.default(10_000).meta({ description: 'A PING not answered in this time closes the session (default 10s).' }),
-  initial_window_size: z
+  initial_window_bytes: z
     .number()
     .int()
     .min(65_535)
@@ -419,7 +419,7 @@ export const ListenerHttp2Config = z.strictObject({
     .default(false)
     .meta({ description: 'On an http listener, also serve HTTP/2 in cleartext to clients that start with its connection preface (prior knowledge); the HTTP/1.1 `Upgrade: h2c` is never offered (default false).' }),
   max_concurrent_streams: z.number().int().min(1).max(10_000).default(100).meta({ description: 'Streams one client connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); more are refused (default 100).' }),
-  initial_window_size: z
+  initial_window_bytes: z
     .number()
     .int()
     .min(65_535)

@@ -65,7 +65,7 @@ function http2Settings(settings: ListenerSettings): Http2ServerSettings {
   const h = settings.http2;
   return {
     maxConcurrentStreams: h.max_concurrent_streams,
-    initialWindowSize: h.initial_window_size,
+    initialWindowSize: h.initial_window_bytes,
     maxHeaderListSize: settings.limits.max_header_bytes,
     maxHeaders: settings.limits.max_headers,
     maxResets: h.max_resets,

@@ -67,7 +67,7 @@ function keyOf(protocol: string, id: string, s: ClientSettings): string {
   const key = `${protocol}${tls}|${id}|${k.idle_timeout},${k.safety_margin},${k.max_sockets},${t.connect},${t.response_headers},${t.idle_body},${s.maxSockets ?? ''}`;
   if (protocol !== 'h2' && protocol !== 'h2c') return key;
   const h = s.http2;
-  return `${key}|${h.max_concurrent_streams},${h.max_sessions},${h.ping_interval},${h.ping_timeout},${h.initial_window_size}`;
+  return `${key}|${h.max_concurrent_streams},${h.max_sessions},${h.ping_interval},${h.ping_timeout},${h.initial_window_bytes}`;
 }
 
 /** Every upstream client of one balancer; outlives runtimes (reloads, API writes). */

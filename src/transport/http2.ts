@@ -27,7 +27,7 @@
  * the upload; an upload still moving extends it), idle body (between DATA frames; not while the
  * client is slow). Response bodies are read with backpressure: while the client is slow the
  * stream is paused and node:http2 stops widening its flow-control window, so at most
- * `http2.initial_window_size` per stream waits in Fulcrum. The connection window is set to hold
+ * `http2.initial_window_bytes` per stream waits in Fulcrum. The connection window is set to hold
  * every stream's window at once (node:http2 gives connection credit back as soon as data
  * arrives, so it only bounds throughput, never memory).
  *
@@ -884,8 +884,8 @@ export class Http2Client implements UpstreamClient {
     this.maxStreams = h.max_concurrent_streams;
     const sessions = Math.min(h.max_sessions > 0 ? h.max_sessions : Infinity, settings.maxSockets ?? Infinity);
     this.maxSessions = sessions;
-    this.windowSize = h.initial_window_size;
-    this.connectionWindow = Math.min(maxWindow, h.initial_window_size * h.max_concurrent_streams);
+    this.windowSize = h.initial_window_bytes;
+    this.connectionWindow = Math.min(maxWindow, h.initial_window_bytes * h.max_concurrent_streams);
     this.idleMs = effectiveIdle(keepalive.idle_timeout, keepalive.safety_margin);
     this.connectMs = timeouts.connect;
     this.headersMs = timeouts.response_headers;

@@ -103,9 +103,10 @@ test('env: overrides apply to the seed shape too', () => {
 test('env: FULCRUM_HOST on a file without listeners makes the first listener', () => {
   const { config } = loadConfigText('pools:\n  web:\n    upstreams: [http://127.0.0.1:9001]\n', 'x.yaml', { FULCRUM_HOST: '127.0.0.1' });
   assert.equal(config.listeners.length, 1);
-  const { limits, ...listener } = config.listeners[0];
+  const { limits, http2, ...listener } = config.listeners[0];
   assert.deepEqual(listener, { host: '127.0.0.1', port: 8080, protocol: 'http', engine: 'fulcrum', trusted_proxies: [], headers_with_underscores: 'drop', keepalive_timeout: 5000 });
   assert.equal(limits.max_header_bytes, 16_384, 'limits get their defaults');
+  assert.equal(http2.h2c, false, 'so does http2');
 });
 
 test('env: a bad FULCRUM_PORT is reported as env FULCRUM_PORT', () => {
