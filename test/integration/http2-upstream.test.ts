@@ -364,7 +364,7 @@ test('backpressure: a client that stops reading holds the HTTP/2 upstream; the g
   const windows = [65_535, 1_048_576, 8 * 1_048_576];
   for (const window of windows) {
     progress.written = 0;
-    const lb = await balancerFor(t, h2cPool([backend.url], { http2: { initial_window_size: window } }));
+    const lb = await balancerFor(t, h2cPool([backend.url], { http2: { initial_window_bytes: window } }));
     const socket = net.connect(lb.port, '127.0.0.1');
     t.after(() => socket.destroy());
     let received = 0;
@@ -385,7 +385,7 @@ test('backpressure: a client that stops reading holds the HTTP/2 upstream; the g
       { interval: 100, timeout: 10_000, what: 'the backend stalled on flow control' },
     );
     const gap = progress.written - received;
-    t.diagnostic(`initial_window_size ${window}: backend wrote ${(progress.written / 1048576).toFixed(1)} MiB, client read ${(received / 1048576).toFixed(2)} MiB: ${(gap / 1048576).toFixed(1)} MiB between them (kernel buffers included) of a ${size / 1048576} MiB body`);
+    t.diagnostic(`initial_window_bytes ${window}: backend wrote ${(progress.written / 1048576).toFixed(1)} MiB, client read ${(received / 1048576).toFixed(2)} MiB: ${(gap / 1048576).toFixed(1)} MiB between them (kernel buffers included) of a ${size / 1048576} MiB body`);
     gaps.push(gap);
     assert.ok(progress.written < size / 2, `the backend was held back (wrote ${progress.written} of ${size})`);
     // Over the smallest window's run (kernel buffers and that window): at most the difference of windows, plus 1 MiB of slack.
