@@ -147,7 +147,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
   // The host the request was routed on: an absolute-form target's authority wins over Host (RFC 9112 section 3.2.2).
   const routedHost = ctx.authority ?? clientHost;
   if (forwardedHost !== undefined || routedHost !== undefined) out.push('x-forwarded-host', forwardedHost ?? routedHost!);
-  out.push('via', via === undefined ? settings.via : `${via}, ${settings.via}`);
+  // Via names the protocol the request came in on (RFC 9110 section 7.6.3): "2" for an HTTP/2 stream.
+  const own = ctx.downstream.protocol === 'h2' ? VIA_H2 : settings.via;
+  out.push('via', via === undefined ? own : `${via}, ${own}`);
   if (requestId !== undefined && requestId.length <= 200) ctx.requestIdForUpstream = requestId;
   out.push('x-request-id', ctx.requestIdForUpstream ?? ctx.id);
   if (te) out.push('te', 'trailers');
@@ -158,6 +160,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
 export function setUpstreamHost(headers: string[], host: HostRewrite, upstreamHost: string): void {
   if (host.kind === 'upstream' || headers[1] === '') headers[1] = upstreamHost;
 }
+
+/** The Via entry of a request that came over HTTP/2. */
+const VIA_H2 = '2 fulcrum';
 
 /**
  * Filters an upstream's raw response headers (latin1 buffers from undici, or strings) into the

@@ -38,7 +38,7 @@ async function threeBackends(t: import('node:test').TestContext) {
         req.on('end', () => {
           res.setHeader('x-backend', name);
           res.setHeader('set-cookie', ['a=1', 'b=2']);
-          res.end(JSON.stringify({ backend: name, method: req.method, url: req.url, host: req.headers.host, cookie: req.headers.cookie ?? null, body: Buffer.concat(chunks).toString(), proto: req.headers['x-forwarded-proto'] }));
+          res.end(JSON.stringify({ backend: name, method: req.method, url: req.url, host: req.headers.host, cookie: req.headers.cookie ?? null, body: Buffer.concat(chunks).toString(), proto: req.headers['x-forwarded-proto'], via: req.headers.via }));
         });
       }),
     ),
@@ -66,6 +66,7 @@ test('h2c with prior knowledge: streams of one connection are balanced across up
   // HTTP/1.1 on the same listener still works.
   const h1 = await run('curl', ['-s', '--http1.1', `${lb.url}/h1`]);
   assert.equal(JSON.parse(h1.stdout).url, '/h1');
+  assert.equal(JSON.parse(h1.stdout).via, '1.1 fulcrum');
   const prior = await run('curl', ['-s', '--http2-prior-knowledge', '-w', '\n%{http_version}', `${lb.url}/c`]);
   assert.match(prior.stdout, /\n2$/);
 });
@@ -103,6 +104,7 @@ test('nghttp: frames, status and the request as the upstream saw it', async (t) 
   assert.equal(seen.url, '/n?q=1');
   assert.equal(seen.host, `127.0.0.1:${lb.port}`, ':authority becomes Host');
   assert.equal(seen.proto, 'http');
+  assert.equal(seen.via, '2 fulcrum', 'Via names the protocol the request came in on');
 });
 
 test('response trailers from an HTTP/1.1 upstream reach an HTTP/2 client, also with no body', async (t) => {
