@@ -235,6 +235,9 @@ export class Http2Downstream implements Downstream {
     const stream = this.stream;
     if (this.requestBody === null || stream.readableEnded || stream.destroyed) return;
     stream.close(NGHTTP2_NO_ERROR);
+    // node:http2 destroys a closed stream only once its readable side ended: DATA already on its way
+    // is read and dropped. On the next tick, since the proxy unpipes the body (pausing it) after the answer.
+    process.nextTick(discardRequestData, stream);
   }
 
   /** RST_STREAM: a cut answer never looks complete. */
@@ -248,6 +251,12 @@ export class Http2Downstream implements Downstream {
   switchProtocols(): Duplex | null {
     return null;
   }
+}
+
+function discardRequestData(stream: ServerHttp2Stream): void {
+  if (stream.destroyed || stream.readableEnded) return;
+  stream.on('data', ignore);
+  stream.resume();
 }
 
 function bodyTooSlow(downstream: Http2Downstream): void {

@@ -71,6 +71,10 @@ export class Exchange extends RequestContext implements DownstreamOwner {
   lastStatus = 0;
   /** The first pick was made in panic mode. */
   panicked = false;
+  /** Attempts sent again because an HTTP/2 upstream did not process them (not counted against max_attempts). */
+  unprocessedRetries = 0;
+  /** `performance.now()` when the gRPC caller's deadline (`grpc-timeout`) passes, or 0. */
+  grpcDeadlineAt = 0;
 
   constructor(core: ExchangeCore, req: RequestHead, downstream: Downstream, listener: string, peerAddress: string) {
     super(req, downstream, listener, peerAddress, core);

@@ -28,7 +28,10 @@ import { OpenTunnels } from './open-tunnels.ts';
 import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
 import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
-import { encodeGrpcMessage, grpcStatusFor, grpcStatusOf, grpcTimeoutMs, isGrpc } from './grpc.ts';
+import { encodeGrpcMessage, GrpcStatus, grpcStatusFor, grpcStatusOf, grpcTimeoutMs, isGrpc } from './grpc.ts';
+
+/** A client's own deadline timer may fire a little before Fulcrum's: within this it counts as the deadline. */
+const DEADLINE_SLACK_MS = 20;
 
 /** What the proxy needs from the listener a request came in on. */
 export interface ListenerInfo {
@@ -325,6 +328,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     let limit = pool.settings.timeouts.request;
     // A gRPC caller's deadline (grpc-timeout) bounds the call when it is the shorter; it still goes upstream as sent.
     const deadline = ctx.grpc ? grpcTimeoutMs(req.headers['grpc-timeout']) : null;
+    if (deadline !== null) ctx.grpcDeadlineAt = ctx.start + deadline;
     if (deadline !== null && (limit === 0 || deadline < limit)) limit = deadline;
     if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx, limit);
     this.attempt(ctx);
@@ -537,6 +541,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   private retry(ctx: Exchange, upstream: Upstream, reason: RetryReason, why: string, delay: number): void {
     ctx.attempt = null;
     (ctx.tried ??= []).push(upstream);
+    if (reason === 'unprocessed') ctx.unprocessedRetries++;
     if (!ctx.retrying && usesBudget(reason)) {
       ctx.retrying = true;
       ctx.countedPool!.retrying++;
@@ -568,6 +573,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const downstream = ctx.downstream;
     if (ctx.clientGone || error.status === 499) {
       ctx.status = 499;
+      // A gRPC caller that went away at its own deadline (its timer and ours race) ended DEADLINE_EXCEEDED; before it, it cancelled.
+      if (ctx.grpc) ctx.grpcStatus = ctx.grpcDeadlineAt > 0 && performance.now() >= ctx.grpcDeadlineAt - DEADLINE_SLACK_MS ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED;
     } else if (ctx.grpc && downstream.protocol === 'h2') {
       this.failGrpc(ctx, error);
     } else if (downstream.headSent) {

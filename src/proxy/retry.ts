@@ -2,7 +2,9 @@
  * The retry decision, in one place (Envoy's retry policy with a retry budget):
  * - connect failures (the upstream never saw the request): any method;
  * - a stream an HTTP/2 upstream did not process (REFUSED_STREAM, or past the last stream of its
- *   GOAWAY; RFC 9113 section 8.7): any method, like gRPC's transparent retry;
+ *   GOAWAY; RFC 9113 section 8.7): any method, like gRPC's transparent retry, and like it (gRFC
+ *   A6) not counted against `max_attempts` but bounded on its own (MAX_UNPROCESSED_RETRIES): when
+ *   every upstream restarts at once, a call may meet several GOAWAYs in a row;
  * - a stale keep-alive socket (a reused socket reset before any response byte, most likely
  *   closed by the upstream while idle): idempotent methods, and a non-idempotent one once when it
  *   carries `Idempotency-Key` (Go's net/http rule); the reset is not held against the upstream;
@@ -27,6 +29,9 @@ export function usesBudget(reason: RetryReason): boolean {
   return reason === 'reset' || reason === 'status';
 }
 
+/** Retries of unprocessed streams per request, beyond `max_attempts`: bounds a loop between upstreams that all refuse. */
+export const MAX_UNPROCESSED_RETRIES = 10;
+
 /** RFC 9110 section 9.2.2: methods whose repetition has the same effect as one request. */
 const idempotent = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
 
@@ -44,11 +49,13 @@ export function retryReason(ctx: Exchange, failure: FulcrumError | null, status:
   const pool = ctx.pool!;
   const policy = pool.settings.retry;
   if (ctx.downstream.headSent || ctx.clientGone || ctx.done) return null;
-  if (ctx.attempts >= policy.max_attempts) return null;
+  if (failure !== null && failure.code === ErrorCode.UpstreamUnprocessed) {
+    return ctx.unprocessedRetries < MAX_UNPROCESSED_RETRIES && bodyReplayable(ctx) ? 'unprocessed' : null;
+  }
+  if (ctx.attempts - ctx.unprocessedRetries >= policy.max_attempts) return null;
   let reason: RetryReason;
   if (failure !== null) {
     if (!sent && failure.retryable) reason = 'connect-failure';
-    else if (failure.code === ErrorCode.UpstreamUnprocessed) reason = 'unprocessed';
     else if (failure.code !== ErrorCode.UpstreamReset) return null;
     else if (stale && (isIdempotent(ctx.req.method) || (ctx.tried === null && hasIdempotencyKey(ctx)))) reason = 'stale-connection';
     else if (isIdempotent(ctx.req.method)) reason = 'reset';

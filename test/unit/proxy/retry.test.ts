@@ -1,9 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isIdempotent, retryAfterMs, retryReason, usesBudget } from '../../../src/proxy/retry.ts';
+import { isIdempotent, MAX_UNPROCESSED_RETRIES, retryAfterMs, retryReason, usesBudget } from '../../../src/proxy/retry.ts';
 import { clientGone, noUpstream, requestTimedOut, upstreamFailure } from '../../../src/proxy/status.ts';
 import { PoolConfig, type PoolSettings } from '../../../src/config/schema.ts';
-import { ErrorCode, type FulcrumError } from '../../../src/errors.ts';
+import { ErrorCode, FulcrumError } from '../../../src/errors.ts';
 import type { Exchange as RequestContext } from '../../../src/proxy/exchange.ts';
 
 type RetryOverrides = Partial<PoolSettings['retry']>;
@@ -29,6 +29,7 @@ interface CtxOptions {
   retrying?: boolean;
   pool?: FakePool;
   countedPool?: FakePool;
+  unprocessedRetries?: number;
 }
 
 /** Only the fields retryReason reads, as a RequestContext. */
@@ -42,6 +43,7 @@ function fakeCtx(o: CtxOptions = {}): RequestContext {
     clientGone: o.clientGone ?? false,
     done: o.done ?? false,
     attempts: o.attempts ?? 1,
+    unprocessedRetries: o.unprocessedRetries ?? 0,
     pool,
     countedPool: o.countedPool ?? pool,
     retrying: o.retrying ?? false,
@@ -281,4 +283,20 @@ test('retryAfterMs: absent and garbage are 0', () => {
 
 test('retryAfterMs: garbage that Date.parse happens to read as a future year is 0', () => {
   assert.equal(retryAfterMs('soon 2099'), 0);
+});
+
+test('an unprocessed HTTP/2 stream goes again for any method, outside max_attempts, bounded on its own', () => {
+  const unprocessed = (): FulcrumError => new FulcrumError(ErrorCode.UpstreamUnprocessed, 'upstream refused the stream (REFUSED_STREAM)', 'upstream', 502, true);
+  assert.equal(retryReason(fakeCtx({ method: 'POST', body: 'kept' }), unprocessed(), 0, true), 'unprocessed');
+  assert.equal(usesBudget('unprocessed'), false, 'nothing was processed: no budget');
+  // Three attempts made, all refused: max_attempts (3) does not stop it...
+  assert.equal(retryReason(fakeCtx({ method: 'POST', attempts: 3, unprocessedRetries: 2 }), unprocessed(), 0, true), 'unprocessed');
+  // ...its own bound does.
+  assert.equal(retryReason(fakeCtx({ method: 'POST', attempts: 20, unprocessedRetries: MAX_UNPROCESSED_RETRIES }), unprocessed(), 0, true), null);
+  // A body that was not kept cannot go again; nor after the response head or with the client gone.
+  assert.equal(retryReason(fakeCtx({ method: 'POST', body: 'dropped' }), unprocessed(), 0, true), null);
+  assert.equal(retryReason(fakeCtx({ method: 'POST', headersSent: true }), unprocessed(), 0, true), null);
+  assert.equal(retryReason(fakeCtx({ method: 'POST', clientGone: true }), unprocessed(), 0, true), null);
+  // Other failures count the refused attempts out of max_attempts: 3 made, 2 of them refused, one reset more is allowed.
+  assert.equal(retryReason(fakeCtx({ method: 'GET', attempts: 3, unprocessedRetries: 2 }), resetAfterSend(), 0, true), 'reset');
 });
