@@ -9,7 +9,7 @@ import autocannon, { type AutocannonOptions, type AutocannonResult } from 'autoc
 
 /** What bench/run.ts reads back: the measured run, reduced to the figures it reports. */
 export interface LoadResult {
-  tool: 'autocannon' | 'wrk';
+  tool: 'autocannon' | 'wrk' | 'h2load';
   /** Seconds actually measured. */
   duration: number;
   /** Completed requests (any status). */
@@ -24,6 +24,10 @@ export interface LoadResult {
   /** Connection errors and timeouts. */
   errors: number;
   non2xx: number;
+  /** The application protocol h2load reports ("h2", "h2c", "http/1.1"); h2load only. */
+  protocol?: string;
+  /** TLS version and cipher h2load reports, over TLS; h2load only. */
+  tls?: string;
 }
 
 function run(options: AutocannonOptions): Promise<AutocannonResult> {

@@ -1,11 +1,15 @@
 /**
  * nginx as a peer, configured as the founders' peer harness does (its conf/proxy-nginx.conf,
  * shared/bench/peers beside this checkout): one worker, access log off, HTTP/1.1 to the
- * backend with an upstream keep-alive pool of 64, client keep-alive 60 s. The HTTPS variant adds
- * `listen ... ssl` with the certificate Fulcrum gets and Fulcrum's "intermediate" profile
- * (src/tls/profiles.ts): TLS 1.2 and 1.3, the same ciphers and key-exchange groups, the client's
- * cipher preference, session tickets on (or off, as Fulcrum's then). Its files live in a temporary
- * directory removed on stop.
+ * backend with an upstream keep-alive pool of 64 (more when asked: see `upstreamKeepalive`),
+ * client keep-alive 60 s. The HTTPS variant adds `listen ... ssl` with the certificate Fulcrum
+ * gets and Fulcrum's "intermediate" profile (src/tls/profiles.ts): TLS 1.2 and 1.3, the same
+ * ciphers and key-exchange groups, the client's cipher preference, session tickets on (or off,
+ * as Fulcrum's then). With `http2` the listener speaks HTTP/2 to clients: `listen ... ssl http2`
+ * (h2 by ALPN, HTTP/1.1 still offered) or, in cleartext, `listen ... http2` (h2c with prior
+ * knowledge only: nginx 1.22 then answers no HTTP/1.1 on that port); the backend is still reached
+ * over HTTP/1.1 with the same keep-alive pool. Its files live in a temporary directory removed on
+ * stop.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -36,8 +40,23 @@ export interface TlsFiles {
   sessionTickets?: boolean;
 }
 
-/** The nginx.conf of the peer: plain HTTP, or HTTPS with `tls`. */
-export function nginxConfig(port: number, backendUrl: string, tls?: TlsFiles): string {
+/** How the peer is set up beyond the harness's defaults. */
+export interface NginxOptions {
+  /** HTTPS with these files (default plain HTTP). */
+  tls?: TlsFiles;
+  /** HTTP/2 to clients (default false). */
+  http2?: boolean;
+  /**
+   * Idle upstream connections each worker keeps (nginx's `keepalive`, default 64). Below the
+   * requests in flight, nginx closes the surplus after every burst and connects again (thousands
+   * of TIME_WAIT sockets toward the backend with 160 in flight and 64 kept), which Fulcrum, keeping
+   * every socket, does not pay: a run with more in flight asks for as many.
+   */
+  upstreamKeepalive?: number;
+}
+
+/** The nginx.conf of the peer: plain HTTP, or HTTPS with `tls`; HTTP/2 to clients with `http2`. */
+export function nginxConfig(port: number, backendUrl: string, { tls, http2 = false, upstreamKeepalive = 64 }: NginxOptions = {}): string {
   const backend = new URL(backendUrl);
   const profile = tlsProfiles.intermediate;
   const suites = profile.ciphers.split(':');
@@ -74,12 +93,12 @@ export function nginxConfig(port: number, backendUrl: string, tls?: TlsFiles): s
     '    scgi_temp_path tmp/scgi;',
     '    upstream backend {',
     `        server ${backend.host};`,
-    '        keepalive 64;',
+    `        keepalive ${upstreamKeepalive};`,
     '        keepalive_requests 1000000;',
     '        keepalive_timeout 60s;',
     '    }',
     '    server {',
-    `        listen 127.0.0.1:${port}${tls ? ' ssl' : ''} backlog=4096;`,
+    `        listen 127.0.0.1:${port}${tls ? ' ssl' : ''}${http2 ? ' http2' : ''} backlog=4096;`,
     ...tlsLines,
     '        location / {',
     '            proxy_pass http://backend;',
@@ -92,12 +111,13 @@ export function nginxConfig(port: number, backendUrl: string, tls?: TlsFiles): s
   ].join('\n');
 }
 
-/** Starts nginx in front of `backendUrl` (HTTPS with `tls`); its directory is removed when it stops. */
-export async function startNginx(name: string, nginx: string, backendUrl: string, tls?: TlsFiles): Promise<ChildServer> {
+/** Starts nginx in front of `backendUrl` (see NginxOptions); its directory is removed when it stops. */
+export async function startNginx(name: string, nginx: string, backendUrl: string, options: NginxOptions = {}): Promise<ChildServer> {
+  const { tls } = options;
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'fulcrum-bench-nginx-'));
   fs.mkdirSync(path.join(dir, 'tmp'));
   const port = await freePort();
-  fs.writeFileSync(path.join(dir, 'nginx.conf'), nginxConfig(port, backendUrl, tls));
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), nginxConfig(port, backendUrl, options));
   // -e: the error log before the config is read (the default, /var/log/nginx, may not be writable).
   const args = ['-p', `${dir}/`, '-c', path.join(dir, 'nginx.conf'), '-e', path.join(dir, 'startup.log'), '-g', 'daemon off;'];
   try {

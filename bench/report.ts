@@ -10,14 +10,18 @@ export interface TargetResult {
   label: string;
   autocannon?: LoadResult;
   wrk?: LoadResult;
+  h2load?: LoadResult;
   error?: string;
   /** Why it was not measured here (nginx or wrk not installed); not a failure. */
   skipped?: string;
 }
 
+/** A load generator whose figures a result may hold. */
+export type Tool = LoadResult['tool'];
+
 /** A comparison of two targets as measured by one tool. */
 export interface Ratio {
-  tool: 'autocannon' | 'wrk';
+  tool: Tool;
   subject: string;
   baseline: string;
   /** subject req/s over baseline req/s: above 1, the subject serves more. */
@@ -30,7 +34,9 @@ export interface Ratio {
 /**
  * The pairs the benchmark is about: every proxy against direct, then the proxies head to head,
  * then HTTPS: against nginx with the same certificate and ciphers, against the same server over
- * plain HTTP (what TLS costs on a kept connection), and the handshake per request.
+ * plain HTTP (what TLS costs on a kept connection), and the handshake per request; then HTTP/2
+ * (h2load's figures): against nginx, against HTTP/1.1 to the same proxy, what TLS costs on h2,
+ * h2c to the upstream against HTTP/1.1 to it, and the two backends against each other.
  */
 const pairs: ReadonlyArray<readonly [string, string]> = [
   ['fulcrum', 'direct'],
@@ -53,10 +59,18 @@ const pairs: ReadonlyArray<readonly [string, string]> = [
   ['fulcrum-https-resume', 'fulcrum-close'],
   ['fulcrum-https-full', 'fulcrum-https'],
   ['nginx-https-full', 'nginx-https'],
+  ['fulcrum-h2', 'nginx-h2'],
+  ['fulcrum-h2c', 'nginx-h2c'],
+  ['fulcrum-h2c', 'fulcrum'],
+  ['nginx-h2c', 'nginx'],
+  ['fulcrum-h2', 'fulcrum-h2c'],
+  ['nginx-h2', 'nginx-h2c'],
+  ['fulcrum-h2-h2c-upstream', 'fulcrum-h2c'],
+  ['direct-h2c', 'direct'],
 ];
 
 /** The ratios for every pair where both sides were measured by `tool`. */
-export function computeRatios(results: readonly TargetResult[], tool: 'autocannon' | 'wrk'): Ratio[] {
+export function computeRatios(results: readonly TargetResult[], tool: Tool): Ratio[] {
   const byName = new Map(results.map((r) => [r.name, r[tool]]));
   const ratios: Ratio[] = [];
   // With --baseline: each Fulcrum against the same target built from the other checkout (after / before).
@@ -86,7 +100,7 @@ function table(header: string[], rows: string[][]): string {
 }
 
 /** The results table for one tool. */
-export function resultsTable(results: readonly TargetResult[], tool: 'autocannon' | 'wrk'): string {
+export function resultsTable(results: readonly TargetResult[], tool: Tool): string {
   const rows = results.map((r) => {
     const m = r[tool];
     if (!m) return [r.label, r.error ? 'FAILED' : r.skipped ? 'skipped' : '-', '', '', '', ''];
