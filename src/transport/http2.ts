@@ -17,10 +17,25 @@
  * nothing from the peer for `http2.ping_interval` is sent a PING and destroyed when no ack
  * comes within `http2.ping_timeout` (its streams fail as resets).
  *
+ * A peer that allows no streams (SETTINGS_MAX_CONCURRENT_STREAMS 0, RFC 9113 section 6.5.2) gets
+ * no other session while it says so: the attempts fail as unprocessed (below) until it raises the
+ * limit or its session idles out. An attempt opens at most one session (Http2Client.dispatch), so
+ * no path opens sessions in a loop: the proxy's retry policy bounds the attempts.
+ *
  * GOAWAY: the session takes no new streams; node:http2 lets the streams at or below its last
  * stream id finish, and those above it (and any refused with RST_STREAM REFUSED_STREAM) are
  * reported as `FUL_UPSTREAM_UNPROCESSED`, which the retry policy sends again for any method
- * (RFC 9113 section 8.7). A GOAWAY with an error code ends the session at once (node:http2).
+ * (RFC 9113 section 8.7). A GOAWAY with an error code ends the session at once (node:http2). A
+ * session node:http2 destroyed (a session-fatal protocol error, a dropped connection) takes no
+ * stream from then on, before its 'close' comes, so a retry never lands on it. A stream is
+ * reported `reused` (the keep-alive race the proxy may retry as a stale connection) only on a
+ * session idle past a second (Session.mayBeStale), never on a busy multiplexed one.
+ *
+ * A response is complete on END_STREAM; a RST_STREAM(NO_ERROR) before it (RFC 9113 section 8.1
+ * allows NO_ERROR only after a complete response) cuts it, unless its Content-Length arrived in
+ * full. node:http2 does not say which of the two ended a stream: watchEnd tells them apart. A
+ * complete answer while the request is still going out (flow control holding DATA the upstream
+ * never reads) ends the exchange and cancels the upload (CANCEL).
  *
  * Timeouts, as in http1.ts and on the same coarse clock (one sweep timer per client, undici's
  * FastTimer idea): connect (TCP, TLS and the peer's SETTINGS), response headers (from the end of
@@ -34,7 +49,9 @@
  * Errors reach the attempt with codes src/proxy/status.ts maps: Node's socket and TLS codes,
  * undici's names for the timeouts and request-side refusals (as the HTTP/1.1 clients), and
  * `ERR_HTTP2_STREAM_ERROR` / `ERR_HTTP2_SESSION_ERROR` carrying `http2Code` (the RFC 9113 error
- * code); refused streams as FulcrumErrors. Nothing a session or stream emits can throw out of
+ * code); refused streams as FulcrumErrors. A session-fatal error reaches a stream as node:http2
+ * gave it to that stream (it does so before the session's own 'error'), so a protocol error is
+ * reported as one, not as a closed connection. Nothing a session or stream emits can throw out of
  * this file: every session and stream has an `error` listener, and a throw in a handler ends
  * that exchange (a 502), never the process.
  *
@@ -82,7 +99,7 @@ export interface Http2UpstreamStats {
   goawaysReceived: Record<string, number>;
   /** Sessions destroyed because a PING went unanswered past `ping_timeout`. */
   pingTimeouts: number;
-  /** Streams the upstream did not process (REFUSED_STREAM, or above a GOAWAY's last stream id). */
+  /** Streams the upstream did not process (REFUSED_STREAM, above a GOAWAY's last stream id, or not opened while it allowed none). */
   unprocessedStreams: number;
 }
 
@@ -103,6 +120,8 @@ export interface Http2GoawayEvent {
 /** Published for each GOAWAY an upstream sends (the HTTP/2 downstream publishes its own with `direction: 'downstream'`). */
 export const http2Goaway = diagnosticsChannel.channel('fulcrum:http2:goaway');
 
+/** A session idle (no stream open) at least this long may have been closed by the upstream for idleness (ms; see Session.mayBeStale). */
+const staleAfterMs = 1000;
 /** Attempts that may wait for room beyond max_sessions; past it the request goes elsewhere (503 when nowhere). */
 const maxQueued = 4096;
 /** Request headers that are connection-specific in HTTP/1.1 and forbidden in HTTP/2 (RFC 9113 section 8.2.2); Host becomes `:authority`. */
@@ -164,6 +183,8 @@ class StreamExchange {
   private paused = false;
   /** The response's readable side ended (END_STREAM, or node:http2 ending it on a reset: told apart on close). */
   private ended = false;
+  /** node:http2 ended the readable side after the stream had closed: a RST_STREAM ended it, not END_STREAM (see watchEnd). */
+  private cut = false;
   /** A HEADERS frame with END_STREAM arrived (trailers, or a trailers-only answer): the answer is complete for sure. */
   private endStream = false;
   private trailers: string[] | null = null;
@@ -253,8 +274,9 @@ class StreamExchange {
       return this.refuse('UND_ERR_INVALID_ARG', `request cannot be sent over HTTP/2: ${(err as Error).message}`);
     }
     this.stream = stream;
+    this.watchEnd(stream);
     attempt.onCancel(this.cancel);
-    attempt.sending(session.started > 0);
+    attempt.sending(session.mayBeStale(client.now));
     session.streamOpened(this);
     stream.on('headers', this.onInformational);
     stream.on('response', this.onResponse);
@@ -282,6 +304,27 @@ class StreamExchange {
     }
     if (client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
     return true;
+  }
+
+  /**
+   * Notes in `cut` whether the response's end comes from a RST_STREAM. node:http2 ends the
+   * readable side and leaves `rstCode` 0 both on END_STREAM and on RST_STREAM(NO_ERROR), and has
+   * no event that tells them apart; but its first end (push(null)) comes before it marks the
+   * stream closed on END_STREAM (onStreamRead, then onStreamClose), and after it on a reset
+   * (onStreamClose: closeStream, then push(null)). Only the first counts: _destroy pushes another
+   * after every close. A Content-Length, when there is one, is checked as well (closed());
+   * without one this is the only sign. Should node:http2 stop ending the stream through push(),
+   * `cut` stays false and a reset reads as an end again: the review test of this case fails then.
+   */
+  private watchEnd(stream: Http2.ClientHttp2Stream): void {
+    const push = stream.push;
+    stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+      if (chunk === null) {
+        stream.push = push;
+        this.cut = stream.closed;
+      }
+      return push.call(stream, chunk, encoding);
+    };
   }
 
   /** The request cannot be written as asked (nothing was sent). Returns true: the attempt is settled. */
@@ -399,7 +442,7 @@ class StreamExchange {
       // tick: a downstream that holds the head for a tick sends both as one HEADERS frame.
       if ((flags & FLAG_END_STREAM) !== 0 && this.phase === BODY) {
         this.endStream = true;
-        this.complete(!this.requestSent);
+        this.complete(this.uploading());
       }
     } catch (err) {
       this.fail(err as Error);
@@ -449,10 +492,24 @@ class StreamExchange {
     this.deadline = 0;
     // Trailers carry END_STREAM themselves: complete. Else node:http2 also ends the readable side
     // when the stream is reset or the session dies, and tells only on 'close' (rstCode): the
-    // answer is complete there. An upload still running (the upstream answered before reading
-    // it all) would hold 'close' back: complete now.
-    if (this.endStream || !this.requestSent) this.complete(!this.requestSent);
+    // answer is complete there. An upload not finished (the upstream answered before reading it
+    // all, or flow control holds DATA it never makes room for) would hold 'close' back: complete
+    // now and cancel the upload (a complete answer ends the exchange, RFC 9113 section 8.1).
+    const uploading = this.uploading();
+    if (this.endStream || uploading) this.complete(uploading);
   };
+
+  /**
+   * The request is still going out: its end not handed to the stream yet, or handed over but not
+   * written (a Buffer body is ended at once while flow control may hold its DATA frames; 'finish'
+   * comes only once node:http2 wrote them all). Never on a closed stream: a reset (RST_STREAM,
+   * NO_ERROR included) closes the stream before it ends the readable side, and its 'close',
+   * which closed() judges, is on its way.
+   */
+  private uploading(): boolean {
+    const stream = this.stream;
+    return stream !== null && !stream.closed && (!this.requestSent || !stream.writableFinished);
+  }
 
   private readonly onError = (err: Error): void => {
     this.streamError ??= err;
@@ -481,16 +538,22 @@ class StreamExchange {
     if (rstCode === REFUSED_STREAM && this.phase === WAITING) return this.fail(unprocessed('upstream refused the stream (REFUSED_STREAM): not processed'));
     // A reset or a dead session ends the readable side too, but leaves a non-zero rstCode (CANCEL when the session died).
     if (this.ended && rstCode === NO_ERROR) {
-      // RST_STREAM(NO_ERROR) mid-body reads as an end: a declared length tells the truth.
-      if (this.expected !== -1 && this.received !== this.expected) {
-        return this.fail(codeError('UND_ERR_RES_CONTENT_LENGTH_MISMATCH', `upstream ended the stream after ${this.received} of ${this.expected} body bytes`));
+      // RST_STREAM(NO_ERROR) mid-body reads as an end too: a declared length tells the truth.
+      if (this.expected !== -1) {
+        if (this.received !== this.expected) return this.fail(codeError('UND_ERR_RES_CONTENT_LENGTH_MISMATCH', `upstream ended the stream after ${this.received} of ${this.expected} body bytes`));
+        return this.complete(false);
       }
+      // Without one, only END_STREAM ends an answer: NO_ERROR is for a reset after it (RFC 9113 section 8.1).
+      if (this.cut) return this.fail(codeError('ERR_HTTP2_STREAM_ERROR', `upstream reset the stream mid-body (NO_ERROR) after ${this.received} body bytes`, NO_ERROR));
       return this.complete(false);
     }
     const streamCode = (this.streamError as NodeJS.ErrnoException | null)?.code;
     // The peer reset this stream (node:http2 says so with ERR_HTTP2_STREAM_ERROR and the code); else a dead session is why.
     if (session.h2.destroyed && !(streamCode === 'ERR_HTTP2_STREAM_ERROR' && rstCode !== CANCEL)) {
-      return this.fail(session.failure ?? codeError('ECONNRESET', 'upstream closed the connection'));
+      // Out of the way before the failure is reported: a retry must not be offered the dying session.
+      session.drain();
+      // node:http2 gives the streams the session's error before it emits it on the session (a protocol error, a socket error).
+      return this.fail(session.failure ?? this.streamError ?? codeError('ECONNRESET', 'upstream closed the connection'));
     }
     if (this.streamError !== null && streamCode !== 'ERR_HTTP2_STREAM_ERROR') return this.fail(this.streamError);
     const name = http2ErrorName(rstCode);
@@ -649,6 +712,8 @@ class Session {
       }
     }
     this.failure = err;
+    // node:http2 destroyed the session (it emits 'error' on the way to 'close'): no new stream may pick it meanwhile.
+    if (this.phase === READY) this.phase = DRAINING;
   };
 
   private readonly onRemoteSettings = (settings: Http2.Settings): void => {
@@ -671,6 +736,7 @@ class Session {
     }
     const waiting = this.waiting;
     this.waiting = [];
+    // Those that do not fit may open another session; none opens while this one allows no streams (dispatch): they fail as unprocessed.
     for (const attempt of waiting) if (attempt.live) client.forward(attempt);
     client.pump();
     this.closeIfDone();
@@ -715,7 +781,8 @@ class Session {
     const waiting = this.waiting;
     this.waiting = [];
     const client = this.client;
-    for (const attempt of waiting) if (attempt.live) client.forward(attempt);
+    // A session going away before it was ready opens no other for its attempts (an upstream that sends GOAWAY on every connection would be met by a loop of connects): they go back to the proxy, whose retries are bounded.
+    for (const attempt of waiting) if (attempt.live) client.dispatch(attempt, 'upstream sent GOAWAY before the session was ready: not sent');
     client.pump();
     this.closeIfDone();
   }
@@ -753,9 +820,29 @@ class Session {
     this.lastHeard = this.client.now;
   }
 
-  /** Free stream slots now (0 unless ready). */
+  /** Free stream slots now (0 unless ready; 0 once node:http2 destroyed or closed the session, before its 'close' comes). */
   get room(): number {
-    return this.phase === READY ? this.capacity - this.streams.size : 0;
+    const h2 = this.h2;
+    return this.phase === READY && !h2.destroyed && !h2.closed ? this.capacity - this.streams.size : 0;
+  }
+
+  /** Ready, and the peer allows no streams now (SETTINGS_MAX_CONCURRENT_STREAMS 0, RFC 9113 section 6.5.2). */
+  get refusing(): boolean {
+    return this.phase === READY && this.capacity === 0 && !this.h2.destroyed;
+  }
+
+  /**
+   * Whether a stream opened now may meet HTTP/1.1's keep-alive race (reported as `reused`, which
+   * lets the proxy retry a reset as a stale connection): only when the session carried streams
+   * before and has carried none for `staleAfterMs`, the one state in which an upstream may have
+   * closed it for idleness while the stream was on its way. A busy multiplexed session is never
+   * in that race: a reset there is the upstream's doing and counts against it, and a session a
+   * stream ended on within the last second cannot have been idle past any server's timeout. The
+   * other ways an HTTP/2 upstream turns away a request it did not process (GOAWAY, REFUSED_STREAM)
+   * are reported as unprocessed on their own.
+   */
+  mayBeStale(now: number): boolean {
+    return this.started > 0 && this.streams.size === 0 && now - this.idleSince >= staleAfterMs;
   }
 
   /** A one-off session with nothing left to carry closes; so does a draining one (node:http2 would, after a GOAWAY). */
@@ -898,6 +985,20 @@ export class Http2Client implements UpstreamClient {
   }
 
   forward(attempt: UpstreamAttempt): void {
+    this.dispatch(attempt, null);
+  }
+
+  /**
+   * Gives `attempt` a stream: on a ready session with room, else on a connecting one, else on a
+   * new session, else it queues. `noOpen` (a reason) when the attempt comes back from a session
+   * that went away before it was ready: it opens no other and fails as unprocessed. No session
+   * opens while the peer allows no streams on a ready one (refusing): the attempt fails as
+   * unprocessed. So an attempt opens at most one session: once ready, that session has room for
+   * it (it waits first in line), or it sends it back to the proxy (no streams allowed, gone
+   * before ready, connect failed). Sessions opened are bounded by the proxy's attempts, which its
+   * retry policy bounds (`max_attempts`, MAX_UNPROCESSED_RETRIES in src/proxy/retry.ts).
+   */
+  dispatch(attempt: UpstreamAttempt, noOpen: string | null): void {
     if (!attempt.live) return;
     if (attempt.upgrade) {
       attempt.error(new FulcrumError(ErrorCode.UpgradeNotSupported, 'protocol upgrades (WebSocket) are not forwarded to an HTTP/2 upstream (pool protocol h2/h2c)', 'internal', 501, false));
@@ -912,6 +1013,9 @@ export class Http2Client implements UpstreamClient {
     }
     const connecting = this.connectingWithRoom();
     if (connecting !== null) return connecting.wait(attempt);
+    if (noOpen !== null) return attempt.error(unprocessed(noOpen));
+    // The upstream allows no streams now: another connection would be told the same (a server shedding load would get a storm of connects).
+    if (this.refusing()) return attempt.error(unprocessed(`upstream allows no streams now (SETTINGS_MAX_CONCURRENT_STREAMS 0): not sent`));
     // A closed client keeps no session: a straggler gets one that closes behind it.
     if (this.closed || this.counted() < this.maxSessions) {
       let session: Session;
@@ -945,6 +1049,12 @@ export class Http2Client implements UpstreamClient {
   private connectingWithRoom(): Session | null {
     for (const s of this.sessions) if (s.phase === CONNECTING && s.waiting.length < this.maxStreams) return s;
     return null;
+  }
+
+  /** A ready session whose peer allows no streams now (it idles out after keepalive.idle_timeout, and a new one is tried then). */
+  private refusing(): boolean {
+    for (const s of this.sessions) if (s.refusing) return true;
+    return false;
   }
 
   /** Sessions that count against max_sessions (not draining). */
