@@ -108,9 +108,9 @@ export class Http1Server {
     this.handler = handler;
   }
 
-  /** Takes an admitted socket (paused, nothing read yet). */
-  accept(socket: Socket): Http1Connection {
-    const connection = new Http1Connection(this, socket);
+  /** Takes an admitted socket (paused; nothing read yet, or only what an h2c sniff put back); `since`: when it was accepted. */
+  accept(socket: Socket, since = performance.now()): Http1Connection {
+    const connection = new Http1Connection(this, socket, since);
     this.connections.add(connection);
     this.startClock();
     return connection;
@@ -211,7 +211,8 @@ export class Http1Connection implements ResponseConnection {
   timing: Timing = Timing.Head;
   deadline = 0;
 
-  constructor(server: Http1Server, socket: Socket) {
+  /** `since`: when the connection was accepted (the first head's deadline counts from it, also across an h2c sniff). */
+  constructor(server: Http1Server, socket: Socket, since: number) {
     this.server = server;
     this.socket = socket;
     (socket as TrackedSocket)[kConnection] = this;
@@ -221,7 +222,7 @@ export class Http1Connection implements ResponseConnection {
     socket.on('error', onSocketError);
     socket.on('close', onSocketClose);
     // A connection that sends nothing is bounded like a slow head (node:http counts from accept too).
-    this.requestStart = performance.now();
+    this.requestStart = since;
     this.setTiming(Timing.Head);
   }
 

@@ -41,7 +41,8 @@ export class Http2RequestHead implements RequestHead {
     this.url = headers[':path'] ?? '';
     const authority = headers[':authority'];
     const raw: string[] = [];
-    const plain: IncomingHttpHeaders = {};
+    // No prototype: a field named `constructor` or `__proto__` is just a field.
+    const plain = Object.create(null) as IncomingHttpHeaders;
     let host: string | undefined = authority;
     let cookie: string | undefined;
     for (let i = 0; i < rawHeaders.length; i += 2) {
@@ -93,6 +94,11 @@ export class Http2Downstream implements Downstream {
   private committed = false;
   private trailers: OutgoingHttpHeaders | null = null;
   private readonly method: string;
+  /** Set when Fulcrum itself resets the stream: node:http2 then emits 'aborted' too, which is no client reset. */
+  private selfClosed = false;
+  /** Read at the start: node:http2 clears `stream.session` before the stream's 'close', where a cancelled exchange ends. */
+  readonly tls: ConnectionTls | null;
+  readonly remoteAddress: string | undefined;
 
   /**
    * `bodyTimeoutMs`: the whole request body must arrive within it (limits.request_timeout; 0: no
@@ -117,7 +123,12 @@ export class Http2Downstream implements Downstream {
       stream.sendTrailers(trailers ?? {});
       this.stopUpload();
     });
-    stream.once('aborted', () => watcher.streamAborted());
+    const socket = stream.session?.socket;
+    this.tls = connectionTls(socket);
+    this.remoteAddress = socket?.remoteAddress;
+    stream.once('aborted', () => {
+      if (!this.selfClosed) watcher.streamAborted();
+    });
     stream.once('close', () => {
       watcher.streamClosed();
       // After a complete answer the owner finished already and ignores this.
@@ -127,16 +138,8 @@ export class Http2Downstream implements Downstream {
     stream.on('error', ignore);
   }
 
-  get remoteAddress(): string | undefined {
-    return this.stream.session?.socket?.remoteAddress;
-  }
-
   get connected(): boolean {
     return !this.stream.destroyed;
-  }
-
-  get tls(): ConnectionTls | null {
-    return connectionTls(this.stream.session?.socket);
   }
 
   get headSent(): boolean {
@@ -223,6 +226,7 @@ export class Http2Downstream implements Downstream {
       }
       this.stopUpload();
     } catch {
+      this.selfClosed = true;
       stream.close(NGHTTP2_INTERNAL_ERROR);
     }
   }
@@ -244,7 +248,9 @@ export class Http2Downstream implements Downstream {
   cut(): void {
     this.pending = null;
     const stream = this.stream;
-    if (!stream.destroyed && !stream.closed) stream.close(this.committed ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
+    if (stream.destroyed || stream.closed) return;
+    this.selfClosed = true;
+    stream.close(this.committed ? NGHTTP2_INTERNAL_ERROR : NGHTTP2_CANCEL);
   }
 
   /** HTTP/2 has no 101 (RFC 9113 section 8.6): never switches. */

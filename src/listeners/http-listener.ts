@@ -82,14 +82,17 @@ const H2_PREFACE = Buffer.from('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'latin1');
 /**
  * Reads a cleartext connection's first bytes and tells HTTP/2 (the preface) from HTTP/1.1, then
  * puts the bytes back for the server that takes it. A client that sends nothing decisive within
- * `timeoutMs` is closed.
+ * `timeoutMs`, or closes first, is closed. `sniffing` holds the socket meanwhile (a drain closes those).
  */
-function sniffPreface(socket: Socket, timeoutMs: number, then: (h2: boolean) => void): void {
+function sniffPreface(socket: Socket, timeoutMs: number, sniffing: Set<Socket>, then: (h2: boolean) => void): void {
   let got: Buffer | null = null;
+  sniffing.add(socket);
   const done = (): void => {
     clearTimeout(timer);
+    sniffing.delete(socket);
     socket.off('data', onData);
     socket.off('error', onError);
+    socket.off('end', onError);
   };
   const onData = (chunk: Buffer): void => {
     got = got === null ? chunk : Buffer.concat([got, chunk]);
@@ -110,6 +113,8 @@ function sniffPreface(socket: Socket, timeoutMs: number, then: (h2: boolean) => 
   const timer = setTimeout(onError, timeoutMs);
   socket.on('data', onData);
   socket.on('error', onError);
+  // The acceptor's sockets are half-open: a FIN before the deciding bytes would otherwise wait out the timer.
+  socket.on('end', onError);
 }
 
 /** A status, headers (flat) and a body written whole: the listener's own answers (the metrics path). */
@@ -142,6 +147,8 @@ export class HttpListener {
   private readonly proxy: HttpProxy;
   /** Every admitted client socket, also those Node's server no longer tracks (after CONNECT, lingering). */
   private readonly open = new Set<Socket>();
+  /** Cleartext sockets whose first bytes are still awaited to tell h2c from HTTP/1.1 (they sent nothing yet). */
+  private readonly sniffing = new Set<Socket>();
   private metrics: MetricsSource | null = null;
   /** Requests answered by the parser's error path (malformed, too large, too slow). */
   malformed = 0;
@@ -175,7 +182,7 @@ export class HttpListener {
     const own = settings.engine === 'fulcrum';
     this.http1 = own ? this.ownServer() : null;
     this.server = own ? null : this.nodeServer();
-    const serve = own ? (socket: Socket) => void this.http1!.accept(socket) : this.nodeAdmit(this.server!);
+    const serve = own ? (socket: Socket, since?: number) => void this.http1!.accept(socket, since) : this.nodeAdmit(this.server!);
     const h2 = new Http2Front(http2Settings(settings), {
       request: (head, downstream) => {
         if (this.answersItself(head, (status, headers, body) => downstream.fail(status, headers, body, false))) return;
@@ -197,7 +204,10 @@ export class HttpListener {
     const tls = this.tls;
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
       if (tls !== null) tls.accept(socket);
-      else if (this.settings.http2.h2c) sniffPreface(socket, this.settings.limits.headers_timeout, (isH2) => (isH2 ? h2.accept(socket) : serve(socket)));
+      else if (this.settings.http2.h2c) {
+        const since = performance.now();
+        sniffPreface(socket, this.settings.limits.headers_timeout, this.sniffing, (isH2) => (isH2 ? h2.accept(socket) : serve(socket, since)));
+      }
       else serve(socket);
       open.add(socket);
       socket.once('close', () => open.delete(socket));
@@ -425,6 +435,8 @@ export class HttpListener {
     for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true && socket.writableLength === 0) socket.destroy();
     if (this.http1 !== null) this.http1.draining = true;
     this.http2.drain();
+    // Connections still deciding between h2c and HTTP/1.1 have sent nothing to answer.
+    for (const socket of this.sniffing) socket.destroy();
     this.closeIdle();
     const sweep = setInterval(() => this.closeIdle(), 25);
     let timer: NodeJS.Timeout | undefined;

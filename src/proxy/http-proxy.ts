@@ -451,7 +451,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const stale = attempt.reused && sent && !ctx.discarding && !ctx.downstream.headSent && failure.code === ErrorCode.UpstreamReset;
     const reason = retryReason(ctx, failure, 0, sent, stale);
     // A stale socket that is retried is no failure at all; the other cases below still show (a client got an error) but say nothing about health.
-    if (failure.source === 'upstream' && reason !== 'stale-connection' && reason !== 'unprocessed') {
+    // A stream the upstream did not process says nothing against it, retried or not.
+    if (failure.source === 'upstream' && reason !== 'stale-connection' && failure.code !== ErrorCode.UpstreamUnprocessed) {
       upstream.failures++;
       if (upstreamError.hasSubscribers) upstreamError.publish({ ctx, upstream, error: failure });
       // Published before the retry picks, so an upstream that refused is already out of its way.
