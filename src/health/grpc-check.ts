@@ -22,6 +22,7 @@ import tls from 'node:tls';
 import { formatDuration } from '../config/duration.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { duringHandshake, upstreamTlsOptions, type UpstreamTls } from '../transport/upstream-tls.ts';
+import { http2ErrorName } from '../http2/error-codes.ts';
 
 /** The method path of the health check call. */
 export const healthCheckPath = '/grpc.health.v1.Health/Check';
@@ -495,26 +496,6 @@ export function probeGrpcHealth(options: GrpcProbeOptions, signal: AbortSignal):
   });
 }
 
-/** An HTTP/2 error code's name (RFC 9113 section 7). */
-function http2ErrorName(code: number): string {
-  const names = [
-    'NO_ERROR',
-    'PROTOCOL_ERROR',
-    'INTERNAL_ERROR',
-    'FLOW_CONTROL_ERROR',
-    'SETTINGS_TIMEOUT',
-    'STREAM_CLOSED',
-    'FRAME_SIZE_ERROR',
-    'REFUSED_STREAM',
-    'CANCEL',
-    'COMPRESSION_ERROR',
-    'CONNECT_ERROR',
-    'ENHANCE_YOUR_CALM',
-    'INADEQUATE_SECURITY',
-    'HTTP_1_1_REQUIRED',
-  ];
-  return names[code] ?? `code ${code}`;
-}
 
 /**
  * Words for a failure that belongs to HTTP/2 or ALPN rather than to the connection (those are
