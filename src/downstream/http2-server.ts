@@ -237,7 +237,13 @@ export class Http2Front {
     if (this.draining) this.goaway(guard);
   }
 
-  /** Graceful GOAWAY (NO_ERROR): streams in flight finish, the session closes after them. */
+  /**
+   * Graceful GOAWAY (NO_ERROR) naming the last stream taken: streams in flight finish, the session
+   * closes after them; a stream the client opened before it read the GOAWAY is above that id, so
+   * the client knows to send it again. (RFC 9113 section 6.8's first GOAWAY with 2^31-1 needs
+   * nghttp2_submit_shutdown_notice, which node:http2 does not expose: a plain GOAWAY with that id
+   * would make nghttp2 drop such streams while the client believes them taken.)
+   */
   goaway(guard: SessionGuard): void {
     if (guard.closing || guard.session.destroyed) return;
     guard.closing = true;

@@ -207,3 +207,4 @@ test('too many header fields: refused before any upstream sees the request', asy
   t.after(() => fresh.destroy());
   assert.equal((await h2Request(fresh, { ':path': '/fine' })).status, 200);
 });
+
