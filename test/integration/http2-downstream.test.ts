@@ -208,3 +208,41 @@ test('too many header fields: refused before any upstream sees the request', asy
   assert.equal((await h2Request(fresh, { ':path': '/fine' })).status, 200);
 });
 
+
+test('Expect: 100-continue over HTTP/2: the upstream\'s 100 reaches the client before it sends the body; 103 Early Hints too', async (t) => {
+  const backend = await startBackend(t, (req, res) => {
+    if (req.url === '/hints') {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      res.end('after hints');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => res.end(`got ${Buffer.concat(chunks).length} bytes`));
+  });
+  const { session } = await h2cBalancer(t, [backend.url]);
+  const answer = await new Promise<{ continued: boolean; body: string }>((resolve, reject) => {
+    const req = session.request({ ':method': 'POST', ':path': '/upload', expect: '100-continue' });
+    let continued = false;
+    const chunks: Buffer[] = [];
+    // The body goes only once the 100 came: without it this request would never complete.
+    req.on('continue', () => {
+      continued = true;
+      req.end(Buffer.alloc(2048));
+    });
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => resolve({ continued, body: Buffer.concat(chunks).toString() }));
+    req.on('error', reject);
+  });
+  assert.deepEqual(answer, { continued: true, body: 'got 2048 bytes' });
+  const hints = await new Promise<{ early: http2.IncomingHttpHeaders | null; status: number }>((resolve, reject) => {
+    const req = session.request({ ':path': '/hints' });
+    let early: http2.IncomingHttpHeaders | null = null;
+    req.on('headers', (h) => (early = h));
+    req.on('response', (h) => resolve({ early, status: Number(h[':status']) }));
+    req.on('error', reject);
+  });
+  assert.equal(hints.status, 200);
+  assert.equal(hints.early?.[':status'], 103);
+  assert.equal(hints.early?.link, '</style.css>; rel=preload; as=style');
+});
