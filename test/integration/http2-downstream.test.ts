@@ -246,3 +246,21 @@ test('Expect: 100-continue over HTTP/2: the upstream\'s 100 reaches the client b
   assert.equal(hints.early?.[':status'], 103);
   assert.equal(hints.early?.link, '</style.css>; rel=preload; as=style');
 });
+
+test('h2load: 600 requests on 4 connections with 10 streams each, every one answered, spread over the three upstreams', async (t) => {
+  const counts = new Map<string, number>();
+  const backends = await Promise.all(
+    ['a', 'b', 'c'].map((name) =>
+      startBackend(t, (_req, res) => {
+        counts.set(name, (counts.get(name) ?? 0) + 1);
+        res.end(name);
+      }),
+    ),
+  );
+  const { lb } = await h2cBalancer(t, backends.map((b) => b.url));
+  const out = await run('h2load', ['-n', '600', '-c', '4', '-m', '10', `${lb.url}/load`]);
+  assert.match(out.stdout, /requests: 600 total, 600 started, 600 done, 600 succeeded, 0 failed, 0 errored, 0 timeout/);
+  assert.match(out.stdout, /status codes: 600 2xx/);
+  assert.match(out.stdout, /Application protocol: h2c/);
+  assert.deepEqual([...counts.values()].sort(), [200, 200, 200], 'round-robin per stream, not per connection');
+});
