@@ -29,12 +29,12 @@
  */
 import net, { type Socket } from 'node:net';
 import { http } from '../node-builtins.ts';
-import type { Readable } from 'node:stream';
 import { ChunkedDecoder, lastChunk } from '../http1/chunked.ts';
 import { append } from '../http1/bytes.ts';
 import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
+import { RequestUpload, type UploadSink } from './request-upload.ts';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
@@ -85,7 +85,7 @@ function expectsPayload(method: string): boolean {
 }
 
 /** One socket to the upstream and the exchange it carries. */
-class Connection {
+class Connection implements UploadSink {
   readonly client: Http1Client;
   readonly socket: Socket;
   /** Closes after its exchange (a straggler on a closed client). */
@@ -119,15 +119,10 @@ class Connection {
   /** Reading stopped while the client is slow. */
   private paused = false;
   // The request.
-  private body: Readable | null = null;
-  /** Body bytes still due under the request's Content-Length; -1: chunked. */
-  private bodyLeft = -1;
+  /** A streamed body's upload (one for every request on this socket); no declared length: chunked. */
+  private readonly upload = new RequestUpload(this);
   /** The whole request was handed to the socket. */
   private requestSent = false;
-  /** The body is paused until the socket drains. */
-  private bodyPaused = false;
-  /** Body bytes were written since the headers deadline was last checked. */
-  private bodyMoved = false;
 
   /** The proxy gave up on the attempt: whatever the socket holds is dropped with it. */
   readonly cancel = (): void => {
@@ -135,24 +130,6 @@ class Connection {
     this.destroy();
   };
   readonly onChunk = (chunk: Buffer): void => this.deliver(chunk);
-  private readonly onBodyData = (chunk: Buffer): void => {
-    try {
-      this.bodyData(chunk);
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  };
-  private readonly onBodyEnd = (): void => {
-    try {
-      this.bodyEnd();
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  };
-  private readonly onBodyError = (err: Error): void => {
-    this.detachBody();
-    this.fail(err);
-  };
 
   constructor(client: Http1Client, socket: Socket, oneOff: boolean, secure: boolean) {
     this.client = client;
@@ -173,7 +150,7 @@ class Connection {
     this.deadline = 0;
     this.pending = null;
     this.requestSent = false;
-    this.bodyMoved = false;
+    this.upload.moved = false;
     attempt.onCancel(this.cancel);
     const method = attempt.method;
     const path = attempt.path;
@@ -224,20 +201,14 @@ class Connection {
         socket.uncork();
       }
     } else {
-      this.bodyLeft = declared;
       head += declared === -1 ? 'transfer-encoding: chunked\r\n\r\n' : '\r\n';
       attempt.sending(this.served > 0);
-      // A connect failure never gets here: the body stays unread and can go to another upstream.
-      this.body = body;
       // Held until the end of this tick: body bytes the client sent with its head go out in the same write.
       socket.cork();
-      this.bodyPaused = !socket.write(head, 'latin1');
+      const full = !socket.write(head, 'latin1');
       process.nextTick(uncork, socket);
-      body.on('data', this.onBodyData);
-      body.on('end', this.onBodyEnd);
-      body.on('error', this.onBodyError);
-      if (this.bodyPaused) body.pause();
-      else body.resume();
+      // A connect failure never gets here: the body stays unread and can go to another upstream.
+      this.upload.attach(body, declared, full);
       if (declared === 0) this.requestSent = true;
     }
     this.deadline = client.headersMs > 0 ? client.now + client.headersMs + client.tick : 0;
@@ -252,66 +223,42 @@ class Connection {
     attempt.error(codeError(code, message));
   }
 
-  private bodyData(chunk: Buffer): void {
-    if (this.phase === CLOSED || this.body === null || chunk.length === 0) return;
+  /** A body chunk, counted by the upload: as it is under a Content-Length, else as one chunk. */
+  uploadChunk(chunk: Buffer): boolean {
     const socket = this.socket;
-    let ok: boolean;
-    if (this.bodyLeft >= 0) {
-      if (chunk.length > this.bodyLeft) {
-        this.detachBody();
-        return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body longer than its Content-Length'));
-      }
-      this.bodyLeft -= chunk.length;
-      ok = socket.write(chunk);
+    if (this.upload.left >= 0) {
+      const ok = socket.write(chunk);
       // Complete on the wire with its last byte, whenever the stream says it ended.
-      if (this.bodyLeft === 0) this.requestSent = true;
-    } else {
-      socket.cork();
-      socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
-      socket.write(chunk);
-      ok = socket.write('\r\n', 'latin1');
-      socket.uncork();
+      if (this.upload.left === 0) this.requestSent = true;
+      return ok;
     }
-    this.bodyMoved = true;
-    if (!ok) {
-      this.bodyPaused = true;
-      this.body.pause();
-    }
+    socket.cork();
+    socket.write(`${chunk.length.toString(16)}\r\n`, 'latin1');
+    socket.write(chunk);
+    const ok = socket.write('\r\n', 'latin1');
+    socket.uncork();
+    return ok;
   }
 
-  private bodyEnd(): void {
-    if (this.phase === CLOSED || this.body === null) return;
-    if (this.bodyLeft > 0) {
-      this.detachBody();
-      return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body shorter than its Content-Length'));
-    }
+  /** The body ended: the last chunk with the client's trailers when chunked, and the wait for the answer starts. */
+  uploadEnd(): void {
     // The client's trailers are known now that its body ended (RFC 9112 section 7.1.2).
-    if (this.bodyLeft === -1) this.socket.write(lastChunk(this.attempt?.requestTrailers ?? null), 'latin1');
-    this.detachBody();
+    if (this.upload.left === -1) this.socket.write(lastChunk(this.attempt?.requestTrailers ?? null), 'latin1');
     this.requestSent = true;
-    this.bodyMoved = false;
+    this.upload.moved = false;
     // The wait for the answer starts when the request is all out.
     const client = this.client;
     if (this.phase === WAITING && client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
   }
 
-  /** The socket drained: a paused upload goes on. */
-  drained(): void {
-    if (!this.bodyPaused || this.body === null) return;
-    this.bodyPaused = false;
-    this.bodyMoved = true;
-    this.body.resume();
+  /** The upload failed: the exchange fails with `err` (the socket is destroyed). */
+  uploadFailed(err: Error): void {
+    this.fail(err);
   }
 
-  private detachBody(): void {
-    const body = this.body;
-    if (body === null) return;
-    this.body = null;
-    body.off('data', this.onBodyData);
-    body.off('end', this.onBodyEnd);
-    body.off('error', this.onBodyError);
-    // Unread bytes stay in the stream, not lost on the floor of a flowing stream without listeners.
-    if (!body.readableEnded) body.pause();
+  /** The socket drained: a paused upload goes on. */
+  drained(): void {
+    this.upload.drained();
   }
 
   /** Bytes from the upstream. */
@@ -443,7 +390,7 @@ class Connection {
     }
     // Not reused: an upload cut short (the upstream answered first), bytes past the answer, a failed write.
     const reuse = this.keep && this.requestSent && next === buf.length && !this.oneOff && heldWriteError(this.socket) === undefined;
-    this.detachBody();
+    this.upload.detach();
     if (reuse) this.client.release(this);
     else this.destroy();
     attempt.end(trailers);
@@ -458,7 +405,7 @@ class Connection {
     this.attempt = null;
     this.phase = CLOSED;
     this.deadline = 0;
-    this.detachBody();
+    this.upload.detach();
     socket.pause();
     for (const [event, listener] of this.listeners) socket.off(event, listener);
     attempt.onCancel(noop);
@@ -488,8 +435,8 @@ class Connection {
     }
     if (this.phase === WAITING) {
       // An upload still moving is the client's pace, not the upstream's silence (undici's rule).
-      if (this.bodyMoved && !this.socket.writableNeedDrain) {
-        this.bodyMoved = false;
+      if (this.upload.moved && !this.socket.writableNeedDrain) {
+        this.upload.moved = false;
         this.deadline = now + client.headersMs;
         return;
       }
@@ -515,14 +462,14 @@ class Connection {
     if (this.phase === CLOSED) return;
     this.phase = CLOSED;
     this.deadline = 0;
-    this.detachBody();
+    this.upload.detach();
     this.socket.destroy();
   }
 
   /** The socket closed: the client forgets it; an exchange still on it failed. */
   closed(): void {
     this.phase = CLOSED;
-    this.detachBody();
+    this.upload.detach();
     this.client.forget(this);
     if (this.attempt !== null) this.fail(codeError('ECONNRESET', 'upstream closed the connection'));
   }

@@ -69,9 +69,9 @@ import diagnosticsChannel from 'node:diagnostics_channel';
 import net from 'node:net';
 import type * as Http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
-import type { Readable } from 'node:stream';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
+import { RequestUpload, type UploadSink } from './request-upload.ts';
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { http2ErrorLabel, http2ErrorName } from '../http2/error-codes.ts';
@@ -172,7 +172,7 @@ const BODY = 1;
 const DONE = 2;
 
 /** One attempt on one HTTP/2 stream. */
-class StreamExchange {
+class StreamExchange implements UploadSink {
   readonly session: Session;
   readonly attempt: UpstreamAttempt;
   stream: Http2.ClientHttp2Stream | null = null;
@@ -194,15 +194,10 @@ class StreamExchange {
   /** The error node:http2 emitted on the stream, if any. */
   private streamError: Error | null = null;
   // The request.
-  private body: Readable | null = null;
-  /** Body bytes still due under the request's Content-Length; -1: none declared. */
-  private bodyLeft = -1;
+  /** A streamed body's upload (null: none, or the body was a Buffer). */
+  private upload: RequestUpload | null = null;
   /** The whole request (and its trailers) was handed to the stream. */
   private requestSent = false;
-  /** The body is paused until the stream drains. */
-  private bodyPaused = false;
-  /** Body bytes were written since the headers deadline was last checked. */
-  private bodyMoved = false;
 
   constructor(session: Session, attempt: UpstreamAttempt) {
     this.session = session;
@@ -214,7 +209,7 @@ class StreamExchange {
     if (this.phase === DONE) return;
     this.phase = DONE;
     this.deadline = 0;
-    this.detachBody();
+    this.upload?.detach();
     this.reset(CANCEL);
   };
 
@@ -293,14 +288,10 @@ class StreamExchange {
       stream.end(body);
       this.requestSent = !hasTrailers;
     } else {
-      this.bodyLeft = declared;
-      this.body = body;
+      const upload = (this.upload = new RequestUpload(this));
       stream.on('wantTrailers', this.onWantTrailers);
-      stream.on('drain', this.onDrain);
-      body.on('data', this.onBodyData);
-      body.on('end', this.onBodyEnd);
-      body.on('error', this.onBodyError);
-      body.resume();
+      stream.on('drain', upload.drained);
+      upload.attach(body, declared, false);
     }
     if (client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
     return true;
@@ -334,56 +325,19 @@ class StreamExchange {
     return true;
   }
 
-  private readonly onBodyData = (chunk: Buffer): void => {
-    try {
-      this.bodyData(chunk);
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  };
-  private readonly onBodyEnd = (): void => {
-    try {
-      this.bodyEnd();
-    } catch (err) {
-      this.fail(err as Error);
-    }
-  };
-  private readonly onBodyError = (err: Error): void => {
-    this.detachBody();
-    this.fail(err);
-  };
-  private readonly onDrain = (): void => {
-    if (!this.bodyPaused || this.body === null) return;
-    this.bodyPaused = false;
-    this.bodyMoved = true;
-    this.body.resume();
-  };
-
-  private bodyData(chunk: Buffer): void {
-    if (this.phase === DONE || this.body === null || chunk.length === 0) return;
-    if (this.bodyLeft >= 0) {
-      if (chunk.length > this.bodyLeft) {
-        this.detachBody();
-        return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body longer than its Content-Length'));
-      }
-      this.bodyLeft -= chunk.length;
-    }
-    this.bodyMoved = true;
-    if (!this.stream!.write(chunk)) {
-      this.bodyPaused = true;
-      this.body.pause();
-    }
+  /** A body chunk, counted by the upload: DATA on the stream. */
+  uploadChunk(chunk: Buffer): boolean {
+    return this.stream!.write(chunk);
   }
 
-  private bodyEnd(): void {
-    if (this.phase === DONE || this.body === null) return;
-    if (this.bodyLeft > 0) {
-      this.detachBody();
-      return this.fail(codeError('UND_ERR_REQ_CONTENT_LENGTH_MISMATCH', 'request body shorter than its Content-Length'));
-    }
-    this.detachBody();
-    // The trailers follow on 'wantTrailers', after the last DATA frame.
+  /** The body ended: the stream's writable side ends; its trailers follow on 'wantTrailers', after the last DATA frame. */
+  uploadEnd(): void {
     this.stream!.end();
+  }
+
+  /** The upload failed: the exchange fails with `err` (the stream is reset). */
+  uploadFailed(err: Error): void {
+    this.fail(err);
   }
 
   /** The body's last DATA frame is out: its trailers go now (none: node:http2 ends the stream with an empty DATA frame). */
@@ -395,22 +349,11 @@ class StreamExchange {
       return this.fail(err as Error);
     }
     this.requestSent = true;
-    this.bodyMoved = false;
+    if (this.upload !== null) this.upload.moved = false;
     // The wait for the answer starts when the request is all out.
     const client = this.session.client;
     if (this.phase === WAITING && client.headersMs > 0) this.deadline = client.now + client.headersMs + client.tick;
   };
-
-  private detachBody(): void {
-    const body = this.body;
-    if (body === null) return;
-    this.body = null;
-    body.off('data', this.onBodyData);
-    body.off('end', this.onBodyEnd);
-    body.off('error', this.onBodyError);
-    // Unread bytes stay in the stream, not lost on the floor of a flowing stream without listeners.
-    if (!body.readableEnded) body.pause();
-  }
 
   /** An interim (1xx) answer: relayed; the final one follows. */
   private readonly onInformational = (headers: Http2.IncomingHttpHeaders, _flags: number, raw: string[]): void => {
@@ -566,7 +509,7 @@ class StreamExchange {
     const attempt = this.attempt;
     this.phase = DONE;
     this.deadline = 0;
-    this.detachBody();
+    this.upload?.detach();
     attempt.onCancel(noop);
     if (reset) this.reset(CANCEL);
     attempt.end(this.trailers);
@@ -577,8 +520,9 @@ class StreamExchange {
     const client = this.session.client;
     if (this.phase === WAITING) {
       // An upload still moving is the client's pace, not the upstream's silence (undici's rule).
-      if (this.bodyMoved && this.stream !== null && !this.stream.writableNeedDrain) {
-        this.bodyMoved = false;
+      const upload = this.upload;
+      if (upload !== null && upload.moved && this.stream !== null && !this.stream.writableNeedDrain) {
+        upload.moved = false;
         this.deadline = now + client.headersMs;
         return;
       }
@@ -592,7 +536,7 @@ class StreamExchange {
     if (this.phase === DONE) return;
     this.phase = DONE;
     this.deadline = 0;
-    this.detachBody();
+    this.upload?.detach();
     this.attempt.onCancel(noop);
     this.reset(CANCEL);
     this.attempt.error(err);
