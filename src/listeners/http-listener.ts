@@ -24,7 +24,6 @@ import type { RequestHead } from '../core/context.ts';
 import { TlsTermination } from '../tls/termination.ts';
 import type { TLSSocket } from 'node:tls';
 import { Http2Front, type Http2ServerSettings } from '../downstream/http2-server.ts';
-import type { Http2Downstream } from '../downstream/http2.ts';
 
 /** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
 const TUNNEL_CLOSE_WAIT_MS = 1500;
@@ -186,7 +185,7 @@ export class HttpListener {
     const h2 = new Http2Front(http2Settings(settings), {
       request: (head, downstream) => {
         if (this.answersItself(head, (status, headers, body) => downstream.fail(status, headers, body, false))) return;
-        this.proxy.handle(head, downstream as Http2Downstream, this.info);
+        this.proxy.handle(head, downstream, this.info);
       },
     }, logger, name);
     this.http2 = h2;
