@@ -28,6 +28,7 @@ import { OpenTunnels } from './open-tunnels.ts';
 import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
 import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
+import { GrpcWebDownstream, grpcWebMode, toGrpcHeaders } from './grpc-web.ts';
 import { encodeGrpcMessage, GrpcStatus, grpcStatusFor, grpcStatusOf, grpcTimeoutMs, isGrpc } from './grpc.ts';
 
 /** A client's own deadline timer may fire a little before Fulcrum's: within this it counts as the deadline. */
@@ -158,6 +159,9 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
 
   /** Phase accept: a downstream hands over a request. */
   handle(req: RequestHead, downstream: Downstream, listener: ListenerInfo): void {
+    // A gRPC-Web call is answered through a translator; the rest of the core sees a gRPC call.
+    const web = grpcWebMode(req);
+    if (web !== null) downstream = new GrpcWebDownstream(downstream, web, req);
     const ctx = new Exchange(this, req, downstream, listener.name, normalizeAddress(downstream.remoteAddress));
     downstream.owner = ctx;
     try {
@@ -166,7 +170,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         ctx.clientAddress = clientFromForwardedFor(listener.trusted, ctx.peerAddress, headerValue(req.headers['x-forwarded-for']));
       }
       ctx.forwarding = listener.forwarding;
-      ctx.grpc = isGrpc(req);
+      ctx.grpc = web !== null || isGrpc(req);
       if (req.headers.upgrade !== undefined) {
         const protocols = upgradeProtocols(req);
         // h2c is ignored (RFC 9113 lets a server; curl --http2 asks on every http:// request): a plain request.
@@ -304,6 +308,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     if (ctx.authority !== null && pool.hostRewrite.kind === 'preserve') headers[1] = ctx.authority;
     // The upgrade is asked again hop by hop (Connection and Upgrade are not forwarded as such).
     if (ctx.upgrade !== null) headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade);
+    if (ctx.downstream instanceof GrpcWebDownstream) toGrpcHeaders(headers, ctx.downstream.mode);
     ctx.upstreamHeaders = headers;
     const requestBody = ctx.downstream.requestBody;
     if (requestBody !== null) {
@@ -576,7 +581,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       ctx.status = 499;
       // A gRPC caller that went away at its own deadline (its timer and ours race) ended DEADLINE_EXCEEDED; before it, it cancelled.
       if (ctx.grpc) ctx.grpcStatus = ctx.grpcDeadlineAt > 0 && performance.now() >= ctx.grpcDeadlineAt - DEADLINE_SLACK_MS ? GrpcStatus.DEADLINE_EXCEEDED : GrpcStatus.CANCELLED;
-    } else if (ctx.grpc && downstream.protocol === 'h2') {
+    } else if (ctx.grpc && (downstream.protocol === 'h2' || downstream instanceof GrpcWebDownstream)) {
       this.failGrpc(ctx, error);
     } else if (downstream.headSent) {
       cutDownstream(downstream);
@@ -621,7 +626,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         return;
       }
       ctx.status = 200;
-      const headers = ['content-type', 'application/grpc', 'x-request-id', ctx.requestIdForUpstream ?? ctx.id, ...status];
+      // Content-Length 0 frames the empty body for an HTTP/1.1 (gRPC-Web) caller.
+      const headers = ['content-type', 'application/grpc', 'content-length', '0', 'x-request-id', ctx.requestIdForUpstream ?? ctx.id, ...status];
       if (ctx.extraHeaders !== null) headers.push(...ctx.extraHeaders);
       downstream.fail(200, headers, '', false);
     } catch {
