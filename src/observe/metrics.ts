@@ -503,30 +503,26 @@ export class Metrics {
       if (mine((m as RequestEndEvent).ctx)) this.onEnd(m as RequestEndEvent);
     });
     // Requests by protocol and gRPC statuses: counted into plain maps on the request path, handed to prom-client at scrape time.
-    const byProtocol = this.byProtocol;
-    new Counter({
-      name: 'lb_requests_by_protocol_total', help: 'Requests answered, by listener and client protocol (h1, h2, grpc: a gRPC call over HTTP/2).', labelNames: ['listener', 'protocol'], registers,
-      collect() {
-        for (const [key, n] of byProtocol) {
-          if (n === 0) continue;
-          const [listener, protocol] = key.split('\0');
-          this.inc({ listener, protocol }, n);
-          byProtocol.set(key, 0);
-        }
-      },
-    });
-    const grpcCodes = this.grpcCodes;
-    new Counter({
-      name: 'lb_grpc_responses_total', help: 'gRPC calls answered, by pool and grpc-status name (the upstream\'s, or Fulcrum\'s own: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...; "none" when the call ended without one).', labelNames: ['pool', 'code'], registers,
-      collect() {
-        for (const [key, n] of grpcCodes) {
-          if (n === 0) continue;
-          const [pool, code] = key.split('\0');
-          this.inc({ pool, code }, n);
-          grpcCodes.set(key, 0);
-        }
-      },
-    });
+    const pendingCounter = (name: string, help: string, labels: [string, string], pending: Map<string, number>): void => {
+      new Counter({
+        name, help, labelNames: labels, registers,
+        collect() {
+          for (const [key, n] of pending) {
+            if (n === 0) continue;
+            const [a, b] = key.split('\0');
+            this.inc({ [labels[0]]: a, [labels[1]]: b }, n);
+            pending.set(key, 0);
+          }
+        },
+      });
+    };
+    pendingCounter('lb_requests_by_protocol_total', 'Requests answered, by listener and client protocol (h1, h2, grpc: a gRPC or gRPC-Web call, whatever the protocol under it).', ['listener', 'protocol'], this.byProtocol);
+    pendingCounter(
+      'lb_grpc_responses_total',
+      'gRPC calls answered, by pool and grpc-status name (the upstream\'s, or Fulcrum\'s own: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...; "none" when the call ended without one).',
+      ['pool', 'code'],
+      this.grpcCodes,
+    );
     this.on(requestRetry, (m) => {
       const { ctx, upstream } = m as RequestRetryEvent;
       if (!mine(ctx)) return;
