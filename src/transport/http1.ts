@@ -32,12 +32,12 @@ import { http } from '../node-builtins.ts';
 import { ChunkedDecoder, lastChunk } from '../http1/chunked.ts';
 import { append } from '../http1/bytes.ts';
 import { ResponseHead, parseResponseHead } from '../http1/response-head.ts';
-import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import { RequestUpload, type UploadSink } from './request-upload.ts';
 import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts';
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
+import { AttemptQueue } from './attempt-queue.ts';
 
 // Phases of a connection.
 /** Connecting (TCP, and the TLS handshake to an https upstream); `attempt` waits for the socket. */
@@ -57,8 +57,6 @@ const LENGTH = 1;
 const CHUNKED = 2;
 const UNTIL_CLOSE = 3;
 
-/** Attempts that may wait for a socket beyond maxSockets; past it the request goes elsewhere (503 when nowhere). */
-const maxQueued = 4096;
 /** Buffer bodies up to this size go out in the head's write (one copy); larger ones in a second write of the same batch. */
 const coalesceBytes = 16 * 1024;
 /** Bytes a header value may not hold (RFC 9110 section 5.5; Node's and undici's check), and a request-target. */
@@ -556,7 +554,7 @@ export class Http1Client implements UpstreamClient {
   /** Every open socket: connecting, busy and idle. */
   private readonly connections = new Set<Connection>();
   /** Attempts waiting for a socket, oldest first. */
-  private readonly queue: UpstreamAttempt[] = [];
+  private readonly queue = new AttemptQueue();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private closeWaiters: (() => void)[] = [];
@@ -586,15 +584,7 @@ export class Http1Client implements UpstreamClient {
     const idle = this.take();
     if (idle !== null) return idle.send(attempt);
     if (this.connections.size < this.maxSockets) return this.open(attempt, false);
-    if (this.queue.length >= maxQueued) {
-      attempt.error(new FulcrumError(ErrorCode.NoUpstream, `${this.queue.length} requests already wait for a connection to ${this.upstream.id} (max_sockets ${this.maxSockets})`, 'internal', 503, true));
-      return;
-    }
-    this.queue.push(attempt);
-    attempt.onCancel(() => {
-      const i = this.queue.indexOf(attempt);
-      if (i !== -1) this.queue.splice(i, 1);
-    });
+    this.queue.push(attempt, `a connection to ${this.upstream.id} (max_sockets ${this.maxSockets})`);
   }
 
   /** The most recently used idle socket that is still reusable, or null. */
@@ -637,11 +627,8 @@ export class Http1Client implements UpstreamClient {
 
   /** A socket whose exchange ended cleanly: to the oldest waiting attempt, else to the idle list. */
   release(c: Connection): void {
-    const queue = this.queue;
-    while (queue.length > 0) {
-      const next = queue.shift()!;
-      if (next.live) return c.send(next);
-    }
+    const next = this.queue.next();
+    if (next !== null) return c.send(next);
     if (this.closed) return c.destroy();
     c.phase = IDLE;
     c.expires = Date.now() + c.keepMs;
@@ -657,10 +644,10 @@ export class Http1Client implements UpstreamClient {
       const i = this.idle.lastIndexOf(c);
       if (i !== -1) this.idle.splice(i, 1);
     }
-    const queue = this.queue;
-    while (queue.length > 0 && this.connections.size < this.maxSockets) {
-      const next = queue.shift()!;
-      if (next.live) this.open(next, this.closed);
+    while (this.connections.size < this.maxSockets) {
+      const next = this.queue.next();
+      if (next === null) break;
+      this.open(next, this.closed);
     }
     if (this.closed && this.connections.size === 0) {
       for (const resolve of this.closeWaiters.splice(0)) resolve();

@@ -75,6 +75,7 @@ import { RequestUpload, type UploadSink } from './request-upload.ts';
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { http2ErrorLabel, http2ErrorName } from '../http2/error-codes.ts';
+import { AttemptQueue } from './attempt-queue.ts';
 
 let http2Module: typeof Http2 | null = null;
 
@@ -122,8 +123,6 @@ export const http2Goaway = diagnosticsChannel.channel('fulcrum:http2:goaway');
 
 /** A session idle (no stream open) at least this long may have been closed by the upstream for idleness (ms; see Session.mayBeStale). */
 const staleAfterMs = 1000;
-/** Attempts that may wait for room beyond max_sessions; past it the request goes elsewhere (503 when nowhere). */
-const maxQueued = 4096;
 /** Request headers that are connection-specific in HTTP/1.1 and forbidden in HTTP/2 (RFC 9113 section 8.2.2); Host becomes `:authority`. */
 const connectionHeaders = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'upgrade', 'host', 'http2-settings']);
 /** Bytes a header value may not hold (RFC 9110 section 5.5), and a request-target; as http1.ts. */
@@ -897,7 +896,7 @@ export class Http2Client implements UpstreamClient {
   /** Open sessions, oldest first (streams go to the oldest with room). */
   private sessions: Session[] = [];
   /** Attempts waiting for room, oldest first. */
-  private readonly queue: UpstreamAttempt[] = [];
+  private readonly queue = new AttemptQueue();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private closeWaiters: (() => void)[] = [];
@@ -972,15 +971,7 @@ export class Http2Client implements UpstreamClient {
       }
       return session.wait(attempt);
     }
-    if (this.queue.length >= maxQueued) {
-      attempt.error(new FulcrumError(ErrorCode.NoUpstream, `${this.queue.length} requests already wait for an HTTP/2 stream to ${this.upstreamId} (max_sessions ${this.maxSessions})`, 'internal', 503, true));
-      return;
-    }
-    this.queue.push(attempt);
-    attempt.onCancel(() => {
-      const i = this.queue.indexOf(attempt);
-      if (i !== -1) this.queue.splice(i, 1);
-    });
+    this.queue.push(attempt, `an HTTP/2 stream to ${this.upstreamId} (max_sessions ${this.maxSessions})`);
   }
 
   /** The oldest ready session with a free stream slot, or null. */
@@ -1017,15 +1008,9 @@ export class Http2Client implements UpstreamClient {
 
   /** Room appeared (a stream ended, a session came up or left): waiting attempts move on. */
   pump(): void {
-    const queue = this.queue;
-    while (queue.length > 0) {
-      const attempt = queue[0];
-      if (!attempt.live) {
-        queue.shift();
-        continue;
-      }
+    for (let attempt = this.queue.peek(); attempt !== null; attempt = this.queue.peek()) {
       if (this.withRoom() === null && this.connectingWithRoom() === null && this.counted() >= this.maxSessions) return;
-      queue.shift();
+      this.queue.next();
       this.forward(attempt);
     }
   }
