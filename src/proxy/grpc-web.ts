@@ -14,20 +14,6 @@ import type { RequestHead } from '../core/context.ts';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { ConnectionTls } from '../tls/connection-tls.ts';
 
-/** The gRPC-Web variant of a request: 'binary' (`application/grpc-web[+proto]`), 'text' (`application/grpc-web-text[+proto]`), or null. */
-export type GrpcWebMode = 'binary' | 'text' | null;
-
-/** The gRPC-Web variant of a request, from its content-type. */
-export function grpcWebMode(req: RequestHead): GrpcWebMode {
-  const type = req.headers['content-type'];
-  if (type === undefined || type.length < 20) return null;
-  const lower = type.toLowerCase();
-  if (!lower.startsWith('application/grpc-web')) return null;
-  const rest = lower.slice(20);
-  if (rest.startsWith('-text')) return rest.length === 5 || rest[5] === '+' || rest[5] === ';' ? 'text' : null;
-  return rest.length === 0 || rest[0] === '+' || rest[0] === ';' ? 'binary' : null;
-}
-
 /**
  * The request headers for the upstream (flat, as built by the core), in place: content-type
  * `application/grpc-web[-text][+x]` becomes `application/grpc[+x]`, `te: trailers` is asked, and

@@ -26,14 +26,27 @@ export const GrpcStatus = {
 /** Names of the codes 0-16, for labels and logs. */
 export const grpcStatusNames = ['OK', 'CANCELLED', 'UNKNOWN', 'INVALID_ARGUMENT', 'DEADLINE_EXCEEDED', 'NOT_FOUND', 'ALREADY_EXISTS', 'PERMISSION_DENIED', 'RESOURCE_EXHAUSTED', 'FAILED_PRECONDITION', 'ABORTED', 'OUT_OF_RANGE', 'UNIMPLEMENTED', 'INTERNAL', 'UNAVAILABLE', 'DATA_LOSS', 'UNAUTHENTICATED'];
 
-/** True for a gRPC request: `content-type: application/grpc`, `application/grpc+proto`, `application/grpc;...` (not gRPC-Web). */
-export function isGrpc(req: RequestHead): boolean {
+/** What a request's content-type says of gRPC: 'grpc', 'web' (gRPC-Web, binary), 'web-text' (gRPC-Web, base64), or null. */
+export type GrpcKind = 'grpc' | 'web' | 'web-text' | null;
+
+/** True when `c` ends a media type's subtype: the end, `+suffix` or `;parameters`. */
+function subtypeEnds(c: number): boolean {
+  return Number.isNaN(c) || c === 43 /* + */ || c === 59 /* ; */;
+}
+
+/**
+ * The gRPC kind of a request from its content-type: `application/grpc[+x]`, `application/grpc-web[+x]`,
+ * `application/grpc-web-text[+x]` (parameters allowed). Other types cost one character test.
+ */
+export function grpcKind(req: RequestHead): GrpcKind {
   const type = req.headers['content-type'];
-  if (type === undefined || type.length < 16 || type.charCodeAt(12) !== 103 /* g */) return false;
+  if (type === undefined || type.length < 16 || (type.charCodeAt(12) | 0x20) !== 103 /* g */) return null;
   const lower = type.toLowerCase();
-  if (!lower.startsWith('application/grpc')) return false;
-  const next = lower.charCodeAt(16);
-  return Number.isNaN(next) || next === 43 /* + */ || next === 59 /* ; */;
+  if (!lower.startsWith('application/grpc')) return null;
+  if (subtypeEnds(lower.charCodeAt(16))) return 'grpc';
+  if (!lower.startsWith('-web', 16)) return null;
+  if (subtypeEnds(lower.charCodeAt(20))) return 'web';
+  return lower.startsWith('-text', 20) && subtypeEnds(lower.charCodeAt(25)) ? 'web-text' : null;
 }
 
 const timeoutUnits: Record<string, number> = { H: 3_600_000, M: 60_000, S: 1000, m: 1, u: 0.001, n: 0.000001 };

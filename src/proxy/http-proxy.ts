@@ -28,8 +28,8 @@ import { OpenTunnels } from './open-tunnels.ts';
 import { Tunnel, type TunnelCloseReason, type TunnelLimits } from '../downstream/tunnel.ts';
 import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
-import { GrpcWebDownstream, grpcWebMode, toGrpcHeaders } from './grpc-web.ts';
-import { encodeGrpcMessage, GrpcStatus, grpcStatusFor, grpcStatusOf, grpcTimeoutMs, isGrpc } from './grpc.ts';
+import { GrpcWebDownstream, toGrpcHeaders } from './grpc-web.ts';
+import { encodeGrpcMessage, GrpcStatus, grpcStatusFor, grpcKind, grpcStatusOf, grpcTimeoutMs } from './grpc.ts';
 
 /** A client's own deadline timer may fire a little before Fulcrum's: within this it counts as the deadline. */
 const DEADLINE_SLACK_MS = 20;
@@ -160,8 +160,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   /** Phase accept: a downstream hands over a request. */
   handle(req: RequestHead, downstream: Downstream, listener: ListenerInfo): void {
     // A gRPC-Web call is answered through a translator; the rest of the core sees a gRPC call.
-    const web = grpcWebMode(req);
-    if (web !== null) downstream = new GrpcWebDownstream(downstream, web, req);
+    const grpc = grpcKind(req);
+    if (grpc === 'web' || grpc === 'web-text') downstream = new GrpcWebDownstream(downstream, grpc === 'web' ? 'binary' : 'text', req);
     const ctx = new Exchange(this, req, downstream, listener.name, normalizeAddress(downstream.remoteAddress));
     downstream.owner = ctx;
     try {
@@ -170,7 +170,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         ctx.clientAddress = clientFromForwardedFor(listener.trusted, ctx.peerAddress, headerValue(req.headers['x-forwarded-for']));
       }
       ctx.forwarding = listener.forwarding;
-      ctx.grpc = web !== null || isGrpc(req);
+      ctx.grpc = grpc !== null;
       if (req.headers.upgrade !== undefined) {
         const protocols = upgradeProtocols(req);
         // h2c is ignored (RFC 9113 lets a server; curl --http2 asks on every http:// request): a plain request.
