@@ -58,3 +58,16 @@ export interface PoolPanicEvent<U extends UpstreamRef = UpstreamRef> {
 export const poolPanic = diagnosticsChannel.channel('fulcrum:pool:panic');
 /** Message of `fulcrum:config:reload`. */
 export interface ConfigReloadEvent { ok: boolean; source: string; error?: Error }
+
+/** Published for each GOAWAY an HTTP/2 upstream sends Fulcrum (src/transport/http2.ts). */
+export const http2Goaway = diagnosticsChannel.channel('fulcrum:http2:goaway');
+/** Message of `fulcrum:http2:goaway` (`direction` is `'upstream'`: the upstream sent it). */
+export interface Http2GoawayEvent {
+  direction: 'upstream';
+  /** The upstream's id (`host:port`). */
+  upstream: string;
+  errorCode: number;
+  /** RFC 9113 name of `errorCode`. */
+  errorName: string;
+  lastStreamId: number;
+}

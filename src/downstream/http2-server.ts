@@ -51,8 +51,6 @@ export interface Http2Handler {
 export class Http2Stats {
   sessions = 0;
   streams = 0;
-  sessionsTotal = 0;
-  streamsTotal = 0;
   /** GOAWAY frames sent to clients, by error code name. */
   readonly goawaySent = new Map<string, number>();
   /** GOAWAY frames received from clients, by error code name. */
@@ -169,7 +167,6 @@ export class Http2Front {
       }
       guard.streamOpened();
       this.stats.streams++;
-      this.stats.streamsTotal++;
       try {
         const head = new Http2RequestHead(headers, rawHeaders);
         const downstream = new Http2Downstream(stream, head, guard, this.settings.requestTimeoutMs);
@@ -213,7 +210,6 @@ export class Http2Front {
     const guard = new SessionGuard(this, session);
     this.guards.set(session, guard);
     this.stats.sessions++;
-    this.stats.sessionsTotal++;
     // A stream reset in the same read as its HEADERS (the rapid-reset pattern) is aborted before its
     // 'stream' event, so Http2Downstream never hears 'aborted': counted here.
     session.on('stream', (stream: ServerHttp2Stream) => {

@@ -65,7 +65,6 @@
  * received by error code name, PING timeouts, unprocessed streams), read by metrics at scrape
  * time; each GOAWAY frame received is also published on the `fulcrum:http2:goaway` channel.
  */
-import diagnosticsChannel from 'node:diagnostics_channel';
 import net from 'node:net';
 import type * as Http2 from 'node:http2';
 import type { TLSSocket } from 'node:tls';
@@ -76,6 +75,7 @@ import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { http2ErrorLabel, http2ErrorName } from '../http2/error-codes.ts';
 import { AttemptQueue } from './attempt-queue.ts';
+import { http2Goaway, type Http2GoawayEvent } from '../core/events.ts';
 
 let http2Module: typeof Http2 | null = null;
 
@@ -107,19 +107,6 @@ export interface Http2UpstreamStats {
 /** The counters of every HTTP/2 upstream client in this process, read by metrics at scrape time. */
 export const http2UpstreamStats: Http2UpstreamStats = { sessionsOpen: 0, streamsInFlight: 0, goawaysReceived: {}, pingTimeouts: 0, unprocessedStreams: 0 };
 
-/** Message of `fulcrum:http2:goaway` (`direction: 'upstream'`: an upstream sent it to Fulcrum). */
-export interface Http2GoawayEvent {
-  direction: 'upstream' | 'downstream';
-  /** The upstream's id (`host:port`). */
-  upstream: string;
-  errorCode: number;
-  /** RFC 9113 name of `errorCode`. */
-  errorName: string;
-  lastStreamId: number;
-}
-
-/** Published for each GOAWAY an upstream sends (the HTTP/2 downstream publishes its own with `direction: 'downstream'`). */
-export const http2Goaway = diagnosticsChannel.channel('fulcrum:http2:goaway');
 
 /** A session idle (no stream open) at least this long may have been closed by the upstream for idleness (ms; see Session.mayBeStale). */
 const staleAfterMs = 1000;

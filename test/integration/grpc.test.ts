@@ -31,7 +31,7 @@ import {
   type EchoBackend,
   type EchoReply,
 } from '../helpers/grpc.ts';
-import { http2Goaway, type Http2GoawayEvent } from '../../src/transport/http2.ts';
+import { http2Goaway, type Http2GoawayEvent } from '../../src/core/events.ts';
 import type { FulcrumConfigInput } from '../../src/config/schema.ts';
 
 const listener = { name: 'grpc', host: '127.0.0.1', port: 0, http2: { h2c: true } };

@@ -29,7 +29,8 @@ import { startBlackhole } from '../helpers/blackhole.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { ErrorCode } from '../../src/errors.ts';
 import { upstreamFailure } from '../../src/proxy/status.ts';
-import { http2UpstreamStats, type Http2GoawayEvent } from '../../src/transport/http2.ts';
+import { http2UpstreamStats } from '../../src/transport/http2.ts';
+import type { Http2GoawayEvent } from '../../src/core/events.ts';
 
 const { NGHTTP2_REFUSED_STREAM, NGHTTP2_NO_ERROR } = http2.constants;
 /** Per-test limits: a regression (a stream that never completes) fails its test instead of hanging the run. */
