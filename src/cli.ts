@@ -1,5 +1,5 @@
 /**
- * The `fulcrum` command: start | check | demo | backend | schema, and the admin commands
+ * The `fulcrum` command: start | check | demo | backend | schema | hash-password, and the admin commands
  * status | backends | certificates | reload (through the typed admin client). Signals: SIGTERM and SIGINT
  * shut down gracefully (a second one exits at once); SIGHUP reloads the configuration file.
  */
@@ -32,6 +32,8 @@ Usage:
   fulcrum backend --port N [--id ID] [--delay MS|DURATION] [--fail]
                                  one sample backend (answers / and /health; POST /control?fail=1&delay=MS)
   fulcrum schema                 print the configuration's JSON Schema (for editor completion)
+  fulcrum hash-password          read a password (no echo on a terminal; else one line of stdin) and print its
+                                 scrypt hash for forward_proxy.auth.users (docs/forward-proxy.md)
 
 Admin commands (talk to a running balancer's admin API):
   fulcrum status [--json]        backends, their state and counters; certificates; runtime-only changes
@@ -230,6 +232,7 @@ const commandOptions: Record<string, OptionName[]> = {
   demo: ['port', 'host', 'policy'],
   backend: ['port', 'host', 'id', 'delay', 'fail'],
   schema: [],
+  'hash-password': [],
   status: adminOptions,
   backends: adminOptions,
   certificates: ['config', 'admin', 'token', 'json'],
@@ -289,6 +292,53 @@ function configFileForStart(values: { config?: string | boolean }, rest: string[
   fail(lines.join('\n'));
 }
 
+/**
+ * The password for `hash-password`: typed twice on a terminal with echo off (raw mode; Backspace
+ * works, Ctrl-C and Ctrl-D give up), else the first line of stdin (its line ending dropped).
+ * Rejects an empty password, or two typed ones that differ.
+ */
+async function readPassword(): Promise<string> {
+  const stdin = process.stdin;
+  if (!stdin.isTTY) {
+    const chunks: Buffer[] = [];
+    for await (const chunk of stdin) chunks.push(chunk as Buffer);
+    const text = Buffer.concat(chunks).toString('utf8');
+    const line = text.split(/\r?\n/)[0];
+    if (line.length === 0) throw new Error('no password on stdin (send it as one line: printf %s "$PASSWORD" | fulcrum hash-password)');
+    return line;
+  }
+  const ask = (prompt: string): Promise<string> =>
+    new Promise((resolve, reject) => {
+      // Echo goes off before the prompt shows: nothing typed after it is ever echoed.
+      stdin.setRawMode(true);
+      process.stderr.write(prompt);
+      let typed = '';
+      const finish = (err: Error | null): void => {
+        stdin.off('data', onData);
+        stdin.setRawMode(false);
+        stdin.pause();
+        process.stderr.write('\n');
+        if (err !== null) reject(err);
+        else resolve(typed);
+      };
+      const onData = (data: Buffer): void => {
+        for (const ch of data.toString('utf8')) {
+          if (ch === '\r' || ch === '\n') return finish(null);
+          if (ch === '\u0003' || ch === '\u0004') return finish(new Error('no password given'));
+          if (ch === '\u007f' || ch === '\b') typed = [...typed].slice(0, -1).join('');
+          else if (ch >= ' ') typed += ch;
+        }
+      };
+      stdin.resume();
+      stdin.on('data', onData);
+    });
+  const first = await ask('Password: ');
+  if (first.length === 0) throw new Error('an empty password is no password');
+  const again = await ask('Again: ');
+  if (again !== first) throw new Error('the two passwords differ');
+  return first;
+}
+
 async function main(argv: string[]): Promise<void> {
   // First loosely, to name a mistyped command or option in our words; then strictly, for typed values.
   const loose = parseArgs({ args: argv, allowPositionals: true, strict: false, tokens: true, options });
@@ -323,6 +373,12 @@ async function main(argv: string[]): Promise<void> {
     }
     case 'schema':
       return void process.stdout.write(JSON.stringify(configJsonSchema(), null, 2) + '\n');
+    case 'hash-password': {
+      if (rest.length > 0) fail('hash-password reads the password from stdin, never from the command line (where ps and the shell history would show it)');
+      const password = await readPassword().catch((err: Error) => fail(err.message, 1));
+      const { hashPassword } = await import('./forward/proxy-auth.ts');
+      return void process.stdout.write(`${await hashPassword(password)}\n`);
+    }
     case 'demo': {
       const { startDemo, demoBanner } = await import('./demo/demo.ts');
       const demo = await startDemo({ port, host: values.host, policy: values.policy }).catch((err: Error) => fail(`demo failed to start: ${err.message}`, 1));

@@ -54,6 +54,12 @@ export const ErrorCode = {
   FirewallDenied: 'FUL_FIREWALL_DENIED',
   RateLimited: 'FUL_RATE_LIMITED',
   RateLimitStoreDown: 'FUL_RATE_LIMIT_STORE_DOWN',
+  /** The forward proxy's rules refuse the destination (403; docs/forward-proxy.md). */
+  ForwardDenied: 'FUL_FORWARD_DENIED',
+  /** The forward proxy could not resolve the destination's name (502). */
+  ForwardResolveFailed: 'FUL_FORWARD_RESOLVE_FAILED',
+  /** The forward proxy asks for Proxy-Authorization and got none, or wrong credentials (407). */
+  ProxyAuthRequired: 'FUL_PROXY_AUTH_REQUIRED',
   Internal: 'FUL_INTERNAL',
 } as const;
 

@@ -49,6 +49,22 @@ export interface UpstreamRef {
   readonly id: string;
 }
 
+/**
+ * What the forward proxy made of an exchange (src/forward/forward-proxy.ts): how the client
+ * asked (`absolute`: `GET http://host/...`; `connect`: `CONNECT host:port`; `route`: a route's
+ * `/forward?url=...`), and once decided, the decision and the rule that made it. Every value is
+ * from a fixed set or the configuration, never from the client, so observers may use them as labels.
+ */
+export interface ForwardInfo {
+  readonly kind: 'absolute' | 'connect' | 'route';
+  /** Null until the destination was decided (a request refused before, for a bad target or no credentials, keeps null). */
+  decision: 'allowed' | 'denied' | null;
+  /** The configured rule that decided; null when none did (nothing matched, or no decision yet). */
+  rule: string | null;
+  /** Why it was denied: a policy reason (`no_rule`, `special_address`, ...) or `auth`; null when allowed. */
+  reason: string | null;
+}
+
 /** What kind of exchange a context carries: one request and its answer, or a tunnel (WebSocket) that outlived its request. */
 export type ExchangeKind = 'request' | 'tunnel';
 
@@ -111,6 +127,8 @@ export class RequestContext {
   grpc = false;
   /** The call's `grpc-status` (the upstream's trailers or headers, or Fulcrum's own), -1 when none. */
   grpcStatus = -1;
+  /** Set for an exchange the forward proxy carries (absolute-form, CONNECT, a `/forward?url=` route); null otherwise. */
+  forward: ForwardInfo | null = null;
 
   constructor(req: RequestHead, downstream: Downstream, listener: string, peerAddress: string, carrier: object | null = null) {
     this.id = nextRequestId();

@@ -18,7 +18,8 @@
  *   after the answer, then what the client still sends is read and dropped for a while, so a
  *   client still uploading reads the 4xx instead of a reset.
  * - A WebSocket handshake leaves the parser: the bytes after its head are the tunnel's, and its
- *   connection closes after any answer but a relayed 101 (then the socket is the tunnel's).
+ *   connection closes after any answer but a relayed 101 (then the socket is the tunnel's). So
+ *   does a CONNECT on a forward-proxy listener (`connect`), whose tunnel opens with a 200.
  */
 import { STATUS_CODES } from '../node-builtins.ts';
 import { Readable } from 'node:stream';
@@ -69,6 +70,8 @@ export interface Http1Settings {
   /** Time from a request's first byte to the end of its body (0: none). */
   requestTimeoutMs: number;
   limits: HeadLimits;
+  /** CONNECT requests go to the handler (a forward-proxy listener with `connect: true`); false or absent: 501. */
+  connect?: boolean;
 }
 
 /** Where a connection is (numbers: one small shape per connection). */
@@ -355,7 +358,18 @@ export class Http1Connection implements ResponseConnection {
   private begin(head: RequestHead): void {
     head.socket = this.socket;
     if (head.method === 'CONNECT') {
-      this.refuse(501, 'CONNECT', 'CONNECT tunnels are not supported on this listener (see docs/errors.md)');
+      if (this.server.settings.connect !== true) {
+        this.refuse(501, 'CONNECT', 'CONNECT tunnels are not supported on this listener (see docs/errors.md)');
+        return;
+      }
+      // A CONNECT has no content (RFC 9110 section 9.3.6): the bytes after its head are the tunnel's, not parsed,
+      // and its connection closes after any answer but the 200 that opens the tunnel.
+      this.keepAliveAsked = false;
+      this.state = State.Answering;
+      this.setTiming(Timing.Send);
+      const tunnel = new Http1Response(this, head, null, true);
+      this.response = tunnel;
+      this.server.handler.request(head, tunnel);
       return;
     }
     const upgradable = head.upgrade && asksWebSocket(head);

@@ -8,11 +8,35 @@ import { RequestContext, type RequestHead } from '../core/context.ts';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { FulcrumError } from '../errors.ts';
 import type { Upstream } from '../upstream/upstream.ts';
-import type { Pool } from '../upstream/pool.ts';
 import type { CompiledRoute } from '../router/router.ts';
-import type { ForwardingSettings } from './headers.ts';
+import type { ForwardingSettings, HostRewrite } from './headers.ts';
 import type { Attempt } from './attempt.ts';
 import type { Tunnel, TunnelSlot } from '../downstream/tunnel.ts';
+import type { PoolSettings } from '../config/schema.ts';
+import type { Transport } from '../transport/transport.ts';
+import type { PickContext } from '../balancer/policy.ts';
+import type { ForwardProxy, ForwardTarget } from '../forward/forward-proxy.ts';
+
+/**
+ * Where the core sends an exchange: a configured `Pool` (src/upstream/pool.ts), or for the
+ * forward proxy the one destination its rules allowed (`ForwardDestination`,
+ * src/forward/forward-proxy.ts). The core asks only these.
+ */
+export interface ExchangePool {
+  readonly name: string;
+  readonly settings: { readonly retry: PoolSettings['retry']; readonly timeouts: PoolSettings['timeouts']; readonly proxy_protocol?: PoolSettings['proxy_protocol'] };
+  readonly hostRewrite: HostRewrite;
+  readonly transport: Transport;
+  readonly backup: ExchangePool | null;
+  /** Requests in flight, and how many of them are retries (the retry budget). */
+  active: number;
+  retrying: number;
+  pick(ctx: PickContext): Upstream | undefined;
+  pickExcept(ctx: PickContext, tried: readonly Upstream[]): Upstream | undefined;
+  pickInPanic(ctx: PickContext, tried: readonly Upstream[] | null): Upstream | undefined;
+  inPanic(): boolean;
+  eligible(): readonly Upstream[];
+}
 
 /** What an exchange needs from the proxy that carries it. */
 export interface ExchangeCore {
@@ -24,7 +48,7 @@ export interface ExchangeCore {
 /** One proxied exchange: a request and its answer, or a tunnel. */
 export class Exchange extends RequestContext implements DownstreamOwner {
   declare route: CompiledRoute | null;
-  declare pool: Pool | null;
+  declare pool: ExchangePool | null;
   declare upstream: Upstream | null;
   readonly core: ExchangeCore;
   /** The attempt in progress (null between attempts): only it can report into the exchange. */
@@ -57,7 +81,7 @@ export class Exchange extends RequestContext implements DownstreamOwner {
   /** Set when the upstream answered before the upload ended: the rest of the body is not sent, the upstream connection not reused. */
   bodyAbandoned = false;
   /** The pool whose active and retry counts this exchange is in (the routed one, even on backup). */
-  countedPool: Pool | null = null;
+  countedPool: ExchangePool | null = null;
   /** True once the request counts as a retry in its pool's budget. */
   retrying = false;
   /** Set while an upstream answer is read and dropped because the request goes elsewhere. */
@@ -75,6 +99,10 @@ export class Exchange extends RequestContext implements DownstreamOwner {
   unprocessedRetries = 0;
   /** `performance.now()` when the gRPC caller's deadline (`grpc-timeout`) passes, or 0. */
   grpcDeadlineAt = 0;
+  /** The forward proxy serving this exchange (the listener's or the route's), or null. */
+  forwarder: ForwardProxy | null = null;
+  /** The destination the client asked the forward proxy for, once parsed. */
+  forwardTarget: ForwardTarget | null = null;
 
   constructor(core: ExchangeCore, req: RequestHead, downstream: Downstream, listener: string, peerAddress: string) {
     super(req, downstream, listener, peerAddress, core);

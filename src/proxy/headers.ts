@@ -123,6 +123,9 @@ export function buildUpstreamHeaders(ctx: RequestContext, rawHeaders: readonly s
       case 'expect':
         // Node's server already answered 100-continue; upstream gets the body straight away.
         continue;
+      case 'proxy':
+        // httpoxy (CVE-2016-5385 and kin): CGI turns `Proxy` into HTTP_PROXY, which many HTTP clients take as their outbound proxy. No standard header is named so.
+        continue;
       default:
         if (hopByHop.has(lower) || (named !== null && named.includes(lower))) continue;
         // The verified client subject is Fulcrum's to set: a client's own is dropped, also spelled with `_` (CGI reads both alike).

@@ -9,6 +9,7 @@ import type { Pool } from '../upstream/pool.ts';
 import type { RouteSettings } from '../config/schema.ts';
 import { inPhaseOrder, type RequestGuard } from '../core/pipeline.ts';
 import { forwardAsSent, normalizePath, type PathForwarding } from '../proxy/request-target.ts';
+import { ForwardProxy } from '../forward/forward-proxy.ts';
 
 /** A route ready for matching. */
 export interface CompiledRoute {
@@ -21,7 +22,10 @@ export interface CompiledRoute {
   pathPrefix: string;
   /** What the upstream is sent as path (routes[].path). */
   forwarding: PathForwarding;
-  pool: Pool;
+  /** The pool requests go to; null for a forward-proxy route (`forward` is set instead). */
+  pool: Pool | null;
+  /** A `/forward?url=` route's forward proxy (its rules and timeouts), else null. */
+  forward: ForwardProxy | null;
   /** 0 exact host, 1 wildcard host, 2 any host: the sort key ahead of prefix length. */
   rank: number;
   /** The route's own guards (firewall, rate limits), in phase order. */
@@ -46,13 +50,17 @@ export class Router {
       const rank = list === null ? 2 : hosts && hosts.size > 0 ? 0 : 1;
       const name = s.name ?? `route-${i}`;
       const forwarding: PathForwarding = s.path === undefined ? forwardAsSent : { normalized: s.path.forward === 'normalized', encodedSlashes: s.path.encoded_slashes };
-      return { name, hosts, suffixes, pathPrefix: compilePrefix(s.path_prefix), forwarding, pool: pools.get(s.pool)!, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
+      // The config loader makes sure a route names a pool or is a forward proxy (never both).
+      const forward = s.forward_proxy === undefined ? null : new ForwardProxy(s.forward_proxy);
+      const pool = forward === null ? pools.get(s.pool!)! : null;
+      return { name, hosts, suffixes, pathPrefix: compilePrefix(s.path_prefix), forwarding, pool, forward, rank, guards: inPhaseOrder(guardsFor(s, name)), pipelines: new Map() };
     });
     // No routes: everything goes to the one pool that is not another's backup (by name: backup links are set at commit).
     if (routes.length === 0) {
-      const all = [...pools.values()];
+      // tcp pools take connections of tcp listeners, never HTTP requests.
+      const all = [...pools.values()].filter((p) => p.settings.protocol !== 'tcp');
       const primaries = all.filter((p) => !all.some((o) => o !== p && o.settings.backup === p.name));
-      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', forwarding: forwardAsSent, pool: primaries[0], rank: 2, guards: [], pipelines: new Map() });
+      if (primaries.length === 1) routes.push({ name: 'default', hosts: null, suffixes: [], pathPrefix: '', forwarding: forwardAsSent, pool: primaries[0], forward: null, rank: 2, guards: [], pipelines: new Map() });
     }
     routes.sort((a, b) => a.rank - b.rank || b.pathPrefix.length - a.pathPrefix.length);
     this.routes = routes;

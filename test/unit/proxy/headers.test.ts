@@ -41,6 +41,11 @@ test('upstream headers: the exact list for a plain request from an untrusted cli
   ]);
 });
 
+test('upstream headers: a Proxy header (httpoxy: CGI reads it as HTTP_PROXY) is never forwarded, in any case', () => {
+  const out = buildUpstreamHeaders(context(), ['Host', 'h', 'Proxy', 'http://evil.example:3128', 'PROXY', 'http://evil.example:3128', 'Proxy-Id', 'kept', 'X-Proxy', 'kept'], settings, preserve);
+  assert.deepEqual(names(out), ['host', 'proxy-id', 'x-proxy', 'x-forwarded-for', 'x-forwarded-proto', 'x-forwarded-host', 'via', 'x-request-id']);
+});
+
 test('upstream headers: hop-by-hop headers are removed', () => {
   const raw = [
     'Host', 'h',

@@ -16,7 +16,7 @@ function route(pool: string, path_prefix = '/', host?: string | string[], name?:
 /** The pool name a request goes to, or the reason there is none. */
 function target(router: Router, host: string | undefined, url: string): string {
   const m: RouteMatch = router.match(host, url);
-  return typeof m === 'string' ? m : m.pool.name;
+  return typeof m === 'string' ? m : m.pool!.name;
 }
 
 test('router: one pool and no routes sends everything to it', () => {
@@ -47,7 +47,7 @@ test('router: /api matches /api, /api/x and /api?q, not /apix', () => {
 
 test('router: a trailing slash on the prefix is the same prefix', () => {
   const router = new Router([route('api', '/api/'), route('web')], pools('api', 'web'));
-  assert.equal(router.routes.find((r) => r.pool.name === 'api')!.pathPrefix, '/api');
+  assert.equal(router.routes.find((r) => r.pool!.name === 'api')!.pathPrefix, '/api');
   assert.equal(target(router, 'h', '/api'), 'api');
   assert.equal(target(router, 'h', '/api/x'), 'api');
   assert.equal(target(router, 'h', '/apix'), 'web');
@@ -83,7 +83,7 @@ test('router: exact host beats wildcard host beats any host', () => {
     pools('any', 'wild', 'exact'),
   );
   assert.deepEqual(
-    router.routes.map((r) => [r.pool.name, r.rank]),
+    router.routes.map((r) => [r.pool!.name, r.rank]),
     [
       ['exact', 0],
       ['wild', 1],
@@ -162,7 +162,7 @@ test('hostOnly: lowercase host without port; IPv6 keeps its brackets', () => {
 
 test('router: prefixes are compared with normalised paths, and compiled normalised', () => {
   const router = new Router([route('admin', '/admin'), route('user', '/%7Euser/'), route('web')], pools('admin', 'user', 'web'));
-  assert.equal(router.routes.find((r) => r.pool.name === 'user')!.pathPrefix, '/~user');
+  assert.equal(router.routes.find((r) => r.pool!.name === 'user')!.pathPrefix, '/~user');
   assert.equal(target(router, 'h', '/~user/x'), 'user');
   assert.equal(target(router, 'h', '/admin/x'), 'admin');
   assert.equal(target(router, 'h', '/admin;x'), 'web', 'the router gets normalised paths: parameters are gone before it');
@@ -171,7 +171,7 @@ test('router: prefixes are compared with normalised paths, and compiled normalis
 test('router: each route carries its path forwarding; the default forwards the target as sent', () => {
   const settings = [route('raw', '/raw'), { ...route('norm', '/norm'), path: { forward: 'normalized' as const, encoded_slashes: 'reject' as const } }];
   const router = new Router(settings, pools('raw', 'norm'));
-  const byPool = (name: string) => router.routes.find((r) => r.pool.name === name)!;
+  const byPool = (name: string) => router.routes.find((r) => r.pool!.name === name)!;
   assert.deepEqual(byPool('raw').forwarding, { normalized: false, encodedSlashes: 'keep' });
   assert.deepEqual(byPool('norm').forwarding, { normalized: true, encodedSlashes: 'reject' });
   assert.deepEqual(new Router([], pools('web')).routes[0].forwarding, { normalized: false, encodedSlashes: 'keep' });
