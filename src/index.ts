@@ -14,6 +14,8 @@ import { HttpListener, type ListenerAddress } from './listeners/http-listener.ts
 import { startAccessLog, type AccessLog } from './observe/access-log.ts';
 import { createLogger, type Logger } from './observe/logger.ts';
 import { HttpProxy } from './proxy/http-proxy.ts';
+import { TcpProxy } from './proxy/tcp-proxy.ts';
+import { TcpListener } from './listeners/tcp-listener.ts';
 import type { Pool } from './upstream/pool.ts';
 import { ConnectionPools } from './transport/connection-pools.ts';
 import { RuntimeStore } from './runtime/runtime-store.ts';
@@ -106,27 +108,36 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   proxy.onCommit(store.current.pools, startConfig.shutdown.grace_period);
   // Certificates and other TLS files are read before anything starts: an unusable one is a config error naming its key.
   assertTlsFiles(startConfig, placeOf);
-  const listeners = startConfig.listeners.map((l) => new HttpListener(l, proxy, logger));
+  /** The TCP exchange core of `protocol: tcp` listeners (its connections outlive reloads, like tunnels). */
+  const tcpProxy = new TcpProxy(logger);
+  tcpProxy.onCommit(store.current.pools, startConfig.shutdown.grace_period);
+  /** Every listener, in the configuration's order (what reloads pair entries with). */
+  const listeners: (HttpListener | TcpListener)[] = startConfig.listeners.map((l) => (l.protocol === 'tcp' ? new TcpListener(l, tcpProxy, () => store.current.pools, logger) : new HttpListener(l, proxy, logger)));
+  const httpListeners = listeners.filter((l): l is HttpListener => l instanceof HttpListener);
+  const tcpListeners = listeners.filter((l): l is TcpListener => l instanceof TcpListener);
+  tcpProxy.refusedProxy = (name) => tcpListeners.find((l) => l.info.name === name)?.gate.refuse('untrusted');
   const metrics = new Metrics({
     pools: () => store.current.pools,
     stores: () => store.current.stores,
-    listeners: () => listeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed, http2: l.http2.stats })),
+    listeners: () => httpListeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, malformed: l.malformed, http2: l.http2.stats, proxyProtocol: l.gate })),
+    tcpListeners: () => tcpListeners.map((l) => ({ name: l.info.name, open: l.openConnections, refused: l.refusedConnections, proxyProtocol: l.gate, passthroughRefused: l.passthroughRefused, passthroughRouted: l.passthroughRouted })),
+    tcpCarrier: tcpProxy,
     routes: () => store.current.router.routes.map((r) => r.name),
     carrier: proxy,
     accessLogDropped: () => accessLogDropped,
     tls: () =>
-      listeners.flatMap((l) =>
+      httpListeners.flatMap((l) =>
         l.tls === null
           ? []
           : [{ listener: l.info.name, certificates: l.tls.certificates().map((c) => ({ names: c.names, source: c.source, notAfter: Date.parse(c.not_after) })), handshakes: l.tls.versions, failures: l.tls.failures }],
       ),
   });
-  for (const l of listeners) l.serveMetrics(metrics);
+  for (const l of httpListeners) l.serveMetrics(metrics);
   /** ACME HTTP-01 key authorizations by token, answered on every http listener. */
   const acmeTokens = new Map<string, string>();
-  for (const l of listeners) if (l.tls === null) l.serveAcmeChallenges(acmeTokens);
+  for (const l of httpListeners) if (l.tls === null) l.serveAcmeChallenges(acmeTokens);
   /** Listeners whose tls.acme lists `domain`. */
-  const acmeListeners = (domain: string): HttpListener[] => listeners.filter((l) => l.tls !== null && l.settings.tls?.acme?.domains.some((d) => d.toLowerCase() === domain.toLowerCase()));
+  const acmeListeners = (domain: string): HttpListener[] => httpListeners.filter((l) => l.tls !== null && l.settings.tls?.acme?.domains.some((d) => d.toLowerCase() === domain.toLowerCase()));
   let acme: AcmeManager | null = null;
   /** Starts the ACME manager when a listener wants ACME certificates: stored ones are installed before this resolves; orders run on. */
   const startAcme = async (config: FulcrumConfig): Promise<void> => {
@@ -172,7 +183,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
   const applyAccessLog = (value: FulcrumConfig['log']['access_log']): void => {
     const settings = accessLogSettings(value);
     if (settings === null || accessLog === null || !isDeepStrictEqual(settings, accessLog.settings)) {
-      const next = settings === null ? null : startAccessLog(logger, settings, { carrier: proxy, onDrop: (lines) => (accessLogDropped += lines) });
+      const next = settings === null ? null : startAccessLog(logger, settings, { carrier: proxy, tcpCarrier: tcpProxy, onDrop: (lines) => (accessLogDropped += lines) });
       void accessLog?.stop();
       accessLog = next;
     }
@@ -223,19 +234,26 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     logger,
     restartNotes: pendingRestart,
     checkFiles: assertTlsFiles,
-    listeners: () => listeners.map((l) => ({ name: l.info.name, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: l.http2.stats.sessions, http2_streams: l.http2.stats.streams })),
-    certificates: () => listeners.flatMap((l) => l.tls?.certificates() ?? []),
+    listeners: () =>
+      listeners.map((l) =>
+        l instanceof HttpListener
+          ? { name: l.info.name, protocol: l.settings.protocol, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: l.http2.stats.sessions, http2_streams: l.http2.stats.streams }
+          : { name: l.info.name, protocol: 'tcp' as const, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: 0, http2_streams: 0 },
+      ),
+    certificates: () => httpListeners.flatMap((l) => l.tls?.certificates() ?? []),
     acme: () => acme?.status() ?? [],
   });
 
   store.onCommit(({ config: next, router, pools }) => {
     proxy.runtime = { router };
     proxy.onCommit(pools, next.shutdown.grace_period);
+    tcpProxy.onCommit(pools, next.shutdown.grace_period);
     // Listeners keep their sockets and take new firewall, limits and timeouts: each running listener
     // the entry paired with it (one to one); a new or moved address waits for a restart.
     const pairs = pairListeners(startConfig.listeners, next.listeners, bound().listeners);
     pairs.forEach((j, i) => {
-      if (j >= 0) listeners[j].update(next.listeners[i]);
+      // A listener whose protocol changed keeps its old settings until a restart (a restart note says so).
+      if (j >= 0 && (next.listeners[i].protocol === 'tcp') === (listeners[j] instanceof TcpListener)) (listeners[j] as { update(s: FulcrumConfig['listeners'][number]): void }).update(next.listeners[i]);
     });
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
     // Log level and the access log (on, off, its format, file and batching) switch at once; log.format
@@ -274,7 +292,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         }
         if (config.admin !== undefined) {
           binding = { path: ['admin'], host: config.admin.host, port: config.admin.port };
-          live = new LiveStats(() => store.current.pools);
+          live = new LiveStats(() => store.current.pools, { tcpCarrier: tcpProxy });
           admin = new AdminServer(config.admin, { balancer, live, logger });
           await admin.listen();
         }
@@ -312,7 +330,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     removeBackend: (target, source) => commands.removeBackend(target, source),
     updateBackend: (target, source) => commands.updateBackend(target, source),
     status: () => commands.status(),
-    reloadCertificates: () => listeners.flatMap((l) => (l.tls === null ? [] : [l.tls.reloadCertificates()])),
+    reloadCertificates: () => httpListeners.flatMap((l) => (l.tls === null ? [] : [l.tls.reloadCertificates()])),
     async renewCertificate(domain) {
       if (acme === null || acmeListeners(domain).length === 0) throw new AdminRequestError(404, `no listener gets an ACME certificate for ${JSON.stringify(domain)} (tls.acme.domains)`);
       try {
@@ -329,7 +347,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
         await acme?.stop();
         proxy.shutdown(graceMs);
         stopWatch?.();
-        await Promise.all([...listeners.map((l) => l.drain(graceMs)), admin?.close()]);
+        await Promise.all([...listeners.map((l) => l.drain(graceMs)), tcpProxy.shutdown(graceMs), admin?.close()]);
         // The grace period is over: tunnels the listeners did not already cut close now.
         await proxy.closeTunnels();
         live?.stop();

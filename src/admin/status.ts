@@ -5,7 +5,7 @@
 import type { Pool } from '../upstream/pool.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { RuntimeChanges } from './runtime-changes.ts';
-import type { BackendStatus, StatusResponse, UpstreamState } from './types.ts';
+import type { BackendStatus, PoolStatus, StatusResponse, UpstreamState } from './types.ts';
 
 /** An upstream's state, as /status and the live samples both show it. */
 export function upstreamState(u: Upstream): UpstreamState {
@@ -25,7 +25,7 @@ export function upstreamState(u: Upstream): UpstreamState {
 
 /** One upstream of one pool. */
 export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges): BackendStatus {
-  return {
+  const status: BackendStatus = {
     url: u.origin,
     id: u.id,
     pool: pool.name,
@@ -35,6 +35,23 @@ export function backendStatus(pool: Pool, u: Upstream, changes: RuntimeChanges):
     failures: u.failures,
     runtime_only: changes.touches(pool.name, u.id, u),
   };
+  // A tcp pool's upstream counts its open connections in flight (src/proxy/tcp-proxy.ts).
+  if (pool.settings.protocol === 'tcp') status.open_connections = u.inFlight;
+  return status;
+}
+
+/** One pool: its protocol, policy and upstreams; a tcp pool's open connections. */
+export function poolStatus(p: Pool): PoolStatus {
+  const status: PoolStatus = {
+    name: p.name,
+    protocol: p.settings.protocol,
+    policy: p.policyFactory.name,
+    upstreams: p.upstreams.length,
+    available: p.eligible().length,
+    backup: p.settings.backup ?? null,
+  };
+  if (p.settings.protocol === 'tcp') status.tcp_connections = p.upstreams.reduce((n, u) => n + u.inFlight, 0);
+  return status;
 }
 
 /** What `/status` is built from. */
@@ -59,13 +76,7 @@ export function buildStatus(s: StatusSources): StatusResponse {
     total_backends: backends.length,
     active_backends: backends.filter((b) => b.alive).length,
     backends,
-    pools: [...s.pools.values()].map((p) => ({
-      name: p.name,
-      policy: p.policyFactory.name,
-      upstreams: p.upstreams.length,
-      available: p.eligible().length,
-      backup: p.settings.backup ?? null,
-    })),
+    pools: [...s.pools.values()].map(poolStatus),
     listeners: s.listeners,
     certificates: s.certificates,
     acme: s.acme,

@@ -31,8 +31,10 @@ export interface BackendStatus extends UpstreamState {
   pool: string;
   /** Seed 002's field: its active health check passes (or none is configured). */
   healthy: boolean;
-  /** Requests in flight to it now (the seeds' name for it). */
+  /** Requests in flight to it now (the seeds' name for it); for a tcp pool, its open TCP connections. */
   current_connections: number;
+  /** Tcp pools only: TCP connections open to it now (connecting ones included). */
+  open_connections?: number;
   /** Attempts that failed (connect error, reset, timeout). */
   failures: number;
   /** True when it was added, re-weighted, drained or disabled through the API and not in the file. */
@@ -102,13 +104,40 @@ export interface CertificateReloadResult {
   failed: { file: string; reason: string }[];
 }
 
+/** One pool as `/status` shows it. */
+export interface PoolStatus {
+  name: string;
+  /** Toward its upstreams: `http1`, `h2`, `h2c`, or `tcp` (bytes relayed for tcp listeners). */
+  protocol: 'http1' | 'h2' | 'h2c' | 'tcp';
+  policy: string;
+  /** Upstreams in the pool, and those that take new requests or connections. */
+  upstreams: number;
+  available: number;
+  backup: string | null;
+  /** Tcp pools only: TCP connections open to its upstreams now. */
+  tcp_connections?: number;
+}
+
+/** One public listener as `/status` shows it. */
+export interface ListenerStatus {
+  name: string;
+  protocol: 'http' | 'https' | 'tcp';
+  url: string;
+  /** Client connections open now, and those closed at accept (firewall, limits) since start. */
+  open_connections: number;
+  refused_connections: number;
+  /** Http and https listeners: open HTTP/2 sessions and the streams in flight on them. */
+  http2_sessions?: number;
+  http2_streams?: number;
+}
+
 /** `GET /status`. */
 export interface StatusResponse {
   total_backends: number;
   active_backends: number;
   backends: BackendStatus[];
-  pools: { name: string; policy: string; upstreams: number; available: number; backup: string | null }[];
-  listeners: { name: string; url: string; open_connections: number; refused_connections: number; http2_sessions?: number; http2_streams?: number }[];
+  pools: PoolStatus[];
+  listeners: ListenerStatus[];
   /** Certificates the https listeners serve, with days left (an empty list without https listeners). */
   certificates: CertificateStatus[];
   /** Names with ACME certificates: their order state, next attempt and last error (an empty list without ACME). */
@@ -170,6 +199,11 @@ export interface LiveBackend extends UpstreamState {
   in_flight: number;
   /** WebSocket tunnels open to it now (`in_flight` counts them too). */
   tunnels_open: number;
+  /** Tcp pools only: TCP connections open to it now (`in_flight` counts them too). */
+  open_connections?: number;
+  /** Tcp pools only: bytes per second over the last tick, client to backend (in) and back (out); open connections count as they go. */
+  bytes_in_per_s?: number;
+  bytes_out_per_s?: number;
 }
 
 /** One tick of the live view: totals and every upstream. */

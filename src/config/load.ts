@@ -12,6 +12,7 @@ import { closest } from './did-you-mean.ts';
 import { upstreamIdOf } from '../upstream/upstream.ts';
 import { Duration, FulcrumConfigSchema, SeedConfigSchema, isLoopbackHost, type FulcrumConfig, type SeedConfig } from './schema.ts';
 import { parseDuration, unitlessDurationMessage } from './duration.ts';
+import { forwardSettingsProblem } from '../forward/forward-proxy.ts';
 
 type Path = (string | number)[];
 
@@ -145,6 +146,17 @@ function validate(raw: unknown, file: string, locate: (path: Path, atKey: boolea
   // A seed's durations were checked in its own shape above; widened, they are milliseconds already.
   if (fromText && !seedKeys) for (const [p, v] of unitlessDurations(overridden.config, FulcrumConfigSchema)) problems.push(placeWithEnv(p, unitlessDurationMessage(v)));
   problems.push(...crossCheck(overridden.config, placeWithEnv));
+  if (result.success) {
+    // Forward-proxy rules and password hashes compiled as a listener or route will (the schema checks their shape only).
+    result.data.listeners.forEach((l, i) => {
+      const problem = l.forward_proxy === undefined ? null : forwardSettingsProblem(l.forward_proxy);
+      if (problem !== null) problems.push(placeWithEnv(['listeners', i, 'forward_proxy'], problem));
+    });
+    result.data.routes.forEach((r, i) => {
+      const problem = r.forward_proxy === undefined ? null : forwardSettingsProblem(r.forward_proxy);
+      if (problem !== null) problems.push(placeWithEnv(['routes', i, 'forward_proxy'], problem));
+    });
+  }
   if (problems.length > 0) throw new ConfigError(dedupe(problems));
   const config = result.data!;
   // A key the file leaves out has no line: the problem names the file and says it is the default.
@@ -264,12 +276,23 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
   if (config.pools !== undefined && pools.length === 0) problems.push(place(['pools'], 'at least one pool is needed'));
   if (config.pools === undefined) problems.push(place([], 'missing "pools": at least one pool of upstreams is needed (or the seed shape: "backends: [...]")'));
   const routes = Array.isArray(config.routes) ? config.routes : [];
+  const protocolOf = (name: string): unknown => ((config.pools as Record<string, { protocol?: unknown } | null>)[name] ?? {}).protocol ?? 'http1';
+  /** A pool reference at `path`: it must exist, and be a tcp pool exactly when `tcp`. */
+  const checkPoolRef = (path: Path, pool: unknown, tcp: boolean): void => {
+    if (typeof pool !== 'string' || pools.length === 0) return;
+    if (!pools.includes(pool)) {
+      const candidates = pools.filter((n) => (protocolOf(n) === 'tcp') === tcp);
+      const guess = closest(pool, candidates.length > 0 ? candidates : pools);
+      problems.push(place(path, `no pool named "${pool}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
+    } else if (tcp && protocolOf(pool) !== 'tcp') problems.push(place(path, `pool ${pool} is an HTTP pool; a tcp listener relays bytes to a pool with protocol: tcp (and tcp:// upstreams)`));
+    else if (!tcp && protocolOf(pool) === 'tcp') problems.push(place(path, `pool ${pool} is a tcp pool: it takes connections of tcp listeners (listeners[].pool), not HTTP requests`));
+  };
   routes.forEach((route, i) => {
-    const pool = route && typeof route === 'object' ? (route as Record<string, unknown>).pool : undefined;
-    if (typeof pool === 'string' && pools.length > 0 && !pools.includes(pool)) {
-      const guess = closest(pool, pools);
-      problems.push(place(['routes', i, 'pool'], `no pool named "${pool}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
-    }
+    if (!route || typeof route !== 'object') return;
+    const { pool, forward_proxy } = route as Record<string, unknown>;
+    if (pool === undefined && forward_proxy === undefined) problems.push(place(['routes', i], 'a route needs a pool (or forward_proxy for a /forward?url= route)'));
+    else if (pool !== undefined && forward_proxy !== undefined) problems.push(place(['routes', i, 'forward_proxy'], 'a route either goes to a pool or is a forward proxy: remove one of pool and forward_proxy'));
+    checkPoolRef(['routes', i, 'pool'], pool, false);
   });
   for (const name of pools) {
     const pool = (config.pools as Record<string, unknown>)[name];
@@ -279,18 +302,29 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
     else if (!pools.includes(backup)) {
       const guess = closest(backup, pools);
       problems.push(place(['pools', name, 'backup'], `no pool named "${backup}"${guess ? ` (did you mean "${guess}"?)` : ''}; pools: ${pools.join(', ')}`));
+    } else if ((protocolOf(name) === 'tcp') !== (protocolOf(backup) === 'tcp')) {
+      // A backup takes over the pool's traffic as it is: bytes of TCP connections, or HTTP requests.
+      problems.push(place(['pools', name, 'backup'], protocolOf(name) === 'tcp' ? `pool ${backup} is an HTTP pool; a tcp pool's backup is a tcp pool (protocol: tcp)` : `pool ${backup} is a tcp pool; an HTTP pool's backup is an HTTP pool`));
     }
   }
   for (const name of pools) {
     const upstreams = ((config.pools as Record<string, unknown>)[name] as { upstreams?: unknown } | null)?.upstreams;
     if (!Array.isArray(upstreams)) continue;
     const seen = new Map<string, number>();
-    const { protocol = 'http1', transport, health_check } = (config.pools as Record<string, { protocol?: unknown; transport?: unknown; health_check?: { type?: unknown } }>)[name];
-    if (protocol !== 'http1' && transport !== undefined) problems.push(place(['pools', name, 'transport'], `transport chooses the HTTP/1.1 client; a pool with protocol ${String(protocol)} uses Fulcrum's HTTP/2 client: remove transport`));
-    if (health_check?.type === 'grpc' && protocol === 'http1') problems.push(place(['pools', name, 'health_check', 'type'], 'gRPC health checks speak HTTP/2: set the pool\'s protocol to h2 (https:// upstreams) or h2c (http://)'));
+    const { protocol = 'http1', transport, health_check, proxy_protocol } = (config.pools as Record<string, { protocol?: unknown; transport?: unknown; health_check?: { type?: unknown; send?: unknown; expect?: unknown; path?: unknown }; proxy_protocol?: unknown }>)[name];
+    const tcp = protocol === 'tcp';
+    if (protocol !== 'http1' && transport !== undefined) problems.push(place(['pools', name, 'transport'], tcp ? 'a tcp pool relays bytes; transport chooses an HTTP/1.1 client: remove it' : `transport chooses the HTTP/1.1 client; a pool with protocol ${String(protocol)} uses Fulcrum's HTTP/2 client: remove transport`));
+    if (health_check?.type === 'grpc' && (protocol === 'http1' || tcp)) problems.push(place(['pools', name, 'health_check', 'type'], 'gRPC health checks speak HTTP/2: set the pool\'s protocol to h2 (https:// upstreams) or h2c (http://)'));
+    if (tcp && health_check?.type === 'http') problems.push(place(['pools', name, 'health_check', 'type'], 'a tcp pool\'s upstreams need not speak HTTP: use type tcp (with send/expect for a protocol exchange)'));
+    const checkType = health_check?.type ?? (tcp ? 'tcp' : 'http');
+    for (const key of ['send', 'expect'] as const) if (health_check?.[key] !== undefined && checkType !== 'tcp') problems.push(place(['pools', name, 'health_check', key], `${key} is for tcp health checks (type: tcp); this check is type ${String(checkType)}`));
+    if (proxy_protocol !== undefined && (protocol === 'h2' || protocol === 'h2c')) problems.push(place(['pools', name, 'proxy_protocol'], `an HTTP/2 session carries many clients' streams, so it cannot start with one client's PROXY header: use protocol http1 (or tcp) for proxy_protocol`));
+    if (proxy_protocol !== undefined && protocol === 'http1' && transport !== undefined && transport !== 'http1') problems.push(place(['pools', name, 'proxy_protocol'], `proxy_protocol needs Fulcrum's own HTTP/1.1 client: remove transport ${String(transport)} (or set it to http1)`));
     upstreams.forEach((u, i) => {
       const url = typeof u === 'string' ? u : u && typeof u === 'object' ? (u as { url?: unknown }).url : undefined;
       if (typeof url !== 'string') return;
+      if (tcp && /^https?:\/\//i.test(url)) problems.push(place(['pools', name, 'upstreams', i], `a tcp pool's upstreams are tcp://host:port: write tcp://${url.replace(/^https?:\/\//i, '').replace(/\/$/, '')}`));
+      if (!tcp && /^tcp:\/\//i.test(url)) problems.push(place(['pools', name, 'upstreams', i], `tcp:// upstreams belong to a pool with protocol: tcp (add it, and use the pool from a tcp listener)`));
       if (protocol === 'h2' && url.startsWith('http://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2 is HTTP/2 over TLS: use https://${url.slice(7)} (or protocol: h2c for cleartext HTTP/2)`));
       if (protocol === 'h2c' && url.startsWith('https://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2c is cleartext HTTP/2: use http://${url.slice(8)} (or protocol: h2 for HTTP/2 over TLS)`));
       let id: string;
@@ -314,7 +348,8 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       }
     });
   });
-  const primaries = pools.length > 1 ? primaryPools(config.pools as Record<string, unknown>) : pools;
+  const httpPools = pools.filter((n) => protocolOf(n) !== 'tcp');
+  const primaries = httpPools.length > 1 ? primaryPools(config.pools as Record<string, unknown>).filter((n) => protocolOf(n) !== 'tcp') : httpPools;
   if (routes.length === 0 && primaries.length > 1) problems.push(place(['routes'], `${primaries.length} pools need routes that say which requests go where`));
   const admin = config.admin as { host?: unknown; token?: unknown; token_file?: unknown } | undefined;
   if (admin && typeof admin === 'object' && typeof admin.host === 'string' && !isLoopbackHost(admin.host) && admin.token === undefined && admin.token_file === undefined) {
@@ -348,9 +383,22 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
         problems.push(place(['listeners', i, 'hsts', 'preload'], 'the browsers\' preload list needs include_subdomains: true and max_age of a year (365d) or more'));
       }
     } else {
-      plainListeners++;
-      if (tls !== undefined) problems.push(place(['listeners', i, 'tls'], 'tls is for https listeners: add `protocol: https` (or remove tls)'));
+      if (protocol !== 'tcp') plainListeners++;
+      if (tls !== undefined) problems.push(place(['listeners', i, 'tls'], protocol === 'tcp' ? 'a tcp listener does not terminate TLS: use tls_passthrough to route TLS by SNI, or an https listener' : 'tls is for https listeners: add `protocol: https` (or remove tls)'));
       if (hsts !== undefined) problems.push(place(['listeners', i, 'hsts'], 'browsers ignore Strict-Transport-Security over http: put hsts on the https listener'));
+    }
+    const ll = l as Record<string, unknown>;
+    if (protocol === 'tcp') {
+      if (ll.pool === undefined && ll.tls_passthrough === undefined) problems.push(place(['listeners', i], 'a tcp listener needs a pool (listeners[].pool) or tls_passthrough routes'));
+      for (const key of ['http2', 'redirect_https', 'metrics_path', 'forward_proxy', 'engine', 'headers_with_underscores', 'trusted_proxies']) {
+        if (ll[key] !== undefined) problems.push(place(['listeners', i, key], `${key} is for HTTP listeners; a tcp listener relays bytes`));
+      }
+      checkPoolRef(['listeners', i, 'pool'], ll.pool, true);
+      const sniRoutes = (ll.tls_passthrough as { routes?: unknown } | undefined)?.routes;
+      if (Array.isArray(sniRoutes)) sniRoutes.forEach((r, j) => checkPoolRef(['listeners', i, 'tls_passthrough', 'routes', j, 'pool'], (r as { pool?: unknown } | null)?.pool, true));
+    } else {
+      if (ll.pool !== undefined) problems.push(place(['listeners', i, 'pool'], 'pool is for tcp listeners (protocol: tcp); HTTP listeners reach pools through routes'));
+      if (ll.tls_passthrough !== undefined) problems.push(place(['listeners', i, 'tls_passthrough'], 'tls_passthrough is for tcp listeners (protocol: tcp): it routes TLS without terminating it'));
     }
     const h2c = (l as { http2?: { h2c?: unknown } }).http2?.h2c;
     if (protocol === 'https' && h2c === true) problems.push(place(['listeners', i, 'http2', 'h2c'], 'h2c is cleartext HTTP/2 for http listeners; an https listener offers h2 by ALPN (tls.alpn)'));

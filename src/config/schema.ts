@@ -97,6 +97,7 @@ export function upstreamUrlProblem(v: string): string | undefined {
     const rest = v.replace(/^https?(?::\/*|\/+)/i, '').replace(/^([A-Za-z][A-Za-z0-9+.-]*:(?!\d))?\/*/, '');
     return `missing "http://": write http://${rest || '10.0.0.1:3000'}`;
   }
+  if (scheme === 'tcp') return tcpUpstreamProblem(v);
   if (scheme !== 'http' && scheme !== 'https') {
     const fixed = `${editDistance(scheme, 'https') < editDistance(scheme, 'http') ? 'https' : 'http'}://${v.slice(scheme.length + 3)}`;
     return editDistance(scheme, 'http') <= 1 || editDistance(scheme, 'https') <= 1 ? `${scheme}:// is not a scheme Fulcrum knows: did you mean ${fixed}?` : `${scheme}:// upstreams are not supported: an upstream is http://host:port or https://host:port`;
@@ -122,6 +123,16 @@ export function upstreamUrlProblem(v: string): string | undefined {
   return undefined;
 }
 
+/** What is wrong with a `tcp://host:port` upstream (a `protocol: tcp` pool's), or undefined. */
+function tcpUpstreamProblem(v: string): string | undefined {
+  const m = /^tcp:\/\/(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?\/?$/i.exec(v);
+  if (m === null) return `${JSON.stringify(v)} is not a TCP upstream: write tcp://host:port (e.g. tcp://10.0.0.5:6379)`;
+  if (m[2] === undefined) return `a TCP upstream needs its port: write tcp://${m[1]}:PORT`;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return `${m[2]} is not a port: write tcp://${m[1]}:PORT with PORT from 1 to 65535`;
+  return undefined;
+}
+
 const UpstreamUrl = z.string().superRefine((v, ctx) => {
   const problem = upstreamUrlProblem(v);
   if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
@@ -143,7 +154,7 @@ export const TimeoutsConfig = z.strictObject({
   response_headers: Duration.default(60_000).meta({ description: 'From request sent to response headers (default 60s); over it: 504.' }),
   idle_body: Duration.default(60_000).meta({ description: 'Longest pause between response body chunks (default 60s); over it the response is cut.' }),
   request: Duration.default(0).meta({ description: 'The whole exchange, first byte in to last byte out; 0 is no limit (default 0). For a WebSocket: the handshake only.' }),
-  tunnel_idle: Duration.default(3_600_000).meta({ description: 'A WebSocket tunnel with no byte either way (pings count) for this long is closed; 0 is no limit (default 1h).' }),
+  tunnel_idle: Duration.default(3_600_000).meta({ description: 'A WebSocket tunnel, CONNECT tunnel or TCP connection (protocol: tcp) with no byte either way (pings count) for this long is closed; 0 is no limit (default 1h).' }),
 });
 
 /** How upstream keep-alive sockets are reused. */
@@ -185,8 +196,14 @@ export const RetryConfig = z.strictObject({
 export const HealthCheckConfig = z.strictObject({
   type: z
     .enum(['http', 'tcp', 'grpc'])
-    .default('http')
-    .meta({ description: '"http" sends a request, "tcp" only connects, "grpc" asks grpc.health.v1.Health/Check over the pool\'s HTTP/2 (h2 or h2c; default http).' }),
+    .optional()
+    .meta({ description: '"http" sends a request, "tcp" connects (and with `send`/`expect` exchanges bytes), "grpc" asks grpc.health.v1.Health/Check over the pool\'s HTTP/2 (h2 or h2c) (default: tcp for a `protocol: tcp` pool, else http).' }),
+  send: z.string().optional().meta({ description: 'For type tcp: bytes sent once connected, as written (YAML "\\r\\n" escapes in double quotes), like HAProxy\'s tcp-check send (default: nothing sent).' }),
+  expect: z
+    .string()
+    .min(1)
+    .optional()
+    .meta({ description: 'For type tcp: text the upstream must send (within `timeout`, in its first 64 KiB) for the probe to pass, like HAProxy\'s tcp-check expect string (default: connecting is enough).' }),
   service: z.string().default('').meta({ description: 'For type grpc: the service name asked about; "" asks about the server as a whole (default "").' }),
   path: z.string().startsWith('/').default('/health'),
   method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST']).default('GET'),
@@ -283,9 +300,13 @@ export const PoolConfig = z.strictObject({
     .default('http1')
     .meta({ description: 'HTTP client toward upstreams: "http1", Fulcrum\'s own on raw keep-alive sockets (default); "undici"; or "node-http", node:http\'s agent.' }),
   protocol: z
-    .enum(['http1', 'h2', 'h2c'])
+    .enum(['http1', 'h2', 'h2c', 'tcp'])
     .default('http1')
-    .meta({ description: 'Protocol toward the upstreams: "http1" (default, through `transport`), "h2" (HTTP/2 over TLS: https:// upstreams) or "h2c" (HTTP/2 in cleartext with prior knowledge: http:// upstreams). gRPC needs h2 or h2c.' }),
+    .meta({ description: 'Protocol toward the upstreams: "http1" (default, through `transport`), "h2" (HTTP/2 over TLS: https:// upstreams), "h2c" (HTTP/2 in cleartext with prior knowledge: http:// upstreams), or "tcp" (bytes relayed as they are: tcp:// upstreams, for `protocol: tcp` listeners). gRPC needs h2 or h2c.' }),
+  proxy_protocol: z
+    .enum(['v1', 'v2'])
+    .optional()
+    .meta({ description: "Send the PROXY protocol header (HAProxy's) on each new upstream connection, carrying the client's address: \"v1\" (text) or \"v2\" (binary, with the TLS SNI when known). HTTP pools then keep an upstream connection to one client connection. Absent: not sent." }),
   http2: UpstreamHttp2Config.prefault({}).meta({ description: 'The HTTP/2 client of an h2 or h2c pool: streams per session, sessions, PING keepalive.' }),
   tls: UpstreamTlsConfig.prefault({}).meta({ description: 'TLS toward the https:// upstreams of this pool: SNI, verification, client certificate.' }),
   timeouts: TimeoutsConfig.prefault({}),
@@ -441,12 +462,71 @@ export const ListenerHttp2Config = z.strictObject({
     .meta({ description: 'PING and SETTINGS frames a client may send within `reset_window`; beyond it: GOAWAY ENHANCE_YOUR_CALM (default 1000).' }),
 });
 
+/** Accepting the PROXY protocol (HAProxy's, v1 and v2) from balancers in front. */
+export const ListenerProxyProtocolConfig = z.strictObject({
+  trusted: z
+    .array(Cidr)
+    .min(1, { message: 'name the balancers that send the PROXY protocol (their addresses or CIDRs)' })
+    .meta({ description: 'Peers that must start every connection with a PROXY header (v1 or v2); the client address is then the one it carries (firewall, limits, rate limits, logs, X-Forwarded-For). Anyone else who sends one is refused; others without one are served as themselves.' }),
+  timeout: PositiveDuration.default(5000).meta({ description: 'A trusted peer that has not sent a whole header in this time is closed (default 5s).' }),
+});
+
+/** A host name pattern: exact or `*.example.com`. */
+const HostPattern = z.string().min(1).regex(/^(\*\.)?[A-Za-z0-9_.-]+$/, { message: 'expected a host name such as "example.com" or "*.example.com"' });
+
+/** One route of a TLS-passthrough listener: a server name (SNI) and, optionally, ALPN. */
+export const SniRouteConfig = z.strictObject({
+  server_names: z.array(HostPattern).min(1).meta({ description: 'Names (SNI) this route takes: exact, or "*.example.com" for any name under it; case ignored.' }),
+  alpn: z.array(z.string().min(1).max(255)).min(1).optional().meta({ description: 'Only clients offering one of these protocols by ALPN (e.g. ["h2"]); absent: any.' }),
+  pool: z.string().min(1).meta({ description: 'The tcp pool these connections go to.' }),
+});
+
+/** TLS passthrough: read the ClientHello (without terminating TLS) and route by SNI and ALPN. */
+export const TlsPassthroughConfig = z.strictObject({
+  routes: z.array(SniRouteConfig).min(1).meta({ description: 'Matched exact names first, then the longest wildcard; among equals, the first listed. No match: the listener\'s `pool` (the default route), else closed.' }),
+  client_hello_timeout: PositiveDuration.default(5000).meta({ description: 'A connection that has not sent a whole ClientHello in this time (or sends something else) is closed (default 5s).' }),
+});
+
+/** One allow or deny rule of a forward proxy. */
+export const ForwardRuleConfig = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, { message: 'a rule name uses letters, digits, "_", "." and "-" (it is a metrics label)' }).optional().meta({ description: 'The rule\'s name in metrics and logs (default "rule-<n>").' }),
+  action: z.enum(['allow', 'deny']).default('allow'),
+  hosts: z.array(HostPattern).min(1).optional().meta({ description: 'Destination names as the client wrote them (exact or "*.example.com"); absent: any.' }),
+  cidrs: z.array(Cidr).min(1).optional().meta({ description: 'The resolved destination address must be in one of these; private, loopback, link-local and other special-purpose addresses are reachable only through a rule that lists them here (default: any public address).' }),
+  ports: z
+    .array(z.union([Port.refine((p) => p > 0, { message: 'port 0 is no destination' }), z.string().regex(/^\d{1,5}-\d{1,5}$/, { message: 'expected a port or a range such as "8000-8999"' })]))
+    .min(1)
+    .optional()
+    .meta({ description: 'Destination ports or ranges (default [80, 443] for an allow rule, every port for a deny rule).' }),
+});
+
+/** A forward proxy on a listener: absolute-form requests and CONNECT tunnels to allowed destinations. */
+export const ForwardProxyConfig = z.strictObject({
+  rules: z.array(ForwardRuleConfig).min(1, { message: 'a forward proxy needs rules saying where it may go (everything else is denied)' }).meta({ description: 'Checked in order; the first that matches a destination decides; none: denied.' }),
+  auth: z
+    .strictObject({
+      realm: z.string().min(1).regex(/^[\x20-\x7e]+$/).default('fulcrum').meta({ description: 'The realm in Proxy-Authenticate (default "fulcrum").' }),
+      users: z.record(z.string().regex(/^[^:\s]+$/, { message: 'a user name has no ":" or spaces' }), z.string().regex(/^scrypt\$/, { message: 'expected a password hash from `fulcrum hash-password` (scrypt$...), never the password itself' })).refine((u) => Object.keys(u).length > 0, { message: 'at least one user' }),
+    })
+    .optional()
+    .meta({ description: 'Ask clients for Proxy-Authorization (Basic); absent: no authentication.' }),
+  connect: z.boolean().default(true).meta({ description: 'Serve CONNECT tunnels (default true).' }),
+  timeouts: TimeoutsConfig.prefault({}).meta({ description: 'Toward destinations, as a pool\'s.' }),
+});
+
 /** A socket Fulcrum accepts connections on. */
 export const ListenerConfig = z.strictObject({
   name: z.string().min(1).optional().meta({ description: 'Name in logs (default "<host>:<port>").' }),
   host: z.string().min(1).default('0.0.0.0').meta({ description: 'Address to bind (default 0.0.0.0; "::" for IPv6 too).' }),
   port: Port.default(8080).meta({ description: 'Port to bind (default 8080; 0 lets the OS choose).' }),
-  protocol: z.enum(['http', 'https']).default('http').meta({ description: '"http" (default) or "https" (TLS, with `tls`); both serve HTTP/1.1 and HTTP/2 (see `http2`); tcp comes later.' }),
+  protocol: z
+    .enum(['http', 'https', 'tcp'])
+    .default('http')
+    .meta({ description: '"http" (default) or "https" (TLS, with `tls`), both serving HTTP/1.1 and HTTP/2 (see `http2`); or "tcp": each connection relayed as bytes to an upstream of `pool` (or by SNI with `tls_passthrough`).' }),
+  pool: z.string().min(1).optional().meta({ description: 'For a tcp listener: the tcp pool connections go to (with `tls_passthrough`: those no route takes).' }),
+  tls_passthrough: TlsPassthroughConfig.optional().meta({ description: 'For a tcp listener: route TLS connections by SNI and ALPN without terminating them (the upstreams hold the keys).' }),
+  proxy_protocol: ListenerProxyProtocolConfig.optional().meta({ description: 'Accept the PROXY protocol (v1, v2) from these balancers in front; absent: never accepted.' }),
+  forward_proxy: ForwardProxyConfig.optional().meta({ description: 'For an http or https listener: also serve as a forward proxy (absolute-form requests, CONNECT) to the destinations its rules allow.' }),
   tls: ListenerTlsConfig.optional().meta({ description: 'Certificates and TLS settings of an https listener.' }),
   hsts: HstsConfig.optional().meta({ description: 'Send Strict-Transport-Security on an https listener\'s answers; absent: not sent.' }),
   redirect_https: z
@@ -534,7 +614,10 @@ export const RouteConfig = z.strictObject({
     .default('/')
     .meta({ description: 'Path prefix, matched on segment boundaries against the normalised path (default "/").' }),
   path: PathConfig.prefault({}).meta({ description: 'What the upstream is sent as path (default: the request-target as the client sent it).' }),
-  pool: z.string().min(1),
+  pool: z.string().min(1).optional().meta({ description: 'The pool requests go to (required unless the route is a `forward_proxy`).' }),
+  forward_proxy: ForwardProxyConfig.omit({ connect: true, auth: true })
+    .optional()
+    .meta({ description: 'Instead of a pool: fetch the URL in the `url` query parameter (`/forward?url=http://host/path`, seed LeanBalancer\'s shape) when these rules allow its destination.' }),
   firewall: FirewallConfig.optional().meta({ description: 'Who may use this route (on top of the listener\'s firewall).' }),
   rate_limits: z.array(RateLimitConfig).default([]).meta({ description: 'Token buckets; a request passes only if every one has a token.' }),
 });

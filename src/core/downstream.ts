@@ -8,6 +8,7 @@
  */
 import type { ConnectionTls } from '../tls/connection-tls.ts';
 import type { Duplex, Readable } from 'node:stream';
+import type { Socket } from 'node:net';
 
 /** What a downstream tells the exchange it carries. */
 export interface DownstreamOwner {
@@ -37,6 +38,12 @@ export interface Downstream {
   readonly connected: boolean;
   /** What the connection's TLS handshake settled (version, ALPN, client subject), or null for plaintext. */
   readonly tls: ConnectionTls | null;
+  /**
+   * The client connection's socket (an HTTP/2 stream's: its session's), the same object for every
+   * exchange on that connection, or null when there is none: its two ends go into a PROXY header
+   * toward upstreams, and it is the key that keeps such an upstream connection to that client.
+   */
+  readonly socket: Socket | null;
   /** Told of the client's failures; set once by the core when the exchange starts. */
   owner: DownstreamOwner | null;
   /** True once the final response head went out: after that an error can only cut the exchange. */

@@ -71,3 +71,39 @@ export interface Http2GoawayEvent {
   errorName: string;
   lastStreamId: number;
 }
+
+/** Published when a TCP listener's connection was admitted and routed to a pool (before the upstream connect). */
+export const tcpOpen = diagnosticsChannel.channel('fulcrum:tcp:open');
+/** Published once when a TCP connection ended (both sockets closed, the upstream released). */
+export const tcpClose = diagnosticsChannel.channel('fulcrum:tcp:close');
+/** Message of `fulcrum:tcp:open` and `fulcrum:tcp:close` (src/proxy/tcp-proxy.ts `TcpConnection`). */
+export interface TcpConnectionEvent<U extends UpstreamRef = UpstreamRef> {
+  /** The TcpProxy that carries it (channels are process-wide: a balancer counts only its own). */
+  readonly carrier: object;
+  readonly id: number;
+  readonly listener: string;
+  readonly client: { readonly address: string; readonly port: number; readonly sni: string | null };
+  readonly pool: { readonly name: string };
+  readonly upstream: U | null;
+  /** Bytes client to upstream, and upstream to client. */
+  readonly bytesIn: number;
+  readonly bytesOut: number;
+  readonly attempts: number;
+  /** Accept to close (or to now), in ms. */
+  readonly durationMs: number;
+  /** `performance.now()` when the upstream connected (0: never). */
+  readonly connectedAt: number;
+  readonly startedAt: number;
+  /** Set on close: client, upstream, client_error, upstream_error, idle, connect_failed, no_upstream, drained, removed, shutdown. */
+  readonly reason: string | null;
+  readonly error: string | null;
+}
+
+/** Published once per forward-proxy exchange whose destination was decided, and for each refused Proxy-Authorization (src/forward/forward-proxy.ts). */
+export const forwardDecision = diagnosticsChannel.channel('fulcrum:forward:decision');
+/**
+ * Message of `fulcrum:forward:decision`: `ctx.forward` holds the kind, the decision, the rule
+ * (null: none matched) and the reason of a denial (`no_rule`, `denied_by_rule`, `special_address`,
+ * `port`, `bad_host`, `resolve_failed`, or `auth`), all from fixed sets or the configuration.
+ */
+export interface ForwardDecisionEvent { ctx: RequestContext }

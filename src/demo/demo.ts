@@ -23,6 +23,8 @@ export interface Demo {
   httpsUrl: string;
   /** The demo's self-signed certificate (PEM): what `curl --cacert` trusts. Removed at close. */
   certificateFile: string;
+  /** The tcp listener (`tcp://localhost:8081`): the same backends balanced per connection, not per request. */
+  tcpUrl: string;
   /** The admin API and dashboard. */
   adminUrl: string;
   /** The admin token of this run (writes need it; the dashboard link carries it). */
@@ -67,10 +69,12 @@ export async function startDemo(options: { port?: number; httpsPort?: number; ba
     if (options.port === undefined && !(await isPortFree(port, host))) port = 0;
     let httpsPort = options.httpsPort ?? (options.port === 0 ? 0 : 8443);
     if (options.httpsPort === undefined && httpsPort !== 0 && !(await isPortFree(httpsPort, host))) httpsPort = 0;
+    let tcpPort = options.port === 0 ? 0 : 8081;
+    if (tcpPort !== 0 && !(await isPortFree(tcpPort, host))) tcpPort = 0;
     let adminPort = options.adminPort ?? 9901;
     if (options.adminPort === undefined && !(await isPortFree(adminPort, '127.0.0.1'))) adminPort = 0;
     const { cert, key } = await certificate;
-    return await startDemoBalancer({ backends, host, port, httpsPort, adminPort, cert, key, policy: options.policy, cleanUp });
+    return await startDemoBalancer({ backends, host, port, httpsPort, tcpPort, adminPort, cert, key, policy: options.policy, cleanUp });
   } catch (err) {
     await cleanUp();
     throw err;
@@ -78,7 +82,7 @@ export async function startDemo(options: { port?: number; httpsPort?: number; ba
 }
 
 /** The balancer in front of the started backends: http and https listeners, admin API with a new token. */
-async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; port: number; httpsPort: number; adminPort: number; cert: string; key: string; policy?: string; cleanUp: () => Promise<void> }): Promise<Demo> {
+async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; port: number; httpsPort: number; tcpPort: number; adminPort: number; cert: string; key: string; policy?: string; cleanUp: () => Promise<void> }): Promise<Demo> {
   const { backends, host } = o;
   const adminToken = randomBytes(16).toString('hex');
   const config: FulcrumConfigInput = {
@@ -87,6 +91,8 @@ async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; p
       { name: 'demo', host, port: o.port, http2: { h2c: true } },
       // The files never change while the demo runs: nothing to watch.
       { name: 'demo-https', host, port: o.httpsPort, protocol: 'https', tls: { certificates: [{ cert: o.cert, key: o.key }], watch: false } },
+      // Layer 4: the same backends behind a tcp listener, each connection balanced (by open connections) and relayed unparsed.
+      { name: 'demo-tcp', host, port: o.tcpPort, protocol: 'tcp', pool: 'demo-tcp' },
     ],
     // Quick checks so that telling a backend to fail shows it leave the rotation in seconds.
     pools: {
@@ -94,6 +100,12 @@ async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; p
         policy: o.policy ?? 'round-robin',
         upstreams: backends.map((b) => b.url),
         health_check: { path: '/health', interval: '2s', fast_interval: '500ms', timeout: '1s' },
+      },
+      'demo-tcp': {
+        protocol: 'tcp',
+        policy: 'least-connections',
+        upstreams: backends.map((b) => b.url.replace(/^http:/, 'tcp:')),
+        health_check: { type: 'tcp', interval: '2s', fast_interval: '500ms', timeout: '1s' },
       },
     },
     admin: { host: '127.0.0.1', port: o.adminPort, token: adminToken },
@@ -106,13 +118,14 @@ async function startDemoBalancer(o: { backends: SampleBackend[]; host: string; p
     await balancer.close(0);
     throw err;
   }
-  const [address, secure] = addresses;
+  const [address, secure, tcp] = addresses;
   const httpsHost = localHosts.has(host) ? 'localhost' : isIP(host) === 6 ? `[${host}]` : host;
   return {
     balancer,
     backends,
     url: address.url,
     httpsUrl: `https://${httpsHost}:${secure.port}`,
+    tcpUrl: `tcp://${httpsHost}:${tcp.port}`,
     certificateFile: o.cert,
     adminUrl: balancer.adminAddress()!.url,
     adminToken,
@@ -159,6 +172,8 @@ export function demoBanner(demo: Demo): string {
     '               # a self-signed certificate made at start for localhost and 127.0.0.1 (removed when the demo stops)',
     `  HTTP/2:      curl -s -o /dev/null -w '%{http_version}\\n' --cacert ${shellWord(demo.certificateFile)} ${demo.httpsUrl}/   # h2 by ALPN`,
     `               curl --http2-prior-knowledge ${u}/   # h2c on the plain port; each stream is balanced on its own`,
+    `  TCP (L4):    curl ${demo.tcpUrl.replace(/^tcp:/, 'http:')}/   # the same backends through a tcp listener: bytes relayed as they are,`,
+    '               # each connection balanced by open connections (least-connections), not each request',
     '',
     '  Ctrl-C stops it gracefully.',
     '',

@@ -103,6 +103,10 @@ export class Http1Response implements Downstream {
     return connectionTls(this.connection.socket);
   }
 
+  get socket(): Socket | null {
+    return this.connection.socket;
+  }
+
   get headSent(): boolean {
     return this.sent;
   }

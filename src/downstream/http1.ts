@@ -7,6 +7,7 @@
 import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
+import type { Socket } from 'node:net';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import { forbiddenTrailer, hopByHop } from '../proxy/headers.ts';
 import { writableField } from '../http1/chunked.ts';
@@ -70,6 +71,10 @@ export class Http1Downstream implements Downstream {
 
   get tls(): ConnectionTls | null {
     return connectionTls(this.req.socket);
+  }
+
+  get socket(): Socket | null {
+    return this.req.socket;
   }
 
   /** True for a client socket that became a tunnel. */

@@ -11,6 +11,7 @@ import { validateHeaderName, validateHeaderValue } from 'node:http';
 import type { IncomingHttpHeaders, OutgoingHttpHeaders } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
 import type { ServerHttp2Stream } from 'node:http2';
+import type { Socket } from 'node:net';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { RequestHead } from '../core/context.ts';
 import { connectionTls, type ConnectionTls } from '../tls/connection-tls.ts';
@@ -99,6 +100,8 @@ export class Http2Downstream implements Downstream {
   /** Read at the start: node:http2 clears `stream.session` before the stream's 'close', where a cancelled exchange ends. */
   readonly tls: ConnectionTls | null;
   readonly remoteAddress: string | undefined;
+  /** The session's socket (node:http2's proxy of it: one object per session). */
+  readonly socket: Socket | null;
 
   /**
    * `bodyTimeoutMs`: the whole request body must arrive within it (limits.request_timeout; 0: no
@@ -126,6 +129,7 @@ export class Http2Downstream implements Downstream {
     const socket = stream.session?.socket;
     this.tls = connectionTls(socket);
     this.remoteAddress = socket?.remoteAddress;
+    this.socket = socket ?? null;
     stream.once('aborted', () => {
       if (!this.selfClosed) watcher.streamAborted();
     });

@@ -148,7 +148,7 @@ export class PassiveHealth {
     this.stopProbe(r);
     r.probeTimer = setTimeout(() => {
       r.probeTimer = null;
-      const socket = net.connect({ host: u.hostname, port: u.port });
+      const socket = net.connect({ host: u.connectHost, port: u.port });
       r.probeSocket = socket;
       socket.unref();
       socket.setTimeout(Math.min(this.settings.timeouts.connect, 2000));

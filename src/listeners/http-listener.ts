@@ -7,7 +7,7 @@
 import type * as http from 'node:http';
 import { http as nodeHttp } from '../node-builtins.ts';
 import net from 'node:net';
-import type { AddressInfo, Socket } from 'node:net';
+import type { Socket } from 'node:net';
 import type { ListenerSettings } from '../config/schema.ts';
 import { compileCidrs } from '../config/schema.ts';
 import type { HttpProxy, ListenerInfo } from '../proxy/http-proxy.ts';
@@ -24,17 +24,14 @@ import type { RequestHead } from '../core/context.ts';
 import { TlsTermination } from '../tls/termination.ts';
 import type { TLSSocket } from 'node:tls';
 import { Http2Front, type Http2ServerSettings } from '../downstream/http2-server.ts';
+import { ForwardProxy, isAbsoluteForm } from '../forward/forward-proxy.ts';
+import { carryProxyHeader, ProxyProtocolGate } from './proxy-protocol-gate.ts';
+import { bindAcceptor, boundAddress, type ListenerAddress } from './bind.ts';
 
 /** At the end of the grace period, how long tunnels (told to close) may take before their sockets are cut. */
 const TUNNEL_CLOSE_WAIT_MS = 1500;
 
-/** A bound listener's address as users type it. */
-export interface ListenerAddress {
-  name: string;
-  host: string;
-  port: number;
-  url: string;
-}
+export type { ListenerAddress } from './bind.ts';
 
 const parserStatus: Record<string, [number, string]> = {
   HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large'],
@@ -56,6 +53,7 @@ function http1Settings(settings: ListenerSettings): Http1Settings {
     requestTimeoutMs: requestTimeout,
     // One over max_headers is the request-limits guard's (431, logged); beyond it the parser refuses (431).
     limits: { maxHeadBytes: limits.max_header_bytes, maxHeaders: limits.max_headers + 1 },
+    connect: settings.forward_proxy?.connect === true,
   };
 }
 
@@ -143,6 +141,8 @@ export class HttpListener {
   readonly info: ListenerInfo;
   private readonly logger: Logger;
   private readonly connections: ConnectionLimiter;
+  /** The PROXY protocol from trusted balancers in front (`proxy_protocol`), read before the firewall and limits. */
+  readonly gate: ProxyProtocolGate;
   private readonly proxy: HttpProxy;
   /** Every admitted client socket, also those Node's server no longer tracks (after CONNECT, lingering). */
   private readonly open = new Set<Socket>();
@@ -158,10 +158,13 @@ export class HttpListener {
   readonly http2: Http2Front;
   /** ACME HTTP-01 key authorizations by token, answered on http listeners (shared by the balancer). */
   private acmeTokens: ReadonlyMap<string, string> | null = null;
+  /** `forward_proxy` as JSON when it was compiled into `info.forward` (a reload that keeps it keeps the compiled one). */
+  private forwardKey = '';
 
   /**
    * Builds the listener (nothing is bound before `listen`). An https listener reads its
-   * certificates here: throws CertificateError naming the file when one cannot be used.
+   * certificates here: throws CertificateError naming the file when one cannot be used. A
+   * `forward_proxy` is compiled here too: throws an Error naming a rule or user that cannot be used.
    */
   constructor(settings: ListenerSettings, proxy: HttpProxy, logger: Logger) {
     this.settings = settings;
@@ -176,7 +179,10 @@ export class HttpListener {
       guards: [],
       maxBodyBytes: 0,
       tunnels: new TunnelLimits(),
+      // Compiled here so that rules or password hashes that cannot be used stop the start (update() keeps the old ones instead).
+      forward: settings.forward_proxy === undefined ? null : new ForwardProxy(settings.forward_proxy),
     };
+    this.forwardKey = settings.forward_proxy === undefined ? '' : JSON.stringify(settings.forward_proxy);
     // One request at a time per connection, in order: pipelining is answered as sent (either engine).
     const own = settings.engine === 'fulcrum';
     this.http1 = own ? this.ownServer() : null;
@@ -194,6 +200,8 @@ export class HttpListener {
     this.tls = secure
       ? new TlsTermination(settings.tls!, name, logger, (tlsSocket: TLSSocket, raw) => {
           if (raw !== null) open.delete(raw);
+          // The client a PROXY header named stays the client once TLS wraps the socket.
+          carryProxyHeader(raw, tlsSocket);
           open.add(tlsSocket);
           tlsSocket.once('close', () => open.delete(tlsSocket));
           if (tlsSocket.alpnProtocol === 'h2') h2.accept(tlsSocket);
@@ -201,6 +209,7 @@ export class HttpListener {
         })
       : null;
     const tls = this.tls;
+    this.gate = new ProxyProtocolGate(logger, name);
     this.connections = new ConnectionLimiter(logger, name, (socket) => {
       if (tls !== null) tls.accept(socket);
       else if (this.settings.http2.h2c) {
@@ -216,7 +225,7 @@ export class HttpListener {
     // Sockets start paused: nothing is read (or parsed) before the firewall and limits admit them.
     // Half-open with the own server: the connection decides what a client's FIN means (mid-request the
     // client gave up, as node:http and nginx take it; while closing, the answer still leaving goes first).
-    this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: own }, (socket) => this.connections.accept(socket));
+    this.acceptor = net.createServer({ pauseOnConnect: true, allowHalfOpen: own }, (socket) => this.gate.accept(socket, (s) => this.connections.accept(s)));
   }
 
   /** Fulcrum's own HTTP/1.1 server (`engine: fulcrum`). */
@@ -257,8 +266,14 @@ export class HttpListener {
     server.on('checkContinue', (req, res) => this.nodeDispatch(req, res, true));
     server.on('upgrade', (req: http.IncomingMessage, socket: Socket, head: Buffer) => this.onUpgrade(req, socket, head));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => this.onClientError(err, socket));
-    // CONNECT (a forward-proxy tunnel) is not served yet: a clear answer instead of Node's silent close.
-    server.on('connect', (req: http.IncomingMessage, socket: Socket) => this.refuseTunnel(req, socket));
+    // CONNECT: a forward-proxy tunnel where `forward_proxy.connect` is on; elsewhere a clear answer instead of Node's silent close.
+    server.on('connect', (req: http.IncomingMessage, socket: Socket, head: Buffer) => {
+      if (this.info.forward?.connect === true) {
+        // The acceptor's sockets close on the client's FIN with this engine; a tunnel passes a half-close on instead.
+        socket.allowHalfOpen = true;
+        this.onUpgrade(req, socket, head);
+      } else this.refuseTunnel(req, socket);
+    });
     return server;
   }
 
@@ -305,6 +320,17 @@ export class HttpListener {
     info.forwarding.underscores = settings.headers_with_underscores;
     info.forwarding.hsts = hstsValue(settings);
     info.forwarding.clientSubjectHeader = settings.tls?.client_auth?.subject_header?.toLowerCase();
+    if (settings.forward_proxy === undefined) info.forward = null;
+    else if (info.forward === null || JSON.stringify(settings.forward_proxy) !== this.forwardKey) {
+      try {
+        // Verified credentials are kept while `auth` is unchanged.
+        info.forward = new ForwardProxy(settings.forward_proxy, info.forward);
+      } catch (err) {
+        // The loader compiles the same settings before a reload is committed; this is the last guard.
+        this.logger.error({ listener: info.name, err: (err as Error).message }, `forward_proxy not applied: ${(err as Error).message}; the one loaded before stays`);
+      }
+    }
+    this.forwardKey = settings.forward_proxy === undefined ? '' : JSON.stringify(settings.forward_proxy);
     if (this.tls !== null && settings.tls !== undefined) {
       try {
         this.tls.update(settings.tls);
@@ -324,6 +350,7 @@ export class HttpListener {
       this.server.maxHeadersCount = limits.max_headers + 1;
     }
     this.connections.configure(limits, info.trusted, firewall);
+    this.gate.configure(settings.proxy_protocol);
   }
 
   /**
@@ -331,6 +358,8 @@ export class HttpListener {
    * validation (plain http listeners), and with `redirect_https` every other request. True when answered.
    */
   private answersItself(head: RequestHead, answer: Answer): boolean {
+    // The forward proxy's requests (CONNECT, absolute-form) name another host: never this listener's own paths or its redirect.
+    if (this.info.forward !== null && (head.method === 'CONNECT' || isAbsoluteForm(head.url))) return false;
     if (this.isMetricsRequest(head)) {
       this.sendMetrics(answer);
       return true;
@@ -394,31 +423,21 @@ export class HttpListener {
   }
 
   /** Binds the socket; resolves with the address (port 0 gets the OS's choice). */
-  listen(): Promise<ListenerAddress> {
-    return new Promise((resolve, reject) => {
-      const onError = (err: Error): void => reject(err);
-      this.acceptor.once('error', onError);
-      this.acceptor.listen(this.settings.port, this.settings.host, () => {
-        this.acceptor.off('error', onError);
-        // After binding, an accept error (EMFILE, ...) is logged; it must not end the process.
-        this.acceptor.on('error', (err) => this.logger.error({ err, listener: this.info.name }, 'accept failed'));
-        // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
-        // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
-        this.server?.emit('listening');
-        const bound = this.address()!;
-        this.info.forwarding.port = String(bound.port);
-        resolve(bound);
-      });
-    });
+  async listen(): Promise<ListenerAddress> {
+    await bindAcceptor(this.acceptor, this.settings.host, this.settings.port, this.logger, this.info.name);
+    // The HTTP server never binds (the acceptor does), but its 'listening' starts Node's connection
+    // tracking: the timer behind headers and request timeouts, and the list closeIdleConnections uses.
+    this.server?.emit('listening');
+    const bound = this.address()!;
+    this.info.forwarding.port = String(bound.port);
+    return bound;
   }
 
   /** The bound address, or null before listen. */
   address(): ListenerAddress | null {
-    const a = this.acceptor.address() as AddressInfo | null;
-    if (!a) return null;
-    const shown = a.address === '0.0.0.0' || a.address === '::' ? 'localhost' : a.family === 'IPv6' ? `[${a.address}]` : a.address;
-    return { name: this.info.name, host: a.address, port: a.port, url: `${this.tls !== null ? 'https' : 'http'}://${shown}:${a.port}` };
+    return boundAddress(this.acceptor, this.info.name, this.tls !== null ? 'https' : 'http');
   }
+
 
   /**
    * Stops accepting, lets requests in flight finish, closes connections as they fall idle,
@@ -429,6 +448,7 @@ export class HttpListener {
     // Resolves once every accepted connection has ended.
     const closed = new Promise<void>((resolve) => this.acceptor.close(() => resolve()));
     this.connections.dropWaiting();
+    this.gate.closeReading();
     // Connections that only linger (answered, closing) have nothing left to deliver.
     // (An answer still leaving a slow client is let go: its connection's clock bounds it.)
     for (const socket of this.open) if ((ClientConnection.of(socket) ?? Http1Server.of(socket))?.isLingering === true && socket.writableLength === 0) socket.destroy();
@@ -507,9 +527,10 @@ export class HttpListener {
   }
 
   /**
-   * A WebSocket handshake, handed over by Node's parser with the socket (the parser is done with
-   * it). It is answered on a response of its own that closes the connection unless the upstream
-   * switches protocols; it waits for the answers to requests pipelined before it.
+   * A WebSocket handshake, or a CONNECT on a forward-proxy listener, handed over by Node's parser
+   * with the socket (the parser is done with it). It is answered on a response of its own that
+   * closes the connection unless the upstream switches protocols (a CONNECT: the tunnel's 200);
+   * it waits for the answers to requests pipelined before it.
    */
   private onUpgrade(req: http.IncomingMessage, socket: Socket, head: Buffer): void {
     tendHandedOver(socket);

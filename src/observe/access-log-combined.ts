@@ -76,7 +76,11 @@ export function timeLocal(now: number): string {
   return localText;
 }
 
-/** The `combined` format (level and fields beyond these are not in it). */
+/**
+ * The `combined` format (level and fields beyond these are not in it). A TCP connection keeps
+ * the shape, so combined parsers still read the file: `client - - [time] "TCP <listener>
+ * <upstream|-> <sni|->" <status> <bytes to the client> "-" "-"`.
+ */
 export const combinedFormat: AccessLogFormat = {
   name: 'combined',
   line(ctx, _level, now) {
@@ -87,6 +91,15 @@ export const combinedFormat: AccessLogFormat = {
       nginxEscape(req.method + ' ' + req.url + ' HTTP/' + req.httpVersion) + '" ' +
       ctx.status + ' ' + ctx.bytesOut +
       ' "' + headerValue(req.headers, 'referer') + '" "' + headerValue(req.headers, 'user-agent') + '"\n'
+    );
+  },
+  tcpLine(c, _level, now) {
+    // nginx's stream $status: 502 when no upstream could be picked or reached, else 200.
+    const status = c.reason === 'connect_failed' || c.reason === 'no_upstream' ? 502 : 200;
+    return (
+      nginxEscape(c.client.address) + ' - - [' + timeLocal(now) + '] "TCP ' +
+      nginxEscape(c.listener) + ' ' + (c.upstream?.id ?? '-') + ' ' + (c.client.sni === null ? '-' : nginxEscape(c.client.sni)) + '" ' +
+      status + ' ' + c.bytesOut + ' "-" "-"\n'
     );
   },
 };

@@ -5,6 +5,7 @@
  * value is undefined is left out, as pino does.
  */
 import type { RequestContext } from '../core/context.ts';
+import type { TcpConnectionEvent } from '../core/events.ts';
 import type { AccessLogFormat } from './access-log-formats.ts';
 
 /**
@@ -71,10 +72,68 @@ export function accessFields(ctx: RequestContext): Record<string, unknown> {
     // HTTP/2 streams say so (HTTP/1.x lines stay as they were); gRPC calls carry their status.
     protocol: ctx.downstream.protocol === 'h2' ? 'h2' : undefined,
     grpc_status: ctx.grpc ? ctx.grpcStatus : undefined,
+    // Forward-proxy exchanges: how the client asked, the decision, the rule that made it and why a denial (`upstream` is the destination's address:port).
+    forward: ctx.forward === null ? undefined : forwardFields(ctx.forward),
   };
 }
 
+/** The access log's `forward` object: `kind`, `decision`, `rule`, and `reason` for a denial (null values kept, as the JSON line writes them). */
+function forwardFields(f: NonNullable<RequestContext['forward']>): Record<string, string | null> {
+  const fields: Record<string, string | null> = { kind: f.kind, decision: f.decision, rule: f.rule };
+  if (f.reason !== null) fields.reason = f.reason;
+  return fields;
+}
+
+/** `,"forward":{...}` for a forward-proxy exchange, else nothing. Values come from fixed sets or the configuration; quoted all the same. */
+function forwardJson(f: RequestContext['forward']): string {
+  if (f === null) return '';
+  return (
+    ',"forward":{"kind":"' + f.kind + '"' +
+    ',"decision":' + (f.decision === null ? 'null' : '"' + f.decision + '"') +
+    ',"rule":' + (f.rule === null ? 'null' : jsonString(f.rule)) +
+    (f.reason === null ? '' : ',"reason":' + jsonString(f.reason)) +
+    '}'
+  );
+}
+
 const pidField = ',"pid":' + process.pid + ',"log":"access","request_id":';
+const tcpPidField = ',"pid":' + process.pid + ',"log":"access","protocol":"tcp","listener":';
+
+/** Close reasons logged at warn (40): no upstream could be reached, or it failed mid-connection. */
+const tcpWarnReasons = new Set(['connect_failed', 'no_upstream', 'upstream_error']);
+
+/** pino's level for a TCP connection's line: 40 when the upstream side failed, else 30. */
+export function tcpLevel(c: TcpConnectionEvent): number {
+  return c.reason !== null && tcpWarnReasons.has(c.reason) ? 40 : 30;
+}
+
+/** A TCP line's `msg`: `TCP 127.0.0.1:50412 -> 127.0.0.1:6379 closed (client) after 93.4s`. */
+export function tcpMessage(c: TcpConnectionEvent): string {
+  return `TCP ${c.client.address}:${c.client.port} -> ${c.upstream?.id ?? 'no upstream'} closed (${c.reason ?? 'open'}) after ${(c.durationMs / 1000).toFixed(1)}s`;
+}
+
+/**
+ * A TCP connection's fields as an object, in the line's order (undefined: left out): the pino
+ * path logs this object; tests compare with it. `close` is why it ended (the reason label of
+ * lb_tcp_connections_closed_total), `reason` what went wrong in words (as on HTTP lines).
+ */
+export function tcpFields(c: TcpConnectionEvent): Record<string, unknown> {
+  return {
+    protocol: 'tcp',
+    listener: c.listener,
+    client: c.client.address,
+    client_port: c.client.port,
+    sni: c.client.sni,
+    pool: c.pool.name,
+    upstream: c.upstream?.id ?? null,
+    duration_ms: Math.round(c.durationMs * 100) / 100,
+    bytes_in: c.bytesIn,
+    bytes_out: c.bytesOut,
+    attempts: c.attempts,
+    close: c.reason,
+    reason: c.error ?? undefined,
+  };
+}
 
 /** A string field that may be null or undefined: `,"key":"value"`, `,"key":null`, or nothing (undefined, as pino leaves it out). */
 function optional(key: string, value: string | null | undefined): string {
@@ -108,7 +167,28 @@ export const jsonFormat: AccessLogFormat = {
       (tls === null ? '' : ',"tls_version":' + jsonString(tls.version) + optional('alpn', tls.alpn)) +
       (ctx.downstream.protocol === 'h2' ? ',"protocol":"h2"' : '') +
       (ctx.grpc ? ',"grpc_status":' + jsonNumber(ctx.grpcStatus) : '') +
+      forwardJson(ctx.forward) +
       ',"msg":' + jsonString(accessMessage(ctx)) +
+      '}\n'
+    );
+  },
+  tcpLine(c, level, now) {
+    return (
+      '{"level":' + level +
+      ',"time":"' + isoTime(now) + '"' +
+      tcpPidField + jsonString(c.listener) +
+      ',"client":' + jsonString(c.client.address) +
+      ',"client_port":' + jsonNumber(c.client.port) +
+      optional('sni', c.client.sni) +
+      ',"pool":' + jsonString(c.pool.name) +
+      optional('upstream', c.upstream?.id ?? null) +
+      ',"duration_ms":' + jsonNumber(Math.round(c.durationMs * 100) / 100) +
+      ',"bytes_in":' + jsonNumber(c.bytesIn) +
+      ',"bytes_out":' + jsonNumber(c.bytesOut) +
+      ',"attempts":' + jsonNumber(c.attempts) +
+      optional('close', c.reason) +
+      optional('reason', c.error ?? undefined) +
+      ',"msg":' + jsonString(tcpMessage(c)) +
       '}\n'
     );
   },

@@ -1,14 +1,15 @@
 /**
- * The access log: one line per finished request (a WebSocket tunnel: one line when it closes), written by a subscriber of
- * `fulcrum:request:end`, never by the proxy itself. Lines are built by hand in the configured format
+ * The access log: one line per finished request (a WebSocket tunnel: one line when it closes),
+ * and one per TCP connection when it closes, written by a subscriber of `fulcrum:request:end`
+ * and `fulcrum:tcp:close`, never by the proxies themselves. Lines are built by hand in the configured format
  * (src/observe/access-log-formats.ts) and written in batches (src/observe/batch-writer.ts), where
  * the rest of the log goes or to `log.access_log.path`. Readable output (`log.format: pretty`) and
  * a logger an embedder brings get JSON lines through pino, as before.
  */
-import { requestEnd, type RequestEndEvent } from '../core/events.ts';
+import { requestEnd, tcpClose, type RequestEndEvent, type TcpConnectionEvent } from '../core/events.ts';
 import { AccessLogConfig, type AccessLogSettings } from '../config/schema.ts';
 import { findAccessLogFormat } from './access-log-formats.ts';
-import { accessFields, accessMessage } from './access-log-json.ts';
+import { accessFields, accessMessage, tcpFields, tcpLevel, tcpMessage } from './access-log-json.ts';
 import { FdWriter, StreamWriter, openAppend, type LineWriter } from './batch-writer.ts';
 import { destinationOf, type Logger } from './logger.ts';
 
@@ -19,6 +20,8 @@ const pendingBuffers = 8;
 export interface AccessLogOptions {
   /** Log only the exchanges this carries (a balancer's proxy); null: every exchange in the process. */
   carrier?: object | null;
+  /** Log only the TCP connections this carries (a balancer's TCP proxy); null: every one in the process. */
+  tcpCarrier?: object | null;
   /** Called with the number of lines dropped (a destination that does not keep up, or failed). */
   onDrop?: (lines: number) => void;
 }
@@ -40,6 +43,7 @@ export interface AccessLog {
  */
 export function startAccessLog(logger: Logger, settings: AccessLogSettings = AccessLogConfig.parse({}), options: AccessLogOptions = {}): AccessLog {
   const carrier = options.carrier ?? null;
+  const tcpCarrier = options.tcpCarrier ?? null;
   const format = findAccessLogFormat(settings.format);
   const pinoLog = logger.child({ log: 'access' });
   let dropped = 0;
@@ -82,7 +86,18 @@ export function startAccessLog(logger: Logger, settings: AccessLogSettings = Acc
     if (warn) pinoLog.warn(accessFields(ctx), accessMessage(ctx));
     else pinoLog.info(accessFields(ctx), accessMessage(ctx));
   };
+  const onTcpClose = (message: unknown): void => {
+    const c = message as TcpConnectionEvent;
+    if (tcpCarrier !== null && c.carrier !== tcpCarrier) return;
+    const level = tcpLevel(c);
+    if (!logger.isLevelEnabled(level === 40 ? 'warn' : 'info')) return;
+    if (writer !== null) return writer.write(format.tcpLine(c, level, Date.now()));
+    followLevel();
+    if (level === 40) pinoLog.warn(tcpFields(c), tcpMessage(c));
+    else pinoLog.info(tcpFields(c), tcpMessage(c));
+  };
   requestEnd.subscribe(onEnd);
+  tcpClose.subscribe(onTcpClose);
   let stopped: Promise<void> | null = null;
   return {
     settings,
@@ -103,6 +118,7 @@ export function startAccessLog(logger: Logger, settings: AccessLogSettings = Acc
     stop() {
       stopped ??= (async () => {
         requestEnd.unsubscribe(onEnd);
+        tcpClose.unsubscribe(onTcpClose);
         await writer?.close();
       })();
       return stopped;

@@ -3,9 +3,12 @@
  * latency, sampled once a second from `fulcrum:request:end`. Prometheus gets its own cumulative
  * series (metrics.ts); this keeps only the last few seconds, in fixed arrays, so a dashboard
  * never costs more than a counter bump per request. Open WebSocket tunnels are counted from
- * `fulcrum:tunnel:open` and `fulcrum:tunnel:close`, off the request path.
+ * `fulcrum:tunnel:open` and `fulcrum:tunnel:close`, off the request path; TCP connections'
+ * bytes per second from `fulcrum:tcp:open` and `fulcrum:tcp:close` and, while they are open,
+ * at each tick.
  */
-import { requestEnd, tunnelClose, tunnelOpen, type RequestEndEvent, type TunnelEvent } from '../core/events.ts';
+import { requestEnd, tcpClose, tcpOpen, tunnelClose, tunnelOpen, type RequestEndEvent, type TcpConnectionEvent, type TunnelEvent } from '../core/events.ts';
+import { OpenBytes } from './open-bytes.ts';
 import type { RequestContext } from '../core/context.ts';
 import { ErrorCode } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
@@ -78,6 +81,8 @@ export interface LiveStatsOptions {
   interval?: number;
   /** Samples kept for a dashboard that connects later (default 300: five minutes). */
   history?: number;
+  /** The balancer's TCP proxy: only its connections count (channels are process-wide); absent: every one. */
+  tcpCarrier?: object;
 }
 
 /** Samples the live view once per interval and hands each sample to listeners. */
@@ -115,8 +120,29 @@ export class LiveStats {
     else this.tunnelsByUpstream.delete(u);
   };
 
+  private readonly tcpCarrier: object | null;
+  /** Open TCP connections, and the bytes each upstream's moved this second (closed ones' and open ones' alike). */
+  private readonly tcp = new OpenBytes<TcpConnectionEvent>();
+  private readonly tcpBytes = new Map<Upstream, { in: number; out: number }>();
+  private readonly addTcpBytes = (c: TcpConnectionEvent, bytesIn: number, bytesOut: number): void => {
+    const u = c.upstream as Upstream | null;
+    if (u === null) return;
+    const b = this.tcpBytes.get(u);
+    if (b === undefined) this.tcpBytes.set(u, { in: bytesIn, out: bytesOut });
+    else {
+      b.in += bytesIn;
+      b.out += bytesOut;
+    }
+  };
+  private readonly onTcpOpen = (message: unknown): void => {
+    const c = message as TcpConnectionEvent;
+    if (this.tcpCarrier === null || c.carrier === this.tcpCarrier) this.tcp.open(c);
+  };
+  private readonly onTcpClose = (message: unknown): void => void this.tcp.close(message as TcpConnectionEvent, this.addTcpBytes);
+
   constructor(pools: () => ReadonlyMap<string, Pool>, options: LiveStatsOptions = {}) {
     this.pools = pools;
+    this.tcpCarrier = options.tcpCarrier ?? null;
     this.interval = options.interval ?? 1000;
     this.keep = options.history ?? 300;
   }
@@ -126,6 +152,8 @@ export class LiveStats {
     requestEnd.subscribe(this.onEnd);
     tunnelOpen.subscribe(this.onTunnelOpen);
     tunnelClose.subscribe(this.onTunnelClose);
+    tcpOpen.subscribe(this.onTcpOpen);
+    tcpClose.subscribe(this.onTcpClose);
     this.last = performance.now();
     this.timer = setInterval(() => this.tick(), this.interval);
     this.timer.unref();
@@ -137,6 +165,10 @@ export class LiveStats {
     requestEnd.unsubscribe(this.onEnd);
     tunnelOpen.unsubscribe(this.onTunnelOpen);
     tunnelClose.unsubscribe(this.onTunnelClose);
+    tcpOpen.unsubscribe(this.onTcpOpen);
+    tcpClose.unsubscribe(this.onTcpClose);
+    this.tcp.clear();
+    this.tcpBytes.clear();
     this.tunnels.clear();
     this.tunnelsByUpstream.clear();
     this.listeners.clear();
@@ -182,14 +214,17 @@ export class LiveStats {
     const seconds = Math.max(0.001, (now - this.last) / 1000);
     this.last = now;
     const rate = (n: number): number => Math.round((n / seconds) * 10) / 10;
+    this.tcp.collect(this.addTcpBytes);
     const backends: LiveBackend[] = [];
     const present = new Set<Upstream>();
     let inFlight = 0;
     for (const pool of this.pools().values()) {
+      const tcp = pool.settings.protocol === 'tcp';
       for (const u of pool.upstreams) {
         present.add(u);
         inFlight += u.inFlight;
         const w = this.windows.get(u);
+        const bytes = tcp ? (this.tcpBytes.get(u) ?? { in: 0, out: 0 }) : null;
         backends.push({
           pool: pool.name,
           id: u.id,
@@ -199,6 +234,8 @@ export class LiveStats {
           p99_ms: w ? w.quantile(0.99) : null,
           in_flight: u.inFlight,
           tunnels_open: this.tunnelsByUpstream.get(u) ?? 0,
+          // A tcp pool's upstream counts its open connections in flight (src/proxy/tcp-proxy.ts).
+          ...(bytes === null ? {} : { open_connections: u.inFlight, bytes_in_per_s: Math.round(bytes.in / seconds), bytes_out_per_s: Math.round(bytes.out / seconds) }),
           ...upstreamState(u),
         });
       }
@@ -219,6 +256,7 @@ export class LiveStats {
     };
     t.rotate();
     this.rateLimited = 0;
+    this.tcpBytes.clear();
     for (const [u, w] of this.windows) {
       // Upstreams removed by a reload leave once their last request has been counted.
       if (!present.has(u) && u.inFlight === 0) this.windows.delete(u);

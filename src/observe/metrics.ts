@@ -23,9 +23,11 @@ type Counter<T extends string = string> = PromClient.Counter<T>;
 type Gauge<T extends string = string> = PromClient.Gauge<T>;
 type Histogram<T extends string = string> = PromClient.Histogram<T>;
 type Registry = PromClient.Registry;
-import { configReload, requestEnd, requestRetry, tunnelClose, tunnelOpen, upstreamError, upstreamState } from '../core/events.ts';
-import type { ConfigReloadEvent, RequestEndEvent, RequestRetryEvent, TunnelEvent, UpstreamErrorEvent, UpstreamStateEvent } from '../core/events.ts';
-import type { RequestContext } from '../core/context.ts';
+import { configReload, forwardDecision, requestEnd, requestRetry, tcpClose, tcpOpen, tunnelClose, tunnelOpen, upstreamError, upstreamResult, upstreamState } from '../core/events.ts';
+import type { ConfigReloadEvent, ForwardDecisionEvent, RequestEndEvent, RequestRetryEvent, TcpConnectionEvent, TunnelEvent, UpstreamErrorEvent, UpstreamResultEvent, UpstreamStateEvent } from '../core/events.ts';
+import { OpenBytes } from './open-bytes.ts';
+import type { TcpCloseReason } from '../proxy/tcp-proxy.ts';
+import type { RequestContext, UpstreamRef } from '../core/context.ts';
 import { ErrorCode, FulcrumError } from '../errors.ts';
 import type { Pool } from '../upstream/pool.ts';
 import type { RateLimitStores } from '../middleware/rate-limit-stores.ts';
@@ -37,7 +39,7 @@ import { http2UpstreamStats } from '../transport/http2.ts';
 export interface MetricsSources {
   pools(): ReadonlyMap<string, Pool>;
   stores(): RateLimitStores;
-  listeners(): { name: string; open: number; refused: number; malformed: number; http2?: Http2Stats }[];
+  listeners(): { name: string; open: number; refused: number; malformed: number; http2?: Http2Stats; proxyProtocol?: TcpListenerMetricsSource['proxyProtocol'] }[];
   /** Route names (series of per-route counters start at 0). */
   routes(): string[];
   /** The balancer's proxy: exchanges it does not carry (another balancer in the process) are not counted. */
@@ -46,6 +48,21 @@ export interface MetricsSources {
   accessLogDropped?(): number;
   /** The https listeners' certificates and handshake totals (running totals since start). */
   tls?(): TlsMetricsSource[];
+  /** The tcp listeners: open and refused connections, PROXY-protocol and TLS-passthrough refusals (running totals). */
+  tcpListeners?(): TcpListenerMetricsSource[];
+  /** The balancer's TCP proxy: TCP connections it does not carry are not counted. */
+  tcpCarrier?: object;
+}
+
+/** One tcp listener as the metrics read it. */
+export interface TcpListenerMetricsSource {
+  name: string;
+  open: number;
+  refused: number;
+  /** `enabled`: the listener accepts the PROXY protocol now (its accepted series then show from 0). */
+  proxyProtocol: { readonly refused: ReadonlyMap<string, number>; readonly accepted: { readonly v1: number; readonly v2: number }; readonly enabled?: boolean };
+  passthroughRefused: ReadonlyMap<string, number>;
+  passthroughRouted: ReadonlyMap<string, number>;
 }
 
 /** One https listener as the TLS metrics read it. */
@@ -69,6 +86,36 @@ const durationBuckets = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 const tunnelBuckets = [1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600];
 /** Why tunnels close: the values of lb_tunnels_closed_total's reason label. */
 const tunnelReasons = ['client', 'upstream', 'error', 'idle', 'drained', 'removed', 'shutdown'];
+
+/** Seconds; TCP connections last from a health probe's milliseconds to a replication link's day. */
+const tcpBuckets = [0.01, 0.1, 1, 10, 60, 300, 900, 3600, 4 * 3600, 24 * 3600];
+/** Why TCP connections close: the values of lb_tcp_connections_closed_total's reason label (a record, so a new reason is a compile error here). */
+const tcpCloseReasonSet: Record<TcpCloseReason, true> = { client: true, upstream: true, client_error: true, upstream_error: true, idle: true, connect_failed: true, no_upstream: true, drained: true, removed: true, shutdown: true };
+const tcpCloseReasons: readonly string[] = Object.keys(tcpCloseReasonSet);
+
+/** A listener's PROXY-protocol intake as the metrics read it (src/listeners/proxy-protocol-gate.ts). */
+type ProxyProtocolCounts = TcpListenerMetricsSource['proxyProtocol'];
+
+/**
+ * A counter over running totals that something else keeps (listeners count their own refusals):
+ * at each scrape it adds what each (first label, second label) total grew by since the last.
+ * `read` gives each first label value with its totals by second label value.
+ */
+function runningTotals(registers: Registry[], name: string, help: string, labels: [string, string], read: () => Iterable<[string, Iterable<[string, number]>]>): void {
+  const seen = new Map<string, number>();
+  new Counter({
+    name, help, labelNames: labels, registers,
+    collect() {
+      for (const [a, totals] of read()) {
+        for (const [b, n] of totals) {
+          const key = `${a}\0${b}`;
+          this.inc({ [labels[0]]: a, [labels[1]]: b }, Math.max(0, n - (seen.get(key) ?? 0)));
+          seen.set(key, n);
+        }
+      }
+    },
+  });
+}
 
 /** Methods kept as they are; anything else is counted as OTHER (a client picks the method). */
 const methods = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT', 'TRACE', 'OTHER'];
@@ -96,6 +143,15 @@ class Series {
   }
 }
 const knownCodes = new Set<string>(Object.values(ErrorCode));
+
+/**
+ * The `backend` label of an exchange's upstream: its `host:port`, except for a forward-proxy
+ * destination, whose address the client chose: there it is the configured rule that allowed it.
+ */
+function backendLabel(ctx: RequestContext, upstream: UpstreamRef | null): string {
+  if (upstream === null) return 'none';
+  return ctx.forward === null ? upstream.id : (ctx.forward.rule ?? 'none');
+}
 
 /**
  * A short, stable cause for a state change (the log keeps the full sentence): the label of
@@ -156,7 +212,9 @@ export class Metrics {
   private readonly tunnelBytes: Counter<'pool' | 'direction'>;
   private readonly tunnelDuration: Histogram<'pool'>;
   /** Open tunnels and the bytes of each already counted (bytes count while a tunnel is open, at each scrape). */
-  private readonly openTunnels = new Map<RequestContext, { in: number; out: number }>();
+  private readonly openTunnels = new OpenBytes<RequestContext>();
+  /** Open TCP connections of this balancer and the bytes of each already counted (the same way). */
+  private readonly openTcp = new OpenBytes<TcpConnectionEvent>();
   /** Requests by `listener\0protocol` since the last scrape. */
   private readonly byProtocol = new Map<string, number>();
   /** gRPC calls by `pool\0status name` since the last scrape. */
@@ -323,7 +381,11 @@ export class Metrics {
     });
     new Gauge({
       name: 'lb_client_connections', help: 'Open client connections, by listener.', labelNames: ['listener'], registers,
-      collect() { this.reset(); for (const l of sources.listeners()) this.set({ listener: l.name }, l.open); },
+      collect() {
+        this.reset();
+        for (const l of sources.listeners()) this.set({ listener: l.name }, l.open);
+        for (const l of sources.tcpListeners?.() ?? []) this.set({ listener: l.name }, l.open);
+      },
     });
     // Listeners keep their own running totals; these counters add what is new since the last scrape.
     const listenerCounter = (name: string, help: string, field: 'refused' | 'malformed'): void => {
@@ -331,7 +393,9 @@ export class Metrics {
       new Counter({
         name, help, labelNames: ['listener'], registers,
         collect() {
-          for (const l of sources.listeners()) {
+          // Tcp listeners parse no requests: they count in the connection refusals only.
+          const tcp = field === 'refused' ? (sources.tcpListeners?.() ?? []).map((l) => ({ name: l.name, refused: l.refused, malformed: 0 })) : [];
+          for (const l of [...sources.listeners(), ...tcp]) {
             this.labels(l.name).inc(Math.max(0, l[field] - (seen.get(l.name) ?? 0)));
             seen.set(l.name, l[field]);
           }
@@ -460,44 +524,41 @@ export class Metrics {
 
     const openTunnels = this.openTunnels;
     new Gauge({
-      name: 'lb_tunnels_open', help: 'Open WebSocket tunnels, by backend.', labelNames: ['pool', 'backend'], registers,
+      name: 'lb_tunnels_open', help: 'Open WebSocket and forward-proxy (CONNECT) tunnels, by backend (a forward destination: pool "(forward)", backend the rule that allowed it).', labelNames: ['pool', 'backend'], registers,
       collect() {
         this.reset();
         eachUpstream((pool, backend) => this.set({ pool, backend }, 0));
-        for (const ctx of openTunnels.keys()) this.inc({ pool: ctx.pool?.name ?? 'none', backend: ctx.upstream?.id ?? 'none' });
+        for (const ctx of openTunnels.keys()) this.inc({ pool: ctx.pool?.name ?? 'none', backend: backendLabel(ctx, ctx.upstream) });
       },
     });
     this.tunnelsOpened = new Counter({ name: 'lb_tunnels_opened_total', help: 'WebSocket tunnels opened (a 101 relayed), by backend.', labelNames: ['pool', 'backend'], registers });
     this.tunnelsClosed = new Counter({ name: 'lb_tunnels_closed_total', help: `WebSocket tunnels closed, by pool and reason (${tunnelReasons.join(', ')}).`, labelNames: ['pool', 'reason'], registers });
-    const addBytes = (ctx: RequestContext, seen: { in: number; out: number }): void => {
+    const addBytes = (ctx: RequestContext, bytesIn: number, bytesOut: number): void => {
       const pool = ctx.pool?.name ?? 'none';
-      if (ctx.bytesIn > seen.in) this.tunnelBytes.inc({ pool, direction: 'upstream' }, ctx.bytesIn - seen.in);
-      if (ctx.bytesOut > seen.out) this.tunnelBytes.inc({ pool, direction: 'downstream' }, ctx.bytesOut - seen.out);
-      seen.in = ctx.bytesIn;
-      seen.out = ctx.bytesOut;
+      if (bytesIn > 0) this.tunnelBytes.inc({ pool, direction: 'upstream' }, bytesIn);
+      if (bytesOut > 0) this.tunnelBytes.inc({ pool, direction: 'downstream' }, bytesOut);
     };
     this.tunnelBytes = new Counter({
       name: 'lb_tunnel_bytes_total', help: 'Bytes relayed through WebSocket tunnels, by pool and direction (upstream: client to backend; downstream: backend to client); open tunnels count at each scrape.', labelNames: ['pool', 'direction'], registers,
-      collect() { for (const [ctx, seen] of openTunnels) addBytes(ctx, seen); },
+      collect() { openTunnels.collect(addBytes); },
     });
     this.tunnelDuration = new Histogram({ name: 'lb_tunnel_duration_seconds', help: 'How long WebSocket tunnels were open, by pool (observed when they close).', labelNames: ['pool'], buckets: tunnelBuckets, registers });
     const mine = (ctx: RequestContext): boolean => sources.carrier === undefined || ctx.carrier === sources.carrier;
     this.on(tunnelOpen, (m) => {
       const { ctx } = m as TunnelEvent;
       if (!mine(ctx)) return;
-      openTunnels.set(ctx, { in: 0, out: 0 });
-      this.tunnelsOpened.inc({ pool: ctx.pool?.name ?? 'none', backend: ctx.upstream?.id ?? 'none' });
+      openTunnels.open(ctx);
+      this.tunnelsOpened.inc({ pool: ctx.pool?.name ?? 'none', backend: backendLabel(ctx, ctx.upstream) });
     });
     this.on(tunnelClose, (m) => {
       const { ctx, reason } = m as TunnelEvent;
-      const seen = openTunnels.get(ctx);
-      if (seen === undefined) return;
-      openTunnels.delete(ctx);
-      addBytes(ctx, seen);
+      if (!openTunnels.close(ctx, addBytes)) return;
       const pool = ctx.pool?.name ?? 'none';
       this.tunnelsClosed.inc({ pool, reason: reason !== undefined && tunnelReasons.includes(reason) ? reason : 'error' });
       this.tunnelDuration.observe({ pool }, (performance.now() - ctx.start) / 1000);
     });
+    this.tcpMetrics(sources, registers);
+    this.forwardMetrics(registers, mine);
 
     this.on(requestEnd, (m) => {
       if (mine((m as RequestEndEvent).ctx)) this.onEnd(m as RequestEndEvent);
@@ -527,14 +588,15 @@ export class Metrics {
       const { ctx, upstream } = m as RequestRetryEvent;
       if (!mine(ctx)) return;
       const pool = ctx.pool?.name ?? 'none';
-      this.retriedSeries.add(`${pool}\n${upstream.id}`);
-      this.retries.inc({ pool, backend: upstream.id });
+      const backend = backendLabel(ctx, upstream);
+      this.retriedSeries.add(`${pool}\n${backend}`);
+      this.retries.inc({ pool, backend });
     });
     this.on(upstreamError, (m) => {
       const { ctx, upstream, error } = m as UpstreamErrorEvent;
       if (!mine(ctx)) return;
       const code = error instanceof FulcrumError && knownCodes.has(error.code) ? error.code : 'other';
-      this.attemptFailures.inc({ pool: ctx.pool?.name ?? 'none', backend: upstream.id, code });
+      this.attemptFailures.inc({ pool: ctx.pool?.name ?? 'none', backend: backendLabel(ctx, upstream), code });
     });
     this.on(upstreamState, (m) => {
       const c = m as UpstreamStateEvent;
@@ -551,6 +613,109 @@ export class Metrics {
       this.reloads.inc({ result: e.ok ? 'success' : 'failure', source: e.source });
       this.lastReloadOk.set(e.ok ? 1 : 0);
       if (e.ok) this.lastReloadTime.set(Date.now() / 1000);
+    });
+  }
+
+  /**
+   * TCP connections of `protocol: tcp` listeners (this balancer's only: `sources.tcpCarrier`),
+   * PROXY-protocol intake and TLS-passthrough routing. Bytes of open connections count at each
+   * scrape, like tunnels'.
+   */
+  private tcpMetrics(sources: MetricsSources, registers: Registry[]): void {
+    const openTcp = this.openTcp;
+    const mine = (c: TcpConnectionEvent): boolean => sources.tcpCarrier === undefined || c.carrier === sources.tcpCarrier;
+    new Gauge({
+      name: 'lb_tcp_connections_open', help: 'Open TCP connections (connecting ones included), by backend; every backend of a tcp pool shows, at 0 without connections.', labelNames: ['pool', 'backend'], registers,
+      collect() {
+        this.reset();
+        for (const p of sources.pools().values()) if (p.settings.protocol === 'tcp') for (const u of p.upstreams) this.set({ pool: p.name, backend: u.id }, 0);
+        // Counted from the connections rather than the pools: a removed backend's connections still open in their grace period show too.
+        for (const c of openTcp.keys()) if (c.upstream !== null) this.inc({ pool: c.pool.name, backend: c.upstream.id });
+      },
+    });
+    const addBytes = (c: TcpConnectionEvent, bytesIn: number, bytesOut: number): void => {
+      const backend = c.upstream?.id ?? 'none';
+      if (bytesIn > 0) bytes.inc({ pool: c.pool.name, backend, direction: 'in' }, bytesIn);
+      if (bytesOut > 0) bytes.inc({ pool: c.pool.name, backend, direction: 'out' }, bytesOut);
+    };
+    const bytes = new Counter({
+      name: 'lb_tcp_bytes_total', help: 'Bytes relayed through TCP connections, by backend and direction (in: client to backend; out: backend to client); open connections count at each scrape.', labelNames: ['pool', 'backend', 'direction'], registers,
+      collect() { openTcp.collect(addBytes); },
+    });
+    const opened = new Counter({ name: 'lb_tcp_connections_total', help: 'TCP connections accepted and routed to a pool, by listener and pool.', labelNames: ['listener', 'pool'], registers });
+    const closed = new Counter({ name: 'lb_tcp_connections_closed_total', help: `TCP connections closed, by listener, the pool that served them and reason (${tcpCloseReasons.join(', ')}).`, labelNames: ['listener', 'pool', 'reason'], registers });
+    const duration = new Histogram({ name: 'lb_tcp_connection_duration_seconds', help: 'How long TCP connections were open, from accept to close, by listener and pool (observed when they close).', labelNames: ['listener', 'pool'], buckets: tcpBuckets, registers });
+    const connectFailures = new Counter({ name: 'lb_tcp_connect_failures_total', help: 'Connects to TCP backends that failed (refused, timed out, unreachable), by backend and error code; another backend is tried while retry.max_attempts allows.', labelNames: ['pool', 'backend', 'code'], registers });
+    this.on(tcpOpen, (m) => {
+      const c = m as TcpConnectionEvent;
+      if (!mine(c)) return;
+      openTcp.open(c);
+      opened.inc({ listener: c.listener, pool: c.pool.name });
+    });
+    this.on(tcpClose, (m) => {
+      const c = m as TcpConnectionEvent;
+      if (!openTcp.close(c, addBytes)) return;
+      const reason = c.reason !== null && tcpCloseReasons.includes(c.reason) ? c.reason : 'other';
+      closed.inc({ listener: c.listener, pool: c.pool.name, reason });
+      duration.observe({ listener: c.listener, pool: c.pool.name }, c.durationMs / 1000);
+    });
+    // TCP connects have no request, so no fulcrum:upstream:error (lb_backend_attempt_failures_total); they
+    // publish upstream results only. A failure of an upstream of one of this balancer's tcp pools is one.
+    this.on(upstreamResult, (m) => {
+      const { upstream, failure } = m as UpstreamResultEvent;
+      if (failure === null) return;
+      for (const p of sources.pools().values()) {
+        if (p.settings.protocol !== 'tcp' || !p.upstreams.includes(upstream as Pool['upstreams'][number])) continue;
+        connectFailures.inc({ pool: p.name, backend: upstream.id, code: knownCodes.has(failure.code) ? failure.code : 'other' });
+        return;
+      }
+    });
+
+    const tcpListeners = (): TcpListenerMetricsSource[] => sources.tcpListeners?.() ?? [];
+    const gates = (): { name: string; gate: ProxyProtocolCounts }[] => {
+      const all: { name: string; gate: ProxyProtocolCounts }[] = [];
+      for (const l of sources.listeners()) if (l.proxyProtocol !== undefined) all.push({ name: l.name, gate: l.proxyProtocol });
+      for (const l of tcpListeners()) all.push({ name: l.name, gate: l.proxyProtocol });
+      return all;
+    };
+    runningTotals(registers, 'lb_proxy_protocol_refused_total', 'Connections closed for their PROXY protocol header, by listener and reason (malformed, too_large, timeout, closed, unsupported; untrusted: a header from a peer not in proxy_protocol.trusted).', ['listener', 'reason'], () =>
+      gates().map((l) => [l.name, l.gate.refused]),
+    );
+    // Listeners that accept the PROXY protocol show both versions from the first scrape, at 0.
+    runningTotals(registers, 'lb_proxy_protocol_accepted_total', 'PROXY protocol headers accepted from trusted balancers, by listener and version (v1, v2).', ['listener', 'version'], () =>
+      gates().flatMap((l) => (l.gate.enabled === false && l.gate.accepted.v1 + l.gate.accepted.v2 === 0 ? [] : [[l.name, Object.entries(l.gate.accepted)]])),
+    );
+    runningTotals(registers, 'lb_tls_passthrough_refused_total', 'TLS-passthrough connections closed before a pool took them, by listener and reason (timeout, not_tls, malformed, no_route, closed).', ['listener', 'reason'], () =>
+      tcpListeners().map((l) => [l.name, l.passthroughRefused]),
+    );
+    runningTotals(registers, 'lb_tls_passthrough_routed_total', 'TLS-passthrough connections routed by server name and ALPN (or to the default pool), by listener and pool.', ['listener', 'pool'], () =>
+      tcpListeners().map((l) => [l.name, l.passthroughRouted]),
+    );
+  }
+
+  /**
+   * The forward proxy's decisions, fed by `fulcrum:forward:decision`: every label value is from a
+   * fixed set or the configuration (listener and rule names), never the destination a client named.
+   */
+  private forwardMetrics(registers: Registry[], mine: (ctx: RequestContext) => boolean): void {
+    const requests = new Counter({
+      name: 'lb_forward_proxy_requests_total',
+      help: 'Forward-proxy requests whose destination was decided (or whose credentials were refused), by listener, method_kind (absolute, connect, route), decision (allowed, denied) and rule (the configured rule that decided; "none": no rule matched, or refused credentials).',
+      labelNames: ['listener', 'method_kind', 'decision', 'rule'],
+      registers,
+    });
+    const denied = new Counter({
+      name: 'lb_forward_proxy_denied_total',
+      help: 'Forward-proxy requests refused, by listener and reason (no_rule, denied_by_rule, special_address, port: 403; bad_host: 400; resolve_failed: 502; auth: 407).',
+      labelNames: ['listener', 'reason'],
+      registers,
+    });
+    this.on(forwardDecision, (m) => {
+      const { ctx } = m as ForwardDecisionEvent;
+      const f = ctx.forward;
+      if (f === null || f.decision === null || !mine(ctx)) return;
+      requests.inc({ listener: ctx.listener, method_kind: f.kind, decision: f.decision, rule: f.rule ?? 'none' });
+      if (f.decision === 'denied') denied.inc({ listener: ctx.listener, reason: f.reason ?? 'none' });
     });
   }
 
@@ -572,9 +737,14 @@ export class Metrics {
 
   private onEnd({ ctx }: RequestEndEvent): void {
     const poolName = ctx.pool?.name ?? 'none';
-    const key: object = ctx.upstream ?? ctx.pool ?? this.noPool;
-    let s = this.byObject.get(key);
-    if (s === undefined || s.pool !== poolName) s = this.seriesFor(key, poolName, ctx.upstream?.id ?? 'none');
+    let s: Series | undefined;
+    // A destination of the forward proxy is reached under several rules: its series is by rule, looked up by name.
+    if (ctx.forward !== null) s = this.seriesFor(null, poolName, backendLabel(ctx, ctx.upstream));
+    else {
+      const key: object = ctx.upstream ?? ctx.pool ?? this.noPool;
+      s = this.byObject.get(key);
+      if (s === undefined || s.pool !== poolName) s = this.seriesFor(key, poolName, ctx.upstream?.id ?? 'none');
+    }
     const m = methodIndex.get(ctx.req.method ?? '') ?? otherMethod;
     // 0 means nothing was sent (the client left first): counted as 499, the usual "client closed".
     const code = m * 1000 + (ctx.status > 0 ? ctx.status % 1000 : 499);
@@ -610,7 +780,8 @@ export class Metrics {
     }
   }
 
-  private seriesFor(key: object, pool: string, backend: string): Series {
+  /** The series of (pool, backend), made if new; cached for `key` (an upstream or pool object) unless null. */
+  private seriesFor(key: object | null, pool: string, backend: string): Series {
     const name = `${pool}\n${backend}`;
     let s = this.series.get(name);
     if (s === undefined) {
@@ -618,7 +789,7 @@ export class Metrics {
       this.series.set(name, s);
     }
     // An upstream reached through a backup pool has a second pool name: that one is not cached.
-    if (!this.byObject.has(key)) this.byObject.set(key, s);
+    if (key !== null && !this.byObject.has(key)) this.byObject.set(key, s);
     return s;
   }
 }

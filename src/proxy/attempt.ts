@@ -13,6 +13,7 @@ import type { Readable } from 'node:stream';
 import type { UpstreamAttempt } from '../transport/transport.ts';
 import type { Upstream } from '../upstream/upstream.ts';
 import type { Exchange } from './exchange.ts';
+import { clientConnectionKey, upstreamProxyHeader } from './upstream-proxy-header.ts';
 
 /** What the proxy does with an attempt's reports (src/proxy/http-proxy.ts). */
 export interface AttemptHandler {
@@ -64,6 +65,16 @@ export class Attempt implements UpstreamAttempt {
   }
   get upgrade(): boolean {
     return this.exchange.upgrade !== null;
+  }
+  /** With the pool's `proxy_protocol`: the header a new upstream connection starts with (built when read: only on a connect). */
+  get proxyHeader(): Buffer | null {
+    const version = this.exchange.pool?.settings.proxy_protocol;
+    return version === undefined ? null : upstreamProxyHeader(version, this.exchange.downstream);
+  }
+  /** With the pool's `proxy_protocol`: the client connection upstream connections are bound to; else null (any). */
+  get connectionKey(): object | null {
+    const version = this.exchange.pool?.settings.proxy_protocol;
+    return version === undefined ? null : clientConnectionKey(version, this.exchange.downstream);
   }
 
   /**

@@ -13,6 +13,7 @@ import { Transform, type Duplex, type Readable, type TransformCallback } from 'n
 import type { RequestHead } from '../core/context.ts';
 import type { Downstream, DownstreamOwner } from '../core/downstream.ts';
 import type { ConnectionTls } from '../tls/connection-tls.ts';
+import type { Socket } from 'node:net';
 
 /**
  * The request headers for the upstream (flat, as built by the core), in place: content-type
@@ -100,6 +101,9 @@ export class GrpcWebDownstream implements Downstream {
   }
   get tls(): ConnectionTls | null {
     return this.inner.tls;
+  }
+  get socket(): Socket | null {
+    return this.inner.socket;
   }
   get headSent(): boolean {
     return this.inner.headSent;

@@ -3,7 +3,10 @@
  *   accept -> validate -> route -> firewall -> rate-limit -> request-limits -> forward-headers
  *   -> pick -> send -> respond -> (retry) -> finish
  * Every path ends in `finish`, exactly once, which releases the upstream and publishes
- * `fulcrum:request:end` for the access log and, later, metrics.
+ * `fulcrum:request:end` for the access log and, later, metrics. A forward-proxy exchange
+ * (absolute-form or CONNECT on a `forward_proxy` listener, a `/forward?url=` route) has no route
+ * pool: its forward phase (src/forward/forward-proxy.ts) runs after the guards and makes the
+ * allowed destination its pool, before forward-headers (docs/forward-proxy.md).
  */
 import { STATUS_CODES } from '../node-builtins.ts';
 import { Transform, type TransformCallback } from 'node:stream';
@@ -30,6 +33,8 @@ import type { Logger } from '../observe/logger.ts';
 import { switchProblem, upgradeProtocols, webSocketRefusal } from './websocket.ts';
 import { GrpcWebDownstream, toGrpcHeaders } from './grpc-web.ts';
 import { encodeGrpcMessage, GrpcStatus, grpcStatusFor, grpcKind, grpcStatusOf, grpcTimeoutMs } from './grpc.ts';
+import { confineRouteAnswer, decideForward, dropProxyHeaders, dropSiteCredentials, isAbsoluteForm, type ForwardCore, type ForwardProxy } from '../forward/forward-proxy.ts';
+import { DestinationClients } from '../forward/destination-clients.ts';
 
 /** A client's own deadline timer may fire a little before Fulcrum's: within this it counts as the deadline. */
 const DEADLINE_SLACK_MS = 20;
@@ -43,8 +48,10 @@ export interface ListenerInfo {
   guards: readonly RequestGuard[];
   /** Request bodies beyond this are cut with 413 (0: no limit). */
   maxBodyBytes: number;
-  /** The listener's tunnel limits (WebSocket). */
+  /** The listener's tunnel limits (WebSocket, CONNECT). */
   tunnels: TunnelLimits;
+  /** The listener's forward proxy (absolute-form requests and CONNECT go to it), or null. */
+  forward: ForwardProxy | null;
 }
 
 /** Runtime state shared by all requests of one configuration (swapped whole on reload). */
@@ -94,12 +101,16 @@ class CountingBody extends Transform {
  * through the exchange's `Downstream` and to upstreams only through `Attempt`s: no protocol is
  * named here.
  */
-export class HttpProxy implements AttemptHandler, ExchangeCore {
+export class HttpProxy implements AttemptHandler, ExchangeCore, ForwardCore<ListenerInfo> {
   runtime: ProxyRuntime;
   /** Set during graceful shutdown: responses carry `Connection: close`. */
   draining = false;
   /** Open tunnels by upstream (drain, removal, shutdown act on them). */
   readonly tunnels = new OpenTunnels();
+  /** Open forward-proxy tunnels (CONNECT, or an upgrade through an absolute-form request): shutdown closes them; reloads and drains of pools never do. */
+  readonly forwardTunnels = new OpenTunnels();
+  /** The forward proxy's clients toward destinations: at most 256, least recently used closed first. */
+  readonly destinations = new DestinationClients();
   /** How long a drained or removed upstream's tunnels may go on (shutdown.grace_period), set by each commit. */
   private graceMs = 30_000;
   /** The upstreams of the committed pools (null before the first commit): a handshake that completes on another is for a removed upstream. */
@@ -143,18 +154,25 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
    */
   shutdown(graceMs: number): void {
     this.draining = true;
-    this.shutdownTimer ??= setTimeout(() => this.tunnels.closeAll('shutdown'), graceMs);
+    this.shutdownTimer ??= setTimeout(() => {
+      this.tunnels.closeAll('shutdown');
+      this.forwardTunnels.closeAll('shutdown');
+    }, graceMs);
   }
 
   /**
-   * Shutdown's end: tunnels left are closed now; resolves once every tunnel has ended (both
-   * sides closed and its exchange finished; a side that does not close is destroyed within 5 s).
+   * Shutdown's end: tunnels left (forward-proxy ones too) are closed now; resolves once every
+   * tunnel has ended (both sides closed and its exchange finished; a side that does not close is
+   * destroyed within 5 s) and the forward proxy's destination clients are closed.
    */
   async closeTunnels(): Promise<void> {
     if (this.shutdownTimer !== null) clearTimeout(this.shutdownTimer);
     this.tunnels.closeAll('shutdown');
-    await this.tunnels.whenEmpty();
+    this.forwardTunnels.closeAll('shutdown');
+    await Promise.all([this.tunnels.whenEmpty(), this.forwardTunnels.whenEmpty()]);
     upstreamState.unsubscribe(this.onUpstreamState);
+    // The forward proxy's destination sockets: idle ones now, busy ones when their exchange ends.
+    await this.destinations.close();
   }
 
   /** Phase accept: a downstream hands over a request. */
@@ -171,6 +189,17 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       }
       ctx.forwarding = listener.forwarding;
       ctx.grpc = grpc !== null;
+      // On a forward-proxy listener, CONNECT and absolute-form requests name their destination (origin-form ones still go to routes).
+      const forwarder = listener.forward;
+      if (forwarder !== null && (req.method === 'CONNECT' || isAbsoluteForm(req.url))) {
+        ctx.forwarder = forwarder;
+        ctx.forward = { kind: req.method === 'CONNECT' ? 'connect' : 'absolute', decision: null, rule: null, reason: null };
+        // A CONNECT is a tunnel from the start: whatever it is answered, its connection is not HTTP afterwards.
+        if (req.method === 'CONNECT') {
+          ctx.upgrade = 'connect';
+          return this.start(ctx, listener);
+        }
+      }
       if (req.headers.upgrade !== undefined) {
         const protocols = upgradeProtocols(req);
         // h2c is ignored (RFC 9113 lets a server; curl --http2 asks on every http:// request): a plain request.
@@ -246,11 +275,18 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const req = ctx.req;
     const invalid = validateRequest(req, listener.forwarding.underscores, ctx.downstream.protocol);
     if (invalid !== null) return this.refuse(ctx, invalid);
+    // A CONNECT's target is an authority (host:port), parsed by the forward phase; the listener's guards apply.
+    if (ctx.upgrade === 'connect') return this.runGuards(ctx, listener, listener.guards, 0);
     const url = req.url!;
     const target = parseRequestTarget(url);
     if ('error' in target) return this.refuse(ctx, target.error);
     ctx.authority = target.authority;
     ctx.path = target.path;
+    if (ctx.forward !== null) {
+      // Absolute-form to the forward proxy: no route, the listener's guards; the destination gets the path and query as sent.
+      ctx.upstreamPath = target.rawPath + target.query;
+      return this.runGuards(ctx, listener, listener.guards, 0);
+    }
 
     // Phase route: on the normalised path; the upstream gets the target as sent unless the route says otherwise.
     const host = target.authority ?? req.headers.host;
@@ -264,6 +300,11 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const left = target.unresolvedPath === null ? match : this.runtime.router.match(host, target.unresolvedPath);
     ctx.route = match;
     ctx.pool = match.pool;
+    if (match.forward !== null) {
+      // A `/forward?url=` route: its guards, then the forward phase instead of a pool.
+      ctx.forwarder = match.forward;
+      ctx.forward = { kind: 'route', decision: null, rule: null, reason: null };
+    }
 
     // Phases firewall, rate-limit, request-limits.
     const guards = typeof left === 'string' || left === match ? pipelineFor(match, listener, listener.guards) : pipelineWith(match, left, listener.guards);
@@ -295,8 +336,26 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     this.forward(ctx, listener);
   }
 
+  /**
+   * The forward phase allowed the destination (`ctx.pool` is it): a CONNECT gets its tunnel slot
+   * and its connection (src/forward/forward-proxy.ts `connectTunnel`), the others go on to
+   * forward-headers and send.
+   */
+  allowed(ctx: Exchange, listener: ListenerInfo): void {
+    if (ctx.upgrade !== 'connect') return this.forward(ctx, listener);
+    if (!this.reserveTunnel(ctx, listener)) return;
+    const pool = ctx.pool!;
+    ctx.countedPool = pool;
+    pool.active++;
+    const limit = pool.settings.timeouts.request;
+    if (limit > 0) ctx.timer = setTimeout(onRequestTimeout, limit, this, ctx, limit);
+    this.attempt(ctx);
+  }
+
   /** Phase forward-headers, then the first attempt. */
   private forward(ctx: Exchange, listener: ListenerInfo): void {
+    // A forward-proxy exchange is decided first (target, credentials, destination); `allowed` comes back here.
+    if (ctx.forward !== null && ctx.forward.decision === null) return decideForward(this, ctx, listener);
     const req = ctx.req;
     if (ctx.upgrade !== null && !this.reserveTunnel(ctx, listener)) return;
     const pool = ctx.pool!;
@@ -304,6 +363,12 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     pool.active++;
     const headers = buildUpstreamHeaders(ctx, req.rawHeaders, listener.forwarding, pool.hostRewrite);
     if (headers === null) return this.fail(ctx, new FulcrumError(ErrorCode.BadRequest, 'more than one Host header', 'client', 400, false));
+    // Proxy-Authorization, Proxy-Connection and the rest are this proxy's, never the destination's;
+    // on the `/forward?url=` route, so are the site's own Cookie and Authorization.
+    if (ctx.forward !== null) {
+      dropProxyHeaders(headers);
+      if (ctx.forward.kind === 'route') dropSiteCredentials(headers);
+    }
     // Absolute-form: the target's authority is the host (RFC 9112 section 3.2.2).
     if (ctx.authority !== null && pool.hostRewrite.kind === 'preserve') headers[1] = ctx.authority;
     // The upgrade is asked again hop by hop (Connection and Upgrade are not forwarded as such).
@@ -340,7 +405,7 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   }
 
   /** A guard's or the validator's answer: the status, its headers, nothing sent upstream. */
-  private refuse(ctx: Exchange, refusal: Refusal): void {
+  refuse(ctx: Exchange, refusal: Refusal): void {
     ctx.extraHeaders = refusal.headers ?? null;
     this.fail(ctx, new FulcrumError(refusal.code, refusal.message, 'client', refusal.status, false));
   }
@@ -404,6 +469,8 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     let headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, this.draining || !bodyDone || ctx.upgrade !== null);
     // 1xx and 204 carry no framing headers (RFC 9110 sections 8.6, 15.3.5); 304 and HEAD keep Content-Length.
     if (status === 204) headers = withoutFraming(headers);
+    // A destination's answer on the `/forward?url=` route comes from the site's origin: it must not act as the site.
+    if (ctx.forward !== null && ctx.forward.kind === 'route') confineRouteAnswer(headers);
     // The upstream answered before the upload ended (413, 401, a redirect): stop sending the body;
     // the upstream connection is dropped after this answer and the client's closed after it.
     if (!bodyDone && status >= 300) stopUpload(ctx);
@@ -454,7 +521,9 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
     const failure = upstreamFailure(err, sent);
     // A reused socket reset before any response byte: most likely closed by the upstream while idle (the keep-alive race).
     const stale = attempt.reused && sent && !ctx.discarding && !ctx.downstream.headSent && failure.code === ErrorCode.UpstreamReset;
-    const reason = retryReason(ctx, failure, 0, sent, stale);
+    let reason = retryReason(ctx, failure, 0, sent, stale);
+    // A forward destination is the only one: asked again only after a stale keep-alive socket.
+    if (reason !== null && ctx.forward !== null && reason !== 'stale-connection') reason = null;
     // A stale socket that is retried is no failure at all; the other cases below still show (a client got an error) but say nothing about health.
     // A stream the upstream did not process says nothing against it, retried or not.
     if (failure.source === 'upstream' && reason !== 'stale-connection' && failure.code !== ErrorCode.UpstreamUnprocessed) {
@@ -484,14 +553,16 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
       socket.destroy();
       return;
     }
-    const problem = switchProblem(ctx.req, rawHeaders);
+    const connect = ctx.upgrade === 'connect';
+    const problem = connect ? null : switchProblem(ctx.req, rawHeaders);
     if (problem !== null) {
       socket.destroy();
       return this.onError(attempt, Object.assign(new Error(problem), { code: 'UND_ERR_INFO' }), true);
     }
     attempt.retire();
     const headers = buildResponseHeaders(ctx, rawHeaders, ctx.forwarding!, false);
-    headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade!);
+    // A 2xx to CONNECT has no framing and no Upgrade (RFC 9110 section 9.3.6).
+    if (!connect) headers.push('connection', 'upgrade', 'upgrade', ctx.upgrade!);
     const client = ctx.downstream.switchProtocols(status, reason, headers);
     if (client === null) {
       socket.destroy();
@@ -525,6 +596,12 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
         }
       },
     }, ctx.upgrade === 'websocket');
+    if (ctx.forward !== null) {
+      // A destination is no pool's upstream: no drain or reload concerns it, only shutdown.
+      this.forwardTunnels.add(ctx);
+      if (tunnelOpen.hasSubscribers) tunnelOpen.publish({ ctx });
+      return;
+    }
     this.tunnels.add(ctx);
     // Drains and disables matter only while tunnels are open: listened to only then.
     if (this.tunnels.size === 1) upstreamState.subscribe(this.onUpstreamState);
@@ -536,8 +613,11 @@ export class HttpProxy implements AttemptHandler, ExchangeCore {
   }
 
   private tunnelClosed(ctx: Exchange, reason: TunnelCloseReason): void {
-    this.tunnels.delete(ctx);
-    if (this.tunnels.size === 0) upstreamState.unsubscribe(this.onUpstreamState);
+    if (ctx.forward !== null) this.forwardTunnels.delete(ctx);
+    else {
+      this.tunnels.delete(ctx);
+      if (this.tunnels.size === 0) upstreamState.unsubscribe(this.onUpstreamState);
+    }
     ctx.tunnelClose = reason;
     if (tunnelClose.hasSubscribers) tunnelClose.publish({ ctx, reason });
     this.finish(ctx);

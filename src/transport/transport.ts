@@ -36,6 +36,17 @@ export interface UpstreamAttempt {
   readonly upgrade: boolean;
   /** False once the proxy has moved on from this attempt. */
   readonly live: boolean;
+  /**
+   * The PROXY protocol header (pool `proxy_protocol`) a new upstream connection for this attempt
+   * starts with; absent or null: none. Read only when a connection is opened.
+   */
+  readonly proxyHeader?: Buffer | null;
+  /**
+   * The client connection an upstream connection opened for this attempt is bound to (its PROXY
+   * header names that client): an idle connection is reused only for an attempt with the same key.
+   * Absent or null: unbound, reusable by any attempt without a key.
+   */
+  readonly connectionKey?: object | null;
   /** How the proxy cancels the attempt (the transport destroys what it holds); called at most once. */
   onCancel(cancel: (reason: Error) => void): void;
   /** The request is being written to a socket (`reused`: one that carried an earlier exchange). */

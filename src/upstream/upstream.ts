@@ -19,7 +19,8 @@ export type UpstreamChange = Omit<UpstreamStateEvent<Upstream>, 'pool'>;
  */
 export function upstreamIdOf(url: string | URL): string {
   const u = typeof url === 'string' ? new URL(url) : url;
-  return `${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
+  // tcp:// is not a special scheme: the URL parser keeps its host's case, so it is lowered here (DNS names have no case).
+  return `${u.hostname.toLowerCase()}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
 }
 
 /** Options for one upstream, already validated and defaulted by the config schema. */
@@ -44,6 +45,8 @@ export class Upstream {
   readonly secure: boolean;
   /** The URL's host as written (an IPv6 address in brackets). */
   readonly hostname: string;
+  /** The host to connect to: `hostname` without IPv6 brackets (`::1`, `10.0.0.5`, `db.internal`). */
+  readonly connectHost: string;
   readonly port: number;
   /** `host:port` as a Host header would carry it. */
   readonly hostHeader: string;
@@ -82,6 +85,7 @@ export class Upstream {
   constructor(options: UpstreamOptions) {
     const url = new URL(options.url);
     this.hostname = url.hostname;
+    this.connectHost = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
     this.secure = url.protocol === 'https:';
     this.port = url.port ? Number(url.port) : this.secure ? 443 : 80;
     this.origin = `${url.protocol}//${url.host}`;

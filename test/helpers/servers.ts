@@ -138,7 +138,7 @@ export async function startBalancer(
   const full: FulcrumConfigInput = { listeners: config.listeners ?? [{ host: '127.0.0.1', port: 0 }], ...config };
   // FULCRUM_ENGINE=node runs a suite on node:http's server (the listener option kept while Fulcrum's own proves itself).
   const engine = process.env.FULCRUM_ENGINE;
-  if (engine === 'node' || engine === 'fulcrum') full.listeners = full.listeners!.map((l) => ({ engine, ...l }));
+  if (engine === 'node' || engine === 'fulcrum') full.listeners = full.listeners!.map((l) => (l.protocol === 'tcp' ? l : { engine, ...l }));
   const balancer = createBalancer(full, { logger, configFile: options.configFile });
   const [address] = await balancer.start();
   const ended: RequestEndEvent['ctx'][] = [];

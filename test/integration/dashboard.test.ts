@@ -19,6 +19,7 @@ import { startBackend, startBalancer } from '../helpers/servers.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { makeTestCa } from '../helpers/tls.ts';
 import { makeCertificate } from '../../src/tls/make-certificate.ts';
+import { connect, startEcho } from '../helpers/tcp.ts';
 
 const chromiumPath = '/usr/bin/chromium';
 const token = 'dashboard-test-token-7f3a9c2e51';
@@ -330,4 +331,46 @@ test('the dashboard lists the certificates with days left, flags those near or p
   await eventually(async () => /\(the certificate loaded before is served\)$/.test((await field(site.serial, 'certificate-error').textContent()) ?? ''), { timeout: 3000, what: 'the file problem on the site certificate' });
   assert.equal(await page.getByTestId('certificate-note').textContent(), '3 served · 1 expired · 1 with a file problem');
   assert.deepEqual(problems, [], 'no script errors or CSP violations on the page');
+});
+
+test('a TCP pool on the dashboard: its backends marked tcp, with open connections and bytes per second', { timeout: 30_000 }, async (t) => {
+  const echo = await startEcho(t, 'e');
+  const web = await startBackend(t, (_req, res) => res.end('ok'));
+  const lb = await startBalancer(t, {
+    listeners: [{ host: '127.0.0.1', port: 0 }, { name: 'db-in', host: '127.0.0.1', port: 0, protocol: 'tcp', pool: 'db' }],
+    pools: { web: { upstreams: [web.url] }, db: { protocol: 'tcp', upstreams: [echo.url] } },
+    routes: [{ pool: 'web' }],
+    admin: { host: '127.0.0.1', port: 0, token },
+  });
+  const admin = lb.balancer.adminAddress()!.url;
+  const tcpId = `127.0.0.1:${echo.port}`;
+  const webId = `127.0.0.1:${web.port}`;
+  const browser = await launchBrowser(t);
+  const page = await (await browser.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
+  const problems: string[] = [];
+  page.on('pageerror', (err) => problems.push(`page error: ${err.message}`));
+  await page.goto(`${admin}/dashboard/#token=${token}`);
+  await row(page, tcpId).waitFor({ timeout: 5000 });
+  assert.equal(await row(page, tcpId).getByTestId('tcp').textContent(), 'tcp');
+  assert.equal(await row(page, webId).getByTestId('tcp').count(), 0, 'an http pool\'s backend is not marked');
+  assert.equal(await cellText(page, webId, 'bytes'), '–');
+
+  // One connection held open, streaming about 100 kB/s each way (at most 200 writes): it shows while it is open.
+  const client = await connect(lb.balancer.addresses().find((a) => a.name === 'db-in')!.port);
+  let writes = 0;
+  const writer = setInterval(() => {
+    if (writes++ < 200) client.socket.write(Buffer.alloc(2000, 'x'));
+  }, 20);
+  t.after(() => {
+    clearInterval(writer);
+    client.socket.destroy();
+  });
+  await eventually(async () => (await cellText(page, tcpId, 'in-flight')) === '1', { timeout: 4000, what: 'one open connection on the tcp row' });
+  await eventually(async () => /^\d+(\.\d)? kB \/ \d+(\.\d)? kB$/.test((await cellText(page, tcpId, 'bytes')) ?? ''), { timeout: 4000, what: 'kB per second both ways on the tcp row' });
+  await eventually(async () => /\bdb · tcp · round-robin · 1\/1 up · 1 open\b/.test((await page.getByTestId('pools').textContent()) ?? ''), { timeout: 7000, what: 'the open connection in the header (from /status)' });
+  clearInterval(writer);
+  client.socket.end();
+  await eventually(async () => (await cellText(page, tcpId, 'in-flight')) === '0', { timeout: 4000, what: 'the connection gone from the tcp row' });
+  await eventually(async () => (await cellText(page, tcpId, 'bytes')) === '0 B / 0 B', { timeout: 4000, what: 'no bytes per second once it closed' });
+  assert.deepEqual(problems, [], 'no script errors on the page');
 });

@@ -86,6 +86,18 @@
     if (p === 0) return '0%';
     return (p < 1 ? p.toFixed(2) : p.toFixed(1)) + '%';
   }
+  /** Bytes (per second) in decimal units: 950 B, 12.3 kB, 4.1 MB. */
+  function fmtBytes(v) {
+    if (v == null) return dash;
+    if (v < 1000) return integer.format(v) + ' B';
+    const units = ['kB', 'MB', 'GB', 'TB'];
+    let i = -1;
+    do {
+      v /= 1000;
+      i++;
+    } while (v >= 1000 && i < units.length - 1);
+    return (v >= 100 ? v.toFixed(0) : v.toFixed(1)) + ' ' + units[i];
+  }
   function fmtDuration(seconds) {
     const s = Math.max(0, Math.floor(seconds));
     const d = Math.floor(s / 86400);
@@ -218,7 +230,7 @@
     setText(el.configFile, file ? file.split('/').pop() : 'none (embedded or demo)');
     el.configFile.classList.toggle('muted', !file);
     el.configFile.title = file || '';
-    setText(el.pools, status.pools.map((p) => `${p.name} · ${p.policy} · ${p.available}/${p.upstreams} up`).join('   ') || dash);
+    setText(el.pools, status.pools.map((p) => (p.protocol === 'tcp' ? `${p.name} · tcp · ${p.policy} · ${p.available}/${p.upstreams} up · ${integer.format(p.tcp_connections ?? 0)} open` : `${p.name} · ${p.policy} · ${p.available}/${p.upstreams} up`)).join('   ') || dash);
     renderUptime();
     renderCertificates(status.certificates || []);
     renderChanges(status);
@@ -505,7 +517,7 @@
       cells: {
         id: cell('backend-id'), pool: cell('pool'), state: cell('state'), health: cell('health'), weight: cell('weight'),
         rps: cell('rps'), p50: cell('p50'), p99: cell('p99'), errors: cell('errors'), inFlight: cell('in-flight'),
-        tunnels: cell('tunnels'), ejections: cell('ejections'), requests: cell('requests'),
+        tunnels: cell('tunnels'), bytes: cell('bytes'), ejections: cell('ejections'), requests: cell('requests'),
       },
       drain: cell('drain'),
       enable: cell('enable'),
@@ -513,6 +525,15 @@
     };
     row.cells.id.textContent = b.id;
     row.cells.pool.textContent = b.pool;
+    // Only a tcp pool's backends carry byte rates: they are marked, and their in-flight count is open connections.
+    if (b.bytes_in_per_s != null) {
+      const badge = document.createElement('span');
+      badge.className = 'badge small off';
+      badge.dataset.testid = 'tcp';
+      badge.textContent = 'tcp';
+      badge.title = 'A TCP pool: In flight is its open connections';
+      row.cells.pool.append(' ', badge);
+    }
     row.swatch.style.background = colourOf(key);
     row.drain.addEventListener('click', () => act(row, 'drain'));
     row.enable.addEventListener('click', () => act(row, 'enable'));
@@ -538,6 +559,7 @@
     c.errors.classList.toggle('bad-text', b.error_rate >= 0.05);
     setText(c.inFlight, integer.format(b.in_flight));
     setText(c.tunnels, b.tunnels_open == null ? dash : integer.format(b.tunnels_open));
+    setText(c.bytes, b.bytes_in_per_s == null ? dash : `${fmtBytes(b.bytes_in_per_s)} / ${fmtBytes(b.bytes_out_per_s)}`);
     setText(c.ejections, integer.format(b.ejections));
     setText(c.requests, integer.format(b.requests));
     const out = b.draining || !b.enabled;

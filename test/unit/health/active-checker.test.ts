@@ -3,12 +3,16 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { ActiveChecker } from '../../../src/health/active-checker.ts';
+import { ActiveChecker, resolveCheckSettings } from '../../../src/health/active-checker.ts';
 import { Upstream, type HealthState } from '../../../src/upstream/upstream.ts';
-import { HealthCheckConfig } from '../../../src/config/schema.ts';
+import { HealthCheckConfig, UpstreamTlsConfig } from '../../../src/config/schema.ts';
 import { eventually } from '../../helpers/eventually.ts';
 import { closedPort } from '../../helpers/servers.ts';
 import { startBlackhole } from '../../helpers/blackhole.ts';
+import { startRedisServer } from '../../helpers/redis-server.ts';
+import { makeTestCa } from '../../helpers/tls.ts';
+import tls from 'node:tls';
+import { readUpstreamTls } from '../../../src/transport/upstream-tls.ts';
 
 /** One probe as the server saw it. */
 interface Probe {
@@ -68,7 +72,7 @@ function check(t: TestContext, url: string, settings: Record<string, unknown>, s
   const upstream = new Upstream({ url, weight: 1, maxConnections: 0 });
   upstream.health = initial;
   const calls: Call[] = [];
-  const checker = new ActiveChecker(HealthCheckConfig.parse({ jitter: 0, ...settings }), [upstream], (u, state, reason) => {
+  const checker = new ActiveChecker(resolveCheckSettings(HealthCheckConfig.parse({ jitter: 0, ...settings }), 'http1'), [upstream], (u, state, reason) => {
     assert.equal(u, upstream);
     calls.push({ state, reason, probes: seen(), at: performance.now() });
     u.setHealth(state, reason);
@@ -277,6 +281,155 @@ test('tcp: a connect that never completes fails with "timeout after 200ms"', asy
   assert.ok(calls[0].at - started >= 190, `failed after ${(calls[0].at - started).toFixed(0)}ms`);
 });
 
+/** A plain TCP server whose connections `onConnection` handles; its tcp:// URL and what each connection sent. */
+async function tcpServer(t: TestContext, onConnection: (socket: net.Socket) => void): Promise<{ url: string; connections: number; received: string[] }> {
+  const state = { url: '', connections: 0, received: [] as string[] };
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    const i = state.connections++;
+    state.received[i] = '';
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => (state.received[i] += d.toString('latin1')));
+    onConnection(socket);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(
+    () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  );
+  state.url = `tcp://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  return state;
+}
+
+/** A checker of a `protocol: tcp` pool (the type left to the pool) on one upstream, its sink calls recorded. */
+function tcpCheck(t: TestContext, url: string, settings: Record<string, unknown>, initial: HealthState = 'healthy') {
+  const upstream = new Upstream({ url, weight: 1, maxConnections: 0 });
+  upstream.health = initial;
+  const calls: Call[] = [];
+  const checker = new ActiveChecker(resolveCheckSettings(HealthCheckConfig.parse({ jitter: 0, ...fast, ...settings }), 'tcp'), [upstream], (u, state, reason) => {
+    calls.push({ state, reason, probes: -1, at: performance.now() });
+    u.setHealth(state, reason);
+  });
+  t.after(() => checker.stop());
+  checker.start();
+  return { upstream, calls, checker };
+}
+
+test('the check type follows the pool: tcp for a protocol: tcp pool, http otherwise; a configured type is kept', () => {
+  const unset = HealthCheckConfig.parse({});
+  assert.equal(unset.type, undefined);
+  assert.equal(resolveCheckSettings(unset, 'tcp').type, 'tcp');
+  assert.equal(resolveCheckSettings(unset, 'http1').type, 'http');
+  assert.equal(resolveCheckSettings(unset, 'h2c').type, 'http');
+  assert.equal(resolveCheckSettings(HealthCheckConfig.parse({ type: 'tcp' }), 'http1').type, 'tcp');
+  assert.equal(resolveCheckSettings(HealthCheckConfig.parse({ type: 'grpc' }), 'h2').type, 'grpc');
+});
+
+test('tcp send/expect: redis-server answers "PING\\r\\n" with "+PONG": up; expecting +PONG without sending PING: down with the timeout reason', { timeout: 20_000 }, async (t) => {
+  const redis = await startRedisServer(t);
+  const url = `tcp://127.0.0.1:${redis.port}`;
+  const up = tcpCheck(t, url, { send: 'PING\r\n', expect: '+PONG', rise: 2 }, 'unhealthy');
+  await eventually(() => up.calls.length === 1, { what: 'redis up' });
+  assert.deepEqual(up.calls.map((c) => [c.state, c.reason]), [['healthy', '2 consecutive checks passed']]);
+  // Redis says nothing until asked: the same expectation without `send` never passes.
+  const silent = tcpCheck(t, url, { expect: '+PONG', timeout: 300, fall: 1 });
+  await eventually(() => silent.calls.length === 1, { what: 'redis without PING down' });
+  assert.deepEqual(silent.calls.map((c) => [c.state, c.reason]), [['unhealthy', 'expected "+PONG" not received in 300ms (nothing received) (1 consecutive checks failed)']]);
+});
+
+test('tcp send/expect: an answer without the expected text fails with it quoted (escaped, cut to 60 characters)', async (t) => {
+  const server = await tcpServer(t, (socket) => socket.once('data', () => socket.write(`-ERR unknown command 'PING'\r\n`)));
+  const { calls } = tcpCheck(t, server.url, { send: 'PING\r\n', expect: '+PONG', timeout: 300, fall: 1 });
+  await eventually(() => calls.length === 1, { what: 'wrong answer verdict' });
+  assert.deepEqual(calls.map((c) => [c.state, c.reason]), [['unhealthy', `expected "+PONG" not received in 300ms (got "-ERR unknown command 'PING'\\r\\n") (1 consecutive checks failed)`]]);
+  assert.equal(server.received[0], 'PING\r\n', 'send goes out as written');
+
+  const long = await tcpServer(t, (socket) => socket.write('x'.repeat(100)));
+  const cut = tcpCheck(t, long.url, { expect: '+PONG', timeout: 300, fall: 1 });
+  await eventually(() => cut.calls.length === 1, { what: 'long answer verdict' });
+  assert.equal(cut.calls[0].reason, `expected "+PONG" not received in 300ms (got "${'x'.repeat(60)}"...) (1 consecutive checks failed)`);
+});
+
+test('tcp send/expect: a server that accepts and says nothing fails when the timeout passes', async (t) => {
+  const server = await tcpServer(t, () => {});
+  const { calls } = tcpCheck(t, server.url, { send: 'PING\r\n', expect: '+PONG', timeout: 200, fall: 1 });
+  const started = performance.now();
+  await eventually(() => calls.length === 1, { what: 'silent server verdict' });
+  assert.deepEqual(calls.map((c) => [c.state, c.reason]), [['unhealthy', 'expected "+PONG" not received in 200ms (nothing received) (1 consecutive checks failed)']]);
+  assert.ok(calls[0].at - started >= 190, `failed after ${(calls[0].at - started).toFixed(0)}ms`);
+});
+
+test('tcp send/expect: a server that closes first fails with "connection closed before" (and what it sent, if anything)', async (t) => {
+  const closing = await tcpServer(t, (socket) => socket.once('data', () => socket.end()));
+  const a = tcpCheck(t, closing.url, { send: 'PING\r\n', expect: '+PONG', timeout: 2000, fall: 1 });
+  await eventually(() => a.calls.length === 1, { what: 'closing server verdict' });
+  assert.deepEqual(a.calls.map((c) => [c.state, c.reason]), [['unhealthy', 'connection closed before "+PONG" arrived (1 consecutive checks failed)']]);
+
+  const partial = await tcpServer(t, (socket) => socket.end('+PO'));
+  const b = tcpCheck(t, partial.url, { expect: '+PONG', timeout: 2000, fall: 1 });
+  await eventually(() => b.calls.length === 1, { what: 'partial answer verdict' });
+  assert.deepEqual(b.calls.map((c) => [c.state, c.reason]), [['unhealthy', 'connection closed before "+PONG" arrived (got "+PO") (1 consecutive checks failed)']]);
+});
+
+test('tcp send/expect: the expected text may arrive split over reads, after other bytes', async (t) => {
+  const server = await tcpServer(t, (socket) => {
+    socket.write('# banner\r\n+PO');
+    // Apart in time so the probe reads the two halves separately (the point of the test).
+    setTimeout(() => socket.writable && socket.write('NG\r\n'), 30);
+  });
+  const { calls } = tcpCheck(t, server.url, { expect: '+PONG', timeout: 2000, rise: 2 }, 'unhealthy');
+  await eventually(() => calls.length === 1, { what: 'split answer verdict' });
+  assert.deepEqual(calls.map((c) => [c.state, c.reason]), [['healthy', '2 consecutive checks passed']]);
+});
+
+test('tcp send/expect: more than 64 KiB without the text fails at once, without waiting for the timeout', async (t) => {
+  const server = await tcpServer(t, (socket) => socket.write(Buffer.alloc(70 * 1024, 'y')));
+  const { calls } = tcpCheck(t, server.url, { expect: '+PONG', timeout: 60_000, fall: 1 });
+  await eventually(() => calls.length === 1, { what: 'oversized answer verdict' });
+  assert.equal(calls[0].reason, `expected "+PONG" not in the first 64 KiB the upstream sent (got "${'y'.repeat(60)}"...) (1 consecutive checks failed)`);
+});
+
+test('tcp send without expect: the bytes reach the upstream and the probe passes once connected', async (t) => {
+  const server = await tcpServer(t, () => {});
+  const { calls } = tcpCheck(t, server.url, { send: 'HELLO\n', rise: 1 }, 'unhealthy');
+  await eventually(() => calls.length === 1, { what: 'send-only verdict' });
+  assert.deepEqual(calls.map((c) => [c.state, c.reason]), [['healthy', '1 consecutive checks passed']]);
+  await eventually(() => server.received[0] === 'HELLO\n', { what: 'the probe bytes to arrive' });
+});
+
+test('tcp send/expect over TLS (an https upstream): the exchange runs inside the verified TLS connection', async (t) => {
+  const ca = await makeTestCa(t);
+  const leaf = await ca.issue('redis-tls');
+  const seen: string[] = [];
+  const server = tls.createServer({ cert: leaf.cert, key: leaf.key }, (socket) => {
+    socket.on('error', () => {});
+    socket.on('data', (d: Buffer) => {
+      seen.push(d.toString('latin1'));
+      socket.write('+PONG\r\n');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const upstream = new Upstream({ url: `https://127.0.0.1:${(server.address() as AddressInfo).port}`, weight: 1, maxConnections: 0 });
+  upstream.health = 'unhealthy';
+  const calls: string[] = [];
+  const settings = resolveCheckSettings(HealthCheckConfig.parse({ ...fast, jitter: 0, type: 'tcp', send: 'PING\r\n', expect: '+PONG', rise: 1 }), 'http1');
+  const checker = new ActiveChecker(settings, [upstream], (u, state, reason) => {
+    calls.push(`${state}: ${reason}`);
+    u.setHealth(state, reason);
+  }, null, readUpstreamTls(UpstreamTlsConfig.parse({ ca: ca.caPath })));
+  t.after(() => checker.stop());
+  checker.start();
+  await eventually(() => calls.length === 1, { what: 'TLS send/expect verdict' });
+  assert.deepEqual(calls, ['healthy: 1 consecutive checks passed']);
+  assert.equal(seen[0], 'PING\r\n');
+});
+
 test('timing: the first probe goes at start; fast_interval while changing state, interval otherwise', async (t) => {
   // 3 failures (healthy -> unhealthy), then successes (unhealthy -> healthy).
   const s = await probeServer(t, (n) => ({ status: n < 3 ? 500 : 200 }));
@@ -340,7 +493,7 @@ test('every upstream of the pool is probed on its own', async (t) => {
   const a = new Upstream({ url: good.url, weight: 1, maxConnections: 0 });
   const b = new Upstream({ url: bad.url, weight: 1, maxConnections: 0 });
   const calls: [string, HealthState, string][] = [];
-  const checker = new ActiveChecker(HealthCheckConfig.parse({ ...fast, jitter: 0, fall: 2 }), [a, b], (u, state, reason) => {
+  const checker = new ActiveChecker(resolveCheckSettings(HealthCheckConfig.parse({ ...fast, jitter: 0, fall: 2 }), 'http1'), [a, b], (u, state, reason) => {
     calls.push([u.id, state, reason]);
     u.setHealth(state, reason);
   });
@@ -387,7 +540,7 @@ test('every passing probe is reported to onPass (passive health readmits a refus
   const s = await probeServer(t, () => ({ status: healthy ? 200 : 500 }));
   const upstream = new Upstream({ url: s.url, weight: 1, maxConnections: 0 });
   const passed: Upstream[] = [];
-  const checker = new ActiveChecker(HealthCheckConfig.parse({ jitter: 0, ...fast, fall: 5 }), [upstream], () => {}, (u) => passed.push(u));
+  const checker = new ActiveChecker(resolveCheckSettings(HealthCheckConfig.parse({ jitter: 0, ...fast, fall: 5 }), 'http1'), [upstream], () => {}, (u) => passed.push(u));
   t.after(() => checker.stop());
   checker.start();
   await eventually(() => s.probes.length >= 2);

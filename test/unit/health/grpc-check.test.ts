@@ -22,7 +22,7 @@ import {
   readGrpcMessages,
   type GrpcAnswer,
 } from '../../../src/health/grpc-check.ts';
-import { ActiveChecker } from '../../../src/health/active-checker.ts';
+import { ActiveChecker, resolveCheckSettings } from '../../../src/health/active-checker.ts';
 import { HealthCheckConfig } from '../../../src/config/schema.ts';
 import { Upstream } from '../../../src/upstream/upstream.ts';
 import { mulberry32 } from '../../helpers/random.ts';
@@ -456,7 +456,7 @@ test('probe: what is not an HTTP/2 server, or never answers, fails with its reas
 test('checker: stop() during a probe that gets no answer closes its session at once', async (t) => {
   const s = await h2Server(t, () => {});
   const upstream = new Upstream({ url: s.url, weight: 1, maxConnections: 0 });
-  const checker = new ActiveChecker(HealthCheckConfig.parse({ type: 'grpc', interval: 10, timeout: 60_000, jitter: 0 }), [upstream], () => assert.fail('no verdict expected'));
+  const checker = new ActiveChecker(resolveCheckSettings(HealthCheckConfig.parse({ type: 'grpc', interval: 10, timeout: 60_000, jitter: 0 }), 'h2c'), [upstream], () => assert.fail('no verdict expected'));
   t.after(() => checker.stop());
   checker.start();
   await eventually(() => s.calls.length === 1 && s.sessions.size === 1, { what: 'a probe waiting for its answer' });
@@ -471,7 +471,7 @@ test('checker: a probe that throws (an http check whose host has a newline) is a
   // The schema refuses such a host now (see below); the checker must still survive one built in code.
   assert.throws(() => HealthCheckConfig.parse({ host: 'a\nb' }), /visible ASCII/);
   const settings = { ...HealthCheckConfig.parse({ interval: 10, fast_interval: 10, fall: 2, jitter: 0 }), host: 'a\nb' };
-  const checker = new ActiveChecker(settings, [upstream], (u, state, reason) => {
+  const checker = new ActiveChecker(resolveCheckSettings(settings, 'http1'), [upstream], (u, state, reason) => {
     calls.push(`${state}: ${reason}`);
     u.setHealth(state, reason);
   });

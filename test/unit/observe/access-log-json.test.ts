@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { RequestContext } from '../../../src/core/context.ts';
+import { RequestContext, type ForwardInfo } from '../../../src/core/context.ts';
 import type { Downstream } from '../../../src/core/downstream.ts';
 import { FulcrumError } from '../../../src/errors.ts';
 import { accessFields, accessMessage, isoTime, jsonFormat, jsonString } from '../../../src/observe/access-log-json.ts';
@@ -39,7 +39,7 @@ function randomNumber(next: () => number): number {
   return -next() * 1000;
 }
 
-function context(fields: { method: string; url: string; id?: string; upstream?: string | null; pool?: string | null; status: number; error?: FulcrumError | null; tunnelClose?: string | null; duration?: number; bytesIn?: number; bytesOut?: number; client?: string; listener?: string; attempts?: number }): RequestContext {
+function context(fields: { method: string; url: string; id?: string; upstream?: string | null; pool?: string | null; status: number; error?: FulcrumError | null; tunnelClose?: string | null; duration?: number; bytesIn?: number; bytesOut?: number; client?: string; listener?: string; attempts?: number; forward?: ForwardInfo | null }): RequestContext {
   const req = { method: fields.method, url: fields.url, httpVersion: '1.1', httpVersionMajor: 1, httpVersionMinor: 1, headers: {}, rawHeaders: [] };
   const ctx = new RequestContext(req, {} as Downstream, fields.listener ?? '127.0.0.1:8080', fields.client ?? '127.0.0.1', null);
   ctx.requestIdForUpstream = fields.id;
@@ -52,6 +52,7 @@ function context(fields: { method: string; url: string; id?: string; upstream?: 
   ctx.bytesIn = fields.bytesIn ?? 0;
   ctx.bytesOut = fields.bytesOut ?? 2;
   ctx.attempts = fields.attempts ?? 1;
+  ctx.forward = fields.forward ?? null;
   return ctx;
 }
 
@@ -93,6 +94,15 @@ test('json lines from seeded random field values: exactly JSON.stringify of the 
       client: randomString(next),
       listener: randomString(next),
       attempts: randomNumber(next),
+      forward:
+        next() < 0.3
+          ? {
+              kind: (['absolute', 'connect', 'route'] as const)[Math.floor(next() * 3)],
+              decision: ([null, 'allowed', 'denied'] as const)[Math.floor(next() * 3)],
+              rule: next() < 0.3 ? null : randomString(next),
+              reason: next() < 0.5 ? null : randomString(next),
+            }
+          : null,
     });
     const level = next() < 0.5 ? 30 : 40;
     const now = Math.floor(next() * 4e12);
