@@ -20,7 +20,7 @@ import { policies } from './balancer/registry.ts';
 import { createBalancer, type Balancer } from './index.ts';
 import { version } from './version.ts';
 
-const help = `fulcrum ${version}: an HTTP load balancer and reverse proxy
+const help = `fulcrum ${version}: an HTTP and TCP load balancer and reverse proxy
 
 Usage:
   fulcrum start [-c FILE] [--watch]

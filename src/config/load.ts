@@ -318,13 +318,18 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
     if (tcp && health_check?.type === 'http') problems.push(place(['pools', name, 'health_check', 'type'], 'a tcp pool\'s upstreams need not speak HTTP: use type tcp (with send/expect for a protocol exchange)'));
     const checkType = health_check?.type ?? (tcp ? 'tcp' : 'http');
     for (const key of ['send', 'expect'] as const) if (health_check?.[key] !== undefined && checkType !== 'tcp') problems.push(place(['pools', name, 'health_check', key], `${key} is for tcp health checks (type: tcp); this check is type ${String(checkType)}`));
+    // YAML reads '\r\n' in single quotes (or plain) as a backslash and a letter, never CR LF: such a probe never gets its answer.
+    for (const key of ['send', 'expect'] as const) {
+      const text = health_check?.[key];
+      if (typeof text === 'string' && /\\[rnt0]/.test(text)) problems.push(place(['pools', name, 'health_check', key], `${JSON.stringify(text)} holds a backslash and a letter, not a control character: for CR LF write the value in double quotes ("PING\\r\\n"), where YAML reads the escapes`));
+    }
     if (proxy_protocol !== undefined && (protocol === 'h2' || protocol === 'h2c')) problems.push(place(['pools', name, 'proxy_protocol'], `an HTTP/2 session carries many clients' streams, so it cannot start with one client's PROXY header: use protocol http1 (or tcp) for proxy_protocol`));
     if (proxy_protocol !== undefined && protocol === 'http1' && transport !== undefined && transport !== 'http1') problems.push(place(['pools', name, 'proxy_protocol'], `proxy_protocol needs Fulcrum's own HTTP/1.1 client: remove transport ${String(transport)} (or set it to http1)`));
     upstreams.forEach((u, i) => {
       const url = typeof u === 'string' ? u : u && typeof u === 'object' ? (u as { url?: unknown }).url : undefined;
       if (typeof url !== 'string') return;
       if (tcp && /^https?:\/\//i.test(url)) problems.push(place(['pools', name, 'upstreams', i], `a tcp pool's upstreams are tcp://host:port: write tcp://${url.replace(/^https?:\/\//i, '').replace(/\/$/, '')}`));
-      if (!tcp && /^tcp:\/\//i.test(url)) problems.push(place(['pools', name, 'upstreams', i], `tcp:// upstreams belong to a pool with protocol: tcp (add it, and use the pool from a tcp listener)`));
+      if (!tcp && ['http1', 'h2', 'h2c'].includes(String(protocol)) && /^tcp:\/\//i.test(url)) problems.push(place(['pools', name, 'upstreams', i], `tcp:// upstreams belong to a pool with protocol: tcp (add it, and use the pool from a tcp listener)`));
       if (protocol === 'h2' && url.startsWith('http://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2 is HTTP/2 over TLS: use https://${url.slice(7)} (or protocol: h2c for cleartext HTTP/2)`));
       if (protocol === 'h2c' && url.startsWith('https://')) problems.push(place(['pools', name, 'upstreams', i], `protocol h2c is cleartext HTTP/2: use http://${url.slice(8)} (or protocol: h2 for HTTP/2 over TLS)`));
       let id: string;
@@ -396,7 +401,8 @@ function crossCheck(config: Record<string, unknown>, place: (path: Path, message
       checkPoolRef(['listeners', i, 'pool'], ll.pool, true);
       const sniRoutes = (ll.tls_passthrough as { routes?: unknown } | undefined)?.routes;
       if (Array.isArray(sniRoutes)) sniRoutes.forEach((r, j) => checkPoolRef(['listeners', i, 'tls_passthrough', 'routes', j, 'pool'], (r as { pool?: unknown } | null)?.pool, true));
-    } else {
+    } else if (protocol === 'http' || protocol === 'https') {
+      // (A protocol the schema refused says so itself; what follows from it would only repeat it.)
       if (ll.pool !== undefined) problems.push(place(['listeners', i, 'pool'], 'pool is for tcp listeners (protocol: tcp); HTTP listeners reach pools through routes'));
       if (ll.tls_passthrough !== undefined) problems.push(place(['listeners', i, 'tls_passthrough'], 'tls_passthrough is for tcp listeners (protocol: tcp): it routes TLS without terminating it'));
     }
@@ -477,9 +483,24 @@ function describe(issue: z.core.$ZodIssue): string {
     if (expected === 'object' && typeof received === 'string' && issue.path.length === 3 && issue.path[0] === 'routes' && issue.path[2] === 'path') {
       return `path is how the path is forwarded ({forward, encoded_slashes}); to match requests by path, write path_prefix: ${received}`;
     }
+    // Accepting the PROXY protocol (a listener's) and sending it (a pool's) are told apart by their shapes.
+    if (expected === 'object' && issue.path.length === 3 && issue.path[0] === 'listeners' && issue.path[2] === 'proxy_protocol') {
+      return `a listener accepts the PROXY protocol from the balancers in front: write proxy_protocol: {trusted: [10.0.0.10]} (their addresses); sending it to upstreams (v1, v2) is a pool's proxy_protocol`;
+    }
     return `expected ${expected}, got ${received === null ? 'null' : Array.isArray(received) ? 'array' : typeof received} ${JSON.stringify(received)?.slice(0, 40) ?? ''}`.trim();
   }
-  if (issue.code === 'invalid_value') return `expected one of: ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
+  if (issue.code === 'invalid_value') {
+    const input = (issue as { input?: unknown }).input;
+    const path = issue.path;
+    if (path.length === 3 && path[0] === 'pools' && path[2] === 'proxy_protocol' && input !== null && typeof input === 'object') {
+      return 'a pool sends the PROXY protocol to its upstreams: write proxy_protocol: v1 or v2; accepting it from balancers in front ({trusted: [...]}) is a listener\'s proxy_protocol';
+    }
+    const values = issue.values.map((v) => JSON.stringify(v)).join(', ');
+    // `protocol: TCP`, `policy: Round-Robin`: the value is right but for its case.
+    const sameButCase = typeof input === 'string' ? issue.values.find((v) => typeof v === 'string' && v.toLowerCase() === input.toLowerCase()) : undefined;
+    if (sameButCase !== undefined) return `write ${JSON.stringify(sameButCase)} (lower case); expected one of: ${values}`;
+    return `expected one of: ${values}`;
+  }
   // zod's own words for a bound ("Too small: expected number to be >0") in ours.
   if (issue.code === 'too_small' && (issue as { origin?: string }).origin === 'number') {
     const { minimum, inclusive } = issue as { minimum: number | bigint; inclusive?: boolean };

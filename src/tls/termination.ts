@@ -426,7 +426,8 @@ export class TlsTermination {
     setConnectionTls(socket, {
       version,
       alpn: socket.alpnProtocol === false ? null : socket.alpnProtocol,
-      serverName: typeof socket.servername === 'string' ? socket.servername.toLowerCase() : null,
+      // As the ClientHello reader names it (a fully qualified name's trailing dot is the same host), for the access log and a v2 PROXY header's AUTHORITY.
+      serverName: typeof socket.servername === 'string' ? socket.servername.toLowerCase().replace(/\.$/, '') : null,
       cipher: socket.getCipher()?.standardName ?? '',
       clientSubject: subject,
     });

@@ -18,6 +18,14 @@
  * and the connect timeout covers TCP and the handshake together. A failure before that is marked
  * as a handshake failure (`duringHandshake`): the request never left, it may go elsewhere.
  *
+ * With the pool's `proxy_protocol`, a new socket starts with the attempt's PROXY header, in the
+ * same write as its first request head, and is bound to the attempt's client connection
+ * (`connectionKey`): it is reused only for that client's later requests (idle ones are kept per
+ * key), and gives up its slot under `maxSockets` to another client's request rather than make it
+ * wait. When that client connection closes, its idle sockets close with it, and a busy one closes
+ * when its exchange ends (HAProxy does the same with a session's private connections): a client
+ * that opens and closes connections leaves no sockets behind that nobody may use.
+ *
  * A request body of unknown length goes chunked, with the client's trailers in its last chunk
  * (read from the attempt when the body ended); a kept body (a retry) goes with its length, or
  * chunked when it has trailers. TE goes with `Connection: te`.
@@ -38,6 +46,7 @@ import { heldWriteError, keepReadingAfterWriteError } from './upstream-socket.ts
 import { duringHandshake, UpstreamTlsConnector } from './upstream-tls.ts';
 import { effectiveIdle, socketReusableAfter, type ClientSettings, type UpstreamAttempt, type UpstreamClient } from './transport.ts';
 import { AttemptQueue } from './attempt-queue.ts';
+import { clientConnectionGone, watchClientConnection, type ClientConnectionWatcher } from '../proxy/upstream-proxy-header.ts';
 
 // Phases of a connection.
 /** Connecting (TCP, and the TLS handshake to an https upstream); `attempt` waits for the socket. */
@@ -92,6 +101,10 @@ class Connection implements UploadSink {
   readonly secure: boolean;
   /** The socket listeners it added (a socket handed to a tunnel loses them). */
   private readonly listeners: typeof socketListeners;
+  /** The client connection this socket is bound to (its PROXY header names that client), or null: any attempt without a key. */
+  readonly key: object | null;
+  /** The PROXY header not written yet: it goes out with the first request head. */
+  private prelude: Buffer | null;
   phase = CONNECTING;
   /** The attempt this socket serves now (null when idle, and once its outcome was reported). */
   attempt: UpstreamAttempt | null = null;
@@ -129,11 +142,13 @@ class Connection implements UploadSink {
   };
   readonly onChunk = (chunk: Buffer): void => this.deliver(chunk);
 
-  constructor(client: Http1Client, socket: Socket, oneOff: boolean, secure: boolean) {
+  constructor(client: Http1Client, socket: Socket, oneOff: boolean, secure: boolean, key: object | null, prelude: Buffer | null) {
     this.client = client;
     this.socket = socket;
     this.oneOff = oneOff;
     this.secure = secure;
+    this.key = key;
+    this.prelude = prelude;
     this.keepMs = client.idleMs;
     (socket as OwnedSocket)[kConnection] = this;
     this.listeners = secure ? tlsSocketListeners : socketListeners;
@@ -171,7 +186,15 @@ class Connection implements UploadSink {
       head += declared === -1 && expectsPayload(method) ? 'content-length: 0\r\n\r\n' : '\r\n';
       attempt.sending(this.served > 0);
       this.requestSent = true;
-      socket.write(head, 'latin1');
+      const prelude = this.prelude;
+      if (prelude === null) socket.write(head, 'latin1');
+      else {
+        this.prelude = null;
+        const out = Buffer.allocUnsafe(prelude.length + head.length);
+        prelude.copy(out, 0);
+        out.write(head, prelude.length, head.length, 'latin1');
+        socket.write(out);
+      }
     } else if (Buffer.isBuffer(body)) {
       // A kept body (a retry) was read whole, its trailers too: with trailers it goes chunked, as
       // the first attempt did, so the retry does not lose them; without, with its length. A
@@ -185,14 +208,19 @@ class Connection implements UploadSink {
       const tail = chunked ? (body.length > 0 ? `\r\n${lastChunk(trailers)}` : lastChunk(trailers)) : '';
       attempt.sending(this.served > 0);
       this.requestSent = true;
+      const prelude = this.prelude;
+      this.prelude = null;
       if (body.length <= coalesceBytes) {
-        const out = Buffer.allocUnsafe(head.length + body.length + tail.length);
-        out.write(head, 0, head.length, 'latin1');
-        body.copy(out, head.length);
-        if (tail.length > 0) out.write(tail, head.length + body.length, tail.length, 'latin1');
+        const at = prelude === null ? 0 : prelude.length;
+        const out = Buffer.allocUnsafe(at + head.length + body.length + tail.length);
+        if (prelude !== null) prelude.copy(out, 0);
+        out.write(head, at, head.length, 'latin1');
+        body.copy(out, at + head.length);
+        if (tail.length > 0) out.write(tail, at + head.length + body.length, tail.length, 'latin1');
         socket.write(out);
       } else {
         socket.cork();
+        if (prelude !== null) socket.write(prelude);
         socket.write(head, 'latin1');
         socket.write(body);
         if (tail.length > 0) socket.write(tail, 'latin1');
@@ -203,6 +231,11 @@ class Connection implements UploadSink {
       attempt.sending(this.served > 0);
       // Held until the end of this tick: body bytes the client sent with its head go out in the same write.
       socket.cork();
+      const prelude = this.prelude;
+      if (prelude !== null) {
+        this.prelude = null;
+        socket.write(prelude);
+      }
       const full = !socket.write(head, 'latin1');
       process.nextTick(uncork, socket);
       // A connect failure never gets here: the body stays unread and can go to another upstream.
@@ -531,7 +564,7 @@ function sweep(client: Http1Client): void {
 }
 
 /** Keep-alive sockets toward one upstream, Fulcrum's own HTTP/1.1 (see the file comment). */
-export class Http1Client implements UpstreamClient {
+export class Http1Client implements UpstreamClient, ClientConnectionWatcher {
   private readonly upstream: Upstream;
   /** Where to connect: the upstream's host without IPv6 brackets, and its port. */
   private readonly host: string;
@@ -549,8 +582,10 @@ export class Http1Client implements UpstreamClient {
   readonly tick: number;
   /** The coarse clock (epoch ms): set by each sweep and whenever a socket is taken. */
   now = 0;
-  /** Idle sockets, the most recently used last. */
+  /** Idle sockets without a key, the most recently used last. */
   private idle: Connection[] = [];
+  /** Idle sockets bound to a client connection, by its key, the most recently used last; null until one is. */
+  private keyed: Map<object, Connection[]> | null = null;
   /** Every open socket: connecting, busy and idle. */
   private readonly connections = new Set<Connection>();
   /** Attempts waiting for a socket, oldest first. */
@@ -581,9 +616,12 @@ export class Http1Client implements UpstreamClient {
     if (!attempt.live) return;
     // A closed client opens no pooled socket: a straggler gets one that closes with its exchange.
     if (this.closed) return this.open(attempt, true);
-    const idle = this.take();
+    const key = attempt.connectionKey ?? null;
+    const idle = key === null ? this.take() : this.takeKeyed(key);
     if (idle !== null) return idle.send(attempt);
     if (this.connections.size < this.maxSockets) return this.open(attempt, false);
+    // Full, with idle sockets bound to other clients (or unbound ones a bound attempt cannot use): the oldest makes room.
+    if ((key !== null || this.keyed !== null) && this.evictIdle()) return this.open(attempt, false);
     this.queue.push(attempt, `a connection to ${this.upstream.id} (max_sockets ${this.maxSockets})`);
   }
 
@@ -601,13 +639,66 @@ export class Http1Client implements UpstreamClient {
     return null;
   }
 
+  /** As take, among the idle sockets bound to `key`. */
+  private takeKeyed(key: object): Connection | null {
+    const keyed = this.keyed;
+    const idle = keyed?.get(key);
+    if (idle === undefined) return null;
+    const now = (this.now = Date.now());
+    let found: Connection | null = null;
+    while (idle.length > 0) {
+      const c = idle.pop()!;
+      c.inIdle = false;
+      if (c.expires > now && c.phase === IDLE && !c.socket.destroyed) {
+        found = c;
+        break;
+      }
+      c.destroy();
+    }
+    if (idle.length === 0) keyed!.delete(key);
+    return found;
+  }
+
+  /**
+   * Closes the idle socket that expires first (unbound or bound to any client) and gives its slot
+   * up at once; false when none is idle. For an attempt that no idle socket can serve while
+   * `maxSockets` are open.
+   */
+  private evictIdle(): boolean {
+    let oldest: Connection | null = this.idle.length > 0 ? this.idle[0] : null;
+    if (this.keyed !== null) for (const list of this.keyed.values()) if (oldest === null || list[0].expires < oldest.expires) oldest = list[0];
+    if (oldest === null) return false;
+    this.unlist(oldest);
+    this.connections.delete(oldest);
+    oldest.destroy();
+    return true;
+  }
+
+  /** Takes an idle socket out of its idle list. */
+  private unlist(c: Connection): void {
+    c.inIdle = false;
+    if (c.key === null) {
+      const i = this.idle.lastIndexOf(c);
+      if (i !== -1) this.idle.splice(i, 1);
+      return;
+    }
+    const list = this.keyed?.get(c.key);
+    if (list === undefined) return;
+    const i = list.lastIndexOf(c);
+    if (i !== -1) list.splice(i, 1);
+    if (list.length === 0) this.keyed!.delete(c.key);
+  }
+
   private open(attempt: UpstreamAttempt, oneOff: boolean): void {
     let socket: Socket;
     const tls = this.tls;
+    const key = attempt.connectionKey ?? null;
+    const header = key === null ? null : (attempt.proxyHeader ?? null);
     try {
       if (tls === null) socket = net.connect({ host: this.host, port: this.port, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
       else {
-        socket = tls.connect();
+        // The PROXY header precedes the TLS handshake, in clear text (the upstream reads it before TLS).
+        socket = tls.connect(header);
         socket.setNoDelay(true);
         socket.setKeepAlive(true, 60_000);
       }
@@ -617,7 +708,7 @@ export class Http1Client implements UpstreamClient {
     }
     // An answer sent before the upload ended is still read after our writes fail (upstream-socket.ts).
     keepReadingAfterWriteError(socket);
-    const c = new Connection(this, socket, oneOff, tls !== null);
+    const c = new Connection(this, socket, oneOff, tls !== null, key, tls === null ? header : null);
     this.connections.add(c);
     this.startSweep();
     c.attempt = attempt;
@@ -625,25 +716,51 @@ export class Http1Client implements UpstreamClient {
     if (this.connectMs > 0) c.deadline = this.now + this.connectMs + this.tick;
   }
 
-  /** A socket whose exchange ended cleanly: to the oldest waiting attempt, else to the idle list. */
+  /**
+   * A socket whose exchange ended cleanly: to the oldest waiting attempt, else to the idle list;
+   * closed when it is bound to a client connection that is gone (its close frees the slot).
+   */
   release(c: Connection): void {
+    if (c.key !== null && clientConnectionGone(c.key)) return c.destroy();
     const next = this.queue.next();
-    if (next !== null) return c.send(next);
+    if (next !== null) {
+      if ((next.connectionKey ?? null) === c.key) return c.send(next);
+      // Bound to another client (or to one when the attempt is not): its slot goes to a new socket for the attempt.
+      this.connections.delete(c);
+      c.destroy();
+      return this.open(next, this.closed);
+    }
     if (this.closed) return c.destroy();
     c.phase = IDLE;
     c.expires = Date.now() + c.keepMs;
     c.inIdle = true;
-    this.idle.push(c);
+    if (c.key === null) this.idle.push(c);
+    else {
+      const keyed = (this.keyed ??= new Map());
+      const list = keyed.get(c.key);
+      if (list === undefined) {
+        keyed.set(c.key, [c]);
+        // Told when the client connection closes (once however often this runs): its idle sockets go then.
+        watchClientConnection(c.key, this);
+      } else list.push(c);
+    }
+  }
+
+  /** The client connection of `key` closed: its idle sockets can serve nobody, they close now. */
+  clientConnectionClosed(key: object): void {
+    const list = this.keyed?.get(key);
+    if (list === undefined) return;
+    this.keyed!.delete(key);
+    for (const c of list) {
+      c.inIdle = false;
+      c.destroy();
+    }
   }
 
   /** A socket closed or was handed over: its slot may serve a waiting attempt. */
   forget(c: Connection): void {
     if (!this.connections.delete(c)) return;
-    if (c.inIdle) {
-      c.inIdle = false;
-      const i = this.idle.lastIndexOf(c);
-      if (i !== -1) this.idle.splice(i, 1);
-    }
+    if (c.inIdle) this.unlist(c);
     while (this.connections.size < this.maxSockets) {
       const next = this.queue.next();
       if (next === null) break;
@@ -679,6 +796,7 @@ export class Http1Client implements UpstreamClient {
         c.destroy();
       }
     }
+    if (this.keyed !== null) this.sweepKeyed(now);
     for (const c of this.connections) {
       if (c.deadline === 0 || c.deadline > now) continue;
       try {
@@ -686,6 +804,21 @@ export class Http1Client implements UpstreamClient {
       } catch (err) {
         c.fail(err as Error);
       }
+    }
+  }
+
+  /** Closes the expired idle sockets bound to client connections. */
+  private sweepKeyed(now: number): void {
+    const keyed = this.keyed!;
+    for (const [key, list] of keyed) {
+      let expired = 0;
+      while (expired < list.length && list[expired].expires <= now) expired++;
+      if (expired === 0) continue;
+      for (const c of list.splice(0, expired)) {
+        c.inIdle = false;
+        c.destroy();
+      }
+      if (list.length === 0) keyed.delete(key);
     }
   }
 
@@ -698,6 +831,16 @@ export class Http1Client implements UpstreamClient {
       for (const c of idle) {
         c.inIdle = false;
         c.destroy();
+      }
+      const keyed = this.keyed;
+      this.keyed = null;
+      if (keyed !== null) {
+        for (const list of keyed.values()) {
+          for (const c of list) {
+            c.inIdle = false;
+            c.destroy();
+          }
+        }
       }
     }
     if (this.connections.size === 0) return Promise.resolve();

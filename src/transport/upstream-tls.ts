@@ -172,8 +172,7 @@ export function readUpstreamTls(settings: UpstreamTlsSettings): UpstreamTls {
 
 /** The host to connect to: the upstream's, without IPv6 brackets. */
 export function connectHost(upstream: Upstream): string {
-  const host = upstream.hostname;
-  return host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  return upstream.connectHost;
 }
 
 /**
@@ -243,9 +242,21 @@ export class UpstreamTlsConnector {
     this.options = alpn.length === 1 && alpn[0] === 'http/1.1' ? options : { ...options, ALPNProtocols: [...alpn] };
   }
 
-  /** A new TLS socket, connecting (listen for `secureConnect`, never `connect`). Throws what tls.connect throws synchronously. */
-  connect(): tls.TLSSocket {
-    const socket = tls.connect(this.session === undefined ? this.options : { ...this.options, session: this.session }) as ConnectorSocket;
+  /**
+   * A new TLS socket, connecting (listen for `secureConnect`, never `connect`). With `prelude`
+   * (a PROXY protocol header) those bytes go first on the TCP connection, in clear text, before
+   * the ClientHello: where HAProxy's `send-proxy` and nginx's `proxy_protocol` on an ssl port
+   * expect them. Throws what tls.connect throws synchronously.
+   */
+  connect(prelude: Buffer | null = null): tls.TLSSocket {
+    let options = this.session === undefined ? this.options : { ...this.options, session: this.session };
+    if (prelude !== null) {
+      // Written while connecting: Node sends it on connect, ahead of the TLS layer's first write.
+      const raw = net.connect({ host: this.options.host!, port: this.options.port!, noDelay: true, keepAlive: true, keepAliveInitialDelay: 60_000 });
+      raw.write(prelude);
+      options = { ...options, socket: raw };
+    }
+    const socket = tls.connect(options) as ConnectorSocket;
     socket[kConnector] = this;
     socket.on('session', onSession);
     socket.once('secureConnect', onSecure);

@@ -12,14 +12,16 @@ import type { HostRewrite } from '../proxy/headers.ts';
 import type { Transport } from '../transport/transport.ts';
 import type { ConnectionPools } from '../transport/connection-pools.ts';
 import { PassiveHealth } from '../health/passive-health.ts';
-import { ActiveChecker } from '../health/active-checker.ts';
+import { ActiveChecker, resolveCheckSettings } from '../health/active-checker.ts';
 import { readUpstreamTls, UpstreamTlsFileError, type UpstreamTls } from '../transport/upstream-tls.ts';
 
 const secureUrl = /^https:/i;
 
 /** An upstream's settings as its pool gives them (limits and breaker from the pool's). */
 function upstreamOptions(u: UpstreamSettings, settings: PoolSettings): UpstreamOptions {
-  return { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending: settings.circuit_breaker.max_pending, halfOpenLimit: settings.circuit_breaker.half_open_requests };
+  // A TCP connection never waits for an upstream slot (it is refused at once): max_connections is its whole cap.
+  const maxPending = settings.protocol === 'tcp' ? 0 : settings.circuit_breaker.max_pending;
+  return { url: u.url, weight: u.weight, maxConnections: u.max_connections, maxPending, halfOpenLimit: settings.circuit_breaker.half_open_requests };
 }
 
 /**
@@ -82,8 +84,9 @@ export class Pool {
     this.policy = this.policyFactory.create(this.snapshot);
     this.transport = connections.transportFor(settings, this.upstreamTls);
     this.passive = new PassiveHealth(settings, this.upstreams);
+    // The checker gets a decided type (the schema leaves it to the pool's protocol: tcp pools tcp) and the pool's PROXY header version.
     this.checker = settings.health_check
-      ? new ActiveChecker(settings.health_check, this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u), this.upstreamTls)
+      ? new ActiveChecker(resolveCheckSettings(settings.health_check, settings.protocol, settings.proxy_protocol), this.upstreams, (u, state, reason) => u.setHealth(state, reason), (u) => this.passive.checkPassed(u), this.upstreamTls)
       : null;
   }
 
