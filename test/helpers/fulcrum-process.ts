@@ -2,11 +2,12 @@
  * Fulcrum as users run it: `node src/cli.ts start -c FILE` in its own process, for tests that
  * measure its memory or send it signals.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { spawnWatched, type ChildExit } from './child-process.ts';
 
 const cli = new URL('../../src/cli.ts', import.meta.url).pathname;
 
@@ -16,7 +17,7 @@ export interface FulcrumProcess {
   port: number;
   url: string;
   output: () => string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  exited: Promise<ChildExit>;
 }
 
 /** Writes the YAML to a temp file, starts Fulcrum on it, resolves once it listens. */
@@ -25,19 +26,17 @@ export async function startFulcrumProcess(t: TestContext, yaml: string): Promise
   const file = join(dir, 'fulcrum.yaml');
   writeFileSync(file, yaml);
   // The V8 flags bin/fulcrum.js gives `fulcrum start`.
-  const child = spawn(process.execPath, ['--max-semi-space-size=8', cli, 'start', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
-  let out = '';
-  child.stdout!.on('data', (d) => (out += d));
-  child.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  t.after(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-  });
+  const fulcrum = spawnWatched(process.execPath, ['--max-semi-space-size=8', cli, 'start', '-c', file], { env: { ...process.env, FULCRUM_LOG_FORMAT: 'json' } });
+  const { child, exited, output } = fulcrum;
+  t.after(() => fulcrum.kill('SIGKILL'));
   const deadline = Date.now() + 15_000;
   for (;;) {
-    const m = /listening on (https?):\/\/[^:]+:(\d+)/.exec(out);
-    if (m) return { child, port: Number(m[2]), url: `${m[1]}://127.0.0.1:${m[2]}`, output: () => out, exited };
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`fulcrum did not start:\n${out}`);
+    const m = /listening on (https?):\/\/[^:]+:(\d+)/.exec(output());
+    if (m) return { child, port: Number(m[2]), url: `${m[1]}://127.0.0.1:${m[2]}`, output, exited };
+    if (child.exitCode !== null || Date.now() > deadline) {
+      const spawnError = fulcrum.spawnError();
+      throw new Error(`fulcrum did not start${spawnError ? ` (cannot run ${process.execPath}: ${spawnError.message})` : ''}:\n${output()}`);
+    }
     await new Promise((r) => setTimeout(r, 20));
   }
 }

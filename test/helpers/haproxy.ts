@@ -4,11 +4,12 @@
  * foreground, killed when the test ends. Run as root without a `user` line it stays root,
  * which these tests do not mind.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { accessSync, constants, mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { spawnWatched, type ChildExit } from './child-process.ts';
 import { eventually } from './eventually.ts';
 
 // HAProxy needs concrete ports in its config: the caller takes one with freePort() and writes it in.
@@ -26,7 +27,7 @@ export interface Haproxy {
   configPath: string;
   child: ChildProcess;
   /** Resolves when HAProxy exits. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  exited: Promise<ChildExit>;
   /** What HAProxy printed so far (alerts and warnings; for failure messages). */
   output(): string;
   /** Hard stop (SIGTERM: every connection closed at once); SIGKILL if still running after 5 s. Resolves once it exited. */
@@ -122,25 +123,11 @@ export async function startHaproxy(t: TestContext, config: string, options: Hapr
   const configPath = join(dir, 'haproxy.cfg');
   writeFileSync(configPath, config);
 
-  const child = spawn(program, ['-f', configPath, '-db'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d));
-  child.stderr!.on('data', (d: Buffer) => (out += d));
-  let spawnError: Error | undefined;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    child.once('exit', (code, signal) => resolve({ code, signal }));
-    // A program that cannot be spawned never exits.
-    child.once('error', (err) => {
-      spawnError = err;
-      resolve({ code: null, signal: null });
-    });
-  });
-  const running = (): boolean => child.pid !== undefined && child.exitCode === null && child.signalCode === null;
-  const kill = (): void => {
-    if (running()) child.kill('SIGKILL');
-  };
+  const haproxy = spawnWatched(program, ['-f', configPath, '-db'], { cwd: dir });
+  const { child, exited, running } = haproxy;
+  const kill = (): void => haproxy.kill('SIGKILL');
   const stop = async (): Promise<void> => {
-    if (running()) child.kill('SIGTERM');
+    haproxy.kill('SIGTERM');
     const timer = setTimeout(kill, 5000);
     await exited;
     clearTimeout(timer);
@@ -158,6 +145,7 @@ export async function startHaproxy(t: TestContext, config: string, options: Hapr
       interval: 20,
       what: `HAProxy to listen on ${ports.join(', ')}`,
     });
+    const spawnError = haproxy.spawnError();
     if (spawnError) failure = `cannot run ${program}: ${spawnError.message}`;
     else if (!running()) failure = `haproxy exited (${child.exitCode ?? child.signalCode})`;
   } catch (err) {
@@ -165,9 +153,9 @@ export async function startHaproxy(t: TestContext, config: string, options: Hapr
   }
   if (failure !== undefined) {
     await stop();
-    throw new Error(`HAProxy did not start: ${failure}\n${out}\nconfig:\n${config}`);
+    throw new Error(`HAProxy did not start: ${failure}\n${haproxy.output()}\nconfig:\n${config}`);
   }
-  return { port: ports[0], ports, configPath, child, exited, output: () => out, stop, kill };
+  return { port: ports[0], ports, configPath, child, exited, output: haproxy.output, stop, kill };
 }
 
 /**

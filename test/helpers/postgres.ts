@@ -10,6 +10,7 @@ import { accessSync, appendFileSync, chownSync, constants, mkdtempSync, readdirS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { TestContext } from 'node:test';
+import { spawnWatched, type ChildExit } from './child-process.ts';
 import { eventually } from './eventually.ts';
 import { freePort } from './redis-server.ts';
 
@@ -34,8 +35,8 @@ export interface Postgres {
   /** The postmaster. */
   child: ChildProcess;
   /** Resolves when the postmaster exits. */
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** What initdb and the server printed so far (for failure messages). */
+  exited: Promise<ChildExit>;
+  /** What the server printed so far, earlier start attempts' output first (for failure messages). */
   output(): string;
   /**
    * Where the start went, in ms: `initdb` (0 but for the first cluster of this process, which
@@ -215,7 +216,8 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
   if (owner) chownSync(root, owner.uid, owner.gid);
   const dataDir = join(root, 'data');
   const spawnOptions = { cwd: root, env: serverEnv(), ...owner };
-  let out = '';
+  // What the servers of failed start attempts (a port taken meanwhile) printed.
+  let earlier = '';
 
   const firstOfProcess = !templates.has(initdb);
   const made = await template(initdb, owner);
@@ -244,20 +246,9 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
     const port = options.port ?? (await freePort());
     began = performance.now();
     // detached: the postmaster leads its own process group, so kill() can reach every backend with one signal.
-    const child = spawn(postgresPath, ['-D', dataDir, '-p', String(port)], { ...spawnOptions, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    const logStart = out.length;
-    child.stdout!.on('data', (d: Buffer) => (out += d));
-    child.stderr!.on('data', (d: Buffer) => (out += d));
-    let spawnError: Error | undefined;
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-      child.once('exit', (code, signal) => resolve({ code, signal }));
-      // A program that cannot be spawned never exits.
-      child.once('error', (err) => {
-        spawnError = err;
-        resolve({ code: null, signal: null });
-      });
-    });
-    const running = (): boolean => child.pid !== undefined && child.exitCode === null && child.signalCode === null;
+    const server = spawnWatched(postgresPath, ['-D', dataDir, '-p', String(port)], { ...spawnOptions, detached: true });
+    const { child, exited, running } = server;
+    const output = (): string => earlier + server.output();
     const killGroup = (): void => {
       if (!running()) return;
       try {
@@ -267,7 +258,7 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
       }
     };
     const stop = async (): Promise<void> => {
-      if (running()) child.kill('SIGINT');
+      server.kill('SIGINT');
       const timer = setTimeout(killGroup, 10_000);
       await exited;
       clearTimeout(timer);
@@ -275,16 +266,16 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
     stopServer = stop;
     const env = { PGHOST: '127.0.0.1', PGPORT: String(port), PGUSER: 'postgres', PGDATABASE: 'postgres', PGCONNECT_TIMEOUT: '5' };
     // Done waiting when the server answers or is gone (eventually would keep polling a dead one to the deadline).
-    const gone = (): boolean => spawnError !== undefined || child.exitCode !== null || child.signalCode !== null;
     let failure: string | undefined;
     try {
-      await eventually(async () => gone() || (await run(pgIsready, ['-q', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-t', '1'], { env: serverEnv() }, 5000)).code === 0, {
+      await eventually(async () => !running() || (await run(pgIsready, ['-q', '-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', 'postgres', '-t', '1'], { env: serverEnv() }, 5000)).code === 0, {
         timeout: startTimeoutMs,
         interval: 20,
         what: `PostgreSQL on port ${port} to accept connections`,
       });
+      const spawnError = server.spawnError();
       if (spawnError) failure = `cannot run ${postgresPath}: ${spawnError.message}`;
-      else if (gone()) failure = `the server exited (${child.exitCode ?? child.signalCode})`;
+      else if (!running()) failure = `the server exited (${child.exitCode ?? child.signalCode})`;
     } catch (err) {
       failure = (err as Error).message;
     }
@@ -300,8 +291,11 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
           });
         });
       }
-      if (options.port === undefined && attempt < 3 && /could not bind|Address already in use/.test(out.slice(logStart))) continue;
-      throw new Error(`PostgreSQL did not start on 127.0.0.1:${port}: ${failure}\n${out}`);
+      if (options.port === undefined && attempt < 3 && /could not bind|Address already in use/.test(server.output())) {
+        earlier = output();
+        continue;
+      }
+      throw new Error(`PostgreSQL did not start on 127.0.0.1:${port}: ${failure}\n${output()}`);
     }
     return {
       port,
@@ -311,7 +305,7 @@ export async function startPostgres(t: TestContext, options: PostgresOptions = {
       env,
       child,
       exited,
-      output: () => out,
+      output,
       startupMs: { initdb: firstOfProcess ? Math.round(made.initdbMs) : 0, copy: Math.round(copyMs), start: Math.round(performance.now() - began) },
       stop,
       kill: killGroup,

@@ -2,9 +2,10 @@
  * A real redis-server for integration tests (Debian package `redis-server`): no persistence,
  * loopback only, on a free port; stopped when the test ends.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createConnection, createServer } from 'node:net';
 import type { TestContext } from 'node:test';
+import { spawnWatched } from './child-process.ts';
 
 /** A running redis-server. */
 export interface RedisServer {
@@ -31,27 +32,21 @@ export function freePort(): Promise<number> {
 export async function startRedisServer(t: TestContext, port?: number): Promise<RedisServer> {
   port ??= await freePort();
   const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--loglevel', 'warning'];
-  const child = spawn('redis-server', args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout!.on('data', (d: Buffer) => (output += d));
-  child.stderr!.on('data', (d: Buffer) => (output += d));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const spawnFailed = new Promise<never>((_, reject) =>
-    child.once('error', (err) => reject(new Error(`cannot run redis-server (apt-get install redis-server): ${err.message}`))),
-  );
-  spawnFailed.catch(() => {});
+  const server = spawnWatched('redis-server', args);
   const stop = async (): Promise<void> => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
-    await exited;
+    server.kill('SIGKILL');
+    await server.exited;
   };
   t.after(stop);
   const deadline = Date.now() + 5000;
   for (;;) {
-    if (await Promise.race([ping(port), spawnFailed])) break;
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start:\n${output}`);
+    if (await ping(port)) break;
+    const spawnError = server.spawnError();
+    if (spawnError) throw new Error(`cannot run redis-server (apt-get install redis-server): ${spawnError.message}`);
+    if (!server.running() || Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start:\n${server.output()}`);
     await new Promise((r) => setTimeout(r, 20));
   }
-  return { port, url: `redis://127.0.0.1:${port}`, child, stop };
+  return { port, url: `redis://127.0.0.1:${port}`, child: server.child, stop };
 }
 
 /** True when a Redis on `port` answers PING. */

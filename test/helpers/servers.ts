@@ -7,7 +7,7 @@ import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Writable } from 'node:stream';
 import type { TestContext } from 'node:test';
-import { createBalancer, type Balancer } from '../../src/index.ts';
+import { createBalancer, validateConfig, type Balancer } from '../../src/index.ts';
 import type { FulcrumConfigInput } from '../../src/config/schema.ts';
 import { createLogger } from '../../src/observe/logger.ts';
 import { requestEnd, type RequestEndEvent } from '../../src/core/events.ts';
@@ -149,6 +149,20 @@ export async function startBalancer(
     await balancer.close(1000);
   });
   return { balancer, url: `${address.url.startsWith("https:") ? "https" : "http"}://127.0.0.1:${address.port}`, port: address.port, ended, logs };
+}
+
+/**
+ * What `validateConfig` says about `config` (taken as it stands, unchecked by the type system, as
+ * a file would give it): the error's message, which names every problem, or '' when the config is
+ * valid. Throws nothing.
+ */
+export function configProblems(config: unknown): string {
+  try {
+    validateConfig(config as FulcrumConfigInput);
+    return '';
+  } catch (err) {
+    return (err as Error).message;
+  }
 }
 
 /** A response read whole: status, headers, body text. */

@@ -6,7 +6,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { closedPort, startBalancer, type TestBalancer } from '../helpers/servers.ts';
+import { closedPort, configProblems, startBalancer, type TestBalancer } from '../helpers/servers.ts';
 import { backendOf, connect, recordCloses, startEcho, type TcpClient as Client } from '../helpers/tcp.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { startBlackhole } from '../helpers/blackhole.ts';
@@ -285,34 +285,25 @@ test('a backend killed under load: connections to it are cut, new connections go
   for (const c of clients) c.socket.destroy();
 });
 
-test('config: a tcp listener names a tcp pool; tcp:// upstreams only in tcp pools; HTTP keys refused on tcp listeners', async () => {
-  const { validateConfig } = await import('../../src/index.ts');
-  const problems = (config: unknown): string => {
-    try {
-      validateConfig(config as FulcrumConfigInput);
-      return '';
-    } catch (err) {
-      return (err as Error).message;
-    }
-  };
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'web' }], pools: { web: { upstreams: ['http://127.0.0.1:1'] } } }), /pool web is an HTTP pool; a tcp listener relays bytes to a pool with protocol: tcp/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['http://127.0.0.1:6380'] } } }), /a tcp pool's upstreams are tcp:\/\/host:port: write tcp:\/\/127\.0\.0\.1:6380/);
-  assert.match(problems({ pools: { web: { upstreams: ['tcp://127.0.0.1:1'] } } }), /tcp:\/\/ upstreams belong to a pool with protocol: tcp/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379 }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6380'] } } }), /a tcp listener needs a pool/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db', http2: { h2c: true } }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6380'] } } }), /http2 is for HTTP listeners/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1'] } } }), /a TCP upstream needs its port: write tcp:\/\/127\.0\.0\.1:PORT/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { type: 'http' } } } }), /use type tcp/);
-  assert.match(problems({ listeners: [{ port: 8080 }, { protocol: 'tcp', port: 6379, pool: 'db' }], routes: [{ pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'] }, web: { upstreams: ['http://127.0.0.1:2'] } } }), /pool db is a tcp pool: it takes connections of tcp listeners/);
+test('config: a tcp listener names a tcp pool; tcp:// upstreams only in tcp pools; HTTP keys refused on tcp listeners', () => {
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'web' }], pools: { web: { upstreams: ['http://127.0.0.1:1'] } } }), /pool web is an HTTP pool; a tcp listener relays bytes to a pool with protocol: tcp/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['http://127.0.0.1:6380'] } } }), /a tcp pool's upstreams are tcp:\/\/host:port: write tcp:\/\/127\.0\.0\.1:6380/);
+  assert.match(configProblems({ pools: { web: { upstreams: ['tcp://127.0.0.1:1'] } } }), /tcp:\/\/ upstreams belong to a pool with protocol: tcp/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379 }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6380'] } } }), /a tcp listener needs a pool/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db', http2: { h2c: true } }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6380'] } } }), /http2 is for HTTP listeners/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1'] } } }), /a TCP upstream needs its port: write tcp:\/\/127\.0\.0\.1:PORT/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { type: 'http' } } } }), /use type tcp/);
+  assert.match(configProblems({ listeners: [{ port: 8080 }, { protocol: 'tcp', port: 6379, pool: 'db' }], routes: [{ pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'] }, web: { upstreams: ['http://127.0.0.1:2'] } } }), /pool db is a tcp pool: it takes connections of tcp listeners/);
   // Mistakes a new user made (scratch tryout): each named with its fix, without knock-on problems.
-  const upper = problems({ listeners: [{ protocol: 'TCP', port: 6379, pool: 'db' }], pools: { db: { protocol: 'TCP', upstreams: ['tcp://127.0.0.1:1'] } } });
+  const upper = configProblems({ listeners: [{ protocol: 'TCP', port: 6379, pool: 'db' }], pools: { db: { protocol: 'TCP', upstreams: ['tcp://127.0.0.1:1'] } } });
   assert.match(upper, /listeners\[0\]\.protocol: write "tcp" \(lower case\)/);
   assert.match(upper, /pools\.db\.protocol: write "tcp" \(lower case\)/);
   assert.doesNotMatch(upper, /pool is for tcp listeners|tcp:\/\/ upstreams belong/);
-  assert.match(problems({ listeners: [{ port: 8080, proxy_protocol: true }], pools: { web: { upstreams: ['http://127.0.0.1:2'] } } }), /listeners\[0\]\.proxy_protocol: a listener accepts the PROXY protocol from the balancers in front: write proxy_protocol: \{trusted: \[10\.0\.0\.10\]\}/);
-  assert.match(problems({ listeners: [{ port: 8080, proxy_protocol: 'v2' }], pools: { web: { upstreams: ['http://127.0.0.1:2'] } } }), /listeners\[0\]\.proxy_protocol: a listener accepts the PROXY protocol/);
-  assert.match(problems({ pools: { web: { upstreams: ['http://127.0.0.1:2'], proxy_protocol: { trusted: ['10.0.0.1'] } } } }), /pools\.web\.proxy_protocol: a pool sends the PROXY protocol to its upstreams: write proxy_protocol: v1 or v2/);
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { send: 'PING\\r\\n', expect: '+PONG' } } } }), /health_check\.send: "PING\\\\r\\\\n" holds a backslash and a letter, not a control character: for CR LF write the value in double quotes/);
-  assert.equal(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { send: 'PING\r\n', expect: '+PONG' } } } }), '');
+  assert.match(configProblems({ listeners: [{ port: 8080, proxy_protocol: true }], pools: { web: { upstreams: ['http://127.0.0.1:2'] } } }), /listeners\[0\]\.proxy_protocol: a listener accepts the PROXY protocol from the balancers in front: write proxy_protocol: \{trusted: \[10\.0\.0\.10\]\}/);
+  assert.match(configProblems({ listeners: [{ port: 8080, proxy_protocol: 'v2' }], pools: { web: { upstreams: ['http://127.0.0.1:2'] } } }), /listeners\[0\]\.proxy_protocol: a listener accepts the PROXY protocol/);
+  assert.match(configProblems({ pools: { web: { upstreams: ['http://127.0.0.1:2'], proxy_protocol: { trusted: ['10.0.0.1'] } } } }), /pools\.web\.proxy_protocol: a pool sends the PROXY protocol to its upstreams: write proxy_protocol: v1 or v2/);
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { send: 'PING\\r\\n', expect: '+PONG' } } } }), /health_check\.send: "PING\\\\r\\\\n" holds a backslash and a letter, not a control character: for CR LF write the value in double quotes/);
+  assert.equal(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'], health_check: { send: 'PING\r\n', expect: '+PONG' } } } }), '');
   // One HTTP pool and one tcp pool need no routes: the tcp one is not a candidate for HTTP requests.
-  assert.equal(problems({ listeners: [{ port: 8080 }, { protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'] }, web: { upstreams: ['http://127.0.0.1:2'] } } }), '');
+  assert.equal(configProblems({ listeners: [{ port: 8080 }, { protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:1'] }, web: { upstreams: ['http://127.0.0.1:2'] } } }), '');
 });

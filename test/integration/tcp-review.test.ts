@@ -15,7 +15,7 @@ import https from 'node:https';
 import net, { type AddressInfo } from 'node:net';
 import tls from 'node:tls';
 import { encodeProxyV1, encodeProxyV2, parseProxyHeader, readProxyHeader, type ProxyHeader } from '../../src/listeners/proxy-protocol.ts';
-import { closedPort, get, startBackend, startBalancer } from '../helpers/servers.ts';
+import { closedPort, configProblems, get, startBackend, startBalancer } from '../helpers/servers.ts';
 import { makeTestCa } from '../helpers/tls.ts';
 import { eventually } from '../helpers/eventually.ts';
 import { backendOf, connect, recordCloses, startEcho } from '../helpers/tcp.ts';
@@ -23,7 +23,6 @@ import { capturedLogger } from '../helpers/captured-logger.ts';
 import { ListenerConfig } from '../../src/config/schema.ts';
 import { TcpListener } from '../../src/listeners/tcp-listener.ts';
 import { TcpProxy } from '../../src/proxy/tcp-proxy.ts';
-import { validateConfig, type FulcrumConfigInput } from '../../src/index.ts';
 
 /** Writes a v1 header naming 203.0.113.7:4242 -> 198.51.100.1:443 on a new connection to `port`. */
 function proxiedSocket(port: number): Promise<net.Socket> {
@@ -266,19 +265,11 @@ test('TLS passthrough: a connection still sending its ClientHello when the liste
 });
 
 test('config: a pool\'s backup speaks its protocol (a tcp pool\'s backup is a tcp pool, an HTTP pool\'s an HTTP pool)', () => {
-  const problems = (config: unknown): string => {
-    try {
-      validateConfig(config as FulcrumConfigInput);
-      return '';
-    } catch (err) {
-      return (err as Error).message;
-    }
-  };
   const tcpPool = { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6380'] };
   const httpPool = { upstreams: ['http://127.0.0.1:8081'] };
-  assert.match(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { ...tcpPool, backup: 'web' }, web: httpPool } }), /pool web is an HTTP pool; a tcp pool's backup is a tcp pool/);
-  assert.match(problems({ listeners: [{ port: 8080 }], routes: [{ pool: 'web' }], pools: { web: { ...httpPool, backup: 'db' }, db: tcpPool } }), /pool db is a tcp pool; an HTTP pool's backup is an HTTP pool/);
-  assert.equal(problems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { ...tcpPool, backup: 'spare' }, spare: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6381'] } } }), '');
+  assert.match(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { ...tcpPool, backup: 'web' }, web: httpPool } }), /pool web is an HTTP pool; a tcp pool's backup is a tcp pool/);
+  assert.match(configProblems({ listeners: [{ port: 8080 }], routes: [{ pool: 'web' }], pools: { web: { ...httpPool, backup: 'db' }, db: tcpPool } }), /pool db is a tcp pool; an HTTP pool's backup is an HTTP pool/);
+  assert.equal(configProblems({ listeners: [{ protocol: 'tcp', port: 6379, pool: 'db' }], pools: { db: { ...tcpPool, backup: 'spare' }, spare: { protocol: 'tcp', upstreams: ['tcp://127.0.0.1:6381'] } } }), '');
 });
 
 // HAProxy sends the PROXY header on the health checks of a server with send-proxy ("check-send-proxy"
