@@ -261,7 +261,7 @@ test('npm pack, install the tarball: npx fulcrum --help and check run on Node 24
   const got = await need(t);
   if (!got) return;
   const help = must(await run('npx', ['fulcrum', '--help'], { cwd: got.consumer }), 'npx fulcrum --help');
-  assert.match(help.stdout, /^fulcrum \d+\.\d+\.\d+: an HTTP load balancer/);
+  assert.match(help.stdout, /^fulcrum \d+\.\d+\.\d+: an HTTP and TCP load balancer/);
   writeFileSync(path.join(got.consumer, 'f.yaml'), config('http://127.0.0.1:9'));
   assert.match(must(await run('npx', ['fulcrum', 'check', 'f.yaml'], { cwd: got.consumer }), 'npx fulcrum check').stdout, /f\.yaml: ok/);
 });
