@@ -238,7 +238,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
       listeners.map((l) =>
         l instanceof HttpListener
           ? { name: l.info.name, protocol: l.settings.protocol, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: l.http2.stats.sessions, http2_streams: l.http2.stats.streams }
-          : { name: l.info.name, protocol: 'tcp' as const, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections, http2_sessions: 0, http2_streams: 0 },
+          : { name: l.info.name, protocol: 'tcp' as const, url: l.address()?.url ?? '', open_connections: l.openConnections, refused_connections: l.refusedConnections },
       ),
     certificates: () => httpListeners.flatMap((l) => l.tls?.certificates() ?? []),
     acme: () => acme?.status() ?? [],
@@ -253,7 +253,7 @@ export function createBalancer(input: FulcrumConfig | FulcrumConfigInput | Loade
     const pairs = pairListeners(startConfig.listeners, next.listeners, bound().listeners);
     pairs.forEach((j, i) => {
       // A listener whose protocol changed keeps its old settings until a restart (a restart note says so).
-      if (j >= 0 && (next.listeners[i].protocol === 'tcp') === (listeners[j] instanceof TcpListener)) (listeners[j] as { update(s: FulcrumConfig['listeners'][number]): void }).update(next.listeners[i]);
+      if (j >= 0 && (next.listeners[i].protocol === 'tcp') === (listeners[j] instanceof TcpListener)) listeners[j].update(next.listeners[i]);
     });
     if (admin !== null && next.admin !== undefined) admin.update(next.admin);
     // Log level and the access log (on, off, its format, file and batching) switch at once; log.format

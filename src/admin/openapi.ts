@@ -759,7 +759,7 @@ export function openApiDocument(): Record<string, unknown> {
             url: { type: 'string', examples: ['http://0.0.0.0:8080', 'tcp://0.0.0.0:6379'] },
             open_connections: { type: 'integer', minimum: 0 },
             refused_connections: { type: 'integer', minimum: 0, description: 'Connections closed at accept (firewall, limits) since start.' },
-            http2_sessions: { type: 'integer', minimum: 0, description: 'Open HTTP/2 client sessions (h2 by ALPN, h2c by preface); counted in open_connections too (0 on tcp listeners).' },
+            http2_sessions: { type: 'integer', minimum: 0, description: 'Open HTTP/2 client sessions (h2 by ALPN, h2c by preface); counted in open_connections too (absent on tcp listeners).' },
             http2_streams: { type: 'integer', minimum: 0, description: 'HTTP/2 streams in flight on them.' },
           },
         },
