@@ -235,6 +235,11 @@ export class ForwardDestination implements ExchangePool {
     return false;
   }
 
+  /** A destination has no backup. */
+  pickBackup(): Upstream | undefined {
+    return undefined;
+  }
+
   eligible(): readonly Upstream[] {
     return this.only;
   }

@@ -411,21 +411,8 @@ export class Metrics {
       },
     });
     // Handshake totals are kept by the listeners; the counters add what is new since the last scrape.
-    const tlsCounter = (name: string, help: string, label: 'version' | 'reason', field: 'handshakes' | 'failures'): void => {
-      const seen = new Map<string, number>();
-      new Counter({
-        name, help, labelNames: ['listener', label], registers,
-        collect() {
-          for (const l of sources.tls?.() ?? []) {
-            for (const [value, n] of l[field]) {
-              const key = `${l.listener}\0${value}`;
-              this.inc({ listener: l.listener, [label]: value }, Math.max(0, n - (seen.get(key) ?? 0)));
-              seen.set(key, n);
-            }
-          }
-        },
-      });
-    };
+    const tlsCounter = (name: string, help: string, label: 'version' | 'reason', field: 'handshakes' | 'failures'): void =>
+      runningTotals(registers, name, help, ['listener', label], () => (sources.tls?.() ?? []).map((l) => [l.listener, l[field]]));
     new Gauge({
       name: 'lb_http2_sessions', help: 'Open HTTP/2 client sessions (connections), by listener.', labelNames: ['listener'], registers,
       collect() { this.reset(); for (const l of sources.listeners()) if (l.http2 !== undefined) this.set({ listener: l.name }, l.http2.sessions); },
@@ -435,22 +422,8 @@ export class Metrics {
       collect() { this.reset(); for (const l of sources.listeners()) if (l.http2 !== undefined) this.set({ listener: l.name }, l.http2.streams); },
     });
     // Running totals kept by each listener's HTTP/2 side; the counters add what is new since the last scrape.
-    const http2Counter = (name: string, help: string, label: string, field: 'goawaySent' | 'goawayReceived' | 'glitches'): void => {
-      const seen = new Map<string, number>();
-      new Counter({
-        name, help, labelNames: ['listener', label], registers,
-        collect() {
-          for (const l of sources.listeners()) {
-            if (l.http2 === undefined) continue;
-            for (const [value, n] of l.http2[field]) {
-              const key = `${l.name}\0${value}`;
-              this.inc({ listener: l.name, [label]: value }, Math.max(0, n - (seen.get(key) ?? 0)));
-              seen.set(key, n);
-            }
-          }
-        },
-      });
-    };
+    const http2Counter = (name: string, help: string, label: string, field: 'goawaySent' | 'goawayReceived' | 'glitches'): void =>
+      runningTotals(registers, name, help, ['listener', label], () => sources.listeners().flatMap((l) => (l.http2 === undefined ? [] : [[l.name, l.http2[field]] as [string, Iterable<[string, number]>]])));
     http2Counter('lb_http2_goaway_sent_total', 'GOAWAY frames sent to HTTP/2 clients, by listener and error code (NO_ERROR: idle or shutdown; ENHANCE_YOUR_CALM: an abuse limit).', 'code', 'goawaySent');
     http2Counter('lb_http2_goaway_received_total', 'GOAWAY frames received from HTTP/2 clients, by listener and error code.', 'code', 'goawayReceived');
     http2Counter(

@@ -34,6 +34,8 @@ export interface ExchangePool {
   pick(ctx: PickContext): Upstream | undefined;
   pickExcept(ctx: PickContext, tried: readonly Upstream[]): Upstream | undefined;
   pickInPanic(ctx: PickContext, tried: readonly Upstream[] | null): Upstream | undefined;
+  /** One of the backup pool's upstreams when this pool has none for the exchange (src/upstream/pool.ts). */
+  pickBackup(ctx: PickContext, tried: readonly Upstream[] | null): Upstream | undefined;
   inPanic(): boolean;
   eligible(): readonly Upstream[];
 }

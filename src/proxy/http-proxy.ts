@@ -425,11 +425,10 @@ export class HttpProxy implements AttemptHandler, ExchangeCore, ForwardCore<List
     if (upstream === undefined && sameAllowed && last !== null && last.available() && (pool.backup === null || ctx.tried!.indexOf(last) === ctx.tried!.lastIndexOf(last))) {
       upstream = last;
     }
-    if (upstream === undefined && pool.backup !== null && (pool.eligible().length === 0 || ctx.tried !== null)) {
+    if (upstream === undefined) {
       // Every primary upstream is down (or failed this request): the backup pool serves, if it can.
-      const backup = pool.backup;
-      upstream = ctx.tried === null ? backup.pick(ctx) : backup.pickExcept(ctx, ctx.tried);
-      if (upstream !== undefined) ctx.pool = pool = backup;
+      upstream = pool.pickBackup(ctx, ctx.tried);
+      if (upstream !== undefined) ctx.pool = pool = pool.backup!;
     }
     if (upstream === undefined) return this.fail(ctx, ctx.retryCause !== null ? panicAnswer(ctx, ctx.retryCause) : noUpstream(ctx.countedPool!.name));
     ctx.upstream = upstream;

@@ -194,10 +194,9 @@ export class TcpProxy {
     const tried = c.tried.length === 0 ? null : c.tried;
     if (pool.inPanic()) upstream = pool.pickInPanic(c, tried);
     else upstream = tried === null ? pool.pick(c) : pool.pickExcept(c, tried);
-    if (upstream === undefined && pool.backup !== null && (pool.eligible().length === 0 || tried !== null)) {
-      const backup = pool.backup;
-      upstream = tried === null ? backup.pick(c) : backup.pickExcept(c, tried);
-      if (upstream !== undefined) c.pool = pool = backup;
+    if (upstream === undefined) {
+      upstream = pool.pickBackup(c, tried);
+      if (upstream !== undefined) c.pool = pool = pool.backup!;
     }
     if (upstream === undefined) {
       c.error ??= `no available upstream in pool ${pool.name}`;

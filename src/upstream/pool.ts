@@ -177,6 +177,17 @@ export class Pool {
     return this.panicPolicy?.pick(ctx, tried);
   }
 
+  /**
+   * When this pool found no upstream: one of its backup pool's (never one of `tried`), if it has
+   * a backup and every primary upstream is down or this exchange already failed on some; else
+   * undefined. The caller then serves from `this.backup`.
+   */
+  pickBackup(ctx: PickContext, tried: readonly Upstream[] | null): Upstream | undefined {
+    const backup = this.backup;
+    if (backup === null || (this.snapshot.length > 0 && tried === null)) return undefined;
+    return tried === null ? backup.pick(ctx) : backup.pickExcept(ctx, tried);
+  }
+
   private rebuild(): Policy {
     this.snapshot = Object.freeze(this.upstreams.filter((u) => u.eligible()));
     // Operators' choices (disabled, drained) are never overridden and do not count in the share; health, ejection and breakers are.

@@ -49,15 +49,9 @@ async function parsingBackend(t: TestContext, hold = false): Promise<ParsingBack
   const connections: SeenConnection[] = [];
   const held: (() => void)[] = [];
   let open = 0;
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
+  const { port } = await startRawBackend(t, (socket) => {
     open++;
-    sockets.add(socket);
-    socket.on('close', () => {
-      open--;
-      sockets.delete(socket);
-    });
-    socket.on('error', () => {});
+    socket.on('close', () => open--);
     const seen: SeenConnection = { id: connections.length, header: null, firstRead: Buffer.alloc(0), requests: 0, bodies: [], socket };
     connections.push(seen);
     let buffered = Buffer.alloc(0);
@@ -99,15 +93,7 @@ async function parsingBackend(t: TestContext, hold = false): Promise<ParsingBack
       }
     });
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, connections, held, open: () => open };
+  return { url: `http://127.0.0.1:${port}`, connections, held, open: () => open };
 }
 
 /** An answer of the backend, with the local port of the client socket that asked. */

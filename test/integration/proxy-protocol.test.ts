@@ -328,10 +328,7 @@ async function session(port: number, chunks: (string | Buffer)[], { waitClose = 
   let closed = false;
   socket.on('data', (d: Buffer) => (received += d.toString('latin1')));
   socket.on('error', () => {});
-  const gone = new Promise<void>((resolve) => socket.once('close', () => {
-    closed = true;
-    resolve();
-  }));
+  socket.once('close', () => (closed = true));
   await new Promise<void>((resolve, reject) => {
     socket.once('connect', resolve);
     socket.once('error', reject);
@@ -343,7 +340,8 @@ async function session(port: number, chunks: (string | Buffer)[], { waitClose = 
     await new Promise((r) => setTimeout(r, 30));
   }
   if (echo !== '') await eventually(() => received.includes(echo) || closed, { what: 'the echo or the close' });
-  if (waitClose) await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))]);
+  // Up to 5 s for the close; the caller judges `closed` either way.
+  if (waitClose) await eventually(() => closed, { what: 'the close', timeout: 5000 }).catch(() => {});
   return { socket, received: () => received, ms: performance.now() - began, closed };
 }
 

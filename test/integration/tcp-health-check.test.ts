@@ -6,34 +6,19 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import type { AddressInfo } from 'node:net';
-import { startBalancer } from '../helpers/servers.ts';
+import { startBalancer, startRawBackend } from '../helpers/servers.ts';
 import { startRedisServer } from '../helpers/redis-server.ts';
 import { eventually } from '../helpers/eventually.ts';
 
 test('a tcp pool checks tcp:// upstreams with send/expect when no type is given: redis stays up, a server answering something else goes down with the reason logged', { timeout: 20_000 }, async (t) => {
   const redis = await startRedisServer(t);
   const received: string[] = [];
-  const sockets = new Set<net.Socket>();
-  const impostor = net.createServer((socket) => {
-    sockets.add(socket);
-    socket.on('error', () => {});
-    socket.on('close', () => sockets.delete(socket));
+  const { port: impostorPort } = await startRawBackend(t, (socket) => {
     socket.on('data', (d: Buffer) => {
       received.push(d.toString('latin1'));
       socket.write('-ERR not a redis\r\n');
     });
   });
-  await new Promise<void>((resolve) => impostor.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        impostor.close(() => resolve());
-      }),
-  );
-  const impostorPort = (impostor.address() as AddressInfo).port;
   const lb = await startBalancer(t, {
     listeners: [{ host: '127.0.0.1', port: 0, protocol: 'tcp', pool: 'db' }],
     pools: {

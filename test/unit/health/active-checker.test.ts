@@ -7,7 +7,7 @@ import { ActiveChecker, resolveCheckSettings } from '../../../src/health/active-
 import { Upstream, type HealthState } from '../../../src/upstream/upstream.ts';
 import { HealthCheckConfig, UpstreamTlsConfig } from '../../../src/config/schema.ts';
 import { eventually } from '../../helpers/eventually.ts';
-import { closedPort } from '../../helpers/servers.ts';
+import { closedPort, startRawBackend } from '../../helpers/servers.ts';
 import { startBlackhole } from '../../helpers/blackhole.ts';
 import { startRedisServer } from '../../helpers/redis-server.ts';
 import { makeTestCa } from '../../helpers/tls.ts';
@@ -284,25 +284,13 @@ test('tcp: a connect that never completes fails with "timeout after 200ms"', asy
 /** A plain TCP server whose connections `onConnection` handles; its tcp:// URL and what each connection sent. */
 async function tcpServer(t: TestContext, onConnection: (socket: net.Socket) => void): Promise<{ url: string; connections: number; received: string[] }> {
   const state = { url: '', connections: 0, received: [] as string[] };
-  const sockets = new Set<net.Socket>();
-  const server = net.createServer((socket) => {
+  const { port } = await startRawBackend(t, (socket) => {
     const i = state.connections++;
     state.received[i] = '';
-    sockets.add(socket);
-    socket.on('close', () => sockets.delete(socket));
-    socket.on('error', () => {});
     socket.on('data', (d: Buffer) => (state.received[i] += d.toString('latin1')));
     onConnection(socket);
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.after(
-    () =>
-      new Promise<void>((resolve) => {
-        for (const s of sockets) s.destroy();
-        server.close(() => resolve());
-      }),
-  );
-  state.url = `tcp://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  state.url = `tcp://127.0.0.1:${port}`;
   return state;
 }
 
